@@ -1,0 +1,1 @@
+"""The ACTP agent packages."""

@@ -1,0 +1,120 @@
+"""The scheduler's exceptions: one base, a few subclasses, ids as attributes, messages that say what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SchedulerError(Exception):
+    """Base of every error the scheduler raises on purpose."""
+
+
+class InvalidSchedule(SchedulerError, ValueError):
+    """A schedule field has a value that is not allowed; nothing was written.
+
+    Fix the field named in ``field`` to one of the values described in ``allowed``.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {field}={value!r}: {allowed}")
+
+
+class DuplicateSchedule(InvalidSchedule):
+    """A schedule with this name already exists; choose another name or update the existing one."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("name", name, "a name not already used by another schedule")
+        self.name = name
+
+
+class ScheduleNotFound(SchedulerError, LookupError):
+    """No schedule has this name or id; ``list`` shows the schedules that exist."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule named {name!r}; list the schedules to see the names")
+
+
+class RunNotFound(SchedulerError, LookupError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run with id {run_id!r}")
+
+
+class InvalidTransition(SchedulerError):
+    """The machine has no such transition from the current state; the row is unchanged."""
+
+    def __init__(self, entity_id: str, state: str, trigger: str, detail: str = "") -> None:
+        self.entity_id = entity_id
+        self.state = state
+        self.trigger = trigger
+        why = f": {detail}" if detail else ""
+        super().__init__(f"cannot {trigger} {entity_id} from state {state!r}{why}")
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run (or schedule, for the breaker) that refused the trigger."""
+        return self.entity_id
+
+
+class GuardRejected(InvalidTransition):
+    """The transition exists, but its guard (a policy) refused it; ``reason`` says why."""
+
+    def __init__(self, entity_id: str, state: str, trigger: str, reason: str) -> None:
+        super().__init__(entity_id, state, trigger, reason)
+        self.reason = reason
+
+
+class StaleState(SchedulerError):
+    """Someone else moved this row first: its stored state is not the one this transition expected.
+
+    Reload the row and decide again; the transition was not applied.
+    """
+
+    def __init__(
+        self, entity_id: str, expected: str, actual: str | None, trigger: str, *, holder: str | None = None
+    ) -> None:
+        self.entity_id = entity_id
+        self.expected = expected
+        self.actual = actual
+        self.trigger = trigger
+        self.holder = holder
+        now = "is gone" if actual is None else f"is now {actual!r}"
+        by = f"{holder}" if holder else "another worker, thread or process"
+        super().__init__(
+            f"{trigger} on {entity_id} lost the race: expected state {expected!r}, but it {now} (moved by {by})"
+        )
+
+
+class StaleRun(StaleState):
+    """A run's status changed under us; another worker, thread or process moved it."""
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run that was moved by someone else."""
+        return self.entity_id
+
+
+class StaleBreaker(StaleState):
+    """A schedule's breaker state changed under us."""
+
+
+class StoreError(SchedulerError):
+    """The database failed in a way that retrying did not fix; the cause is chained."""
+
+
+class TaskNotConfigured(SchedulerError):
+    """A task cannot run here because its configuration is missing; its run ends ``skipped``.
+
+    Set the configuration named in ``missing`` (for example an environment variable).
+    """
+
+    def __init__(self, missing: str, detail: str = "") -> None:
+        self.missing = missing
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"not configured: set {missing}{extra}")

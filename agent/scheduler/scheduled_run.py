@@ -1,0 +1,80 @@
+"""ScheduledRun: one occurrence of a schedule, from materialization to its final status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .enums import RunStatus
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduledRun:
+    """A run as stored: an immutable snapshot of its row.
+
+    The row is the source of truth; transitions go through the run machine and come back as a
+    new snapshot. ``reason`` says why the run is in its status (why it was skipped, failed,
+    requeued...).
+    """
+
+    run_id: str
+    """Unique id of the run."""
+    schedule_id: str
+    """Id of the schedule that produced it."""
+    schedule_name: str
+    """Name of that schedule when the run was created."""
+    intended_run_at: datetime
+    """When the run was meant to start (aware UTC)."""
+    occurrence_key: str
+    """Unique per schedule: the intended time for time-based runs, else an event or manual id."""
+    status: RunStatus = RunStatus.PENDING
+    """Where the run is in its lifecycle."""
+    attempt: int = 1
+    """1 for the first execution, increased by each retry."""
+    origin: str = "schedule"
+    """What created it: schedule, catch_up, event, lifecycle, manual, replay."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Arguments for the task (schedule params, plus an event's payload)."""
+    catch_up: bool = False
+    """True when the run makes up for missed occurrences."""
+    coalesced_from: int = 1
+    """How many occurrences this row stands for."""
+    started_at: datetime | None = None
+    """When the current attempt started."""
+    completed_at: datetime | None = None
+    """When the current attempt ended."""
+    outcome: str | None = None
+    """The task's result, as text."""
+    error_type: str | None = None
+    """Exception type name of the last failure."""
+    error: str | None = None
+    """``Type: message`` of the last failure."""
+    error_traceback: str | None = None
+    """The traceback of the last failure."""
+    reason: str | None = None
+    """Why the run is in its status."""
+    checkpoint: Any = None
+    """The last checkpoint the task saved, if any."""
+    owner: str | None = None
+    """Worker id holding the run while it runs."""
+    lease_expires_at: datetime | None = None
+    """When the owner's claim lapses unless renewed."""
+    heartbeat_at: datetime | None = None
+    """Last sign of life from the task."""
+    created_at: datetime | None = None
+    """When the row was created."""
+    updated_at: datetime | None = None
+    """When the row last changed."""
+
+    @property
+    def idempotency_key(self) -> str:
+        """Schedule id + occurrence: the same for every attempt of this occurrence."""
+        return f"{self.schedule_id}:{self.occurrence_key}"
+
+
+def time_occurrence_key(instant: datetime) -> str:
+    """The occurrence key of a time-based run: its intended instant in UTC, to the microsecond."""
+    if instant.tzinfo is None:
+        raise ValueError("occurrence instants must be timezone-aware")
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,1 @@
+"""The state machines: runs, schedule breakers and proposals, each one shared `transitions` Machine."""

@@ -1,0 +1,236 @@
+"""The run and breaker machines: every allowed and forbidden transition, guards, effects, stale writes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from agent.scheduler import BreakerState, RunStatus, ScheduleDefinition, ScheduledRun, TriggerType
+from agent.scheduler.errors import GuardRejected, InvalidTransition, StaleRun
+from agent.scheduler.machines.binding import Transition
+from agent.scheduler.machines.breaker import BREAKER_MACHINE, fire_breaker
+from agent.scheduler.machines.run_lifecycle import RUN_MACHINE, fire_run
+from agent.scheduler.policies.retry import backoff_delay
+
+NOW = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
+S = RunStatus
+
+#: The contract, written out by hand: (status, trigger) -> status after.
+RUN_EDGES = {
+    (S.PENDING, "start"): S.RUNNING,
+    (S.PENDING, "skip"): S.SKIPPED,
+    (S.PENDING, "cancel"): S.CANCELLED,
+    (S.RUNNING, "succeed"): S.SUCCEEDED,
+    (S.RUNNING, "fail"): S.FAILED,
+    (S.RUNNING, "orphan"): S.FAILED,
+    (S.RUNNING, "checkpoint"): S.PAUSED,
+    (S.RUNNING, "requeue"): S.PENDING,
+    (S.RUNNING, "cancel"): S.CANCELLED,
+    (S.FAILED, "retry"): S.PENDING,
+    (S.FAILED, "dead_letter"): S.DEAD_LETTERED,
+    (S.DEAD_LETTERED, "replay"): S.PENDING,
+    (S.PAUSED, "resume"): S.PENDING,
+}
+RUN_TRIGGERS = sorted({t for _, t in RUN_EDGES})
+
+
+def schedule(**kw: Any) -> ScheduleDefinition:
+    fields: dict[str, Any] = {"name": "s", "trigger_type": TriggerType.INTERVAL, "expression": "1m", "target": "t"}
+    fields.update(kw)
+    return ScheduleDefinition(**fields)
+
+
+def run(status: RunStatus, **kw: Any) -> ScheduledRun:
+    fields: dict[str, Any] = {
+        "run_id": "run_1",
+        "schedule_id": "sch_1",
+        "schedule_name": "s",
+        "intended_run_at": NOW,
+        "occurrence_key": "k",
+        "status": status,
+    }
+    fields.update(kw)
+    return ScheduledRun(**fields)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def __call__(self, r: ScheduledRun, t: Transition, fields: dict[str, Any]) -> None:
+        self.calls.append((t.trigger, t.source, t.dest, fields))
+
+
+def ready_for(status: RunStatus, trigger: str) -> tuple[ScheduledRun, ScheduleDefinition, datetime]:
+    """A run and a time at which the trigger's guard, if any, passes."""
+    sched = schedule(max_retries=2, retry_backoff=timedelta(seconds=10))
+    if trigger == "dead_letter":
+        return run(status, attempt=3, completed_at=NOW), sched, NOW
+    return run(status, attempt=1, completed_at=NOW), sched, NOW + timedelta(hours=2)
+
+
+@pytest.mark.parametrize("status", list(RunStatus))
+@pytest.mark.parametrize("trigger", RUN_TRIGGERS)
+def test_run_transition_allowed_exactly_as_the_diagram_says(status: RunStatus, trigger: str) -> None:
+    before, sched, now = ready_for(status, trigger)
+    persist = Recorder()
+    expected = RUN_EDGES.get((status, trigger))
+    if expected is None:
+        with pytest.raises(InvalidTransition) as err:
+            fire_run(before, trigger, now=now, persist=persist, schedule=sched)
+        assert (err.value.run_id, err.value.state, err.value.trigger) == ("run_1", status.value, trigger)
+        assert persist.calls == []
+    else:
+        after = fire_run(before, trigger, now=now, persist=persist, schedule=sched)
+        assert after.status is expected
+        assert [(c[0], c[1], c[2]) for c in persist.calls] == [(trigger, status.value, expected.value)]
+    assert before.status is status
+    assert RUN_MACHINE.models == []
+
+
+def test_unknown_trigger_is_an_invalid_transition_naming_the_known_ones() -> None:
+    with pytest.raises(InvalidTransition, match="unknown trigger; known: cancel, checkpoint"):
+        fire_run(run(S.PENDING), "explode", now=NOW, persist=Recorder())
+
+
+def test_a_failed_write_leaves_the_run_and_the_machine_unchanged() -> None:
+    def lose(r: ScheduledRun, t: Transition, fields: dict[str, Any]) -> None:
+        raise StaleRun(r.run_id, t.source, "running", t.trigger, holder="worker-2")
+
+    before = run(S.PENDING)
+    with pytest.raises(StaleRun, match="moved by worker-2") as err:
+        fire_run(before, "start", now=NOW, persist=lose)
+    assert err.value.actual == "running"
+    assert before.status is S.PENDING
+    assert RUN_MACHINE.models == []
+
+
+def test_start_stamps_the_start_and_succeed_releases_ownership() -> None:
+    started = fire_run(run(S.PENDING), "start", now=NOW, persist=Recorder(), changes={"owner": "w1"})
+    assert (started.started_at, started.heartbeat_at, started.owner) == (NOW, NOW, "w1")
+    done = fire_run(started, "succeed", now=NOW + timedelta(seconds=3), persist=Recorder(), changes={"outcome": "ok"})
+    assert (done.completed_at, done.owner, done.outcome) == (NOW + timedelta(seconds=3), None, "ok")
+
+
+class TestRetryGuard:
+    sched = schedule(max_retries=2, retry_backoff=timedelta(seconds=10))
+
+    def failed(self, attempt: int) -> ScheduledRun:
+        return run(S.FAILED, attempt=attempt, completed_at=NOW, error="ValueError: boom")
+
+    def test_retry_waits_for_the_backoff_and_says_until_when(self) -> None:
+        with pytest.raises(GuardRejected, match="backoff: attempt 2 of 3 not before") as err:
+            fire_run(self.failed(1), "retry", now=NOW + timedelta(seconds=9), persist=Recorder(), schedule=self.sched)
+        assert err.value.trigger == "retry"
+
+    def test_retry_after_the_backoff_counts_the_attempt_and_records_why(self) -> None:
+        delay = backoff_delay(1, timedelta(seconds=10), key="run_1")
+        again = fire_run(self.failed(1), "retry", now=NOW + delay, persist=Recorder(), schedule=self.sched)
+        assert (again.status, again.attempt, again.reason) == (S.PENDING, 2, "retry: attempt 2 of 3")
+        assert again.started_at is None and again.completed_at is None
+
+    def test_no_retry_once_attempts_are_used_up(self) -> None:
+        with pytest.raises(GuardRejected, match="retries exhausted: attempt 3 of 3"):
+            fire_run(self.failed(3), "retry", now=NOW + timedelta(days=1), persist=Recorder(), schedule=self.sched)
+
+    def test_dead_letter_only_once_attempts_are_used_up(self) -> None:
+        with pytest.raises(GuardRejected, match="attempts remain: 2 of 3"):
+            fire_run(self.failed(2), "dead_letter", now=NOW, persist=Recorder(), schedule=self.sched)
+        dead = fire_run(self.failed(3), "dead_letter", now=NOW, persist=Recorder(), schedule=self.sched)
+        assert (dead.status, dead.reason) == (S.DEAD_LETTERED, "retries exhausted: 3 of 3 attempts failed")
+
+    def test_guards_need_the_schedule(self) -> None:
+        with pytest.raises(ValueError, match="needs the run's schedule"):
+            fire_run(self.failed(1), "retry", now=NOW, persist=Recorder())
+
+    def test_replay_gives_a_fresh_retry_budget(self) -> None:
+        replayed = fire_run(run(S.DEAD_LETTERED, attempt=3), "replay", now=NOW, persist=Recorder())
+        assert (replayed.status, replayed.attempt) == (S.PENDING, 1)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base_s", "low_s", "high_s"),
+    [(1, 10, 10, 11), (2, 10, 20, 22), (3, 10, 40, 44), (5, 10, 160, 176), (20, 10, 3600, 3960)],
+)
+def test_backoff_is_exponential_capped_and_jittered_by_at_most_a_tenth(
+    attempt: int, base_s: int, low_s: float, high_s: float
+) -> None:
+    delays = {backoff_delay(attempt, timedelta(seconds=base_s), key=f"run_{i}") for i in range(50)}
+    assert all(timedelta(seconds=low_s) <= d <= timedelta(seconds=high_s) for d in delays)
+    assert len(delays) > 1  # jitter spreads runs out
+    assert backoff_delay(attempt, timedelta(seconds=base_s), key="x") == backoff_delay(
+        attempt, timedelta(seconds=base_s), key="x"
+    )
+
+
+B = BreakerState
+BREAKER_EDGES = {
+    (B.CLOSED, "trip"): B.OPEN,
+    (B.OPEN, "probe"): B.HALF_OPEN,
+    (B.OPEN, "reset"): B.CLOSED,
+    (B.HALF_OPEN, "close"): B.CLOSED,
+    (B.HALF_OPEN, "reopen"): B.OPEN,
+    (B.HALF_OPEN, "reset"): B.CLOSED,
+}
+
+
+def breaker_ready(state: BreakerState) -> ScheduleDefinition:
+    return schedule(
+        breaker_state=state,
+        consecutive_failures=3,
+        breaker_cooldown=timedelta(minutes=5),
+        breaker_opened_at=NOW - timedelta(minutes=10),
+    )
+
+
+@pytest.mark.parametrize("state", list(BreakerState))
+@pytest.mark.parametrize("trigger", ["trip", "probe", "close", "reopen", "reset"])
+def test_breaker_transition_allowed_exactly_as_the_diagram_says(state: BreakerState, trigger: str) -> None:
+    calls: list[str] = []
+    expected = BREAKER_EDGES.get((state, trigger))
+
+    def persist(s: ScheduleDefinition, t: Transition, fields: dict[str, Any]) -> None:
+        calls.append(t.dest)
+
+    if expected is None:
+        with pytest.raises(InvalidTransition):
+            fire_breaker(breaker_ready(state), trigger, now=NOW, persist=persist)
+        assert calls == []
+    else:
+        after = fire_breaker(breaker_ready(state), trigger, now=NOW, persist=persist)
+        assert after.breaker_state is expected and calls == [expected.value]
+    assert BREAKER_MACHINE.models == []
+
+
+@pytest.mark.parametrize(
+    ("failures", "threshold", "trips"), [(2, 3, False), (3, 3, True), (4, 3, True), (1, 1, True), (4, 5, False)]
+)
+def test_trip_guard_uses_the_schedules_threshold(failures: int, threshold: int, trips: bool) -> None:
+    s = schedule(consecutive_failures=failures, breaker_threshold=threshold)
+    if trips:
+        opened = fire_breaker(s, "trip", now=NOW, persist=lambda *a: None)
+        assert (opened.breaker_state, opened.breaker_opened_at) == (B.OPEN, NOW)
+    else:
+        with pytest.raises(GuardRejected, match=f"{failures} consecutive failures, threshold {threshold}"):
+            fire_breaker(s, "trip", now=NOW, persist=lambda *a: None)
+
+
+def test_probe_waits_for_the_cooldown_and_never_happens_without_one() -> None:
+    opened = replace(breaker_ready(B.OPEN), breaker_opened_at=NOW)
+    with pytest.raises(GuardRejected, match="cooldown until"):
+        fire_breaker(opened, "probe", now=NOW + timedelta(minutes=4), persist=lambda *a: None)
+    half = fire_breaker(opened, "probe", now=NOW + timedelta(minutes=5), persist=lambda *a: None)
+    assert half.breaker_state is B.HALF_OPEN
+    no_cooldown = replace(opened, breaker_cooldown=None)
+    with pytest.raises(GuardRejected, match="until an operator resets it"):
+        fire_breaker(no_cooldown, "probe", now=NOW + timedelta(days=30), persist=lambda *a: None)
+
+
+def test_closing_and_resetting_clear_the_failure_count() -> None:
+    half = breaker_ready(B.HALF_OPEN)
+    for trigger in ("close", "reset"):
+        closed = fire_breaker(half, trigger, now=NOW, persist=lambda *a: None)
+        assert (closed.consecutive_failures, closed.breaker_opened_at) == (0, None)

@@ -1,0 +1,769 @@
+"""ScheduleStore: schedules, runs and their records in SQLite or PostgreSQL, through dataset.
+
+Every write is one transaction (``with db:``) retried whole when SQLite reports a lock; every
+state change is a conditional UPDATE checked by rowcount, never a read-modify-write. Rows are
+mapped to value objects here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dataset
+from sqlalchemy import Connection, Table, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from . import schema
+from .clock import Clock, SystemClock
+from .definition import ScheduleDefinition
+from .enums import RunStatus
+from .errors import (
+    DuplicateSchedule,
+    InvalidSchedule,
+    RunNotFound,
+    ScheduleNotFound,
+    SchedulerError,
+    StaleBreaker,
+    StaleRun,
+    StoreError,
+)
+from .machines.binding import Transition
+from .machines.breaker import fire_breaker
+from .machines.run_lifecycle import fire_run
+from .records import Alert, DeadLetter, ProposalRecord, StoredReport
+from .scheduled_run import ScheduledRun, time_occurrence_key
+
+__all__ = ["ScheduleDefinition", "ScheduleStore", "default_url"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: SQLite waits this long for a lock before reporting "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5000
+#: A transaction that keeps finding the database locked is retried for this long in all.
+LOCK_RETRY_SECONDS = 30.0
+#: How long a thread waits for a pooled connection.
+POOL_TIMEOUT_SECONDS = 10
+#: The embedded default database.
+DEFAULT_DB_PATH = Path("~/.actp/scheduler.db")
+
+#: Duration fields of ScheduleDefinition and the columns that hold them in seconds.
+_SPAN_COLUMNS = {
+    "retry_backoff": "retry_backoff_s",
+    "timeout": "timeout_s",
+    "grace": "grace_s",
+    "shutdown_timeout": "shutdown_timeout_s",
+    "breaker_cooldown": "breaker_cooldown_s",
+}
+#: Schedule fields that only the breaker machine or the store itself may change.
+_GUARDED_SCHEDULE_FIELDS = frozenset(
+    {"id", "breaker_state", "consecutive_failures", "breaker_opened_at", "created_at", "updated_at"}
+)
+#: Run fields a transition may set besides the status.
+_RUN_CHANGE_FIELDS = frozenset(f.name for f in fields(ScheduledRun)) - {
+    "run_id",
+    "schedule_id",
+    "schedule_name",
+    "intended_run_at",
+    "occurrence_key",
+    "status",
+    "created_at",
+}
+
+
+def default_url() -> str:
+    """``ACTP_SCHEDULER_DB`` if set, else the SQLite file ``~/.actp/scheduler.db``."""
+    return os.environ.get("ACTP_SCHEDULER_DB") or str(DEFAULT_DB_PATH.expanduser())
+
+
+def normalize_url(url_or_path: str | os.PathLike[str]) -> str:
+    """A SQLAlchemy URL for a URL or a plain file path; ``postgres://`` URLs use psycopg 3."""
+    text = os.fspath(url_or_path)
+    if "://" not in text:
+        path = Path(text).expanduser().resolve()
+        return f"sqlite:///{path}"
+    for prefix in ("postgres://", "postgresql://"):
+        if text.startswith(prefix):
+            return "postgresql+psycopg://" + text[len(prefix) :]
+    return text
+
+
+def _to_db(instant: datetime | None) -> datetime | None:
+    # Naive UTC in the database: SQLite would otherwise keep local wall time, Postgres convert.
+    return None if instant is None else instant.astimezone(UTC).replace(tzinfo=None)
+
+
+def _from_db(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _is_locked(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, sqlite3.OperationalError) and ("locked" in str(orig) or "busy" in str(orig))
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class ScheduleStore:
+    """Durable schedules and runs over ``dataset``: any SQLAlchemy URL, SQLite or PostgreSQL.
+
+    ``ScheduleStore("sqlite:////abs/path/scheduler.db")`` or a plain path; the schema is created
+    (or checked) on open. ``clock`` stamps created/updated times and is the default ``now`` of
+    transitions; give the engine and the store the same clock.
+    """
+
+    def __init__(self, url: str | os.PathLike[str] | None = None, *, clock: Clock | None = None) -> None:
+        self.url = normalize_url(url if url is not None else default_url())
+        self.clock: Clock = clock or SystemClock()
+        is_sqlite = self.url.startswith("sqlite")
+        engine_kwargs: dict[str, Any] = {"pool_timeout": POOL_TIMEOUT_SECONDS}
+        on_connect: list[str] = []
+        if is_sqlite:
+            path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+            on_connect = [f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "PRAGMA synchronous=NORMAL"]
+        try:
+            self.db = dataset.connect(
+                self.url,
+                ensure_schema=False,
+                sqlite_wal_mode=True,
+                on_connect_statements=on_connect,
+                engine_kwargs=engine_kwargs,
+            )
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StoreError(f"cannot open the schedule store at {self.url}: {exc}") from exc
+        self.dialect = self.db.engine.dialect.name if self.db.engine else "unknown"
+        self._retrying = Retrying(
+            retry=retry_if_exception(_is_locked),
+            stop=stop_after_delay(LOCK_RETRY_SECONDS),
+            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
+            reraise=True,
+        )
+        self._migrate()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        """Close every connection; the store cannot be used afterwards."""
+        self.db.close()
+
+    def __enter__(self) -> ScheduleStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _once(self, work: Callable[[Connection], T]) -> T:
+        with self.db as tx:
+            return work(tx.executable)
+
+    def _tx(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction; the whole transaction is retried while SQLite is locked."""
+        try:
+            result: T = self._retrying.copy()(self._once, work)
+            return result
+        except (SchedulerError, IntegrityError):
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error on {self.dialect}: {getattr(exc, 'orig', None) or exc}") from exc
+
+    def _migrate(self) -> None:
+        def create(conn: Connection) -> int | None:
+            schema.metadata.create_all(conn, checkfirst=True)
+            found = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")).scalar()
+            if found is None:
+                conn.execute(schema.meta.insert().values(key="schema_version", value=str(schema.SCHEMA_VERSION)))
+                return None
+            return int(found)
+
+        for attempt in range(3):
+            try:
+                version = self._tx(create)
+                break
+            except (StoreError, IntegrityError) as exc:
+                # Two processes creating the schema at once: the loser sees "already exists"; look again.
+                cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+                if attempt == 2 or not isinstance(cause, OperationalError | ProgrammingError | IntegrityError):
+                    raise
+        if version is not None and version > schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"the database at {self.url} has schema version {version}, newer than this code's "
+                f"{schema.SCHEMA_VERSION}: upgrade the scheduler before opening it"
+            )
+
+    def schema_version(self) -> int:
+        """The schema version recorded in ``meta``."""
+        value = self._tx(
+            lambda c: c.execute(select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")).scalar()
+        )
+        if value is None:
+            raise StoreError(f"the database at {self.url} has no schema version in meta")
+        return int(value)
+
+    def meta_get(self, key: str) -> str | None:
+        """A value from the ``meta`` table."""
+        result: str | None = self._tx(
+            lambda c: c.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).scalar()
+        )
+        return result
+
+    def meta_set(self, key: str, value: str) -> None:
+        """Set a value in the ``meta`` table."""
+
+        def work(conn: Connection) -> None:
+            if conn.execute(update(schema.meta).where(schema.meta.c.key == key).values(value=value)).rowcount == 0:
+                conn.execute(schema.meta.insert().values(key=key, value=value))
+
+        self._tx(work)
+
+    def _insert(self, table: Table) -> Any:
+        """An INSERT that can ``on_conflict_do_nothing`` on this dialect."""
+        ns = pg_dialect if self.dialect == "postgresql" else sqlite_dialect
+        return ns.insert(table)
+
+    # ------------------------------------------------------------------ schedules
+
+    def add(self, definition: ScheduleDefinition) -> ScheduleDefinition:
+        """Store a new schedule and return it as stored; a taken name raises DuplicateSchedule."""
+        now = self.clock.now()
+        stored = definition.with_changes(created_at=definition.created_at or now, updated_at=now)
+        row = _schedule_row(stored)
+        try:
+            self._tx(lambda c: c.execute(schema.schedules.insert().values(**row)))
+        except IntegrityError as exc:
+            if self._find_schedule(stored.name) is not None:
+                raise DuplicateSchedule(stored.name) from exc
+            raise InvalidSchedule("id", stored.id, "an id not already used by another schedule") from exc
+        log.info(
+            "schedule %s added (%s %r, target %s)", stored.name, stored.trigger_type, stored.expression, stored.target
+        )
+        return stored
+
+    def add_many(
+        self, definitions: Iterable[ScheduleDefinition], *, skip_existing: bool = True
+    ) -> list[ScheduleDefinition]:
+        """Store several schedules in one transaction; with ``skip_existing`` a taken name or id is left as is.
+
+        Returns the schedules that were added. Nothing is written if any write fails.
+        """
+        now = self.clock.now()
+        staged = [d.with_changes(created_at=d.created_at or now, updated_at=now) for d in definitions]
+
+        def work(conn: Connection) -> list[ScheduleDefinition]:
+            added = []
+            for d in staged:
+                stmt = self._insert(schema.schedules).values(**_schedule_row(d))
+                if skip_existing:
+                    stmt = stmt.on_conflict_do_nothing()
+                if conn.execute(stmt).rowcount == 1:
+                    added.append(d)
+            return added
+
+        try:
+            return self._tx(work)
+        except IntegrityError as exc:
+            raise InvalidSchedule("name", "<batch>", "names and ids not already used") from exc
+
+    def _find_schedule(self, name_or_id: str) -> ScheduleDefinition | None:
+        s = schema.schedules
+        row = self._tx(
+            lambda c: c.execute(select(s).where(or_(s.c.name == name_or_id, s.c.id == name_or_id))).mappings().first()
+        )
+        return None if row is None else _schedule_from(row)
+
+    def get(self, name_or_id: str) -> ScheduleDefinition:
+        """The schedule with this name (or id); ScheduleNotFound when there is none."""
+        found = self._find_schedule(name_or_id)
+        if found is None:
+            raise ScheduleNotFound(name_or_id)
+        return found
+
+    def list(
+        self, *, enabled: bool | None = None, source: str | None = None, trigger_type: str | None = None
+    ) -> builtins.list[ScheduleDefinition]:
+        """Every schedule, by name, optionally filtered."""
+        s = schema.schedules
+        stmt = select(s).order_by(s.c.name)
+        if enabled is not None:
+            stmt = stmt.where(s.c.enabled == enabled)
+        if source is not None:
+            stmt = stmt.where(s.c.source == str(source))
+        if trigger_type is not None:
+            stmt = stmt.where(s.c.trigger_type == str(trigger_type))
+        rows = self._tx(lambda c: c.execute(stmt).mappings().all())
+        return [_schedule_from(r) for r in rows]
+
+    def update(self, name_or_id: str, **changes: Any) -> ScheduleDefinition:
+        """Change definition fields of a schedule (validated); breaker fields change only through the breaker."""
+        for key, value in changes.items():
+            if key in _GUARDED_SCHEDULE_FIELDS:
+                raise InvalidSchedule(key, value, "not changeable here (breaker fields move through the breaker)")
+        current = self.get(name_or_id)
+        changed = current.with_changes(updated_at=self.clock.now(), **changes)
+        row = _schedule_row(changed)
+        s = schema.schedules
+        try:
+            count = self._tx(lambda c: c.execute(update(s).where(s.c.id == current.id).values(**row)).rowcount)
+        except IntegrityError as exc:
+            raise DuplicateSchedule(changed.name) from exc
+        if count != 1:
+            raise ScheduleNotFound(name_or_id)
+        return changed
+
+    def disable(self, name_or_id: str, reason: str = "") -> ScheduleDefinition:
+        """Stop a schedule from producing runs, recording why."""
+        return self.update(name_or_id, enabled=False, disabled_reason=reason or "disabled")
+
+    def enable(self, name_or_id: str) -> ScheduleDefinition:
+        """Let a disabled schedule produce runs again."""
+        return self.update(name_or_id, enabled=True, disabled_reason=None)
+
+    def remove(self, name_or_id: str) -> None:
+        """Delete a schedule; its runs and dead letters stay as history."""
+        current = self.get(name_or_id)
+        s = schema.schedules
+        self._tx(lambda c: c.execute(s.delete().where(s.c.id == current.id)))
+
+    def record_outcome(self, schedule_id: str, *, failed: bool) -> ScheduleDefinition:
+        """Count a terminal failure (or reset the count on success) in one atomic UPDATE."""
+        s = schema.schedules
+        value = s.c.consecutive_failures + 1 if failed else 0
+
+        def work(conn: Connection) -> Any:
+            conn.execute(update(s).where(s.c.id == schedule_id).values(consecutive_failures=value))
+            return conn.execute(select(s).where(s.c.id == schedule_id)).mappings().first()
+
+        row = self._tx(work)
+        if row is None:
+            raise ScheduleNotFound(schedule_id)
+        return _schedule_from(row)
+
+    def transition_breaker(
+        self, name_or_schedule: str | ScheduleDefinition, trigger: str, *, now: datetime | None = None
+    ) -> ScheduleDefinition:
+        """Fire a breaker trigger (trip, probe, close, reopen, reset) on a schedule; persisted conditionally."""
+        schedule = self.get(name_or_schedule) if isinstance(name_or_schedule, str) else name_or_schedule
+        at = now or self.clock.now()
+
+        def persist(current: ScheduleDefinition, transition: Transition, changes: dict[str, Any]) -> None:
+            s = schema.schedules
+            values = {"breaker_state": transition.dest, "updated_at": _to_db(at)}
+            values.update({k: _to_db(v) if isinstance(v, datetime) else v for k, v in changes.items()})
+            stmt = update(s).where(and_(s.c.id == current.id, s.c.breaker_state == transition.source)).values(**values)
+
+            def work(conn: Connection) -> None:
+                if conn.execute(stmt).rowcount != 1:
+                    actual = conn.execute(select(s.c.breaker_state).where(s.c.id == current.id)).scalar()
+                    raise StaleBreaker(current.id, transition.source, actual, transition.trigger)
+
+            self._tx(work)
+            log.info(
+                "breaker of %s: %s -> %s (%s)", current.name, transition.source, transition.dest, transition.trigger
+            )
+
+        return fire_breaker(schedule, trigger, now=at, persist=persist)
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(
+        self,
+        schedule: ScheduleDefinition,
+        intended_run_at: datetime,
+        *,
+        occurrence_key: str | None = None,
+        origin: str = "schedule",
+        params: dict[str, Any] | None = None,
+        catch_up: bool = False,
+        coalesced_from: int = 1,
+        reason: str | None = None,
+    ) -> ScheduledRun | None:
+        """Materialize a pending run; None when this occurrence already has a run (a no-op).
+
+        ``occurrence_key`` defaults to the intended time, which is what makes a time-based
+        occurrence unique per schedule; events and manual runs pass their own id.
+        """
+        now = self.clock.now()
+        run = ScheduledRun(
+            run_id=_new_id("run"),
+            schedule_id=schedule.id,
+            schedule_name=schedule.name,
+            intended_run_at=intended_run_at.astimezone(UTC),
+            occurrence_key=occurrence_key or time_occurrence_key(intended_run_at),
+            origin=origin,
+            params=dict(schedule.params if params is None else params),
+            catch_up=catch_up,
+            coalesced_from=coalesced_from,
+            reason=reason,
+            created_at=now,
+            updated_at=now,
+        )
+        stmt = self._insert(schema.scheduled_runs).values(**_run_row(run)).on_conflict_do_nothing()
+        created = self._tx(lambda c: c.execute(stmt).rowcount)
+        return run if created == 1 else None
+
+    def get_run(self, run_id: str) -> ScheduledRun:
+        """The run with this id; RunNotFound when there is none."""
+        r = schema.scheduled_runs
+        row = self._tx(lambda c: c.execute(select(r).where(r.c.run_id == run_id)).mappings().first())
+        if row is None:
+            raise RunNotFound(run_id)
+        return _run_from(row)
+
+    def runs(
+        self,
+        schedule: str | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> builtins.list[ScheduledRun]:
+        """Runs, oldest intended time first; ``schedule`` is a name or id, ``status`` one or several."""
+        r = schema.scheduled_runs
+        stmt = select(r).order_by(r.c.intended_run_at, r.c.created_at, r.c.run_id)
+        if schedule is not None:
+            stmt = stmt.where(or_(r.c.schedule_name == schedule, r.c.schedule_id == schedule))
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            stmt = stmt.where(r.c.status.in_([RunStatus(s).value for s in wanted]))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        rows = self._tx(lambda c: c.execute(stmt).mappings().all())
+        return [_run_from(row) for row in rows]
+
+    def count_runs(self, schedule: str | None = None, status: RunStatus | str | None = None) -> int:
+        """How many runs match."""
+        r = schema.scheduled_runs
+        stmt = select(func.count()).select_from(r)
+        if schedule is not None:
+            stmt = stmt.where(or_(r.c.schedule_name == schedule, r.c.schedule_id == schedule))
+        if status is not None:
+            stmt = stmt.where(r.c.status == RunStatus(status).value)
+        return int(self._tx(lambda c: c.execute(stmt).scalar()) or 0)
+
+    def transition(
+        self,
+        run: ScheduledRun,
+        trigger: str,
+        *,
+        now: datetime | None = None,
+        schedule: ScheduleDefinition | None = None,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> ScheduledRun:
+        """Fire ``trigger`` on ``run`` through the run machine; returns the new snapshot.
+
+        The write is ``UPDATE ... WHERE run_id=? AND status=<run.status> AND attempt=<run.attempt>``;
+        if another worker moved the run first, StaleRun is raised and nothing changes.
+        ``changes`` set row fields (outcome, error, reason, owner, checkpoint...). A
+        ``dead_letter`` also writes the dead-letter row, a ``replay`` marks it replayed by ``actor``,
+        in the same transaction.
+        """
+        unknown = set(changes) - _RUN_CHANGE_FIELDS
+        if unknown:
+            raise ValueError(f"not run fields a transition can set: {', '.join(sorted(unknown))}")
+        at = now or self.clock.now()
+        if schedule is None and trigger in ("retry", "dead_letter"):
+            schedule = self.get(run.schedule_id)
+
+        def persist(current: ScheduledRun, transition: Transition, values: dict[str, Any]) -> None:
+            self._tx(lambda conn: self._write_run(conn, current, transition, values, now=at, actor=actor))
+
+        moved = fire_run(run, trigger, now=at, persist=persist, schedule=schedule, changes=changes)
+        log.info(
+            "run %s of %s: %s -> %s (%s)%s",
+            run.run_id,
+            run.schedule_name,
+            run.status,
+            moved.status,
+            trigger,
+            f": {moved.reason}" if moved.reason else "",
+        )
+        return moved
+
+    def _write_run(
+        self,
+        conn: Connection,
+        run: ScheduledRun,
+        transition: Transition,
+        values: dict[str, Any],
+        *,
+        now: datetime,
+        actor: str | None,
+    ) -> None:
+        r = schema.scheduled_runs
+        row = {"status": transition.dest, "updated_at": _to_db(now)}
+        row.update({k: _to_db(v) if isinstance(v, datetime) else v for k, v in values.items()})
+        stmt = (
+            update(r)
+            .where(and_(r.c.run_id == run.run_id, r.c.status == transition.source, r.c.attempt == run.attempt))
+            .values(**row)
+        )
+        if conn.execute(stmt).rowcount != 1:
+            found = conn.execute(select(r.c.status, r.c.owner).where(r.c.run_id == run.run_id)).first()
+            actual = None if found is None else found.status
+            raise StaleRun(
+                run.run_id, transition.source, actual, transition.trigger, holder=None if found is None else found.owner
+            )
+        if transition.trigger == "dead_letter":
+            error = values.get("error", run.error)
+            conn.execute(
+                schema.dead_letters.insert().values(
+                    id=_new_id("dl"),
+                    run_id=run.run_id,
+                    schedule_id=run.schedule_id,
+                    schedule_name=run.schedule_name,
+                    intended_run_at=_to_db(run.intended_run_at),
+                    attempts=run.attempt,
+                    error_type=values.get("error_type", run.error_type),
+                    error=error,
+                    error_traceback=values.get("error_traceback", run.error_traceback),
+                    params=run.params,
+                    checkpoint=values.get("checkpoint", run.checkpoint),
+                    created_at=_to_db(now),
+                    updated_at=_to_db(now),
+                )
+            )
+        elif transition.trigger == "replay":
+            d = schema.dead_letters
+            conn.execute(
+                update(d)
+                .where(and_(d.c.run_id == run.run_id, d.c.replayed_at.is_(None)))
+                .values(replayed_at=_to_db(now), replayed_by=actor or "operator", updated_at=_to_db(now))
+            )
+
+    def dead_letters(self, schedule: str | None = None, *, include_replayed: bool = True) -> builtins.list[DeadLetter]:
+        """Dead-lettered runs, oldest first."""
+        d = schema.dead_letters
+        stmt = select(d).order_by(d.c.created_at, d.c.id)
+        if schedule is not None:
+            stmt = stmt.where(or_(d.c.schedule_name == schedule, d.c.schedule_id == schedule))
+        if not include_replayed:
+            stmt = stmt.where(d.c.replayed_at.is_(None))
+        rows = self._tx(lambda c: c.execute(stmt).mappings().all())
+        return [_dead_letter_from(row) for row in rows]
+
+    # ------------------------------------------------------------------ alerts, reports, engine state, proposals
+
+    def add_alert(self, kind: str, text: str, payload: dict[str, Any] | None = None) -> Alert:
+        """Queue an alert in the outbox."""
+        now = self.clock.now()
+        alert = Alert(id=_new_id("al"), kind=kind, text=text, payload=dict(payload or {}), created_at=now)
+        row = {
+            "id": alert.id,
+            "kind": kind,
+            "text": text,
+            "payload": alert.payload,
+            "status": alert.status,
+            "attempts": 0,
+            "created_at": _to_db(now),
+            "updated_at": _to_db(now),
+        }
+        self._tx(lambda c: c.execute(schema.alerts_outbox.insert().values(**row)))
+        return alert
+
+    def alerts(self, status: str | None = None) -> builtins.list[Alert]:
+        """Alerts in the outbox, oldest first."""
+        a = schema.alerts_outbox
+        stmt = select(a).order_by(a.c.created_at, a.c.id)
+        if status is not None:
+            stmt = stmt.where(a.c.status == status)
+        rows = self._tx(lambda c: c.execute(stmt).mappings().all())
+        return [
+            Alert(
+                id=r["id"],
+                kind=r["kind"],
+                text=r["text"],
+                payload=r["payload"],
+                status=r["status"],
+                attempts=r["attempts"],
+                last_error=r["last_error"],
+                created_at=_from_db(r["created_at"]),
+                delivered_at=_from_db(r["delivered_at"]),
+            )
+            for r in rows
+        ]
+
+    def save_report(
+        self,
+        *,
+        worker_id: str,
+        started_at: datetime,
+        finished_at: datetime | None,
+        report: dict[str, Any],
+        dry_run: bool = False,
+    ) -> StoredReport:
+        """Persist a reconciliation report."""
+        stored = StoredReport(
+            id=_new_id("rec"),
+            worker_id=worker_id,
+            started_at=started_at,
+            finished_at=finished_at,
+            dry_run=dry_run,
+            report=report,
+        )
+        row = {
+            "id": stored.id,
+            "worker_id": worker_id,
+            "started_at": _to_db(started_at),
+            "finished_at": _to_db(finished_at),
+            "dry_run": dry_run,
+            "report": report,
+        }
+        self._tx(lambda c: c.execute(schema.reconciliation_reports.insert().values(**row)))
+        return stored
+
+    def reports(self, *, limit: int = 10) -> builtins.list[StoredReport]:
+        """The latest reconciliation reports, newest first."""
+        t = schema.reconciliation_reports
+        stmt = select(t).order_by(t.c.started_at.desc(), t.c.id).limit(limit)
+        rows = self._tx(lambda c: c.execute(stmt).mappings().all())
+        return [
+            StoredReport(
+                id=r["id"],
+                worker_id=r["worker_id"],
+                started_at=_from_db(r["started_at"]) or r["started_at"],
+                finished_at=_from_db(r["finished_at"]),
+                dry_run=r["dry_run"],
+                report=r["report"],
+            )
+            for r in rows
+        ]
+
+    def put_state(self, key: str, value: dict[str, Any]) -> None:
+        """Set an ``engine_state`` entry (worker heartbeats, clean-shutdown markers)."""
+        e = schema.engine_state
+        now = _to_db(self.clock.now())
+
+        def work(conn: Connection) -> None:
+            if conn.execute(update(e).where(e.c.key == key).values(value=value, updated_at=now)).rowcount == 0:
+                conn.execute(e.insert().values(key=key, value=value, updated_at=now))
+
+        self._tx(work)
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """An ``engine_state`` entry, or None."""
+        e = schema.engine_state
+        result: dict[str, Any] | None = self._tx(lambda c: c.execute(select(e.c.value).where(e.c.key == key)).scalar())
+        return result
+
+    def save_proposal(self, record: ProposalRecord) -> ProposalRecord:
+        """Insert or replace a proposal record."""
+        p = schema.proposals
+        now = self.clock.now()
+        row = {
+            "id": record.id,
+            "name": record.name,
+            "status": record.status,
+            "proposed_by": record.proposed_by,
+            "payload": record.payload,
+            "report": record.report,
+            "decided_by": record.decided_by,
+            "decision_reason": record.decision_reason,
+            "schedule_id": record.schedule_id,
+            "expires_at": _to_db(record.expires_at),
+            "created_at": _to_db(record.created_at or now),
+            "updated_at": _to_db(now),
+        }
+
+        def work(conn: Connection) -> None:
+            if conn.execute(update(p).where(p.c.id == record.id).values(**row)).rowcount == 0:
+                conn.execute(p.insert().values(**row))
+
+        self._tx(work)
+        return self.get_proposal(record.id)
+
+    def get_proposal(self, proposal_id: str) -> ProposalRecord:
+        """A stored proposal; LookupError when there is none."""
+        p = schema.proposals
+        r = self._tx(lambda c: c.execute(select(p).where(p.c.id == proposal_id)).mappings().first())
+        if r is None:
+            raise LookupError(f"no proposal with id {proposal_id!r}")
+        return ProposalRecord(
+            id=r["id"],
+            name=r["name"],
+            status=r["status"],
+            proposed_by=r["proposed_by"],
+            payload=r["payload"],
+            report=r["report"],
+            decided_by=r["decided_by"],
+            decision_reason=r["decision_reason"],
+            schedule_id=r["schedule_id"],
+            expires_at=_from_db(r["expires_at"]),
+            created_at=_from_db(r["created_at"]),
+            updated_at=_from_db(r["updated_at"]),
+        )
+
+
+# ---------------------------------------------------------------------- row mapping
+
+
+def _schedule_row(d: ScheduleDefinition) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for f in fields(d):
+        value = getattr(d, f.name)
+        if f.name in _SPAN_COLUMNS:
+            row[_SPAN_COLUMNS[f.name]] = None if value is None else value.total_seconds()
+        elif isinstance(value, datetime):
+            row[f.name] = _to_db(value)
+        elif isinstance(value, StrEnum):
+            row[f.name] = value.value
+        else:
+            row[f.name] = value
+    return row
+
+
+def _schedule_from(row: Any) -> ScheduleDefinition:
+    kwargs: dict[str, Any] = {}
+    for f in fields(ScheduleDefinition):
+        if f.name in _SPAN_COLUMNS:
+            seconds = row[_SPAN_COLUMNS[f.name]]
+            kwargs[f.name] = None if seconds is None else timedelta(seconds=seconds)
+        else:
+            value = row[f.name]
+            kwargs[f.name] = _from_db(value) if isinstance(value, datetime) else value
+    return ScheduleDefinition(**kwargs)
+
+
+def _run_row(run: ScheduledRun) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for f in fields(run):
+        value = getattr(run, f.name)
+        if isinstance(value, datetime):
+            value = _to_db(value)
+        elif isinstance(value, StrEnum):
+            value = value.value
+        row[f.name] = value
+    return row
+
+
+def _run_from(row: Any) -> ScheduledRun:
+    kwargs = {f.name: row[f.name] for f in fields(ScheduledRun)}
+    for key, value in kwargs.items():
+        if isinstance(value, datetime):
+            kwargs[key] = _from_db(value)
+    kwargs["status"] = RunStatus(kwargs["status"])
+    return ScheduledRun(**kwargs)
+
+
+def _dead_letter_from(row: Any) -> DeadLetter:
+    kwargs = {f.name: row[f.name] for f in fields(DeadLetter)}
+    for key, value in kwargs.items():
+        if isinstance(value, datetime):
+            kwargs[key] = _from_db(value)
+    return DeadLetter(**kwargs)

@@ -1,0 +1,168 @@
+"""The store's tables, columns and indexes in one place (SQLAlchemy Core, created through dataset)."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy.dialects.postgresql import JSONB
+
+#: Bumped when a table or column changes; stored in ``meta`` under ``schema_version``.
+SCHEMA_VERSION = 1
+
+_JSON = JSON().with_variant(JSONB(), "postgresql")
+ID = 64
+NAME = 128
+ENUM = 32
+
+metadata = MetaData()
+
+
+def _stamps() -> list[Column[object]]:
+    return [Column("created_at", DateTime), Column("updated_at", DateTime)]
+
+
+meta = Table("meta", metadata, Column("key", String(NAME), primary_key=True), Column("value", Text))
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(NAME), nullable=False, unique=True),
+    Column("trigger_type", String(ENUM), nullable=False),
+    Column("expression", String(256), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("target", String(NAME), nullable=False),
+    Column("params", _JSON, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("missed_run_policy", String(ENUM), nullable=False),
+    Column("concurrency_policy", String(ENUM), nullable=False),
+    Column("shutdown_policy", String(ENUM), nullable=False),
+    Column("risk_tier", String(ENUM), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("max_retries", Integer, nullable=False),
+    Column("retry_backoff_s", Float, nullable=False),
+    Column("timeout_s", Float),
+    Column("grace_s", Float, nullable=False),
+    Column("catch_up_limit", Integer, nullable=False),
+    Column("shutdown_timeout_s", Float, nullable=False),
+    Column("breaker_threshold", Integer, nullable=False),
+    Column("breaker_cooldown_s", Float),
+    Column("source", String(ENUM), nullable=False),
+    Column("proposal_id", String(ID)),
+    Column("next_run_at", DateTime),
+    Column("last_run_at", DateTime),
+    Column("anchor_at", DateTime),
+    Column("breaker_state", String(ENUM), nullable=False),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("breaker_opened_at", DateTime),
+    Column("disabled_reason", Text),
+    *_stamps(),
+    Index("ix_schedules_due", "enabled", "next_run_at"),
+)
+
+scheduled_runs = Table(
+    "scheduled_runs",
+    metadata,
+    Column("run_id", String(ID), primary_key=True),
+    Column("schedule_id", String(ID), nullable=False),
+    Column("schedule_name", String(NAME), nullable=False),
+    Column("intended_run_at", DateTime, nullable=False),
+    Column("occurrence_key", String(NAME), nullable=False),
+    Column("status", String(ENUM), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("origin", String(ENUM), nullable=False),
+    Column("params", _JSON, nullable=False),
+    Column("catch_up", Boolean, nullable=False),
+    Column("coalesced_from", Integer, nullable=False),
+    Column("started_at", DateTime),
+    Column("completed_at", DateTime),
+    Column("outcome", Text),
+    Column("error_type", String(NAME)),
+    Column("error", Text),
+    Column("error_traceback", Text),
+    Column("reason", Text),
+    Column("checkpoint", _JSON),
+    Column("owner", String(NAME)),
+    Column("lease_expires_at", DateTime),
+    Column("heartbeat_at", DateTime),
+    *_stamps(),
+    # Materializing the same occurrence twice must be a no-op: this index is what makes it one.
+    Index("uq_runs_occurrence", "schedule_id", "occurrence_key", unique=True),
+    Index("ix_runs_status_intended", "status", "intended_run_at"),
+    Index("ix_runs_schedule_intended", "schedule_id", "intended_run_at"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("run_id", String(ID), nullable=False),
+    Column("schedule_id", String(ID), nullable=False),
+    Column("schedule_name", String(NAME), nullable=False),
+    Column("intended_run_at", DateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error_type", String(NAME)),
+    Column("error", Text),
+    Column("error_traceback", Text),
+    Column("params", _JSON, nullable=False),
+    Column("checkpoint", _JSON),
+    Column("replayed_at", DateTime),
+    Column("replayed_by", String(NAME)),
+    *_stamps(),
+    Index("ix_dead_letters_run", "run_id"),
+    Index("ix_dead_letters_created", "created_at"),
+)
+
+proposals = Table(
+    "proposals",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(NAME), nullable=False),
+    Column("status", String(ENUM), nullable=False),
+    Column("proposed_by", String(NAME), nullable=False),
+    Column("payload", _JSON, nullable=False),
+    Column("report", _JSON),
+    Column("decided_by", String(NAME)),
+    Column("decision_reason", Text),
+    Column("schedule_id", String(ID)),
+    Column("expires_at", DateTime),
+    *_stamps(),
+    Index("ix_proposals_status", "status"),
+)
+
+reconciliation_reports = Table(
+    "reconciliation_reports",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("worker_id", String(NAME), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("dry_run", Boolean, nullable=False),
+    Column("report", _JSON, nullable=False),
+    Index("ix_reports_started", "started_at"),
+)
+
+alerts_outbox = Table(
+    "alerts_outbox",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("kind", String(ENUM), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("payload", _JSON, nullable=False),
+    Column("status", String(ENUM), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime),
+    *_stamps(),
+    Index("ix_alerts_status", "status", "created_at"),
+)
+
+engine_state = Table(
+    "engine_state",
+    metadata,
+    Column("key", String(NAME), primary_key=True),
+    Column("value", _JSON, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+#: Every table the store creates, by name.
+TABLES: dict[str, Table] = dict(metadata.tables)

@@ -1,0 +1,371 @@
+"""ScheduleStore on a real SQLite file: round trips, idempotent materialization, races, reopening."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from agent.scheduler import (
+    BreakerState,
+    FakeClock,
+    InvalidSchedule,
+    RunStatus,
+    ScheduleDefinition,
+    ScheduleStore,
+    TriggerType,
+)
+from agent.scheduler.errors import DuplicateSchedule, GuardRejected, RunNotFound, ScheduleNotFound, StaleRun, StoreError
+from agent.scheduler.policies.retry import backoff_delay
+from agent.scheduler.records import ProposalRecord
+from agent.scheduler.schema import SCHEMA_VERSION, TABLES
+
+MakeSchedule = Callable[..., ScheduleDefinition]
+T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
+
+
+def test_schema_has_every_table_wal_mode_and_a_version(store: ScheduleStore, db_path: Path) -> None:
+    assert set(TABLES) == {
+        "meta",
+        "schedules",
+        "scheduled_runs",
+        "dead_letters",
+        "proposals",
+        "reconciliation_reports",
+        "alerts_outbox",
+        "engine_state",
+    }
+    with sqlite3.connect(db_path) as raw:
+        tables = {r[0] for r in raw.execute("select name from sqlite_master where type='table'")}
+        mode = raw.execute("pragma journal_mode").fetchone()[0]
+        unique = raw.execute("select sql from sqlite_master where name='uq_runs_occurrence'").fetchone()[0]
+    assert tables == set(TABLES)
+    assert mode == "wal"
+    assert "UNIQUE INDEX" in unique and "schedule_id, occurrence_key" in unique
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_schedule_round_trip_keeps_every_field(store: ScheduleStore, clock: FakeClock) -> None:
+    original = ScheduleDefinition(
+        name="report",
+        trigger_type=TriggerType.CALENDAR,
+        expression="0 6 * * 1-5",
+        target="daily_report",
+        timezone="Europe/Berlin",
+        params={"recipients": ["ops"], "depth": 2, "nested": {"ok": True}},
+        description="weekday report",
+        missed_run_policy="catch_up_all",
+        concurrency_policy="enqueue_one",
+        shutdown_policy="checkpoint_and_stop",
+        risk_tier="medium",
+        max_retries=5,
+        retry_backoff=timedelta(seconds=12.5),
+        timeout=timedelta(minutes=3),
+        grace=timedelta(seconds=45),
+        catch_up_limit=7,
+        shutdown_timeout=timedelta(seconds=40),
+        breaker_threshold=4,
+        breaker_cooldown=timedelta(minutes=15),
+        source="agent",
+        proposal_id="prop_1",
+        next_run_at=datetime(2027, 3, 15, 5, 0, tzinfo=UTC),
+        last_run_at=datetime(2027, 3, 12, 5, 0, 0, 123456, tzinfo=UTC),
+        anchor_at=datetime(2027, 3, 1, 1, 0, tzinfo=timezone(timedelta(hours=1))),
+    )
+    stored = store.add(original)
+    assert stored.created_at == clock.now() == stored.updated_at
+    loaded = store.get("report")
+    assert loaded == stored
+    assert loaded.anchor_at == datetime(2027, 3, 1, 0, 0, tzinfo=UTC)
+    assert loaded.anchor_at is not None and loaded.anchor_at.tzinfo is UTC
+    assert store.get(stored.id) == stored
+
+
+def test_a_taken_name_or_a_bad_update_writes_nothing(store: ScheduleStore, make_schedule: MakeSchedule) -> None:
+    first = store.add(make_schedule("sweep"))
+    with pytest.raises(DuplicateSchedule) as err:
+        store.add(make_schedule("sweep", expression="1h"))
+    assert err.value.field == "name"
+    with pytest.raises(InvalidSchedule) as bad:
+        store.update("sweep", expression="every now and then")
+    assert bad.value.field == "expression"
+    with pytest.raises(InvalidSchedule) as guarded:
+        store.update("sweep", breaker_state="open")
+    assert guarded.value.field == "breaker_state"
+    assert store.list() == [first]
+
+
+def test_list_filters_disable_enable_and_remove(store: ScheduleStore, make_schedule: MakeSchedule) -> None:
+    store.add(make_schedule("b"))
+    store.add(make_schedule("a", source="legacy_cron"))
+    assert [s.name for s in store.list()] == ["a", "b"]
+    off = store.disable("a", reason="maintenance window")
+    assert (off.enabled, off.disabled_reason) == (False, "maintenance window")
+    assert [s.name for s in store.list(enabled=True)] == ["b"]
+    assert [s.name for s in store.list(source="legacy_cron")] == ["a"]
+    on = store.enable("a")
+    assert (on.enabled, on.disabled_reason) == (True, None)
+    store.remove("b")
+    with pytest.raises(ScheduleNotFound, match="no schedule named 'b'"):
+        store.get("b")
+
+
+def test_creating_the_same_occurrence_twice_is_a_no_op(store: ScheduleStore, make_schedule: MakeSchedule) -> None:
+    s = store.add(make_schedule())
+    first = store.create_run(s, T0)
+    assert first is not None and first.status is RunStatus.PENDING
+    same_instant_other_zone = T0.astimezone(timezone(timedelta(hours=-5)))
+    assert store.create_run(s, same_instant_other_zone) is None
+    assert store.create_run(s, T0, catch_up=True, coalesced_from=4) is None
+    assert [r.run_id for r in store.runs(schedule="sweep")] == [first.run_id]
+    other = store.create_run(s, T0 + timedelta(minutes=5))
+    assert other is not None
+    event_runs = [store.create_run(s, T0, occurrence_key=f"event:{i}", origin="event") for i in range(2)]
+    assert all(r is not None for r in event_runs)
+    assert store.count_runs(schedule="sweep") == 4
+
+
+def test_run_round_trip_through_every_field(
+    store: ScheduleStore, make_schedule: MakeSchedule, clock: FakeClock
+) -> None:
+    s = store.add(make_schedule(params={"a": 1}, max_retries=0))
+    run = store.create_run(s, T0, params={"payload": {"job": 7}}, catch_up=True, coalesced_from=3, reason="caught up")
+    assert run is not None
+    assert store.get_run(run.run_id) == run
+    started = store.transition(run, "start", owner="w1", lease_expires_at=T0 + timedelta(seconds=30))
+    clock.advance(2)
+    failed = store.transition(
+        started,
+        "fail",
+        error_type="ValueError",
+        error="ValueError: boom",
+        error_traceback="Traceback...",
+        checkpoint={"done": 3},
+        reason="task raised",
+    )
+    loaded = store.get_run(run.run_id)
+    assert loaded == failed
+    assert (loaded.status, loaded.params, loaded.catch_up, loaded.coalesced_from) == (
+        RunStatus.FAILED,
+        {"payload": {"job": 7}},
+        True,
+        3,
+    )
+    assert (loaded.started_at, loaded.completed_at, loaded.checkpoint) == (T0, T0 + timedelta(seconds=2), {"done": 3})
+    with pytest.raises(RunNotFound):
+        store.get_run("run_missing")
+
+
+def test_a_stale_snapshot_cannot_move_a_run_and_says_who_did(store: ScheduleStore, make_schedule: MakeSchedule) -> None:
+    run = store.create_run(store.add(make_schedule()), T0)
+    assert run is not None
+    store.transition(run, "start", owner="worker-a")
+    with pytest.raises(StaleRun) as err:
+        store.transition(run, "start", owner="worker-b")
+    assert (err.value.expected, err.value.actual, err.value.holder) == ("pending", "running", "worker-a")
+    assert "worker-a" in str(err.value)
+    assert store.get_run(run.run_id).owner == "worker-a"
+
+
+def test_retry_with_backoff_then_dead_letter_is_persisted(
+    store: ScheduleStore, make_schedule: MakeSchedule, clock: FakeClock
+) -> None:
+    s = store.add(make_schedule(max_retries=1, retry_backoff=timedelta(seconds=10)))
+    run = store.create_run(s, T0, params={"x": 1})
+    assert run is not None
+    failed = store.transition(store.transition(run, "start"), "fail", error_type="OSError", error="OSError: down")
+    with pytest.raises(GuardRejected, match="backoff"):
+        store.transition(failed, "retry")
+    assert store.get_run(run.run_id).status is RunStatus.FAILED
+    clock.advance(backoff_delay(1, timedelta(seconds=10), key=run.run_id))
+    again = store.transition(failed, "retry")
+    assert (again.status, again.attempt) == (RunStatus.PENDING, 2)
+    failed2 = store.transition(
+        store.transition(again, "start"),
+        "fail",
+        error_type="OSError",
+        error="OSError: still down",
+        error_traceback="Traceback (most recent call last): ...",
+    )
+    with pytest.raises(GuardRejected, match="retries exhausted"):
+        store.transition(failed2, "retry")
+    dead = store.transition(failed2, "dead_letter")
+    assert dead.status is RunStatus.DEAD_LETTERED
+    [letter] = store.dead_letters()
+    assert (letter.run_id, letter.attempts, letter.error_type, letter.error, letter.params) == (
+        run.run_id,
+        2,
+        "OSError",
+        "OSError: still down",
+        {"x": 1},
+    )
+    assert letter.error_traceback and letter.intended_run_at == T0 and letter.replayed_at is None
+    replayed = store.transition(dead, "replay", actor="alice")
+    assert (replayed.status, replayed.attempt) == (RunStatus.PENDING, 1)
+    [letter] = store.dead_letters()
+    assert (letter.replayed_by, letter.replayed_at) == ("alice", clock.now())
+    assert store.dead_letters(include_replayed=False) == []
+
+
+def test_breaker_counts_and_trips_through_the_machine(store: ScheduleStore, make_schedule: MakeSchedule) -> None:
+    s = store.add(make_schedule(breaker_threshold=2))
+    with pytest.raises(GuardRejected):
+        store.transition_breaker("sweep", "trip")
+    assert store.record_outcome(s.id, failed=True).consecutive_failures == 1
+    assert store.record_outcome(s.id, failed=False).consecutive_failures == 0
+    store.record_outcome(s.id, failed=True)
+    after = store.record_outcome(s.id, failed=True)
+    opened = store.transition_breaker(after, "trip")
+    assert store.get("sweep").breaker_state is BreakerState.OPEN == opened.breaker_state
+    from agent.scheduler.errors import StaleBreaker
+
+    with pytest.raises(StaleBreaker):
+        store.transition_breaker(after, "trip")
+    closed = store.transition_breaker("sweep", "reset")
+    assert (closed.breaker_state, store.get("sweep").consecutive_failures) == (BreakerState.CLOSED, 0)
+
+
+def test_records_round_trip(store: ScheduleStore, clock: FakeClock) -> None:
+    alert = store.add_alert("breaker_opened", "sweep: breaker opened", {"schedule": "sweep", "failures": 3})
+    assert store.alerts() == [alert]
+    assert store.alerts(status="sent") == []
+    report = store.save_report(
+        worker_id="w1", started_at=T0, finished_at=T0 + timedelta(seconds=1), report={"orphans": 2}, dry_run=True
+    )
+    assert store.reports() == [report]
+    store.put_state("worker:w1", {"heartbeat": "2027-03-13T12:00:00Z", "clean": False})
+    store.put_state("worker:w1", {"heartbeat": "2027-03-13T12:01:00Z", "clean": True})
+    assert store.get_state("worker:w1") == {"heartbeat": "2027-03-13T12:01:00Z", "clean": True}
+    assert store.get_state("worker:nobody") is None
+    proposal = ProposalRecord(
+        id="prop_1",
+        name="cleanup",
+        status="submitted",
+        proposed_by="agent-7",
+        payload={"expression": "1h"},
+        expires_at=T0 + timedelta(days=1),
+    )
+    saved = store.save_proposal(proposal)
+    assert saved.payload == {"expression": "1h"} and saved.expires_at == T0 + timedelta(days=1)
+    assert saved.created_at == clock.now()
+    store.meta_set("legacy_migration", "1")
+    assert store.meta_get("legacy_migration") == "1"
+
+
+def test_state_survives_reopening_the_store(db_path: Path, clock: FakeClock, make_schedule: MakeSchedule) -> None:
+    with ScheduleStore(db_path, clock=clock) as first:
+        s = first.add(make_schedule())
+        run = first.create_run(s, T0)
+        assert run is not None
+        started = first.transition(run, "start", owner="w1")
+    with ScheduleStore(f"sqlite:///{db_path}", clock=clock) as second:
+        assert second.get("sweep") == s
+        assert second.get_run(run.run_id) == started
+        assert second.create_run(s, T0) is None
+
+
+def test_a_locked_database_retries_the_whole_transaction(store: ScheduleStore, mocker: Any) -> None:
+    real = store._once
+    locked = OperationalError("UPDATE ...", {}, sqlite3.OperationalError("database is locked"))
+    calls: list[int] = []
+
+    def flaky(work: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise locked
+        return real(work)
+
+    mocker.patch.object(store, "_once", side_effect=flaky)
+    store.meta_set("k", "v")  # the first two attempts find the database locked; the third commits
+    assert len(calls) == 3
+    mocker.stopall()
+    assert store.meta_get("k") == "v"
+
+
+def test_other_driver_errors_become_store_errors(store: ScheduleStore, mocker: Any) -> None:
+    broken = OperationalError("SELECT ...", {}, sqlite3.OperationalError("disk I/O error"))
+    mocker.patch.object(store, "_once", side_effect=broken)
+    with pytest.raises(StoreError, match="disk I/O error") as err:
+        store.list()
+    assert err.value.__cause__ is broken
+
+
+def test_a_newer_schema_is_refused(db_path: Path, clock: FakeClock) -> None:
+    with ScheduleStore(db_path, clock=clock) as s:
+        s.meta_set("schema_version", str(SCHEMA_VERSION + 1))
+    with pytest.raises(StoreError, match="newer than this code"):
+        ScheduleStore(db_path, clock=clock)
+
+
+# ------------------------------------------------------------------ races
+
+
+def test_threads_racing_to_start_one_run_have_exactly_one_winner(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    run = store.create_run(store.add(make_schedule()), T0)
+    assert run is not None
+    contenders = 8
+    barrier = threading.Barrier(contenders)
+    won: list[str] = []
+    lost: list[StaleRun] = []
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        try:
+            store.transition(run, "start", owner=f"thread-{i}")
+            won.append(f"thread-{i}")
+        except StaleRun as exc:
+            lost.append(exc)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == contenders - 1
+    assert all(e.actual == "running" and e.holder == won[0] for e in lost)
+    row = store.get_run(run.run_id)
+    assert (row.status, row.owner, row.attempt, row.started_at) == (RunStatus.RUNNING, won[0], 1, T0)
+
+
+def _start_in_process(url: str, run_id: str, name: str, barrier: Any, results: Any) -> None:
+    clock = FakeClock(T0)
+    with ScheduleStore(url, clock=clock) as s:
+        run = s.get_run(run_id)
+        barrier.wait()
+        try:
+            s.transition(run, "start", owner=name)
+            results.put((name, "won"))
+        except StaleRun as exc:
+            results.put((name, f"stale:{exc.actual}:{exc.holder}"))
+
+
+def test_processes_racing_to_start_one_run_have_exactly_one_winner(
+    store: ScheduleStore, make_schedule: MakeSchedule, db_path: Path
+) -> None:
+    run = store.create_run(store.add(make_schedule()), T0)
+    assert run is not None
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [
+        ctx.Process(target=_start_in_process, args=(f"sqlite:///{db_path}", run.run_id, f"proc-{i}", barrier, results))
+        for i in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    outcomes = dict(results.get(timeout=5) for _ in procs)
+    winners = [n for n, o in outcomes.items() if o == "won"]
+    assert len(winners) == 1
+    assert sorted(o for o in outcomes.values() if o != "won") == [f"stale:running:{winners[0]}"] * 2
+    assert store.get_run(run.run_id).owner == winners[0]

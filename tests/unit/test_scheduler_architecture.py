@@ -1,0 +1,164 @@
+"""Structural promises: a pure core, a pinned public API, and an honest feature list."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import agent.scheduler
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "agent" / "scheduler"
+
+#: Modules that must stay free of I/O, and the pure modules they may lean on.
+CORE = ["triggers.py", "clock.py", "errors.py", "policies", "machines"]
+PURE_SUPPORT = {"enums", "errors", "definition", "scheduled_run", "triggers", "clock", "policies", "machines"}
+#: Absolute imports the core may use: pure standard library and the pure third-party libraries.
+ALLOWED = {
+    "__future__",
+    "abc",
+    "collections",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "functools",
+    "hashlib",
+    "itertools",
+    "json",
+    "math",
+    "re",
+    "typing",
+    "uuid",
+    "zoneinfo",
+    "croniter",
+    "transitions",
+}
+#: asyncio only for the real clock's sleep.
+ALLOWED_IN = {"clock.py": {"asyncio"}}
+
+
+def core_files() -> list[Path]:
+    out: list[Path] = []
+    for entry in CORE:
+        path = PKG / entry
+        out.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    return out
+
+
+def imported_modules(path: Path, source: str | None = None) -> list[str]:
+    """Absolute names of what ``path`` imports; relative imports resolved against its package."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names: list[str] = []
+    for node in ast.walk(ast.parse(source if source is not None else path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                names.append(".".join([*base, node.module]))
+            else:
+                names += [".".join([*base, a.name]) for a in node.names]
+    return names
+
+
+def offences(path: Path, source: str | None = None) -> list[str]:
+    """Imports of ``path`` that reach outside the pure core and the allowed libraries."""
+    allowed = ALLOWED | ALLOWED_IN.get(path.name, set())
+    bad = []
+    for name in imported_modules(path, source):
+        parts = name.split(".")
+        if parts[:2] == ["agent", "scheduler"]:
+            if len(parts) < 3 or parts[2] not in PURE_SUPPORT:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+        elif parts[0] not in allowed:
+            bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    return bad
+
+
+def test_the_core_imports_no_database_network_or_os_module() -> None:
+    assert [o for path in core_files() for o in offences(path)] == []
+
+
+def test_the_pure_support_modules_import_no_io_either() -> None:
+    assert [o for name in ("enums", "definition", "scheduled_run") for o in offences(PKG / f"{name}.py")] == []
+
+
+def test_the_checker_would_catch_a_forbidden_import() -> None:
+    bad = (
+        "import sqlite3\nfrom sqlalchemy import text\nfrom ..schedule_store import ScheduleStore\nfrom . import retry\n"
+    )
+    found = offences(PKG / "policies" / "x.py", bad)
+    assert [f.split(" imports ")[1] for f in found] == ["sqlite3", "sqlalchemy", "agent.scheduler.schedule_store"]
+
+
+def test_nothing_but_the_system_clock_reads_the_wall_clock() -> None:
+    readers = []
+    for path in sorted(PKG.rglob("*.py")):
+        text = path.read_text()
+        if any(s in text for s in ("datetime.now(", "datetime.utcnow(", "time.time(")) and path.name != "clock.py":
+            readers.append(str(path.relative_to(ROOT)))
+    assert readers == []
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(agent.scheduler.__all__) == sorted(
+        [
+            "BreakerState",
+            "Clock",
+            "ConcurrencyPolicy",
+            "FakeClock",
+            "InvalidSchedule",
+            "MissedRunPolicy",
+            "RiskTier",
+            "RunStatus",
+            "ScheduleDefinition",
+            "ScheduleStore",
+            "ScheduledRun",
+            "SchedulerError",
+            "ShutdownPolicy",
+            "SystemClock",
+            "TriggerType",
+        ]
+    )
+    for name in agent.scheduler.__all__:
+        assert getattr(agent.scheduler, name) is not None
+
+
+def _test_exists(node_id: str) -> bool:
+    path, _, rest = node_id.partition("::")
+    file = ROOT / path
+    if not file.exists():
+        return False
+    names = [n.split("[")[0] for n in rest.split("::") if n]
+    scope: list[ast.stmt] = ast.parse(file.read_text()).body
+    for name in names:
+        found = [
+            n for n in scope if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == name
+        ]
+        if not found:
+            return False
+        scope = found[0].body if isinstance(found[0], ast.ClassDef) else []
+    return True
+
+
+def test_features_file_lists_the_fourteen_features_and_names_real_tests_for_each_passing_one() -> None:
+    data = json.loads((ROOT / "prd-015-features.json").read_text())
+    features = data["features"]
+    assert [f["id"] for f in features] == [f"SCHED-{i:03d}" for i in range(1, 15)]
+    for f in features:
+        assert set(f) >= {"id", "title", "passes", "tests"} and isinstance(f["passes"], bool)
+        if f["passes"]:
+            assert f["tests"], f"{f['id']} passes without naming a test"
+            missing = [t for t in f["tests"] if not _test_exists(t)]
+            assert missing == [], f"{f['id']} names missing tests: {missing}"
+
+
+def test_the_feature_check_notices_a_missing_test() -> None:
+    assert _test_exists("tests/unit/test_scheduler_architecture.py::test_public_api_is_pinned")
+    assert not _test_exists("tests/unit/test_scheduler_architecture.py::test_that_does_not_exist")
+    assert not _test_exists("tests/unit/nowhere.py::test_x")
+    assert sys.version_info >= (3, 11)

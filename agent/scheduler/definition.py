@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -217,6 +218,20 @@ class ScheduleDefinition:
         for name in ("next_run_at", "last_run_at", "anchor_at", "breaker_opened_at", "created_at", "updated_at"):
             put(self, name, _instant(name, getattr(self, name)))
 
+    @classmethod
+    def from_trusted(cls, **values: Any) -> ScheduleDefinition:
+        """Rebuild a definition that was validated before (a stored row) without validating again.
+
+        Enum fields may be their string values. Only the store should call this.
+        """
+        self = object.__new__(cls)
+        for f in fields(cls):
+            value = values[f.name]
+            if f.name in _ENUM_FIELDS and value is not None:
+                value = _ENUM_FIELDS[f.name](value)
+            object.__setattr__(self, f.name, value)
+        return self
+
     @property
     def is_time_based(self) -> bool:
         """True when the schedule has occurrences in time (interval, calendar, delay, reconciliation)."""
@@ -224,8 +239,8 @@ class ScheduleDefinition:
 
     def trigger(self, anchor: datetime | None = None) -> triggers.Trigger:
         """The occurrence math for this schedule; ``anchor`` defaults to ``anchor_at`` then ``created_at``."""
-        return triggers.build_trigger(
-            self.trigger_type, self.expression, self.timezone, anchor=anchor or self.anchor_at or self.created_at
+        return _build_trigger(
+            self.trigger_type, self.expression, self.timezone, anchor or self.anchor_at or self.created_at
         )
 
     def with_changes(self, **changes: Any) -> ScheduleDefinition:
@@ -239,3 +254,22 @@ class ScheduleDefinition:
 
 #: Trigger types whose schedules have occurrences in time.
 TIME_BASED = frozenset({TriggerType.INTERVAL, TriggerType.CALENDAR, TriggerType.DELAY, TriggerType.RECONCILIATION})
+
+
+@functools.lru_cache(maxsize=4096)
+def _build_trigger(
+    trigger_type: TriggerType, expression: str, timezone: str, anchor: datetime | None
+) -> triggers.Trigger:
+    # Triggers are immutable: parsing a cron once per (expression, zone, anchor) is enough.
+    return triggers.build_trigger(trigger_type, expression, timezone, anchor=anchor)
+
+
+_ENUM_FIELDS: dict[str, type[StrEnum]] = {
+    "trigger_type": TriggerType,
+    "missed_run_policy": MissedRunPolicy,
+    "concurrency_policy": ConcurrencyPolicy,
+    "shutdown_policy": ShutdownPolicy,
+    "risk_tier": RiskTier,
+    "source": ScheduleSource,
+    "breaker_state": BreakerState,
+}

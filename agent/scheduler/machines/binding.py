@@ -96,15 +96,13 @@ def fire(machine: Machine, binding: Binding[T], trigger: str) -> T:
     if trigger not in machine.events:
         known = ", ".join(sorted(machine.events))
         raise InvalidTransition(binding.entity_id, state, trigger, f"unknown trigger; known: {known}")
-    machine.add_model(binding, initial=state)
+    # The binding is not added to the machine: an Event fires on any object holding a state
+    # attribute, so the shared machine keeps no list of models (nothing to leak, nothing to scan).
     try:
-        try:
-            accepted = machine.events[trigger].trigger(binding)
-        except MachineError:
-            raise InvalidTransition(binding.entity_id, state, trigger) from None
-        if not accepted:
-            raise GuardRejected(binding.entity_id, state, trigger, binding.rejection or "a guard refused")
-        assert binding.result is not None
-        return binding.result
-    finally:
-        machine.remove_model(binding)
+        accepted = machine.events[trigger].trigger(binding)
+    except MachineError:
+        raise InvalidTransition(binding.entity_id, state, trigger) from None
+    if not accepted:
+        raise GuardRejected(binding.entity_id, state, trigger, binding.rejection or "a guard refused")
+    assert binding.result is not None
+    return binding.result

@@ -62,7 +62,9 @@ RUN_TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "checkpoint", "source": S.RUNNING, "dest": S.PAUSED},
     {"trigger": "resume", "source": S.PAUSED, "dest": S.PENDING},
     {"trigger": "requeue", "source": S.RUNNING, "dest": S.PENDING},
-    {"trigger": "skip", "source": S.PENDING, "dest": S.SKIPPED},
+    # A running task may find itself not configured (TaskNotConfigured): it did no work, so
+    # the run ends skipped with that reason rather than failed; hence skip from running too.
+    {"trigger": "skip", "source": [S.PENDING, S.RUNNING], "dest": S.SKIPPED},
     {"trigger": "cancel", "source": [S.PENDING, S.RUNNING], "dest": S.CANCELLED},
 ]
 for _edge in RUN_TRANSITIONS:
@@ -80,7 +82,14 @@ def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any
     if trigger == "start":
         return {"started_at": now, "completed_at": None, "heartbeat_at": now}
     if trigger == "succeed":
-        return {"completed_at": now, "error": None, "error_traceback": None, **_RELEASE}
+        return {
+            "completed_at": now,
+            "error": None,
+            "error_type": None,
+            "error_traceback": None,
+            "reason": None,
+            **_RELEASE,
+        }
     if trigger in ("fail", "orphan", "skip", "cancel"):
         return {"completed_at": now, **_RELEASE}
     if trigger == "retry":

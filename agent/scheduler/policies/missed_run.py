@@ -1,0 +1,122 @@
+"""Missed-run policy: what becomes of occurrences that were due longer ago than the schedule's grace.
+
+A crash, a sleeping laptop and a stalled loop all look the same from here: occurrences that
+were due but are later than ``grace`` by the time anyone looks. ``plan_due`` splits a
+schedule's due occurrences into on-time ones and missed ones, and ``decide_missed`` applies the
+schedule's policy to the missed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from ..enums import MissedRunPolicy
+
+if TYPE_CHECKING:
+    from ..definition import ScheduleDefinition
+    from ..triggers import Trigger
+
+#: One microsecond: the resolution of instants, used to make an inclusive bound exclusive.
+_TICK = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """The occurrences that were due later than the grace: how many, and the latest few."""
+
+    count: int
+    first: datetime
+    """The oldest missed occurrence."""
+    latest: list[datetime]
+    """The most recent missed occurrences (at most the catch-up limit), oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRun:
+    """A run to materialize: when it was meant to start and how it came to be."""
+
+    intended_at: datetime
+    catch_up: bool = False
+    coalesced_from: int = 1
+    skip_reason: str | None = None
+    """When set, the run is recorded as skipped with this reason instead of running."""
+
+
+@dataclass(frozen=True, slots=True)
+class MissedDecision:
+    """What the policy does with the missed occurrences, and why."""
+
+    runs: list[PlannedRun]
+    reason: str
+    detected: int = 0
+    """Missed occurrences found."""
+    caught_up: int = 0
+    """Catch-up runs created for them."""
+    skipped: int = 0
+    """Missed occurrences recorded as skipped."""
+    coalesced: int = 0
+    """Missed occurrences folded into a catch-up run that stands for them."""
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DuePlan:
+    """Everything a schedule's due occurrences turn into at ``now``."""
+
+    runs: list[PlannedRun] = field(default_factory=list)
+    next_run_at: datetime | None = None
+    missed: MissedDecision | None = None
+
+
+def decide_missed(schedule: ScheduleDefinition, missed: Missed, now: datetime) -> MissedDecision:
+    """Apply ``schedule.missed_run_policy`` to ``missed``; every occurrence ends in a run or a count."""
+    n = missed.count
+    span = f"{n} occurrence(s) missed from {missed.first.isoformat()} to {missed.latest[-1].isoformat()}"
+    policy = schedule.missed_run_policy
+    if policy is MissedRunPolicy.SKIP:
+        reason = f"missed: {span}; policy skip"
+        skip = PlannedRun(missed.latest[-1], coalesced_from=n, skip_reason=reason)
+        return MissedDecision([skip], reason, detected=n, skipped=n)
+    if policy is MissedRunPolicy.CATCH_UP_ONCE:
+        reason = f"catch-up: {span}; policy catch_up_once runs the latest once"
+        run = PlannedRun(missed.latest[-1], catch_up=True, coalesced_from=n)
+        return MissedDecision([run], reason, detected=n, caught_up=1, coalesced=n - 1)
+    limit = schedule.catch_up_limit
+    runs = [PlannedRun(t, catch_up=True) for t in missed.latest[-limit:]]
+    reason = f"catch-up: {span}; policy catch_up_all runs {len(runs)}"
+    if n <= limit:
+        return MissedDecision(runs, reason, detected=n, caught_up=len(runs))
+    rest = n - len(runs)
+    warning = f"{rest} missed occurrence(s) beyond the catch-up limit of {limit} were skipped"
+    skip = PlannedRun(missed.first, coalesced_from=rest, skip_reason=f"missed: {warning}")
+    return MissedDecision(
+        [skip, *runs], f"{reason}; {warning}", detected=n, caught_up=len(runs), skipped=rest, warning=warning
+    )
+
+
+def plan_due(schedule: ScheduleDefinition, trigger: Trigger, now: datetime) -> DuePlan:
+    """The runs that ``schedule``'s occurrences due by ``now`` become, and its next occurrence.
+
+    Occurrences from ``next_run_at`` up to ``now`` are due. Those later than ``grace`` are
+    missed and go to :func:`decide_missed`; the rest run as scheduled.
+    """
+    first = schedule.next_run_at
+    if first is None or first > now:
+        return DuePlan(next_run_at=first)
+    cutoff = now - schedule.grace
+    runs: list[PlannedRun] = []
+    decision = None
+    if first < cutoff:
+        count = 1 + trigger.count(first, cutoff - _TICK)
+        latest = trigger.latest(first, cutoff - _TICK, schedule.catch_up_limit) or [first]
+        if len(latest) < schedule.catch_up_limit and latest[0] != first:
+            latest = [first, *latest]
+        decision = decide_missed(schedule, Missed(count, first, latest), now)
+        runs.extend(decision.runs)
+        on_time = trigger.occurrences(cutoff - _TICK, now)
+    else:
+        on_time = [first, *trigger.occurrences(first, now)]
+    runs.extend(PlannedRun(t) for t in on_time)
+    return DuePlan(runs=runs, next_run_at=trigger.next_after(now), missed=decision)

@@ -1,0 +1,62 @@
+"""ReconciliationReport: what a start found and did (missed runs, orphans, paused runs, breakers)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(kw_only=True)
+class ReconciliationReport:
+    """Counts and actions of one startup reconciliation; persisted in ``reconciliation_reports``."""
+
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    dry_run: bool = False
+    previous_shutdown: str = "unknown"
+    """clean, crash or first_start: how the previous run of this worker ended."""
+    downtime_seconds: float | None = None
+    """Seconds since the previous life's last heartbeat, when known."""
+    schedules_loaded: int = 0
+    missed_detected: int = 0
+    """Occurrences found due later than their grace."""
+    missed_caught_up: int = 0
+    """Catch-up runs created for them."""
+    missed_skipped: int = 0
+    """Missed occurrences recorded as skipped."""
+    missed_coalesced: int = 0
+    """Missed occurrences folded into a single catch-up run."""
+    orphans_found: int = 0
+    orphans_requeued: int = 0
+    orphans_dead_lettered: int = 0
+    paused_resumed: int = 0
+    breakers_half_opened: int = 0
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def has_problems(self) -> bool:
+        """True when a human should look: errors, warnings, or runs dead-lettered while down."""
+        return bool(self.errors or self.warnings or self.orphans_dead_lettered)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (instants as ISO strings)."""
+        data = asdict(self)
+        for key in ("started_at", "finished_at"):
+            if isinstance(data[key], datetime):
+                data[key] = data[key].isoformat()
+        return data
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return (
+            f"reconciliation ({self.previous_shutdown}): {self.schedules_loaded} schedules, "
+            f"missed {self.missed_detected} (caught up {self.missed_caught_up}, skipped {self.missed_skipped}, "
+            f"coalesced {self.missed_coalesced}), orphans {self.orphans_found} (requeued {self.orphans_requeued}, "
+            f"dead-lettered {self.orphans_dead_lettered}), paused resumed {self.paused_resumed}, "
+            f"breakers half-opened {self.breakers_half_opened}, {len(self.warnings)} warning(s), "
+            f"{len(self.errors)} error(s)"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,3 +47,13 @@ def make_schedule() -> Callable[..., ScheduleDefinition]:
         return ScheduleDefinition(**fields)
 
     return make
+
+
+def run_async(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an ``async def`` test on a fresh event loop (fixtures still injected by name)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper

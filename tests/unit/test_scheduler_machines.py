@@ -29,6 +29,7 @@ RUN_EDGES = {
     (S.RUNNING, "checkpoint"): S.PAUSED,
     (S.RUNNING, "requeue"): S.PENDING,
     (S.RUNNING, "cancel"): S.CANCELLED,
+    (S.RUNNING, "skip"): S.SKIPPED,
     (S.FAILED, "retry"): S.PENDING,
     (S.FAILED, "dead_letter"): S.DEAD_LETTERED,
     (S.DEAD_LETTERED, "replay"): S.PENDING,

@@ -1,0 +1,799 @@
+"""ScheduleEngine: start (reconcile), tick, dispatch, stop (drain).
+
+The engine fires triggers on run and breaker machines and nothing else: which runs exist,
+which may start, retry or be skipped is decided by the guards in ``policies/``. All database
+work of one tick runs as one call on a dedicated thread, so the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+from .clock import Clock
+from .definition import ScheduleDefinition
+from .enums import BreakerState, RunStatus, ShutdownPolicy, TriggerType
+from .errors import GuardRejected, SchedulerError, StaleState, TaskNotConfigured
+from .policies.concurrency import Action, decide_starts
+from .policies.missed_run import DuePlan, plan_due
+from .policies.retry import retry_at
+from .reconciliation import ReconciliationReport
+from .schedule_store import ScheduleStore
+from .scheduled_run import ScheduledRun
+from .tasks import RunContext, TaskRegistry, TaskSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: A run's claim lapses this long after its last renewal; survivors then treat it as orphaned.
+LEASE_SECONDS = 30.0
+#: Worker liveness is written to ``engine_state`` this often.
+HEARTBEAT_SECONDS = 10.0
+#: A run asked to stop (replace) that has not stopped after this long is cancelled.
+STOP_GRACE_SECONDS = 5.0
+#: checkpoint_and_stop waits at most this long (within the shutdown timeout) for the checkpoint.
+CHECKPOINT_WAIT_SECONDS = 10.0
+#: Granularity of clock-driven waits (shutdown drains, stop grace).
+WAIT_STEP_SECONDS = 0.05
+#: While draining, cutoffs (shutdown timeouts, hurry()) are re-checked at least this often.
+DRAIN_POLL_SECONDS = 0.25
+#: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
+RECONCILE_TASK = "scheduler.reconcile"
+
+Finished = tuple[ScheduledRun, str, dict[str, Any]]
+
+
+def default_worker_id() -> str:
+    """``ACTP_WORKER_ID`` or this machine's host name: stable across restarts of the same worker."""
+    return os.environ.get("ACTP_WORKER_ID") or socket.gethostname()
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """A run this engine is executing."""
+
+    run: ScheduledRun
+    schedule: ScheduleDefinition
+    ctx: RunContext
+    task: asyncio.Task[None]
+    deadline: datetime | None
+    outcome: tuple[str, dict[str, Any]] | None = None
+    """Decided by whoever interrupts the task (timeout, replace, shutdown) before it ends."""
+    kill_at: datetime | None = None
+    checkpoint_saved: bool = False
+
+
+@dataclass
+class _TickResult:
+    started: list[tuple[ScheduledRun, ScheduleDefinition]] = field(default_factory=list)
+    replace: set[str] = field(default_factory=set)
+    """Schedule ids whose in-flight runs must stop for a replacing run."""
+    next_due: datetime | None = None
+
+
+class ScheduleEngine:
+    """Turns schedules into runs and runs into outcomes, through the machines.
+
+    ``store`` and ``tasks`` are required; ``clock`` defaults to the store's clock (give both
+    the same FakeClock in simulations). ``tick_seconds`` bounds how long the loop sleeps
+    without looking at the database for changes made elsewhere (other workers, the CLI); due
+    runs wake it earlier, and ``emit()``, ``wake()`` and in-process schedule changes at once.
+    """
+
+    def __init__(
+        self,
+        store: ScheduleStore,
+        tasks: TaskRegistry,
+        *,
+        clock: Clock | None = None,
+        tick_seconds: float = 10.0,
+        worker_id: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        if tick_seconds <= 0:
+            raise ValueError(f"tick_seconds must be more than 0, got {tick_seconds}")
+        self.store = store
+        self.tasks = tasks
+        self.clock: Clock = clock or store.clock
+        self.tick_seconds = tick_seconds
+        self.worker_id = worker_id or default_worker_id()
+        self.lease = timedelta(seconds=lease_seconds)
+        self.boot_id = uuid.uuid4().hex[:12]
+        self._builtins: dict[str, TaskSpec] = {
+            RECONCILE_TASK: TaskSpec(name=RECONCILE_TASK, fn=self._reconcile_task, description="sweep orphaned runs"),
+        }
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-db")
+        self._in_flight: dict[str, _InFlight] = {}
+        self._finished: list[Finished] = []
+        self._events: list[tuple[str, dict[str, Any], str]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._next_due: datetime | None = None
+        self._retry_due: datetime | None = None
+        self._schedule_due: datetime | None = None
+        self._waiting: set[str] = set()
+        self._fresh: dict[str, ScheduleDefinition] = {}
+        self._maybe_pending = True
+        self._maybe_failed = True
+        self._last_full_scan: datetime | None = None
+        self._last_heartbeat: datetime | None = None
+        self._last_renewal: datetime | None = None
+        self._started_at: datetime | None = None
+        self._draining = False
+        self._stopped = False
+        self._report: ReconciliationReport | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._runner: asyncio.Task[Any] | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def in_flight(self) -> list[ScheduledRun]:
+        """Runs this engine is executing now."""
+        return [f.run for f in self._in_flight.values()]
+
+    @property
+    def report(self) -> ReconciliationReport | None:
+        """The report of the last ``start()``."""
+        return self._report
+
+    async def start(self) -> ReconciliationReport:
+        """Reconcile what the previous life left (orphans, paused runs, missed runs) and run startup schedules."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._unsubscribe = self.store.subscribe(self.wake)
+        now = self.clock.now()
+        self._started_at = now
+        report = await self._db(self._reconcile_db, now, False)
+        await self.tick(report=report)
+        report.finished_at = self.clock.now()
+        await self._db(
+            self.store.save_report,
+            worker_id=self.worker_id,
+            started_at=report.started_at,
+            finished_at=report.finished_at,
+            report=report.to_dict(),
+            dry_run=False,
+        )
+        log.info("%s", report.summary())
+        self._report = report
+        return report
+
+    async def reconcile_dry_run(self) -> ReconciliationReport:
+        """The report a start would produce now, computed without changing anything."""
+        return await self._db(self._reconcile_db, self.clock.now(), True)
+
+    async def tick(self, *, report: ReconciliationReport | None = None) -> None:
+        """One pass: record finished runs, materialize due occurrences, retry, start and dispatch."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        now = self.clock.now()
+        self._enforce_deadlines(now)
+        finished, self._finished = self._finished, []
+        events, self._events = self._events, []
+        renew: list[str] = []
+        if self._in_flight and (self._last_renewal is None or now - self._last_renewal >= self.lease / 3):
+            renew = list(self._in_flight)
+            self._last_renewal = now
+        result = await self._db(self.store.atomic, self._tick_db, now, finished, events, renew, report)
+        for run, schedule in result.started:
+            self._dispatch(run, schedule)
+        for schedule_id in result.replace:
+            self._request_stop(schedule_id, now)
+        self._next_due = result.next_due
+
+    async def wait_idle(self) -> None:
+        """Until this engine has no run in flight and every finished run is recorded."""
+        while self._in_flight or self._finished:
+            tasks = [f.task for f in self._in_flight.values()]
+            if tasks:
+                await asyncio.wait(tasks)
+            await self.tick()
+
+    async def run_until(self, instant: datetime) -> None:
+        """Run the loop until the clock reaches ``instant`` (simulated days take milliseconds on a FakeClock)."""
+        self._runner = asyncio.current_task()
+        while not self._draining:
+            await self.tick()
+            now = self.clock.now()
+            if now >= instant:
+                return
+            await self._sleep_until(min(self._wake_at(now), instant))
+
+    async def run_forever(self) -> None:
+        """Run the loop until ``stop()``."""
+        self._runner = asyncio.current_task()
+        while not self._draining:
+            await self.tick()
+            await self._sleep_until(self._wake_at(self.clock.now()))
+
+    async def stop(self) -> None:
+        """Stop dispatching, run shutdown schedules, apply each running run's shutdown policy, mark a clean stop."""
+        if self._stopped or self._draining:
+            return
+        self._draining = True
+        self._wake.set()
+        runner = self._runner
+        if runner is not None and runner is not asyncio.current_task() and not runner.done():
+            await asyncio.wait([runner])
+        await self._run_shutdown_schedules()
+        await self._drain()
+        await self.tick()
+        now = self.clock.now()
+        await self._db(self.store.put_state, self._state_key, self._state_value(now, clean=True))
+        self._stopped = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._executor.shutdown(wait=True)
+        log.info("engine %s stopped cleanly", self.worker_id)
+
+    def hurry(self) -> None:
+        """Cut a running shutdown short: every run still in flight is requeued now (a second signal)."""
+        now = self.clock.now()
+        for flight in self._in_flight.values():
+            if flight.outcome is None or flight.outcome[0] != "checkpoint" or not flight.checkpoint_saved:
+                flight.outcome = ("requeue", {"reason": "shutdown forced: requeued"})
+            flight.kill_at = now
+        self._wake.set()
+
+    def emit(self, name: str, payload: dict[str, Any] | None = None) -> str:
+        """Fire event ``name``: every enabled event schedule on it gets one run with ``payload`` in its params.
+
+        Returns the event id. Runs are created on the next tick, which this wakes at once.
+        """
+        event_id = uuid.uuid4().hex
+        self._events.append((name, dict(payload or {}), event_id))
+        self.wake()
+        return event_id
+
+    async def run_now(self, name: str) -> ScheduledRun:
+        """Create a manual run of schedule ``name`` (through the same machine as every run) and wake the loop."""
+        schedule = await self._db(self.store.get, name)
+        run = await self._db(
+            self.store.create_run,
+            schedule,
+            self.clock.now(),
+            occurrence_key=f"manual:{uuid.uuid4().hex}",
+            origin="manual",
+        )
+        assert run is not None
+        self.wake()
+        return run
+
+    def wake(self) -> None:
+        """Make the loop look at the database now (thread-safe)."""
+        self._last_full_scan = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    # ------------------------------------------------------------------ the loop's waiting
+
+    def _wake_at(self, now: datetime) -> datetime:
+        candidates = [now + timedelta(seconds=self.tick_seconds)]
+        if self._next_due is not None:
+            candidates.append(self._next_due)
+        for f in self._in_flight.values():
+            candidates += [t for t in (f.deadline, f.kill_at) if t is not None]
+        if self._in_flight:
+            candidates.append((self._last_renewal or now) + self.lease / 3)
+        return max(min(candidates), now)
+
+    async def _sleep_until(self, instant: datetime) -> None:
+        await asyncio.sleep(0)  # let dispatched tasks run at this instant before time moves on
+        if self._finished or self._events or self._wake.is_set():
+            self._wake.clear()
+            return
+        delay = (instant - self.clock.now()).total_seconds()
+        if delay <= 0:
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (sleeper, waker):
+                f.cancel()
+            self._wake.clear()
+
+    async def _wait_tasks(self, tasks: Iterable[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:
+        """Wait until ``tasks`` end or ``seconds`` of clock time pass; return those still running."""
+        pending = {t for t in tasks if not t.done()}
+        deadline = self.clock.now() + timedelta(seconds=seconds)
+        while pending and self.clock.now() < deadline:
+            step = min(WAIT_STEP_SECONDS, (deadline - self.clock.now()).total_seconds())
+            sleeper = asyncio.ensure_future(self.clock.sleep(step))
+            await asyncio.wait({*pending, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            sleeper.cancel()
+            pending = {t for t in pending if not t.done()}
+        return pending
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    # ------------------------------------------------------------------ database work of a tick (DB thread)
+
+    def _tick_db(
+        self,
+        now: datetime,
+        finished: list[Finished],
+        events: list[tuple[str, dict[str, Any], str]],
+        renew: list[str],
+        report: ReconciliationReport | None,
+    ) -> _TickResult:
+        result = _TickResult()
+        self._fresh = {}
+        # A full scan looks at everything; between full scans only what this engine knows changed.
+        full = self._last_full_scan is None or (now - self._last_full_scan).total_seconds() >= self.tick_seconds
+        if full:
+            self._last_full_scan = now
+        if finished:
+            self._record_finished(finished, now)
+            # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.
+            self._maybe_pending |= any(run.schedule_id in self._waiting for run, _, _ in finished)
+            self._maybe_failed |= any(trigger == "fail" for _, trigger, _ in finished)
+        if events and not self._draining:
+            self._create_event_runs(events, now)
+            self._maybe_pending = True
+        if renew:
+            self.store.renew_leases(renew, owner=self.worker_id, until=now + self.lease, now=now)
+        due = self._next_due is not None and self._next_due <= now
+        if not self._draining and (full or report is not None or due):
+            self._maybe_pending |= self._materialize(now, report)
+        if full or report is not None or self._maybe_failed or (self._retry_due is not None and self._retry_due <= now):
+            self._maybe_failed = False
+            waiting = self._retry_failed(now, report)
+            self._retry_due = min(waiting) if waiting else None
+            self._maybe_pending = True
+        if not self._draining and (full or self._maybe_pending):
+            self._maybe_pending = False
+            self._start_due(now, result)
+        if self._last_heartbeat is None or (now - self._last_heartbeat).total_seconds() >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = now
+            self.store.put_state(self._state_key, self._state_value(now, clean=False))
+        if full or due or report is not None or self._next_due is None:
+            self._schedule_due = self.store.next_due_at()
+        dues = [d for d in (self._schedule_due, self._retry_due) if d is not None]
+        result.next_due = min(dues) if dues else None
+        return result
+
+    def _record_finished(self, finished: list[Finished], now: datetime) -> None:
+        results = self.store.transition_many(finished, now=now)
+        outcomes: dict[str, bool] = {}
+        for (run, trigger, _), moved in zip(finished, results, strict=True):
+            if isinstance(moved, SchedulerError):
+                log.warning("could not record %s of run %s: %s", trigger, run.run_id, moved)
+            elif moved.status is RunStatus.SUCCEEDED:
+                outcomes[run.schedule_id] = False
+        for schedule_id in outcomes:
+            self._count_outcome(schedule_id, failed=False, now=now)
+
+    def _count_outcome(self, schedule_id: str, *, failed: bool, now: datetime) -> None:
+        """Feed the breaker: a success resets the count, a terminal failure adds one and may trip it."""
+        schedule = self.store.record_outcome(schedule_id, failed=failed)
+        if schedule is None:
+            return
+        try:
+            if failed and schedule.breaker_state is BreakerState.CLOSED:
+                self.store.transition_breaker(schedule, "trip", now=now)
+            elif failed and schedule.breaker_state is BreakerState.HALF_OPEN:
+                self.store.transition_breaker(schedule, "reopen", now=now)
+            elif not failed and schedule.breaker_state is BreakerState.HALF_OPEN:
+                self.store.transition_breaker(schedule, "close", now=now)
+        except GuardRejected as exc:
+            log.debug("breaker of %s stays %s: %s", schedule.name, schedule.breaker_state, exc.reason)
+        except StaleState as exc:
+            log.info("breaker of %s moved elsewhere: %s", schedule.name, exc)
+
+    def _create_event_runs(self, events: list[tuple[str, dict[str, Any], str]], now: datetime) -> None:
+        schedules = [s for s in self.store.list(enabled=True, trigger_type=TriggerType.EVENT)]
+        for name, payload, event_id in events:
+            matching = [s for s in schedules if s.expression == name and s.breaker_state is not BreakerState.OPEN]
+            for schedule in matching:
+                params = {**schedule.params, "event": name, "payload": payload}
+                self.store.create_run(
+                    schedule,
+                    now,
+                    occurrence_key=f"event:{event_id}",
+                    origin="event",
+                    params=params,
+                    reason=f"event {name}",
+                )
+            log.info("event %s (%s): %d run(s)", name, event_id, len(matching))
+
+    def _materialize(self, now: datetime, report: ReconciliationReport | None) -> bool:
+        """Materialize every due schedule; True when any run was created."""
+        created_any = False
+        for schedule in self.store.due_schedules(now):
+            self._fresh[schedule.id] = schedule
+            plan, anchor = self._plan(schedule, now)
+            disable = None
+            if schedule.trigger_type is TriggerType.DELAY and plan.runs:
+                disable = f"delay fired at {plan.runs[-1].intended_at.isoformat()}"
+            created = self.store.materialize(
+                schedule, plan.runs, next_run_at=plan.next_run_at, anchor_at=anchor, disable_reason=disable, now=now
+            )
+            if created is None:
+                continue
+            created_any |= bool(created)
+            if plan.missed is not None:
+                log.info("schedule %s: %s", schedule.name, plan.missed.reason)
+                if report is not None:
+                    _count_missed(report, schedule.name, plan)
+        return created_any
+
+    def _plan(self, schedule: ScheduleDefinition, now: datetime) -> tuple[DuePlan, datetime | None]:
+        """The due plan of a schedule; a schedule seen for the first time gets its anchor and first occurrence."""
+        if schedule.next_run_at is not None:
+            return plan_due(schedule, schedule.trigger(), now), None
+        anchor = schedule.anchor_at or schedule.created_at or now
+        trigger = schedule.trigger(anchor)
+        if schedule.trigger_type is TriggerType.DELAY:
+            first = trigger.next_after(datetime.min.replace(tzinfo=now.tzinfo))
+        else:
+            first = trigger.next_after(now)
+        if first is None:
+            return DuePlan(), anchor
+        return plan_due(replace(schedule, next_run_at=first, anchor_at=anchor), trigger, now), anchor
+
+    def _retry_failed(self, now: datetime, report: ReconciliationReport | None) -> list[datetime]:
+        """Fire ``retry`` on failed runs, ``dead_letter`` where retry is refused; return when the rest are due."""
+        failed = self.store.runs(status=RunStatus.FAILED)
+        if not failed:
+            return []
+        schedules = self.store.schedules_by_id(r.schedule_id for r in failed)
+        failed = [r for r in failed if r.schedule_id in schedules]
+        retried = self.store.transition_many(((r, "retry", {}) for r in failed), now=now, schedules=schedules)
+        refused = [r for r, moved in zip(failed, retried, strict=True) if isinstance(moved, GuardRejected)]
+        dead = self.store.transition_many(((r, "dead_letter", {}) for r in refused), now=now, schedules=schedules)
+        waiting: list[datetime] = []
+        for run, moved in zip(refused, dead, strict=True):
+            if isinstance(moved, ScheduledRun):
+                log.warning("run %s of %s dead-lettered: %s", run.run_id, run.schedule_name, moved.reason)
+                self._count_outcome(run.schedule_id, failed=True, now=now)
+                if report is not None and run.reason and run.reason.startswith("orphaned"):
+                    report.orphans_dead_lettered += 1
+            elif (when := retry_at(run, schedules[run.schedule_id])) is not None:
+                waiting.append(when)
+        if report is not None:
+            report.orphans_requeued += sum(
+                1
+                for run, moved in zip(failed, retried, strict=True)
+                if isinstance(moved, ScheduledRun) and run.reason and run.reason.startswith("orphaned")
+            )
+        return waiting
+
+    def _start_due(self, now: datetime, result: _TickResult) -> None:
+        pending = self.store.pending_due(now)
+        if not pending:
+            return
+        # Schedules read earlier in this same transaction are current; read only the others.
+        schedules = {sid: self._fresh[sid] for sid in {r.schedule_id for r in pending} if sid in self._fresh}
+        schedules.update(self.store.schedules_by_id({r.schedule_id for r in pending} - set(schedules)))
+        by_schedule: dict[str, list[ScheduledRun]] = {}
+        skips: list[Finished] = []
+        for run in pending:
+            schedule = schedules.get(run.schedule_id)
+            blocked = self._blocked(run, schedule)
+            if blocked:
+                skips.append((run, "skip", {"reason": blocked}))
+            else:
+                by_schedule.setdefault(run.schedule_id, []).append(run)
+        counts = self.store.running_counts(by_schedule)
+        starts: list[Finished] = []
+        self._waiting = set()
+        for schedule_id, runs in by_schedule.items():
+            schedule = schedules[schedule_id]
+            for decision in decide_starts(schedule.concurrency_policy, runs, counts.get(schedule_id, 0)):
+                if decision.action is Action.START:
+                    changes = {"owner": self.worker_id, "lease_expires_at": now + self.lease, "reason": decision.reason}
+                    starts.append((decision.run, "start", changes))
+                elif decision.action is Action.SKIP:
+                    skips.append((decision.run, "skip", {"reason": decision.reason}))
+                else:
+                    self._waiting.add(schedule_id)
+                    if decision.action is Action.REPLACE:
+                        result.replace.add(schedule_id)
+        if skips:
+            for (run, _, changes), moved in zip(skips, self.store.transition_many(skips, now=now), strict=True):
+                if isinstance(moved, ScheduledRun):
+                    log.info("run %s of %s skipped: %s", run.run_id, run.schedule_name, changes["reason"])
+        if starts:
+            for (run, _, _), moved in zip(starts, self.store.transition_many(starts, now=now), strict=True):
+                if isinstance(moved, ScheduledRun):
+                    result.started.append((moved, schedules[run.schedule_id]))
+                else:
+                    log.debug("run %s not started here: %s", run.run_id, moved)
+
+    def _blocked(self, run: ScheduledRun, schedule: ScheduleDefinition | None) -> str | None:
+        """Why a due pending run must not start at all, or None."""
+        # Disabling a schedule stops new occurrences (see _materialize); runs that already exist,
+        # retries included, still run. An open breaker holds back everything but manual runs.
+        if schedule is None:
+            return "schedule removed"
+        if schedule.breaker_state is BreakerState.OPEN and run.origin != "manual":
+            return "circuit breaker open"
+        if schedule.target not in self._builtins and schedule.target not in self.tasks:
+            return f"task {schedule.target!r} is not registered in worker {self.worker_id}"
+        return None
+
+    # ------------------------------------------------------------------ reconciliation (DB thread)
+
+    def _reconcile_db(self, now: datetime, dry_run: bool) -> ReconciliationReport:
+        report = ReconciliationReport(worker_id=self.worker_id, started_at=now, dry_run=dry_run)
+        previous = self.store.get_state(self._state_key)
+        if previous is None:
+            report.previous_shutdown = "first_start"
+        else:
+            report.previous_shutdown = "clean" if previous.get("clean") else "crash"
+            seen = previous.get("heartbeat_at")
+            if seen:
+                report.downtime_seconds = (now - datetime.fromisoformat(seen)).total_seconds()
+        report.schedules_loaded = len(self.store.list())
+        orphans = self._orphans(now, previous)
+        report.orphans_found = len(orphans)
+        paused = self.store.runs(status=RunStatus.PAUSED)
+        if dry_run:
+            report.paused_resumed = len(paused)
+            report.actions.append(f"would orphan {len(orphans)} run(s) and resume {len(paused)} paused run(s)")
+            self._preview_missed(now, report)
+            return report
+        self._fire_orphans(orphans, now)
+        for moved in self.store.transition_many(
+            ((r, "resume", {"reason": "resumed after restart"}) for r in paused), now=now
+        ):
+            if isinstance(moved, ScheduledRun):
+                report.paused_resumed += 1
+        for schedule in self.store.list():
+            if schedule.breaker_state is BreakerState.OPEN and schedule.breaker_cooldown is not None:
+                try:
+                    self.store.transition_breaker(schedule, "probe", now=now)
+                    report.breakers_half_opened += 1
+                except (GuardRejected, StaleState):
+                    pass
+        if report.orphans_found:
+            report.actions.append(f"orphaned {report.orphans_found} run(s)")
+        if report.paused_resumed:
+            report.actions.append(f"resumed {report.paused_resumed} paused run(s)")
+        self._create_lifecycle_runs("startup", now)
+        return report
+
+    def _orphans(self, now: datetime, previous: dict[str, Any] | None) -> list[ScheduledRun]:
+        """Running runs whose lease expired, or that this worker's previous life held."""
+        mine_before = previous is not None and previous.get("boot_id") != self.boot_id
+        return [
+            r
+            for r in self.store.runs(status=RunStatus.RUNNING)
+            if (r.lease_expires_at is not None and r.lease_expires_at <= now)
+            or (mine_before and r.owner == self.worker_id and r.run_id not in self._in_flight)
+        ]
+
+    def _fire_orphans(self, orphans: list[ScheduledRun], now: datetime) -> None:
+        items: list[Finished] = []
+        for run in orphans:
+            died = run.lease_expires_at if run.lease_expires_at and run.lease_expires_at <= now else now
+            why = f"orphaned: owner {run.owner} stopped renewing its lease (expired {died.isoformat()})"
+            # The run failed when its owner died, not now: backoff counts from then.
+            items.append((run, "orphan", {"reason": why, "completed_at": died, "error": "orphaned"}))
+        for (run, _, _), moved in zip(items, self.store.transition_many(items, now=now), strict=True):
+            if isinstance(moved, ScheduledRun):
+                log.warning("run %s of %s %s", run.run_id, run.schedule_name, moved.reason)
+
+    def _preview_missed(self, now: datetime, report: ReconciliationReport) -> None:
+        for schedule in self.store.due_schedules(now):
+            plan, _ = self._plan(schedule, now)
+            if plan.missed is not None:
+                _count_missed(report, schedule.name, plan)
+                report.actions.append(f"{schedule.name}: {plan.missed.reason}")
+
+    def _create_lifecycle_runs(self, phase: str, now: datetime) -> list[ScheduledRun]:
+        created = []
+        for schedule in self.store.list(enabled=True, trigger_type=TriggerType.LIFECYCLE):
+            if schedule.expression == phase:
+                run = self.store.create_run(
+                    schedule, now, occurrence_key=f"{phase}:{self.boot_id}", origin="lifecycle", reason=f"{phase}"
+                )
+                if run is not None:
+                    created.append(run)
+        return created
+
+    def _sweep_orphans(self) -> int:
+        now = self.clock.now()
+        orphans = [r for r in self._orphans(now, None) if r.run_id not in self._in_flight]
+        self._fire_orphans(orphans, now)
+        return len(orphans)
+
+    async def _reconcile_task(self, ctx: RunContext) -> str:
+        swept = await self._db(self._sweep_orphans)
+        return f"{swept} orphaned run(s) swept"
+
+    # ------------------------------------------------------------------ dispatch and execution (loop thread)
+
+    def _dispatch(self, run: ScheduledRun, schedule: ScheduleDefinition) -> None:
+        spec = self._builtins.get(schedule.target) or self.tasks.get(schedule.target)
+        ctx = RunContext(
+            run_id=run.run_id,
+            schedule=schedule,
+            intended_run_at=run.intended_run_at,
+            attempt=run.attempt,
+            params=dict(run.params),
+            checkpoint=run.checkpoint,
+            idempotency_key=run.idempotency_key,
+            logger=logging.getLogger(f"agent.scheduler.task.{schedule.target}"),
+            _save=partial(self._save_checkpoint, run.run_id),
+            _beat=partial(self._heartbeat, run.run_id),
+            _loop=self._loop,
+        )
+        started = run.started_at or self.clock.now()
+        deadline = started + schedule.timeout if schedule.timeout else None
+        task = asyncio.get_running_loop().create_task(self._execute(run, spec, ctx), name=f"run:{run.run_id}")
+        self._in_flight[run.run_id] = _InFlight(run=run, schedule=schedule, ctx=ctx, task=task, deadline=deadline)
+        log.info("run %s of %s started (attempt %d) -> task %s", run.run_id, schedule.name, run.attempt, spec.name)
+
+    async def _execute(self, run: ScheduledRun, spec: TaskSpec, ctx: RunContext) -> None:
+        outcome: tuple[str, dict[str, Any]]
+        try:
+            missing = spec.missing_configuration()
+            if missing:
+                raise TaskNotConfigured(", ".join(missing))
+            if spec.is_async:
+                value = await spec.fn(ctx)
+            else:
+                value = await asyncio.to_thread(spec.fn, ctx)
+            outcome = ("succeed", {"outcome": None if value is None else str(value)[:4000]})
+        except TaskNotConfigured as exc:
+            outcome = ("skip", {"reason": str(exc)})
+        except asyncio.CancelledError:
+            outcome = ("requeue", {"reason": "cancelled"})
+        except Exception as exc:
+            outcome = (
+                "fail",
+                {
+                    "error_type": type(exc).__name__,
+                    "error": f"{type(exc).__name__}: {exc}"[:4000],
+                    "error_traceback": traceback.format_exc()[-16000:],
+                    "reason": "task raised",
+                },
+            )
+        flight = self._in_flight.pop(run.run_id, None)
+        if flight is not None and flight.outcome is not None:
+            trigger, changes = flight.outcome
+            if trigger == "checkpoint" and not flight.checkpoint_saved:
+                trigger, changes = "requeue", {"reason": "shutdown: no checkpoint saved, requeued"}
+            outcome = (trigger, changes)
+        if outcome[0] in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
+            outcome = (outcome[0], {**outcome[1], "checkpoint": ctx.checkpoint})
+        self._finished.append((run, *outcome))
+        self._wake.set()
+
+    async def _save_checkpoint(self, run_id: str, data: Any) -> None:
+        await self._db(self.store.save_checkpoint, run_id, data, owner=self.worker_id)
+        flight = self._in_flight.get(run_id)
+        if flight is not None:
+            flight.checkpoint_saved = True
+
+    def _heartbeat(self, run_id: str) -> None:
+        self._last_renewal = None  # renew (and record the heartbeat) on the next tick
+
+    def _enforce_deadlines(self, now: datetime) -> None:
+        for flight in list(self._in_flight.values()):
+            if flight.deadline is not None and now >= flight.deadline and flight.outcome is None:
+                limit = flight.schedule.timeout.total_seconds() if flight.schedule.timeout else 0
+                flight.outcome = (
+                    "fail",
+                    {
+                        "reason": "timeout",
+                        "error_type": "TimeoutError",
+                        "error": f"TimeoutError: run exceeded its timeout of {limit:g}s",
+                    },
+                )
+                flight.task.cancel()
+                log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)
+            elif flight.kill_at is not None and now >= flight.kill_at and not flight.task.done():
+                flight.task.cancel()
+
+    def _request_stop(self, schedule_id: str, now: datetime) -> None:
+        for flight in self._in_flight.values():
+            if flight.schedule.id == schedule_id and flight.outcome is None:
+                flight.outcome = ("cancel", {"reason": "replaced by a newer occurrence"})
+                flight.kill_at = now + timedelta(seconds=STOP_GRACE_SECONDS)
+                flight.ctx.stop_requested.set()
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def _run_shutdown_schedules(self) -> None:
+        now = self.clock.now()
+        runs = await self._db(self._create_lifecycle_runs, "shutdown", now)
+        if not runs:
+            return
+        schedules = await self._db(self.store.schedules_by_id, [r.schedule_id for r in runs])
+        starts = [(r, "start", {"owner": self.worker_id, "lease_expires_at": now + self.lease}) for r in runs]
+        for moved in await self._db(self.store.transition_many, starts, now=now):
+            if isinstance(moved, ScheduledRun):
+                self._dispatch(moved, schedules[moved.schedule_id])
+        flights = [f for f in self._in_flight.values() if f.run.origin == "lifecycle"]
+        limit = max((f.schedule.shutdown_timeout.total_seconds() for f in flights), default=0.0)
+        await self._wait_tasks([f.task for f in flights], limit)
+
+    async def _drain(self) -> None:
+        """Apply each running run's shutdown policy, then wait for the tasks to end or be cut off."""
+        began = self.clock.now()
+        for flight in self._in_flight.values():
+            policy = flight.schedule.shutdown_policy
+            timeout = flight.schedule.shutdown_timeout
+            if policy is ShutdownPolicy.REQUEUE:
+                flight.outcome = ("requeue", {"reason": "shutdown: requeued (policy requeue)"})
+                flight.task.cancel()
+            elif policy is ShutdownPolicy.CHECKPOINT_AND_STOP:
+                flight.outcome = ("checkpoint", {"reason": "shutdown: checkpointed (policy checkpoint_and_stop)"})
+                flight.ctx.stop_requested.set()
+                flight.kill_at = began + min(timedelta(seconds=CHECKPOINT_WAIT_SECONDS), timeout)
+            else:
+                # graceful_finish: the run may complete normally until the timeout; then it is requeued.
+                flight.kill_at = began + timeout
+        while self._in_flight:
+            cutoffs = [f.kill_at for f in self._in_flight.values() if f.kill_at is not None and not f.task.done()]
+            if cutoffs:
+                # Bounded, so that hurry() (a second signal) is noticed within a fraction of a second.
+                horizon = min(max((min(cutoffs) - self.clock.now()).total_seconds(), 0.0), DRAIN_POLL_SECONDS)
+                await self._wait_tasks([f.task for f in self._in_flight.values()], horizon)
+            now = self.clock.now()
+            for flight in list(self._in_flight.values()):
+                if flight.task.done() or (flight.kill_at is not None and now < flight.kill_at):
+                    continue
+                if flight.outcome is None:
+                    flight.outcome = ("requeue", {"reason": "shutdown: still running at the shutdown timeout"})
+                flight.task.cancel()
+            await asyncio.wait([f.task for f in self._in_flight.values()], timeout=0) if self._in_flight else None
+            await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------ engine state
+
+    @property
+    def _state_key(self) -> str:
+        return f"worker:{self.worker_id}"
+
+    def _state_value(self, now: datetime, *, clean: bool) -> dict[str, Any]:
+        started = self._started_at or now
+        return {
+            "worker_id": self.worker_id,
+            "boot_id": self.boot_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": started.isoformat(),
+            "heartbeat_at": now.isoformat(),
+            "clean": clean,
+            "stopped_at": now.isoformat() if clean else None,
+            "in_flight": len(self._in_flight),
+        }
+
+
+def _count_missed(report: ReconciliationReport, name: str, plan: DuePlan) -> None:
+    missed = plan.missed
+    if missed is None:
+        return
+    report.missed_detected += missed.detected
+    report.missed_caught_up += missed.caught_up
+    report.missed_skipped += missed.skipped
+    report.missed_coalesced += missed.coalesced
+    if missed.warning:
+        report.warnings.append(f"{name}: {missed.warning}")

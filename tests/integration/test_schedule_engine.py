@@ -1,0 +1,319 @@
+"""ScheduleEngine on a FakeClock and a real SQLite file: what runs, when, and with which outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.scheduler import (
+    ConcurrencyPolicy,
+    FakeClock,
+    RunStatus,
+    ScheduleDefinition,
+    ScheduleStore,
+    SystemClock,
+)
+from agent.scheduler.errors import TaskNotConfigured
+from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.tasks import RunContext, TaskRegistry
+from tests.conftest import run_async
+
+MakeSchedule = Callable[..., ScheduleDefinition]
+WEEK_START = datetime(2027, 3, 25, 0, 0, tzinfo=UTC)  # Europe/Berlin springs forward on 2027-03-28
+
+
+class Probe:
+    """Tasks for tests: a no-op recorder, a gate-held slow task, a failing task."""
+
+    def __init__(self) -> None:
+        self.calls: list[RunContext] = []
+        self.gate = asyncio.Event()
+        self.stopped: list[str] = []
+
+    async def record(self, ctx: RunContext) -> str:
+        self.calls.append(ctx)
+        return f"done {ctx.intended_run_at.isoformat()}"
+
+    async def slow(self, ctx: RunContext) -> str:
+        self.calls.append(ctx)
+        gate = asyncio.ensure_future(self.gate.wait())
+        stop = asyncio.ensure_future(ctx.stop_requested.wait())
+        await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
+        gate.cancel()
+        stop.cancel()
+        if ctx.stop_requested.is_set():
+            self.stopped.append(ctx.run_id)
+        return "finished"
+
+    async def boom(self, ctx: RunContext) -> None:
+        self.calls.append(ctx)
+        raise ValueError(f"boom on attempt {ctx.attempt}")
+
+
+def registry(probe: Probe) -> TaskRegistry:
+    tasks = TaskRegistry()
+    tasks.add("record", probe.record)
+    tasks.add("slow", probe.slow)
+    tasks.add("boom", probe.boom)
+    return tasks
+
+
+def engine_for(store: ScheduleStore, probe: Probe, clock: FakeClock, **kw: Any) -> ScheduleEngine:
+    kw.setdefault("tick_seconds", 3600)
+    return ScheduleEngine(store, registry(probe), clock=clock, worker_id="test-worker", **kw)
+
+
+def statuses(store: ScheduleStore, name: str) -> Counter[RunStatus]:
+    return Counter(r.status for r in store.runs(schedule=name))
+
+
+@run_async
+async def test_a_simulated_week_of_mixed_schedules_runs_exactly_the_expected_occurrences(tmp_path: Path) -> None:
+    clock = FakeClock(WEEK_START)
+    store = ScheduleStore(tmp_path / "week.db", clock=clock)
+    probe = Probe()
+
+    def add(name: str, trigger: str, expression: str, **kw: Any) -> None:
+        store.add(ScheduleDefinition(name=name, trigger_type=trigger, expression=expression, target="record", **kw))
+
+    add("every_minute", "calendar", "* * * * *")
+    add("every_5_berlin", "calendar", "*/5 * * * *", timezone="Europe/Berlin")
+    add("daily_0600_berlin", "calendar", "0 6 * * *", timezone="Europe/Berlin")
+    add("weekly_monday_0900", "calendar", "0 9 * * mon")
+    add("on_upload", "event", "file.uploaded")
+    add("in_90_minutes", "delay", "+90m")
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    end = WEEK_START + timedelta(days=7)
+    began = time.perf_counter()
+    for day in range(7):
+        await engine.run_until(WEEK_START + timedelta(days=day, hours=12))
+        engine.emit("file.uploaded", {"day": day})
+    await engine.run_until(end)
+    await engine.wait_idle()
+    elapsed = time.perf_counter() - began
+    await engine.stop()
+
+    def intended(name: str) -> list[datetime]:
+        return [r.intended_run_at for r in store.runs(schedule=name)]
+
+    minute = timedelta(minutes=1)
+    assert intended("every_minute") == [WEEK_START + minute * i for i in range(1, 7 * 1440 + 1)]
+    # Every 5 minutes of real time, straight through the spring-forward night.
+    assert intended("every_5_berlin") == [WEEK_START + 5 * minute * i for i in range(1, 7 * 288 + 1)]
+    # 06:00 Berlin is 05:00 UTC before 2027-03-28 and 04:00 UTC from then on.
+    assert intended("daily_0600_berlin") == [
+        datetime(2027, 3, d, 5 if d < 28 else 4, 0, tzinfo=UTC) for d in range(25, 32)
+    ]
+    assert intended("weekly_monday_0900") == [datetime(2027, 3, 29, 9, 0, tzinfo=UTC)]
+    assert intended("in_90_minutes") == [WEEK_START + timedelta(minutes=90)]
+    assert store.get("in_90_minutes").enabled is False
+    events = store.runs(schedule="on_upload")
+    assert [r.params["payload"] for r in events] == [{"day": d} for d in range(7)]
+    assert all(r.origin == "event" for r in events)
+    everything = store.runs()
+    assert Counter(r.status for r in everything) == {RunStatus.SUCCEEDED: len(everything)}
+    assert len(probe.calls) == len(everything) == 10080 + 2016 + 7 + 1 + 1 + 7
+    assert all(r.started_at == r.intended_run_at for r in everything if r.origin == "schedule")
+    print(f"simulated week: {len(everything)} runs in {elapsed:.2f} s real, {elapsed / 7:.2f} s per simulated day")
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (ConcurrencyPolicy.FORBID, {RunStatus.RUNNING: 1, RunStatus.SKIPPED: 2}),
+        (ConcurrencyPolicy.ALLOW, {RunStatus.RUNNING: 3}),
+        (ConcurrencyPolicy.ENQUEUE_ONE, {RunStatus.RUNNING: 1, RunStatus.PENDING: 1, RunStatus.SKIPPED: 1}),
+    ],
+)
+@run_async
+async def test_concurrency_policy_with_a_slow_task(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, policy: ConcurrencyPolicy, expected: Any
+) -> None:
+    store.add(make_schedule("slowpoke", expression="1m", target="slow", concurrency_policy=policy))
+    probe = Probe()
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=3, seconds=30))
+    assert statuses(store, "slowpoke") == expected
+    reasons = {r.reason for r in store.runs(schedule="slowpoke", status=RunStatus.SKIPPED)}
+    if policy is ConcurrencyPolicy.FORBID:
+        assert reasons == {"overlap: a run of this schedule is in flight (forbid)"}
+    if policy is ConcurrencyPolicy.ENQUEUE_ONE:
+        assert reasons == {"enqueue_one: a run is already waiting (queue full)"}
+        probe.gate.set()
+        await engine.run_until(clock.now() + timedelta(seconds=1))
+        await engine.wait_idle()
+        assert statuses(store, "slowpoke") == {RunStatus.SUCCEEDED: 2, RunStatus.SKIPPED: 1}
+    probe.gate.set()
+    await engine.wait_idle()
+    await engine.stop()
+
+
+@run_async
+async def test_replace_stops_the_running_run_then_starts_the_new_one(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("latest_only", expression="1m", target="slow", concurrency_policy="replace"))
+    probe = Probe()
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=2, seconds=30))
+    first, second = store.runs(schedule="latest_only")
+    assert (first.status, first.reason) == (RunStatus.CANCELLED, "replaced by a newer occurrence")
+    assert second.status is RunStatus.RUNNING
+    assert probe.stopped == [first.run_id]
+    probe.gate.set()
+    await engine.wait_idle()
+    assert store.get_run(second.run_id).status is RunStatus.SUCCEEDED
+    await engine.stop()
+
+
+@run_async
+async def test_failures_retry_with_backoff_then_dead_letter_with_the_error(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(
+        make_schedule("flaky", trigger_type="delay", expression="+1m", target="boom", max_retries=2, retry_backoff=10)
+    )
+    probe = Probe()
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=1))
+    await engine.wait_idle()
+    [run] = store.runs(schedule="flaky")
+    assert (run.status, run.attempt, run.error_type) == (RunStatus.FAILED, 1, "ValueError")
+    assert run.error == "ValueError: boom on attempt 1"
+    assert run.error_traceback is not None and "raise ValueError" in run.error_traceback
+    await engine.run_until(clock.now() + timedelta(minutes=5))
+    await engine.wait_idle()
+    [run] = store.runs(schedule="flaky")
+    assert (run.status, run.attempt) == (RunStatus.DEAD_LETTERED, 3)
+    assert [c.attempt for c in probe.calls] == [1, 2, 3]
+    gaps = [(b.intended_run_at, a.attempt) for a, b in zip(probe.calls, probe.calls[1:], strict=False)]
+    assert all(c.intended_run_at == run.intended_run_at for c in probe.calls) and gaps
+    [letter] = store.dead_letters()
+    assert (letter.run_id, letter.attempts, letter.error) == (run.run_id, 3, "ValueError: boom on attempt 3")
+    assert store.get("flaky").consecutive_failures == 1
+    await engine.stop()
+
+
+@run_async
+async def test_a_run_past_its_timeout_fails_with_reason_timeout(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("stuck", trigger_type="delay", expression="+1m", target="slow", timeout=30, max_retries=0))
+    probe = Probe()
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=1, seconds=29))
+    assert statuses(store, "stuck") == {RunStatus.RUNNING: 1}
+    await engine.run_until(clock.now() + timedelta(seconds=2))
+    await engine.wait_idle()
+    [run] = store.runs(schedule="stuck")
+    assert (run.status, run.reason, run.error_type) == (
+        RunStatus.DEAD_LETTERED,
+        "retries exhausted: 1 of 1 attempts failed",
+        "TimeoutError",
+    )
+    assert run.error == "TimeoutError: run exceeded its timeout of 30s"
+    await engine.stop()
+
+
+@run_async
+async def test_a_task_that_is_not_configured_ends_skipped_naming_what_is_missing(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ACTP_TEST_SERVICE_URL", raising=False)
+    tasks = TaskRegistry()
+
+    async def needs_url(ctx: RunContext) -> None:
+        raise TaskNotConfigured("ACTP_TEST_SERVICE_URL", "the service's base URL")
+
+    async def declared(ctx: RunContext) -> None:
+        raise AssertionError("must not run without its configuration")
+
+    tasks.add("needs_url", needs_url)
+    tasks.add("declared", declared, requires=["ACTP_TEST_SERVICE_URL"])
+    store.add(make_schedule("raises", trigger_type="delay", expression="+1m", target="needs_url"))
+    store.add(make_schedule("requires", trigger_type="delay", expression="+1m", target="declared"))
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w")
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=2))
+    await engine.wait_idle()
+    for name in ("raises", "requires"):
+        [run] = store.runs(schedule=name)
+        assert run.status is RunStatus.SKIPPED
+        assert run.reason is not None and run.reason.startswith("not configured: set ACTP_TEST_SERVICE_URL")
+    assert store.dead_letters() == []
+    await engine.stop()
+
+
+@run_async
+async def test_lifecycle_schedules_run_at_start_and_at_stop(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("hello", trigger_type="lifecycle", expression="startup", target="record"))
+    store.add(make_schedule("goodbye", trigger_type="lifecycle", expression="shutdown", target="record"))
+    probe = Probe()
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    await engine.wait_idle()
+    assert statuses(store, "hello") == {RunStatus.SUCCEEDED: 1}
+    assert statuses(store, "goodbye") == {}
+    await engine.stop()
+    assert statuses(store, "goodbye") == {RunStatus.SUCCEEDED: 1}
+    assert store.get_state("worker:test-worker") is not None
+
+
+@run_async
+async def test_run_now_and_disabled_schedules(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("manual", expression="1h", target="record"))
+    probe = Probe()
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    store.disable("manual", reason="maintenance")
+    run = await engine.run_now("manual")
+    await engine.tick()
+    await engine.wait_idle()
+    assert store.get_run(run.run_id).status is RunStatus.SUCCEEDED
+    assert run.origin == "manual"
+    await engine.run_until(clock.now() + timedelta(hours=3))
+    assert len(store.runs(schedule="manual")) == 1  # disabled: nothing materialized
+    store.enable("manual")
+    await engine.run_until(clock.now() + timedelta(hours=1, seconds=1))
+    await engine.wait_idle()
+    assert len(store.runs(schedule="manual")) == 2
+    await engine.stop()
+
+
+@run_async
+async def test_with_the_system_clock_a_due_run_starts_on_time_not_on_the_next_tick(
+    tmp_path: Path, make_schedule: MakeSchedule
+) -> None:
+    clock = SystemClock()
+    store = ScheduleStore(tmp_path / "live.db", clock=clock)
+    due = clock.now() + timedelta(milliseconds=200)
+    store.add(make_schedule("soon", trigger_type="delay", expression=due.isoformat(), target="record"))
+    probe = Probe()
+    engine = ScheduleEngine(store, registry(probe), clock=clock, tick_seconds=10, worker_id="live")
+    await engine.start()
+    await engine.run_until(due + timedelta(milliseconds=300))
+    await engine.wait_idle()
+    [run] = store.runs(schedule="soon")
+    assert run.started_at is not None
+    lateness = (run.started_at - run.intended_run_at).total_seconds()
+    print(f"lateness of a run due in 200 ms: {lateness * 1000:.1f} ms")
+    assert 0 <= lateness < 0.5  # generous: a loop that waited for its 10 s tick would be 9.8 s late
+    await engine.stop()
+    store.close()

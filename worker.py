@@ -1,0 +1,118 @@
+"""The ACTP worker: runs the durable scheduler until SIGTERM or SIGINT.
+
+    python worker.py [--db PATH_OR_URL] [--tick SECONDS] [--tasks MODULE ...] [--no-legacy]
+
+A ``--tasks`` module exposes ``register(tasks: TaskRegistry, store: ScheduleStore) -> None``.
+The first SIGTERM/SIGINT stops dispatching and applies each running run's shutdown policy; a
+second one cuts the drain short (every run still in flight is requeued).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
+from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.schedule_store import default_url
+from agent.scheduler.tasks import TaskRegistry
+
+log = logging.getLogger("worker")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="worker.py", description="Run the ACTP worker's durable scheduler.")
+    parser.add_argument(
+        "--db", default=None, help="SQLite path or SQLAlchemy URL (default: $ACTP_SCHEDULER_DB or ~/.actp/scheduler.db)"
+    )
+    parser.add_argument(
+        "--tick", type=positive_float, default=10.0, help="longest sleep between database looks, seconds (default 10)"
+    )
+    parser.add_argument(
+        "--tasks", action="append", default=[], metavar="MODULE", help="module with register(tasks, store); repeatable"
+    )
+    parser.add_argument("--no-legacy", action="store_true", help="do not migrate or run the legacy cron table")
+    parser.add_argument(
+        "--worker-id", default=None, help="this worker's id (default: $ACTP_WORKER_ID or the host name)"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def load_task_modules(names: Sequence[str], tasks: TaskRegistry, store: ScheduleStore) -> None:
+    """Import each ``--tasks`` module and call its ``register(tasks, store)``."""
+    for name in names:
+        module = importlib.import_module(name)
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise SystemExit(f"--tasks {name}: the module has no register(tasks, store) function")
+        register(tasks, store)
+        log.info("tasks from %s registered", name)
+
+
+async def run(args: argparse.Namespace) -> int:
+    store = ScheduleStore(args.db or default_url(), clock=SystemClock())
+    tasks = TaskRegistry()
+    load_task_modules(args.tasks, tasks, store)
+    if not args.no_legacy:
+        log.info("legacy cron table: not migrated by this version (pass --no-legacy to silence this line)")
+    engine = ScheduleEngine(store, tasks, tick_seconds=args.tick, worker_id=args.worker_id)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("second %s: forcing shutdown, requeueing runs still in flight", signal.Signals(signum).name)
+            engine.hurry()
+            return
+        log.info("%s received: stopping (shutdown policies apply)", signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    log.info("worker %s starting on %s", engine.worker_id, store.url)
+    await engine.start()
+    runner = asyncio.create_task(engine.run_forever())
+    waiter = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if runner in done and runner.exception() is not None:
+        waiter.cancel()
+        raise runner.exception()  # type: ignore[misc]
+    await engine.stop()
+    await asyncio.gather(runner, return_exceptions=True)
+    waiter.cancel()
+    store.close()
+    log.info("worker %s stopped", engine.worker_id)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # transitions narrates every callback at INFO; the scheduler logs each decision itself.
+    logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    try:
+        return asyncio.run(run(args))
+    except SchedulerError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

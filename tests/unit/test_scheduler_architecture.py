@@ -162,3 +162,11 @@ def test_the_feature_check_notices_a_missing_test() -> None:
     assert not _test_exists("tests/unit/test_scheduler_architecture.py::test_that_does_not_exist")
     assert not _test_exists("tests/unit/nowhere.py::test_x")
     assert sys.version_info >= (3, 11)
+
+
+def test_the_readme_shows_the_machines_as_the_code_defines_them() -> None:
+    from agent.scheduler.machines.diagrams import all_mermaid
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```mermaid\n")[1:]]
+    assert blocks == list(all_mermaid().values())

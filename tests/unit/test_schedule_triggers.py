@@ -31,7 +31,7 @@ DST_DAYS = [(NY, US_SPRING), (NY, US_FALL), (BERLIN, EU_SPRING), (BERLIN, EU_FAL
 TINY = timedelta(microseconds=1)
 
 
-def z(  # noqa: PLR0917 - mirrors the datetime constructor
+def z(  # mirrors the datetime constructor
     year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
 ) -> datetime:
     """An aware UTC instant."""
@@ -662,3 +662,205 @@ def test_naive_anchor_is_refused() -> None:
         build_trigger("interval", "5m", anchor=datetime(2025, 1, 1))
     with pytest.raises(ValueError, match="naive"):
         IntervalTrigger(timedelta(minutes=5), datetime(2025, 1, 1))
+
+
+# --- count and latest: computed, and always equal to walking occurrences --------------------------
+
+# 2025's four DST changes, as UTC instants: US spring/fall, EU spring/fall.
+DST_CHANGES_2025 = [z(2025, 3, 9, 7), z(2025, 11, 2, 6), z(2025, 3, 30, 1), z(2025, 10, 26, 1)]
+COUNT_ZONES = ["UTC", NY, BERLIN]
+COUNT_EXPRS = [
+    "* * * * *",
+    "*/5 * * * *",
+    "0 * * * *",
+    "30 2 * * *",
+    "30 1 * * *",
+    "0 9 * * 1-5",
+    "0 9 13 * fri",  # day-of-month and day-of-week both set: either matches
+    "0 0 L * *",
+    "0 12 * * L5",  # the last Friday; croniter spells it L5 ("5L" is refused, see below)
+    "0 10 * * tue#2",
+    "*/20 * * * * *",
+    "@daily",
+]
+# Walking occurrences is what costs test time, so the long spans of dense expressions are shorter
+# (longer spans of them are checked by the tests after this one).
+DENSE = {
+    "* * * * *": timedelta(hours=3),
+    "*/5 * * * *": timedelta(hours=12),
+    "*/20 * * * * *": timedelta(minutes=90),
+}
+
+
+def count_spans(expr: str, tz: str) -> list[tuple[datetime, datetime]]:
+    """Spans to compare on: across each DST change of 2025, 40 days, inside one hour, empty, random."""
+    longest = DENSE.get(expr, timedelta(days=40))
+    day = min(longest, timedelta(days=1, hours=2))
+    spans = []
+    for change in DST_CHANGES_2025:
+        spans.append(
+            (change - day / 2 - TINY, change + day / 2)
+        )  # across the change: the whole local day, but for DENSE
+        spans.append((change - timedelta(minutes=50), change + timedelta(minutes=10)))  # the gap or first pass
+        spans.append((change + timedelta(minutes=5, seconds=1), change + timedelta(minutes=55)))  # second pass
+    spans.append((z(2025, 10, 1, 3, 4, 5, 6), z(2025, 10, 1, 3, 4, 5, 6) + longest))  # past the EU fall back
+    spans.append((z(2025, 2, 20) - TINY, z(2025, 2, 20) + longest))  # into both spring forwards
+    spans.append((z(2025, 6, 13, 10, 0, 0, 1), z(2025, 6, 13, 10, 59, 59, 999999)))  # inside one hour
+    spans.append((z(2025, 6, 13, 9, 59, 59), z(2025, 6, 13, 10, 0, 0)))  # one second: the hour's first fire
+    spans += [(t, t) for t in (z(2025, 6, 13, 10), DST_CHANGES_2025[1], z(2025, 3, 14, 13, 0, 0, 5))]
+    spans.append((z(2025, 3, 10), z(2025, 3, 9)))  # end before start
+    rng = random.Random(f"{expr}|{tz}")  # seeded: the same spans every run
+    for _ in range(3):
+        start = z(2025, 1, 1) + timedelta(seconds=rng.randrange(365 * 86400), microseconds=rng.choice([0, 1, 999999]))
+        width = min(longest, timedelta(days=3)) * rng.random()
+        spans.append((start, start + width))
+    return spans
+
+
+@pytest.mark.parametrize("tz", COUNT_ZONES)
+@pytest.mark.parametrize("expr", COUNT_EXPRS)
+def test_calendar_count_and_latest_equal_walking_occurrences(expr: str, tz: str) -> None:
+    trigger = CalendarTrigger(expr, tz)
+    for start, end in count_spans(expr, tz):
+        fires = trigger.occurrences(start, end)
+        assert trigger.count(start, end) == len(fires), (start, end)
+        for n in (0, 1, 3, 50):
+            assert trigger.latest(start, end, n) == (fires[-n:] if n else []), (start, end, n)
+
+
+@pytest.mark.parametrize(
+    ("expr", "tz", "start", "end"),
+    [
+        ("*/5 * * * *", BERLIN, z(2025, 10, 1), z(2025, 11, 10)),  # 40 days over the fall back
+        ("7,37 */3 * * *", NY, z(2025, 10, 1), z(2025, 11, 10)),
+        ("30 2 * * *", NY, z(2025, 2, 20), z(2025, 3, 31)),
+        ("15,45 1-3 * * *", NY, z(2025, 10, 20), z(2025, 11, 29)),
+        ("0 0 15W * *", BERLIN, z(2024, 12, 1), z(2026, 2, 1)),  # W: nearest weekday
+        ("0 0 L,15 2 *", "UTC", z(2023, 1, 1), z(2029, 1, 1)),  # leap Februaries
+        ("0 30 */2 * * *", "Australia/Lord_Howe", z(2025, 3, 25), z(2025, 4, 15)),  # a 30-minute DST change
+        ("30 2 * * *", "Australia/Lord_Howe", z(2025, 9, 25), z(2025, 10, 15)),
+        ("0 */4 * * *", "America/Santiago", z(2025, 3, 30), z(2025, 4, 12)),  # DST changes at midnight
+        ("0 0 * * *", "America/Santiago", z(2025, 8, 30), z(2025, 9, 12)),
+        ("30 12 * * *", "Pacific/Apia", z(2011, 12, 25), z(2012, 1, 5)),  # 2011-12-30 never happened there
+        ("0 * * * *", "Pacific/Apia", z(2011, 12, 29), z(2012, 1, 1)),
+        ("0 9 * * *", "Asia/Kolkata", z(2025, 1, 1), z(2025, 3, 1)),
+        ("*/10 * 9 * * mon", BERLIN, z(2025, 10, 20), z(2025, 10, 29)),  # latest bisects into a busy Monday
+    ],
+)
+def test_calendar_count_and_latest_equal_walking_occurrences_elsewhere(
+    expr: str, tz: str, start: datetime, end: datetime
+) -> None:
+    trigger = CalendarTrigger(expr, tz)
+    fires = trigger.occurrences(start, end)
+    assert fires and trigger.count(start, end) == len(fires)
+    for n in (1, 3, 50, len(fires), len(fires) + 1):
+        assert trigger.latest(start, end, n) == fires[-n:]
+
+
+def test_calendar_last_weekday_is_spelled_l5_not_5l() -> None:
+    with pytest.raises(InvalidSchedule):
+        CalendarTrigger("0 12 * * 5L", "UTC")
+    fires = CalendarTrigger("0 12 * * L5", "UTC").occurrences(z(2025, 1, 1), z(2025, 4, 1))
+    assert fires == [z(2025, 1, 31, 12), z(2025, 2, 28, 12), z(2025, 3, 28, 12)]
+
+
+@pytest.mark.parametrize(("tz", "day"), DST_DAYS)
+def test_calendar_count_on_dst_days(tz: str, day: date) -> None:
+    hours = 23 if day.month == 3 else 25
+    assert CalendarTrigger("0 * * * *", tz).count(*local_day(tz, day)) == hours
+    assert CalendarTrigger("*/5 * * * *", tz).count(*local_day(tz, day)) == hours * 12
+    assert CalendarTrigger("* * * * * *", tz).count(*local_day(tz, day)) == hours * 3600
+    assert CalendarTrigger("30 2 * * *", tz).count(*local_day(tz, day)) == 1
+    assert CalendarTrigger("*/10 2 * * *", tz).count(*local_day(tz, day)) == (1 if day.month == 3 else 6)
+
+
+def test_calendar_count_and_latest_over_long_spans_are_computed_not_walked() -> None:
+    # Walking these would take hours; they have to be arithmetic.
+    start, end = z(2025, 1, 1), z(2125, 1, 1)
+    seconds = (end - start) // timedelta(seconds=1)
+    every_second = CalendarTrigger("* * * * * *", NY)  # every real second, DST or not
+    assert every_second.count(start, end) == seconds
+    assert every_second.latest(start, end, 3) == [end - timedelta(seconds=s) for s in (2, 1, 0)]
+    assert CalendarTrigger("0 * * * *", BERLIN).count(start, end) == seconds // 3600
+    daily = CalendarTrigger("30 2 * * *", NY)  # once a day, even on spring-forward days
+    assert daily.count(start, end) == (end - start).days
+    assert daily.latest(start, end, 2) == [z(2124, 12, 30, 7, 30), z(2124, 12, 31, 7, 30)]
+    assert CalendarTrigger("0 0 29 2 *", "UTC").count(z(2001, 1, 1), z(2201, 1, 1)) == 48
+
+
+def test_calendar_latest_with_few_fires_and_bad_n() -> None:
+    trigger = CalendarTrigger("0 0 1 1 *", BERLIN)
+    start, end = z(2000, 6, 1), z(2010, 6, 1)
+    fires = trigger.occurrences(start, end)
+    assert len(fires) == 10 and trigger.count(start, end) == 10
+    assert trigger.latest(start, end, 50) == fires
+    assert trigger.latest(start, end, 1) == [z(2009, 12, 31, 23)]
+    assert trigger.latest(end, start, 5) == [] and trigger.count(end, start) == 0
+    for bad in (-1, True, 1.0, "3"):
+        with pytest.raises(ValueError, match="n must be"):
+            trigger.latest(start, end, bad)  # type: ignore[arg-type]
+
+
+def test_calendar_count_at_the_ends_of_the_calendar() -> None:
+    last = datetime.max.replace(tzinfo=UTC)
+    for tz in (NY, "Pacific/Kiritimati"):
+        trigger = CalendarTrigger("0 0 * * *", tz)
+        for start, end in [(z(9998, 11, 1), last), (datetime.min.replace(tzinfo=UTC), z(2, 2, 1))]:
+            fires = trigger.occurrences(start, end)
+            assert trigger.count(start, end) == len(fires)
+            assert trigger.latest(start, end, 3) == fires[-3:]
+
+
+def test_interval_count_and_latest() -> None:
+    anchor, p = z(2025, 1, 1), timedelta(minutes=7, seconds=30)
+    trigger = IntervalTrigger(p, anchor)
+    rng = random.Random(20251026)
+    spans = [
+        (anchor - 3 * p, anchor + 5 * p),
+        (anchor + 2 * p, anchor + 5 * p),
+        (anchor + 2 * p, anchor + 5 * p - TINY),
+    ]
+    spans += [(anchor + 5 * p, anchor + 2 * p), (anchor, anchor), (anchor - 9 * p, anchor)]
+    for _ in range(60):
+        start = anchor + timedelta(seconds=rng.randint(-5000, 50000), microseconds=rng.randint(0, 999999))
+        spans.append((start, start + timedelta(seconds=rng.randint(0, 20000))))
+    for start, end in spans:
+        fires = trigger.occurrences(start, end)
+        assert trigger.count(start, end) == len(fires), (start, end)
+        for n in (0, 1, 3, 50):
+            assert trigger.latest(start, end, n) == (fires[-n:] if n else [])
+    century = anchor + timedelta(days=36524)
+    assert trigger.count(anchor, century) == timedelta(days=36524) // p
+    assert trigger.latest(anchor, century, 2) == [century - p, century]
+
+
+def test_delay_count_and_latest() -> None:
+    at = z(2027, 3, 13, 9)
+    trigger = DelayTrigger(at)
+    assert trigger.count(at - TINY, at) == 1 and trigger.latest(at - TINY, at, 3) == [at]
+    assert trigger.count(at, at + timedelta(days=1)) == 0 and trigger.latest(at, at + timedelta(days=1), 1) == []
+    assert trigger.latest(at - TINY, at, 0) == []
+    assert trigger.count(at + TINY, at - TINY) == 0
+    with pytest.raises(ValueError, match="n must be"):
+        trigger.latest(at - TINY, at, -1)
+
+
+@pytest.mark.parametrize("trigger", [EventTrigger("deploy"), LifecycleTrigger("shutdown")])
+def test_event_and_lifecycle_count_and_latest(trigger: EventTrigger | LifecycleTrigger) -> None:
+    assert trigger.count(z(2000, 1, 1), z(2100, 1, 1)) == 0
+    assert trigger.latest(z(2000, 1, 1), z(2100, 1, 1), 5) == []
+    with pytest.raises(ValueError, match="n must be"):
+        trigger.latest(z(2000, 1, 1), z(2100, 1, 1), -1)
+
+
+@pytest.mark.parametrize("make", TRIGGERS)
+def test_count_and_latest_refuse_naive_instants_and_negative_n(make: Callable[[], object]) -> None:
+    trigger = make()
+    naive, aware, later = datetime(2025, 1, 1), z(2025, 1, 1), z(2030, 1, 1)
+    for args in ((naive, aware), (aware, naive), (later, naive), (naive, later)):
+        with pytest.raises(ValueError, match="naive"):
+            trigger.count(*args)  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match="naive"):
+            trigger.latest(*args, 1)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="n must be"):
+        trigger.latest(aware, aware + timedelta(days=1), -1)  # type: ignore[attr-defined]

@@ -225,11 +225,11 @@ class ScheduleDefinition:
         Enum fields may be their string values. Only the store should call this.
         """
         self = object.__new__(cls)
-        for f in fields(cls):
-            value = values[f.name]
-            if f.name in _ENUM_FIELDS and value is not None:
-                value = _ENUM_FIELDS[f.name](value)
-            object.__setattr__(self, f.name, value)
+        put = object.__setattr__
+        for name in _FIELD_NAMES:
+            value = values[name]
+            kind = _ENUM_FIELDS.get(name)
+            put(self, name, kind(value) if kind is not None and value is not None else value)
         return self
 
     @property
@@ -273,3 +273,5 @@ _ENUM_FIELDS: dict[str, type[StrEnum]] = {
     "source": ScheduleSource,
     "breaker_state": BreakerState,
 }
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ScheduleDefinition))

@@ -30,7 +30,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 from . import schema
 from .clock import Clock, SystemClock
 from .definition import TIME_BASED, ScheduleDefinition
-from .enums import BreakerState, RunStatus
+from .enums import BreakerState, RunStatus, TriggerType
 from .errors import (
     DuplicateSchedule,
     InvalidSchedule,
@@ -204,14 +204,28 @@ class ScheduleStore:
             finally:
                 self._depth.pop(ident, None)
 
-        return self._tx(whole)
+        return self._tx(whole, keep_connection=True)
 
-    def _tx(self, work: Callable[[Connection], T]) -> T:
+    def _kept(self, work: Callable[[Connection], T]) -> T:
+        # The engine's database thread runs a transaction per tick: keeping its connection
+        # (dataset returns it to the pool after every commit) saves a checkout and a reset each time.
+        conn = self.db.executable
+        with conn.begin():
+            return work(conn)
+
+    def _tx(self, work: Callable[[Connection], T], *, keep_connection: bool = False) -> T:
         """Run ``work`` in one transaction; the whole transaction is retried while SQLite is locked."""
         if self._depth.get(threading.get_ident(), 0):
             return work(self.db.executable)
+        once = self._kept if keep_connection else self._once
         try:
-            result: T = self._retrying.copy()(self._once, work)
+            try:
+                return once(work)
+            except OperationalError as exc:
+                if not _is_locked(exc):
+                    raise
+            # Locked: retry the whole transaction with backoff (the first attempt is the one above).
+            result: T = self._retrying.copy()(once, work)
             return result
         except (SchedulerError, IntegrityError):
             raise
@@ -417,17 +431,15 @@ class ScheduleStore:
         count was already 0 and the breaker closed), which costs one statement.
         """
         s = schema.schedules
-        key: Any = bindparam("schedule_id")
-        if failed:
-            stmt = self._prepared(
-                "count_failure",
-                lambda: update(s).where(s.c.id == key).values(consecutive_failures=s.c.consecutive_failures + 1),
-            )
-        else:
+
+        def build() -> Any:
+            key = s.c.id == bindparam("schedule_id")
+            if failed:
+                return update(s).where(key).values(consecutive_failures=s.c.consecutive_failures + 1)
             busy = or_(s.c.consecutive_failures != 0, s.c.breaker_state != BreakerState.CLOSED.value)
-            stmt = self._prepared(
-                "count_success", lambda: update(s).where(and_(s.c.id == key, busy)).values(consecutive_failures=0)
-            )
+            return update(s).where(and_(key, busy)).values(consecutive_failures=0)
+
+        stmt = self._prepared(("count", failed), build)
 
         def work(conn: Connection) -> Any:
             if conn.execute(stmt, {"schedule_id": schedule_id}).rowcount == 0:
@@ -719,7 +731,8 @@ class ScheduleStore:
                 .where(
                     and_(
                         s.c.enabled.is_(True),
-                        s.c.trigger_type.in_([t.value for t in TIME_BASED]),
+                        # Comparisons, not IN: an IN list is re-rendered on every execution.
+                        *(s.c.trigger_type != t.value for t in TriggerType if t not in TIME_BASED),
                         s.c.breaker_state != BreakerState.OPEN.value,
                         or_(s.c.next_run_at.is_(None), s.c.next_run_at <= bindparam("now", type_=DateTime)),
                     )
@@ -763,11 +776,6 @@ class ScheduleStore:
         at = now or self.clock.now()
         planned = list(runs)
         s = schema.schedules
-        expected = (
-            s.c.next_run_at.is_(None)
-            if schedule.next_run_at is None
-            else s.c.next_run_at == _to_db(schedule.next_run_at)
-        )
         values: dict[str, Any] = {"next_run_at": _to_db(next_run_at), "updated_at": _to_db(at)}
         if planned:
             values["last_run_at"] = _to_db(max(p.intended_at for p in planned))
@@ -775,9 +783,20 @@ class ScheduleStore:
             values["anchor_at"] = _to_db(anchor_at)
         if disable_reason is not None:
             values.update(enabled=False, disabled_reason=disable_reason)
+        unset = schedule.next_run_at is None
+        columns = tuple(sorted(values))
+
+        def build() -> Any:
+            expected = s.c.next_run_at.is_(None) if unset else s.c.next_run_at == bindparam("w_next", type_=DateTime)
+            cond = and_(s.c.id == bindparam("w_id"), expected)
+            return update(s).where(cond).values({c: bindparam(f"v_{c}", type_=s.c[c].type) for c in columns})
+
+        advance = self._prepared(("advance", unset, columns), build)
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(w_id=schedule.id, w_next=_to_db(schedule.next_run_at))
 
         def work(conn: Connection) -> builtins.list[ScheduledRun] | None:
-            if conn.execute(update(s).where(and_(s.c.id == schedule.id, expected)).values(**values)).rowcount != 1:
+            if conn.execute(advance, params).rowcount != 1:
                 return None
             created: builtins.list[ScheduledRun] = []
             for plan in planned:
@@ -1076,17 +1095,34 @@ def _schedule_row(d: ScheduleDefinition) -> dict[str, Any]:
     return row
 
 
-def _schedule_from(row: Any) -> ScheduleDefinition:
-    kwargs: dict[str, Any] = {}
-    for f in fields(ScheduleDefinition):
-        if f.name in _SPAN_COLUMNS:
-            seconds = row[_SPAN_COLUMNS[f.name]]
-            kwargs[f.name] = None if seconds is None else timedelta(seconds=seconds)
+def _span_from(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _field_readers(cls: Any, columns: dict[str, str]) -> builtins.list[tuple[str, str, Callable[[Any], Any]]]:
+    """(field, column, converter) for every field of ``cls``: the mapping of a row, computed once."""
+    out: builtins.list[tuple[str, str, Callable[[Any], Any]]] = []
+    for f in fields(cls):
+        if f.name in _SPAN_COLUMNS and cls is ScheduleDefinition:
+            out.append((f.name, columns[f.name], _span_from))
+        elif "datetime" in str(f.type):
+            out.append((f.name, f.name, _from_db))
         else:
-            value = row[f.name]
-            kwargs[f.name] = _from_db(value) if isinstance(value, datetime) else value
+            out.append((f.name, f.name, _same))
+    return out
+
+
+_SCHEDULE_READERS = _field_readers(ScheduleDefinition, _SPAN_COLUMNS)
+_RUN_READERS = _field_readers(ScheduledRun, {})
+
+
+def _schedule_from(row: Any) -> ScheduleDefinition:
     # Stored rows were validated when written: rebuild without parsing the expression again.
-    return ScheduleDefinition.from_trusted(**kwargs)
+    return ScheduleDefinition.from_trusted(**{name: conv(row[col]) for name, col, conv in _SCHEDULE_READERS})
 
 
 def _run_row(run: ScheduledRun) -> dict[str, Any]:
@@ -1102,10 +1138,7 @@ def _run_row(run: ScheduledRun) -> dict[str, Any]:
 
 
 def _run_from(row: Any) -> ScheduledRun:
-    kwargs = {f.name: row[f.name] for f in fields(ScheduledRun)}
-    for key, value in kwargs.items():
-        if isinstance(value, datetime):
-            kwargs[key] = _from_db(value)
+    kwargs = {name: conv(row[col]) for name, col, conv in _RUN_READERS}
     kwargs["status"] = RunStatus(kwargs["status"])
     return ScheduledRun(**kwargs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -69,6 +70,10 @@ def utc(instant: datetime) -> datetime:
     if instant.tzinfo is None:
         raise ValueError(f"naive datetime {instant!r}: the scheduler only takes timezone-aware instants")
     return instant.astimezone(UTC)
+
+
+#: How many upcoming fires a calendar trigger computes at once and keeps for the next calls.
+AHEAD_FIRES = 64
 
 
 class Trigger(Protocol):
@@ -156,6 +161,7 @@ class CalendarTrigger:
     _seconds_first: bool = field(init=False, repr=False, compare=False)
     _every_hour: bool = field(init=False, repr=False, compare=False)
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
+    _ahead: tuple[datetime, tuple[datetime, ...]] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         cron, seconds_first, every_hour = _parse_cron(self.expression)
@@ -166,7 +172,18 @@ class CalendarTrigger:
 
     def next_after(self, instant: datetime) -> datetime | None:
         """The first fire strictly after ``instant``, as aware UTC; None past the end of the calendar."""
-        return next(self._fires_after(utc(instant)), None)
+        instant = utc(instant)
+        # Walking from a fresh croniter costs ~100 us; schedulers ask for the next fire again and
+        # again a little later, so the next AHEAD_FIRES fires are kept and answered by bisection.
+        ahead = self._ahead
+        if ahead is not None and ahead[0] <= instant < ahead[1][-1]:
+            fires = ahead[1]
+            return fires[bisect_right(fires, instant)]
+        fresh = tuple(islice(self._fires_after(instant), AHEAD_FIRES))
+        if not fresh:
+            return None
+        object.__setattr__(self, "_ahead", (instant, fresh))
+        return fresh[0]
 
     def occurrences(self, start: datetime, end: datetime, limit: int | None = None) -> list[datetime]:
         """Fires ``t`` with ``start < t <= end``, oldest first, at most ``limit`` of them."""

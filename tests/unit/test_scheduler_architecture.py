@@ -19,6 +19,8 @@ PURE_SUPPORT = {"enums", "errors", "definition", "scheduled_run", "triggers", "c
 ALLOWED = {
     "__future__",
     "abc",
+    "bisect",
+    "calendar",
     "collections",
     "dataclasses",
     "datetime",

@@ -115,8 +115,11 @@ def plan_due(schedule: ScheduleDefinition, trigger: Trigger, now: datetime) -> D
             latest = [first, *latest]
         decision = decide_missed(schedule, Missed(count, first, latest), now)
         runs.extend(decision.runs)
-        on_time = trigger.occurrences(cutoff - _TICK, now)
+        cursor = trigger.next_after(cutoff - _TICK)
     else:
-        on_time = [first, *trigger.occurrences(first, now)]
-    runs.extend(PlannedRun(t) for t in on_time)
-    return DuePlan(runs=runs, next_run_at=trigger.next_after(now), missed=decision)
+        cursor = first
+    # Walk the on-time occurrences (within the grace, so few); the first one past now is next.
+    while cursor is not None and cursor <= now:
+        runs.append(PlannedRun(cursor))
+        cursor = trigger.next_after(cursor)
+    return DuePlan(runs=runs, next_run_at=cursor, missed=decision)

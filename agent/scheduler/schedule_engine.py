@@ -26,7 +26,7 @@ from .enums import BreakerState, RunStatus, ShutdownPolicy, TriggerType
 from .errors import GuardRejected, SchedulerError, StaleState, TaskNotConfigured
 from .policies.concurrency import Action, decide_starts
 from .policies.missed_run import DuePlan, plan_due
-from .policies.retry import retry_at
+from .policies.retry import ORPHANED, retry_at
 from .reconciliation import ReconciliationReport
 from .schedule_store import ScheduleStore
 from .scheduled_run import ScheduledRun
@@ -203,19 +203,25 @@ class ScheduleEngine:
     async def run_until(self, instant: datetime) -> None:
         """Run the loop until the clock reaches ``instant`` (simulated days take milliseconds on a FakeClock)."""
         self._runner = asyncio.current_task()
-        while not self._draining:
-            await self.tick()
-            now = self.clock.now()
-            if now >= instant:
-                return
-            await self._sleep_until(min(self._wake_at(now), instant))
+        try:
+            while not self._draining:
+                await self.tick()
+                now = self.clock.now()
+                if now >= instant:
+                    return
+                await self._sleep_until(min(self._wake_at(now), instant))
+        finally:
+            self._runner = None
 
     async def run_forever(self) -> None:
         """Run the loop until ``stop()``."""
         self._runner = asyncio.current_task()
-        while not self._draining:
-            await self.tick()
-            await self._sleep_until(self._wake_at(self.clock.now()))
+        try:
+            while not self._draining:
+                await self.tick()
+                await self._sleep_until(self._wake_at(self.clock.now()))
+        finally:
+            self._runner = None
 
     async def stop(self) -> None:
         """Stop dispatching, run shutdown schedules, apply each running run's shutdown policy, mark a clean stop."""
@@ -470,7 +476,7 @@ class ScheduleEngine:
             if isinstance(moved, ScheduledRun):
                 log.warning("run %s of %s dead-lettered: %s", run.run_id, run.schedule_name, moved.reason)
                 self._count_outcome(run.schedule_id, failed=True, now=now)
-                if report is not None and run.reason and run.reason.startswith("orphaned"):
+                if report is not None and run.error_type == ORPHANED:
                     report.orphans_dead_lettered += 1
             elif (when := retry_at(run, schedules[run.schedule_id])) is not None:
                 waiting.append(when)
@@ -478,7 +484,7 @@ class ScheduleEngine:
             report.orphans_requeued += sum(
                 1
                 for run, moved in zip(failed, retried, strict=True)
-                if isinstance(moved, ScheduledRun) and run.reason and run.reason.startswith("orphaned")
+                if isinstance(moved, ScheduledRun) and run.error_type == ORPHANED
             )
         return waiting
 
@@ -541,6 +547,8 @@ class ScheduleEngine:
     def _reconcile_db(self, now: datetime, dry_run: bool) -> ReconciliationReport:
         report = ReconciliationReport(worker_id=self.worker_id, started_at=now, dry_run=dry_run)
         previous = self.store.get_state(self._state_key)
+        if not dry_run:
+            self._refuse_a_live_twin(previous)
         if previous is None:
             report.previous_shutdown = "first_start"
         else:
@@ -577,6 +585,24 @@ class ScheduleEngine:
         self._create_lifecycle_runs("startup", now)
         return report
 
+    def _refuse_a_live_twin(self, previous: dict[str, Any] | None) -> None:
+        """Two live workers with one id would orphan each other's runs: refuse to start the second."""
+        if previous is None or previous.get("clean") or previous.get("boot_id") == self.boot_id:
+            return
+        pid = previous.get("pid")
+        if previous.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # its previous life is gone: reconcile what it left
+        except PermissionError:
+            pass
+        raise SchedulerError(
+            f"worker id {self.worker_id!r} is in use by a running worker (pid {pid} on this host); "
+            "give each worker its own --worker-id (or ACTP_WORKER_ID)"
+        )
+
     def _orphans(self, now: datetime, previous: dict[str, Any] | None) -> list[ScheduledRun]:
         """Running runs whose lease expired, or that this worker's previous life held."""
         mine_before = previous is not None and previous.get("boot_id") != self.boot_id
@@ -593,7 +619,8 @@ class ScheduleEngine:
             died = run.lease_expires_at if run.lease_expires_at and run.lease_expires_at <= now else now
             why = f"orphaned: owner {run.owner} stopped renewing its lease (expired {died.isoformat()})"
             # The run failed when its owner died, not now: backoff counts from then.
-            items.append((run, "orphan", {"reason": why, "completed_at": died, "error": "orphaned"}))
+            changes = {"reason": why, "completed_at": died, "error_type": ORPHANED, "error": f"{ORPHANED}: {why}"}
+            items.append((run, "orphan", changes))
         for (run, _, _), moved in zip(items, self.store.transition_many(items, now=now), strict=True):
             if isinstance(moved, ScheduledRun):
                 log.warning("run %s of %s %s", run.run_id, run.schedule_name, moved.reason)
@@ -620,6 +647,8 @@ class ScheduleEngine:
         now = self.clock.now()
         orphans = [r for r in self._orphans(now, None) if r.run_id not in self._in_flight]
         self._fire_orphans(orphans, now)
+        if orphans:
+            self._maybe_failed = True  # the next tick retries or dead-letters them
         return len(orphans)
 
     async def _reconcile_task(self, ctx: RunContext) -> str:

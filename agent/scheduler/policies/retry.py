@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 MAX_BACKOFF = timedelta(hours=1)
 #: Up to this fraction of the delay is added as jitter, so retries of many runs spread out.
 JITTER_FRACTION = 0.1
+#: ``error_type`` of a run whose worker died under it: it was interrupted, not failed by its task.
+ORPHANED = "Orphaned"
 
 
 def backoff_delay(attempt: int, base: timedelta, *, key: str) -> timedelta:
@@ -38,9 +40,15 @@ def attempts_allowed(schedule: ScheduleDefinition) -> int:
 
 
 def retry_at(run: ScheduledRun, schedule: ScheduleDefinition) -> datetime | None:
-    """When the failed ``run`` may be retried, or None when its attempts are used up."""
+    """When the failed ``run`` may be retried, or None when its attempts are used up.
+
+    Backoff protects a failing dependency; an orphaned run did not fail, its worker died, so it
+    may be retried at once.
+    """
     if run.attempt >= attempts_allowed(schedule) or run.completed_at is None:
         return None
+    if run.error_type == ORPHANED:
+        return run.completed_at
     return run.completed_at + backoff_delay(run.attempt, schedule.retry_backoff, key=run.run_id)
 
 

@@ -1,0 +1,347 @@
+"""Downtime, crashes and shutdown on a FakeClock and a real SQLite file: every outcome is a row with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
+from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.tasks import RunContext, TaskRegistry
+from tests.conftest import run_async
+
+MakeSchedule = Callable[..., ScheduleDefinition]
+HOUR = timedelta(hours=1)
+
+
+class Work:
+    """Tasks whose duration is clock time, so shutdown waits can be exercised on a FakeClock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.done: list[str] = []
+        self.steps: list[int] = []
+        self.gate = asyncio.Event()
+
+    def registry(self) -> TaskRegistry:
+        tasks = TaskRegistry()
+        tasks.add("quick", self.quick)
+        tasks.add("five_seconds", self.five_seconds)
+        tasks.add("blocked", self.blocked)
+        tasks.add("stepper", self.stepper)
+        return tasks
+
+    async def quick(self, ctx: RunContext) -> None:
+        self.done.append(ctx.idempotency_key)
+
+    async def five_seconds(self, ctx: RunContext) -> str:
+        # Busy for five seconds of clock time (FakeClock.sleep would jump the clock itself).
+        deadline = self.clock.now() + timedelta(seconds=5)
+        while self.clock.now() < deadline:
+            await asyncio.sleep(0)
+        self.done.append(ctx.idempotency_key)
+        return "five seconds of work"
+
+    async def blocked(self, ctx: RunContext) -> None:
+        await self.gate.wait()
+        self.done.append(ctx.idempotency_key)
+
+    async def stepper(self, ctx: RunContext) -> str:
+        """Ten steps of one second each, checkpointing after each and stopping early when asked."""
+        step = (ctx.checkpoint or {}).get("next", 0)
+        while step < 10:
+            if ctx.stop_requested.is_set():
+                return f"stopped before step {step}"
+            self.steps.append(step)
+            step += 1
+            await ctx.save_checkpoint({"next": step})
+            await self.clock.sleep(1)
+        return "all ten steps"
+
+
+def engine(store: ScheduleStore, work: Work, clock: FakeClock, worker: str = "w1") -> ScheduleEngine:
+    return ScheduleEngine(store, work.registry(), clock=clock, tick_seconds=3600, worker_id=worker)
+
+
+@run_async
+async def test_a_week_of_downtime_ends_in_exactly_the_policy_s_runs_and_the_report_counts_them(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    add = store.add
+    add(make_schedule("hourly_skip", trigger_type="calendar", expression="0 * * * *", target="quick"))
+    add(
+        make_schedule(
+            "daily_once",
+            trigger_type="calendar",
+            expression="0 6 * * *",
+            target="quick",
+            missed_run_policy="catch_up_once",
+        )
+    )
+    add(
+        make_schedule(
+            "six_hourly_all",
+            trigger_type="calendar",
+            expression="0 */6 * * *",
+            target="quick",
+            missed_run_policy="catch_up_all",
+            catch_up_limit=10,
+        )
+    )
+    work = Work(clock)
+    first = engine(store, work, clock)
+    await first.start()
+    await first.run_until(clock.now() + 2 * HOUR)  # 12:00 -> 14:00 on 2027-03-13
+    await first.wait_idle()
+    await first.stop()
+    before = len(store.runs())
+
+    clock.advance(timedelta(days=7))  # down until 14:00 on 2027-03-20
+    add(
+        make_schedule(
+            "born_during_downtime",
+            trigger_type="calendar",
+            expression="0 * * * *",
+            target="quick",
+            missed_run_policy="catch_up_all",
+        )
+    )
+    second = engine(store, work, clock)
+    report = await second.start()
+    await second.wait_idle()
+
+    new = [r for r in store.runs() if r.created_at == clock.now()]
+    by = Counter((r.schedule_name, r.status, r.catch_up) for r in new)
+    # hourly: 15:00 on the 13th .. 13:00 on the 20th = 167 missed, one skipped row standing for all;
+    # 14:00 on the 20th is due right now, on time, and runs
+    skipped, on_time = [r for r in new if r.schedule_name == "hourly_skip"]
+    assert (skipped.status, skipped.coalesced_from) == (RunStatus.SKIPPED, 167)
+    assert skipped.reason is not None and "167 occurrence(s) missed" in skipped.reason
+    assert (on_time.status, on_time.intended_run_at, on_time.catch_up) == (RunStatus.SUCCEEDED, clock.now(), False)
+    # daily at 06:00: the 14th .. the 20th = 7, one catch-up run for the latest
+    [daily] = [r for r in new if r.schedule_name == "daily_once"]
+    assert (daily.status, daily.catch_up, daily.coalesced_from) == (RunStatus.SUCCEEDED, True, 7)
+    assert daily.intended_run_at.isoformat() == "2027-03-20T06:00:00+00:00"
+    # every 6 h: 18:00 on the 13th .. 12:00 on the 20th = 28; the latest 10 run, the older 18 are one skipped row
+    assert by[("six_hourly_all", RunStatus.SUCCEEDED, True)] == 10
+    [rest] = [r for r in new if r.schedule_name == "six_hourly_all" and r.status is RunStatus.SKIPPED]
+    assert rest.coalesced_from == 18
+    assert not [r for r in new if r.schedule_name == "born_during_downtime"]
+
+    assert (report.previous_shutdown, report.downtime_seconds) == ("clean", 7 * 86400)
+    assert (report.missed_detected, report.missed_caught_up) == (167 + 7 + 28, 1 + 10)
+    assert (report.missed_skipped, report.missed_coalesced) == (167 + 18, 6)
+    assert report.warnings == ["six_hourly_all: 18 missed occurrence(s) beyond the catch-up limit of 10 were skipped"]
+    assert store.reports(limit=1)[0].report == report.to_dict()
+    assert len(store.runs()) == before + 2 + 1 + 11
+    await second.stop()
+
+
+async def crash(engine_: ScheduleEngine) -> None:
+    """What kill -9 leaves: running rows, no completion recorded, no clean-shutdown marker."""
+    for flight in list(engine_._in_flight.values()):
+        flight.task.cancel()
+    engine_._in_flight.clear()
+    engine_._executor.shutdown(wait=True)
+    engine_._stopped = True
+
+
+@run_async
+async def test_after_a_crash_the_next_start_requeues_orphans_at_once_or_dead_letters_them(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("retryable", trigger_type="delay", expression="+1m", target="blocked", retry_backoff=600))
+    store.add(make_schedule("one_shot", trigger_type="delay", expression="+1m", target="blocked", max_retries=0))
+    work = Work(clock)
+    first = engine(store, work, clock)
+    await first.start()
+    await first.run_until(clock.now() + timedelta(minutes=1))
+    assert Counter(r.status for r in store.runs()) == {RunStatus.RUNNING: 2}
+    await crash(first)
+    clock.advance(5)  # restarted 5 s later: the leases (30 s) have not expired, but the owner is this worker
+
+    work.gate.set()
+    second = engine(store, work, clock)
+    report = await second.start()
+    await second.wait_idle()
+    assert (report.previous_shutdown, report.orphans_found) == ("crash", 2)
+    assert (report.orphans_requeued, report.orphans_dead_lettered) == (1, 1)
+    retried = store.runs(schedule="retryable")[0]
+    assert (retried.status, retried.attempt) == (RunStatus.SUCCEEDED, 2)  # no 600 s backoff for an orphan
+    dead = store.runs(schedule="one_shot")[0]
+    assert dead.status is RunStatus.DEAD_LETTERED
+    [letter] = store.dead_letters()
+    assert letter.error_type == "Orphaned" and "stopped renewing its lease" in (letter.error or "")
+    await second.stop()
+
+
+@run_async
+async def test_another_worker_s_runs_are_orphaned_only_after_its_lease_expires(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("shared", trigger_type="delay", expression="+1m", target="blocked"))
+    work = Work(clock)
+    other = engine(store, work, clock, worker="other-host")
+    await other.start()
+    await other.run_until(clock.now() + timedelta(minutes=1))
+    await crash(other)
+    work.gate.set()
+    survivor = engine(store, work, clock, worker="survivor")
+    assert (await survivor.start()).orphans_found == 0
+    assert store.runs()[0].owner == "other-host"
+    store.add(make_schedule("sweeper", expression="10s", target="scheduler.reconcile"))
+    await survivor.run_until(clock.now() + timedelta(seconds=40))
+    await survivor.wait_idle()
+    [run] = store.runs(schedule="shared")
+    assert (run.status, run.attempt, run.owner) == (RunStatus.SUCCEEDED, 2, None)
+    assert any(r.status is RunStatus.SUCCEEDED for r in store.runs(schedule="sweeper"))
+    await survivor.stop()
+
+
+@run_async
+async def test_graceful_finish_lets_the_run_complete_within_its_shutdown_timeout(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(
+        make_schedule("patient", trigger_type="delay", expression="+1m", target="five_seconds", shutdown_timeout=30)
+    )
+    store.add(
+        make_schedule("impatient", trigger_type="delay", expression="+1m", target="five_seconds", shutdown_timeout=2)
+    )
+    work = Work(clock)
+    e = engine(store, work, clock)
+    await e.start()
+    await e.run_until(clock.now() + timedelta(minutes=1))
+    await e.stop()
+    patient, impatient = store.runs(schedule="patient")[0], store.runs(schedule="impatient")[0]
+    assert (patient.status, patient.outcome) == (RunStatus.SUCCEEDED, "five seconds of work")
+    assert (impatient.status, impatient.attempt) == (RunStatus.PENDING, 1)
+    assert impatient.reason == "shutdown: still running at the shutdown timeout"
+    state = store.get_state("worker:w1")
+    assert state is not None and state["clean"] is True
+
+
+@run_async
+async def test_requeue_cancels_at_once_and_the_run_runs_after_restart_without_counting_a_failure(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(
+        make_schedule("redo", trigger_type="delay", expression="+1m", target="five_seconds", shutdown_policy="requeue")
+    )
+    work = Work(clock)
+    e = engine(store, work, clock)
+    await e.start()
+    await e.run_until(clock.now() + timedelta(minutes=1))
+    await e.stop()
+    [run] = store.runs(schedule="redo")
+    assert (run.status, run.attempt, run.reason) == (RunStatus.PENDING, 1, "shutdown: requeued (policy requeue)")
+    assert work.done == []
+    again = engine(store, work, clock)
+    await again.start()
+    await again.run_until(clock.now() + timedelta(seconds=10))
+    await again.wait_idle()
+    [run] = store.runs(schedule="redo")
+    assert (run.status, run.attempt) == (RunStatus.SUCCEEDED, 1)
+    assert work.done == [run.idempotency_key]
+    await again.stop()
+
+
+@run_async
+async def test_checkpoint_and_stop_pauses_then_resumes_from_the_checkpoint_doing_each_step_once(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(
+        make_schedule(
+            "batch", trigger_type="delay", expression="+1m", target="stepper", shutdown_policy="checkpoint_and_stop"
+        )
+    )
+    work = Work(clock)
+    e = engine(store, work, clock)
+    await e.start()
+    await e.run_until(clock.now() + timedelta(minutes=1, seconds=3, milliseconds=500))
+    await e.stop()
+    [run] = store.runs(schedule="batch")
+    assert run.status is RunStatus.PAUSED
+    assert run.checkpoint == {"next": len(work.steps)} and 0 < len(work.steps) < 10
+    resumed = engine(store, work, clock)
+    report = await resumed.start()
+    assert report.paused_resumed == 1
+    await resumed.run_until(clock.now() + timedelta(seconds=15))
+    await resumed.wait_idle()
+    [run] = store.runs(schedule="batch")
+    assert (run.status, run.outcome, run.attempt) == (RunStatus.SUCCEEDED, "all ten steps", 1)
+    assert work.steps == list(range(10))
+    await resumed.stop()
+
+
+@run_async
+async def test_nothing_new_starts_while_draining_and_a_second_signal_requeues_what_is_left(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("long", trigger_type="delay", expression="+1m", target="blocked", shutdown_timeout=3600))
+    store.add(make_schedule("later", trigger_type="delay", expression="+2m", target="quick"))
+    work = Work(clock)
+    e = engine(store, work, clock)
+    await e.start()
+    await e.run_until(clock.now() + timedelta(minutes=1, seconds=59))
+    stopping = asyncio.ensure_future(e.stop())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert clock.now() < e._started_at + timedelta(hours=1)  # type: ignore[operator]
+    e.hurry()
+    await stopping
+    assert [r.status for r in store.runs(schedule="long")] == [RunStatus.PENDING]
+    assert store.runs(schedule="long")[0].reason == "shutdown forced: requeued"
+    assert store.runs(schedule="later") == [] or store.runs(schedule="later")[0].status is RunStatus.PENDING
+    assert work.done == []
+
+
+@run_async
+async def test_reconcile_dry_run_reports_without_changing_anything(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(
+        make_schedule(
+            "hourly", trigger_type="calendar", expression="0 * * * *", target="quick", missed_run_policy="catch_up_all"
+        )
+    )
+    work = Work(clock)
+    e = engine(store, work, clock)
+    await e.start()
+    await e.run_until(clock.now() + HOUR)
+    await e.wait_idle()
+    await e.stop()
+    clock.advance(timedelta(hours=5))
+    rows_before = (store.list(), store.runs())
+    report = await engine(store, work, clock, worker="w1").reconcile_dry_run()
+    # 14:00 .. 17:00 are missed; 18:00 is due now and on time
+    assert (report.dry_run, report.missed_detected, report.missed_caught_up) == (True, 4, 4)
+    assert (store.list(), store.runs()) == rows_before
+
+
+def test_dry_run_from_the_command_line(
+    db_path: Path, clock: FakeClock, store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    import json
+    from io import StringIO
+
+    from agent.scheduler.cli import main
+
+    store.add(
+        make_schedule(
+            "hourly",
+            trigger_type="calendar",
+            expression="0 * * * *",
+            target="quick",
+            next_run_at=clock.now() - 3 * HOUR,
+        )
+    )
+    out = StringIO()
+    assert main(["--db", str(db_path), "reconcile", "--dry-run", "--json"], out=out, clock=clock) == 0
+    data: dict[str, Any] = json.loads(out.getvalue())
+    assert (data["dry_run"], data["missed_detected"], data["missed_skipped"]) == (True, 3, 3)
+    assert store.runs() == []

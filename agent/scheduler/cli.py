@@ -199,6 +199,75 @@ class Commands:
         data = {name: mermaid(name) for name in names}
         self.emit(data, "\n".join(f"```mermaid\n{text}```" for text in data.values()))
 
+    def reset(self, args: argparse.Namespace) -> None:
+        s = self.store.transition_breaker(args.name, "reset")
+        self.emit({"name": s.name, "breaker_state": s.breaker_state.value}, f"{s.name}: breaker closed, runs resume")
+
+    def dlq(self, args: argparse.Namespace) -> None:
+        action = args.action
+        if action == "list":
+            letters = [d for d in self.store.dead_letters(args.schedule, include_replayed=args.all)]
+            rows = [
+                [
+                    d.run_id,
+                    d.schedule_name,
+                    d.intended_run_at.isoformat(timespec="seconds"),
+                    str(d.attempts),
+                    (d.error or "")[:60],
+                    "replayed" if d.replayed_at else "",
+                ]
+                for d in letters
+            ]
+            text = (
+                _table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "TRIES", "ERROR", ""]) if rows else "no dead letters"
+            )
+            self.emit([_letter_dict(d) for d in letters], text)
+        elif action == "show":
+            letter = self.store.dead_letter(self._one(args))
+            data = _letter_dict(letter)
+            text = "\n".join(f"{k}: {v}" for k, v in data.items() if k != "error_traceback")
+            self.emit(data, text + f"\n{letter.error_traceback or ''}".rstrip())
+        elif action == "replay":
+            run = self.store.replay_dead_letter(self._one(args), actor=args.actor, force=args.force)
+            self.emit(_run_dict(run), f"run {run.run_id} of {run.schedule_name} replayed: pending, attempt 1")
+        else:
+            if args.older_than_days is None:
+                raise CliError("dlq purge needs --older-than-days N")
+            n = self.store.purge_dead_letters(timedelta(days=args.older_than_days))
+            self.emit({"purged": n}, f"{n} dead letter(s) purged")
+
+    @staticmethod
+    def _one(args: argparse.Namespace) -> str:
+        if not args.id:
+            raise CliError(f"dlq {args.action} needs a run id or dead-letter id")
+        return str(args.id)
+
+    def alerts(self, args: argparse.Namespace) -> None:
+        alerts = self.store.alerts(status=args.status)
+        rows = [
+            [
+                a.created_at.isoformat(timespec="seconds") if a.created_at else "",
+                a.kind,
+                a.status,
+                str(a.attempts),
+                a.text.splitlines()[0][:70],
+            ]
+            for a in alerts
+        ]
+        data = [
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "status": a.status,
+                "attempts": a.attempts,
+                "text": a.text,
+                "last_error": a.last_error,
+                "created_at": _iso(a.created_at),
+            }
+            for a in alerts
+        ]
+        self.emit(data, _table(rows, ["CREATED (UTC)", "KIND", "STATUS", "TRIES", "TEXT"]) if rows else "no alerts")
+
     def reconcile(self, args: argparse.Namespace) -> None:
         if not args.dry_run:
             raise CliError("reconcile only runs as --dry-run here; the worker reconciles when it starts")
@@ -209,6 +278,24 @@ class Commands:
         report = asyncio.run(engine.reconcile_dry_run())
         lines = [report.summary(), *(f"- {a}" for a in report.actions), *(f"! {w}" for w in report.warnings)]
         self.emit(report.to_dict(), "\n".join(lines))
+
+
+def _letter_dict(d: Any) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "run_id": d.run_id,
+        "schedule": d.schedule_name,
+        "intended_run_at": _iso(d.intended_run_at),
+        "attempts": d.attempts,
+        "error_type": d.error_type,
+        "error": d.error,
+        "error_traceback": d.error_traceback,
+        "params": d.params,
+        "checkpoint": d.checkpoint,
+        "created_at": _iso(d.created_at),
+        "replayed_at": _iso(d.replayed_at),
+        "replayed_by": d.replayed_by,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagram", parents=[common], help="the state machines as Mermaid diagrams")
     p.add_argument("--machine", default="all", choices=["all", *MACHINES])
     p.add_argument("--format", default="mermaid", choices=["mermaid"])
+    p = sub.add_parser("reset", parents=[common], help="close a schedule's open circuit breaker")
+    p.add_argument("name")
+    p = sub.add_parser("dlq", parents=[common], help="the dead-letter queue: list, show, replay, purge")
+    p.add_argument("action", choices=["list", "show", "replay", "purge"])
+    p.add_argument("id", nargs="?", default=None, help="run id or dead-letter id (show, replay)")
+    p.add_argument("--schedule", default=None)
+    p.add_argument("--all", action="store_true", help="list replayed ones too")
+    p.add_argument("--force", action="store_true", help="replay even while the schedule's breaker is open")
+    p.add_argument("--actor", default="cli", help="who replays (recorded)")
+    p.add_argument("--older-than-days", type=_positive_int, default=None)
+    p = sub.add_parser("alerts", parents=[common], help="the alert outbox")
+    p.add_argument("--status", default=None, choices=["pending", "sending", "sent", "undeliverable"])
     p = sub.add_parser("reconcile", parents=[common], help="what a start would reconcile (--dry-run)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--worker-id", default=None)

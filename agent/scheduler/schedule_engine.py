@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+from .alerts import AlertDispatcher, Notifier, dead_letter_text
 from .clock import Clock
 from .definition import ScheduleDefinition
 from .enums import BreakerState, RunStatus, ShutdownPolicy, TriggerType
@@ -47,6 +48,10 @@ CHECKPOINT_WAIT_SECONDS = 10.0
 WAIT_STEP_SECONDS = 0.05
 #: While draining, cutoffs (shutdown timeouts, hurry()) are re-checked at least this often.
 DRAIN_POLL_SECONDS = 0.25
+#: The outbox is looked at again this often (clock time) even when no new alert was raised.
+ALERT_RETRY = timedelta(seconds=60)
+#: stop() gives the last outbox pass this many real seconds.
+DELIVERY_ON_STOP_SECONDS = 5.0
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -99,6 +104,7 @@ class ScheduleEngine:
         tick_seconds: float = 10.0,
         worker_id: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
+        notifier: Notifier | None = None,
     ) -> None:
         if tick_seconds <= 0:
             raise ValueError(f"tick_seconds must be more than 0, got {tick_seconds}")
@@ -134,6 +140,11 @@ class ScheduleEngine:
         self._report: ReconciliationReport | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._runner: asyncio.Task[Any] | None = None
+        self.alerts = AlertDispatcher(store, notifier, self.clock, run_db=self._db)
+        self._alerts_due = True  # leftovers of an earlier life go out on the first pass
+        self._last_delivery: datetime | None = None
+        self._delivery: asyncio.Task[int] | None = None
+        self._breaker_due: datetime | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -166,6 +177,14 @@ class ScheduleEngine:
             dry_run=False,
         )
         log.info("%s", report.summary())
+        if report.has_problems:
+            await self._db(
+                self.store.add_alert,
+                "reconciliation",
+                f"Worker {self.worker_id} started: {report.summary()}",
+                report.to_dict(),
+            )
+            self._alerts_due = True
         self._report = report
         return report
 
@@ -191,6 +210,26 @@ class ScheduleEngine:
         for schedule_id in result.replace:
             self._request_stop(schedule_id, now)
         self._next_due = result.next_due
+        self._maybe_deliver(now)
+
+    def _maybe_deliver(self, now: datetime) -> None:
+        """Start an outbox pass when alerts were raised, or now and then to retry what is left."""
+        if self._delivery is not None and not self._delivery.done():
+            return
+        overdue = self._last_delivery is None or now - self._last_delivery >= ALERT_RETRY
+        if self._alerts_due or overdue:
+            self._alerts_due = False
+            self._last_delivery = now
+            self._delivery = asyncio.get_running_loop().create_task(self.alerts.deliver(), name="alerts")
+
+    async def deliver_alerts(self) -> int:
+        """Wait for any outbox pass in progress, then make one more; returns how many were delivered."""
+        if self._delivery is not None and not self._delivery.done():
+            await asyncio.wait([self._delivery])
+        self._alerts_due = False
+        self._last_delivery = self.clock.now()
+        self._delivery = asyncio.get_running_loop().create_task(self.alerts.deliver(), name="alerts")
+        return await self._delivery
 
     async def wait_idle(self) -> None:
         """Until this engine has no run in flight and every finished run is recorded."""
@@ -235,6 +274,10 @@ class ScheduleEngine:
         await self._run_shutdown_schedules()
         await self._drain()
         await self.tick()
+        try:
+            await asyncio.wait_for(self.deliver_alerts(), timeout=DELIVERY_ON_STOP_SECONDS)
+        except TimeoutError:
+            log.warning("alerts still undelivered at shutdown stay in the outbox for the next start")
         now = self.clock.now()
         await self._db(self.store.put_state, self._state_key, self._state_value(now, clean=True))
         self._stopped = True
@@ -376,9 +419,11 @@ class ScheduleEngine:
         if self._last_heartbeat is None or (now - self._last_heartbeat).total_seconds() >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
             self.store.put_state(self._state_key, self._state_value(now, clean=False))
+        if full or report is not None or (self._breaker_due is not None and self._breaker_due <= now):
+            self._breaker_due = self._probe_breakers(now)
         if full or due or report is not None or self._next_due is None:
             self._schedule_due = self.store.next_due_at()
-        dues = [d for d in (self._schedule_due, self._retry_due) if d is not None]
+        dues = [d for d in (self._schedule_due, self._retry_due, self._breaker_due) if d is not None]
         result.next_due = min(dues) if dues else None
         return result
 
@@ -393,22 +438,57 @@ class ScheduleEngine:
         for schedule_id in outcomes:
             self._count_outcome(schedule_id, failed=False, now=now)
 
-    def _count_outcome(self, schedule_id: str, *, failed: bool, now: datetime) -> None:
+    def _count_outcome(self, schedule_id: str, *, failed: bool, now: datetime, error: str | None = None) -> None:
         """Feed the breaker: a success resets the count, a terminal failure adds one and may trip it."""
         schedule = self.store.record_outcome(schedule_id, failed=failed)
         if schedule is None:
             return
         try:
-            if failed and schedule.breaker_state is BreakerState.CLOSED:
-                self.store.transition_breaker(schedule, "trip", now=now)
-            elif failed and schedule.breaker_state is BreakerState.HALF_OPEN:
-                self.store.transition_breaker(schedule, "reopen", now=now)
+            if failed and schedule.breaker_state in (BreakerState.CLOSED, BreakerState.HALF_OPEN):
+                trigger = "trip" if schedule.breaker_state is BreakerState.CLOSED else "reopen"
+                opened = self.store.transition_breaker(schedule, trigger, now=now)
+                # Written in the same transaction as the trip: no open breaker without its alert.
+                self.store.add_alert(
+                    "breaker_opened",
+                    _breaker_text(opened, error),
+                    {
+                        "schedule": opened.name,
+                        "failures": opened.consecutive_failures,
+                        "last_error": error,
+                    },
+                )
+                self._alerts_due = True
+                if opened.breaker_cooldown is not None and opened.breaker_opened_at is not None:
+                    probe_at = opened.breaker_opened_at + opened.breaker_cooldown
+                    self._breaker_due = min(probe_at, self._breaker_due or probe_at)
+                log.warning(
+                    "breaker of %s opened after %d consecutive failures", opened.name, opened.consecutive_failures
+                )
             elif not failed and schedule.breaker_state is BreakerState.HALF_OPEN:
                 self.store.transition_breaker(schedule, "close", now=now)
         except GuardRejected as exc:
             log.debug("breaker of %s stays %s: %s", schedule.name, schedule.breaker_state, exc.reason)
         except StaleState as exc:
             log.info("breaker of %s moved elsewhere: %s", schedule.name, exc)
+
+    def _probe_breakers(self, now: datetime) -> datetime | None:
+        """Fire ``probe`` on open breakers (the guard waits for the cooldown); return the next cooldown end."""
+        waiting = []
+        for schedule in self.store.open_breakers():
+            if schedule.breaker_cooldown is None:
+                continue
+            try:
+                self.store.transition_breaker(schedule, "probe", now=now)
+                log.info("breaker of %s half-open: one trial run allowed", schedule.name)
+                # Its next occurrence is computed afresh by a full scan, right away.
+                self._last_full_scan = None
+                waiting.append(now)
+            except GuardRejected:
+                if schedule.breaker_opened_at is not None:
+                    waiting.append(schedule.breaker_opened_at + schedule.breaker_cooldown)
+            except StaleState:
+                pass
+        return min(waiting) if waiting else None
 
     def _create_event_runs(self, events: list[tuple[str, dict[str, Any], str]], now: datetime) -> None:
         schedules = [s for s in self.store.list(enabled=True, trigger_type=TriggerType.EVENT)]
@@ -472,10 +552,17 @@ class ScheduleEngine:
         refused = [r for r, moved in zip(failed, retried, strict=True) if isinstance(moved, GuardRejected)]
         dead = self.store.transition_many(((r, "dead_letter", {}) for r in refused), now=now, schedules=schedules)
         waiting: list[datetime] = []
+        lettered = [moved for moved in dead if isinstance(moved, ScheduledRun)]
+        if lettered:
+            lines = [f"{r.schedule_name} run {r.run_id} ({r.attempt} attempts): {r.error}" for r in lettered]
+            self.store.add_alert(
+                "dead_letter", dead_letter_text(lines), {"runs": [r.run_id for r in lettered], "lines": lines}
+            )
+            self._alerts_due = True
         for run, moved in zip(refused, dead, strict=True):
             if isinstance(moved, ScheduledRun):
                 log.warning("run %s of %s dead-lettered: %s", run.run_id, run.schedule_name, moved.reason)
-                self._count_outcome(run.schedule_id, failed=True, now=now)
+                self._count_outcome(run.schedule_id, failed=True, now=now, error=run.error)
                 if report is not None and run.error_type == ORPHANED:
                     report.orphans_dead_lettered += 1
             elif (when := retry_at(run, schedules[run.schedule_id])) is not None:
@@ -533,10 +620,11 @@ class ScheduleEngine:
     def _blocked(self, run: ScheduledRun, schedule: ScheduleDefinition | None) -> str | None:
         """Why a due pending run must not start at all, or None."""
         # Disabling a schedule stops new occurrences (see _materialize); runs that already exist,
-        # retries included, still run. An open breaker holds back everything but manual runs.
+        # retries included, still run. An open breaker holds back all but an operator's runs
+        # (run-now, a replay the operator forced).
         if schedule is None:
             return "schedule removed"
-        if schedule.breaker_state is BreakerState.OPEN and run.origin != "manual":
+        if schedule.breaker_state is BreakerState.OPEN and run.origin not in ("manual", "replay"):
             return "circuit breaker open"
         if schedule.target not in self._builtins and schedule.target not in self.tasks:
             return f"task {schedule.target!r} is not registered in worker {self.worker_id}"
@@ -826,3 +914,15 @@ def _count_missed(report: ReconciliationReport, name: str, plan: DuePlan) -> Non
     report.missed_coalesced += missed.coalesced
     if missed.warning:
         report.warnings.append(f"{name}: {missed.warning}")
+
+
+def _breaker_text(schedule: ScheduleDefinition, error: str | None) -> str:
+    how = (
+        f"it half-opens for one trial run after {schedule.breaker_cooldown}"
+        if schedule.breaker_cooldown
+        else f"reset it with: python -m agent.scheduler reset {schedule.name}"
+    )
+    return (
+        f"Circuit breaker OPEN for {schedule.name}: {schedule.consecutive_failures} consecutive failed runs "
+        f"(last error: {error or 'unknown'}). No new runs until it closes; {how}."
+    )

@@ -73,6 +73,8 @@ _SPAN_COLUMNS = {
 _GUARDED_SCHEDULE_FIELDS = frozenset(
     {"id", "breaker_state", "consecutive_failures", "breaker_opened_at", "created_at", "updated_at"}
 )
+#: Run triggers whose guards read the schedule.
+_GUARDED_TRIGGERS = frozenset({"retry", "dead_letter", "replay"})
 #: Run fields a transition may set besides the status.
 _RUN_CHANGE_FIELDS = frozenset(f.name for f in fields(ScheduledRun)) - {
     "run_id",
@@ -476,7 +478,9 @@ class ScheduleStore:
                 "breaker of %s: %s -> %s (%s)", current.name, transition.source, transition.dest, transition.trigger
             )
 
-        return fire_breaker(schedule, trigger, now=at, persist=persist)
+        moved = fire_breaker(schedule, trigger, now=at, persist=persist)
+        self._changed()
+        return moved
 
     # ------------------------------------------------------------------ runs
 
@@ -582,6 +586,7 @@ class ScheduleStore:
         now: datetime | None = None,
         schedule: ScheduleDefinition | None = None,
         actor: str | None = None,
+        force: bool = False,
         **changes: Any,
     ) -> ScheduledRun:
         """Fire ``trigger`` on ``run`` through the run machine; returns the new snapshot.
@@ -596,13 +601,13 @@ class ScheduleStore:
         if unknown:
             raise ValueError(f"not run fields a transition can set: {', '.join(sorted(unknown))}")
         at = now or self.clock.now()
-        if schedule is None and trigger in ("retry", "dead_letter"):
+        if schedule is None and trigger in _GUARDED_TRIGGERS:
             schedule = self.get(run.schedule_id)
 
         def persist(current: ScheduledRun, transition: Transition, values: dict[str, Any]) -> None:
             self._tx(lambda conn: self._write_run(conn, current, transition, values, now=at, actor=actor))
 
-        moved = fire_run(run, trigger, now=at, persist=persist, schedule=schedule, changes=changes)
+        moved = fire_run(run, trigger, now=at, persist=persist, schedule=schedule, changes=changes, force=force)
         log.info(
             "run %s of %s: %s -> %s (%s)%s",
             run.run_id,
@@ -677,7 +682,7 @@ class ScheduleStore:
         at = now or self.clock.now()
         batch = list(items)
         known = dict(schedules or {})
-        missing = {r.schedule_id for r, t, _ in batch if t in ("retry", "dead_letter") and r.schedule_id not in known}
+        missing = {r.schedule_id for r, t, _ in batch if t in _GUARDED_TRIGGERS and r.schedule_id not in known}
         for schedule_id in missing:
             known[schedule_id] = self.get(schedule_id)
 
@@ -917,6 +922,42 @@ class ScheduleStore:
         rows = self._tx(lambda c: c.execute(stmt).mappings().all())
         return [_dead_letter_from(row) for row in rows]
 
+    def dead_letter(self, letter_or_run_id: str) -> DeadLetter:
+        """One dead letter, by its id or its run's id (the newest for that run)."""
+        d = schema.dead_letters
+        stmt = (
+            select(d)
+            .where(or_(d.c.id == letter_or_run_id, d.c.run_id == letter_or_run_id))
+            .order_by(d.c.created_at.desc())
+        )
+        row = self._tx(lambda c: c.execute(stmt).mappings().first())
+        if row is None:
+            raise RunNotFound(letter_or_run_id)
+        return _dead_letter_from(row)
+
+    def replay_dead_letter(
+        self, letter_or_run_id: str, *, actor: str, force: bool = False, now: datetime | None = None
+    ) -> ScheduledRun:
+        """Send a dead-lettered run back to pending through the machine, with a fresh retry budget.
+
+        Refused (GuardRejected) while the schedule's breaker is open, unless ``force``.
+        """
+        letter = self.dead_letter(letter_or_run_id)
+        run = self.get_run(letter.run_id)
+        return self.transition(run, "replay", now=now, actor=actor, force=force, reason=f"replayed by {actor}")
+
+    def purge_dead_letters(self, older_than: timedelta, *, now: datetime | None = None) -> int:
+        """Delete dead letters created more than ``older_than`` ago; returns how many. Runs stay."""
+        cutoff = _to_db((now or self.clock.now()) - older_than)
+        d = schema.dead_letters
+        return int(self._tx(lambda c: c.execute(d.delete().where(d.c.created_at < cutoff)).rowcount))
+
+    def open_breakers(self) -> builtins.list[ScheduleDefinition]:
+        """Schedules whose breaker is open."""
+        s = schema.schedules
+        stmt = select(s).where(s.c.breaker_state == BreakerState.OPEN.value).order_by(s.c.name)
+        return [_schedule_from(r) for r in self._tx(lambda c: c.execute(stmt).mappings().all())]
+
     # ------------------------------------------------------------------ alerts, reports, engine state, proposals
 
     def add_alert(self, kind: str, text: str, payload: dict[str, Any] | None = None) -> Alert:
@@ -943,20 +984,50 @@ class ScheduleStore:
         if status is not None:
             stmt = stmt.where(a.c.status == status)
         rows = self._tx(lambda c: c.execute(stmt).mappings().all())
-        return [
-            Alert(
-                id=r["id"],
-                kind=r["kind"],
-                text=r["text"],
-                payload=r["payload"],
-                status=r["status"],
-                attempts=r["attempts"],
-                last_error=r["last_error"],
-                created_at=_from_db(r["created_at"]),
-                delivered_at=_from_db(r["delivered_at"]),
-            )
-            for r in rows
-        ]
+        return [_alert_from(r) for r in rows]
+
+    def claim_alerts(
+        self, *, now: datetime, lease: timedelta, limit: int = 50, include_undeliverable: bool = True
+    ) -> builtins.list[Alert]:
+        """Take up to ``limit`` deliverable alerts (pending, undeliverable, or a claim older than ``lease``).
+
+        Each claim is a conditional UPDATE, so two dispatchers never send the same alert at once.
+        """
+        a = schema.alerts_outbox
+        open_ = or_(
+            a.c.status.in_(["pending", "undeliverable"] if include_undeliverable else ["pending"]),
+            and_(a.c.status == "sending", a.c.updated_at < _to_db(now - lease)),
+        )
+
+        def work(conn: Connection) -> builtins.list[Alert]:
+            rows = conn.execute(select(a).where(open_).order_by(a.c.created_at, a.c.id).limit(limit)).mappings().all()
+            claimed = []
+            for r in rows:
+                stmt = (
+                    update(a)
+                    .where(and_(a.c.id == r["id"], a.c.status == r["status"], a.c.updated_at == r["updated_at"]))
+                    .values(status="sending", attempts=a.c.attempts + 1, updated_at=_to_db(now))
+                )
+                if conn.execute(stmt).rowcount == 1:
+                    claimed.append(_alert_from({**r, "status": "sending", "attempts": r["attempts"] + 1}))
+            return claimed
+
+        return self._tx(work)
+
+    def mark_alerts(
+        self, ids: Iterable[str], status: str, *, error: str | None = None, now: datetime | None = None
+    ) -> int:
+        """Settle claimed alerts: ``sent`` (with the delivery time) or back to ``pending``/``undeliverable``."""
+        if status not in ("sent", "pending", "undeliverable"):
+            raise ValueError(f"alert status {status!r}: one of sent, pending, undeliverable")
+        at = _to_db(now or self.clock.now())
+        a = schema.alerts_outbox
+        values: dict[str, Any] = {"status": status, "last_error": error, "updated_at": at}
+        if status == "sent":
+            values["delivered_at"] = at
+        wanted = list(ids)
+        stmt = update(a).where(and_(a.c.id.in_(wanted), a.c.status == "sending")).values(**values)
+        return int(self._tx(lambda c: c.execute(stmt).rowcount)) if wanted else 0
 
     def save_report(
         self,
@@ -1141,6 +1212,20 @@ def _run_from(row: Any) -> ScheduledRun:
     kwargs = {name: conv(row[col]) for name, col, conv in _RUN_READERS}
     kwargs["status"] = RunStatus(kwargs["status"])
     return ScheduledRun(**kwargs)
+
+
+def _alert_from(r: Any) -> Alert:
+    return Alert(
+        id=r["id"],
+        kind=r["kind"],
+        text=r["text"],
+        payload=r["payload"],
+        status=r["status"],
+        attempts=r["attempts"],
+        last_error=r["last_error"],
+        created_at=_from_db(r["created_at"]),
+        delivered_at=_from_db(r["delivered_at"]),
+    )
 
 
 def _dead_letter_from(row: Any) -> DeadLetter:

@@ -148,8 +148,16 @@ class TestRetryGuard:
             fire_run(self.failed(1), "retry", now=NOW, persist=Recorder())
 
     def test_replay_gives_a_fresh_retry_budget(self) -> None:
-        replayed = fire_run(run(S.DEAD_LETTERED, attempt=3), "replay", now=NOW, persist=Recorder())
-        assert (replayed.status, replayed.attempt) == (S.PENDING, 1)
+        replayed = fire_run(run(S.DEAD_LETTERED, attempt=3), "replay", now=NOW, persist=Recorder(), schedule=self.sched)
+        assert (replayed.status, replayed.attempt, replayed.origin) == (S.PENDING, 1, "replay")
+
+    def test_replay_into_an_open_breaker_is_refused_unless_forced(self) -> None:
+        tripped = replace(self.sched, breaker_state=BreakerState.OPEN)
+        dead = run(S.DEAD_LETTERED, attempt=3)
+        with pytest.raises(GuardRejected, match="circuit breaker of s is open: reset it first"):
+            fire_run(dead, "replay", now=NOW, persist=Recorder(), schedule=tripped)
+        forced = fire_run(dead, "replay", now=NOW, persist=Recorder(), schedule=tripped, force=True)
+        assert (forced.status, forced.reason) == (S.PENDING, "replay forced by an operator")
 
 
 @pytest.mark.parametrize(

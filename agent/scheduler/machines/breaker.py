@@ -53,8 +53,14 @@ def breaker_effects(trigger: str, now: datetime) -> dict[str, Any]:
     """The schedule fields an accepted breaker ``trigger`` sets besides the breaker state."""
     if trigger in ("trip", "reopen"):
         return {"breaker_opened_at": now}
-    if trigger in ("close", "reset"):
+    if trigger == "close":
         return {"breaker_opened_at": None, "consecutive_failures": 0}
+    # After an open period the schedule starts again from now: what fell due while it was open
+    # was held back on purpose, not missed, so its next occurrence is computed afresh.
+    if trigger == "reset":
+        return {"breaker_opened_at": None, "consecutive_failures": 0, "next_run_at": None}
+    if trigger == "probe":
+        return {"next_run_at": None}
     return {}
 
 

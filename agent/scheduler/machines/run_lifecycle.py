@@ -10,6 +10,7 @@ from typing import Any
 from ..definition import ScheduleDefinition
 from ..enums import RunStatus
 from ..policies import Decision
+from ..policies.breaker import may_replay
 from ..policies.retry import may_dead_letter, may_retry
 from ..scheduled_run import ScheduledRun
 from .binding import Binding, Transition, build_machine, fire, guard
@@ -33,6 +34,7 @@ class RunBinding(Binding[ScheduledRun]):
         self.run = run
         self.schedule = schedule
         self.now = now
+        self.force = False
 
 
 def _run_guard(policy: Callable[[ScheduledRun, ScheduleDefinition, datetime], Decision]) -> Any:
@@ -44,6 +46,17 @@ def _run_guard(policy: Callable[[ScheduledRun, ScheduleDefinition, datetime], De
     check.__name__ = policy.__name__
     return guard(check)
 
+
+def _may_replay(binding: RunBinding) -> Decision:
+    if binding.force:
+        return Decision(True, "replay forced by an operator")
+    if binding.schedule is None:
+        raise ValueError("the may_replay guard needs the run's schedule")
+    return may_replay(binding.schedule, binding.now)
+
+
+_may_replay.__name__ = "may_replay"
+_replay_guard = guard(_may_replay)
 
 #: The run machine's edges, exactly as in the architecture's diagram.
 RUN_TRANSITIONS: list[dict[str, Any]] = [
@@ -58,7 +71,7 @@ RUN_TRANSITIONS: list[dict[str, Any]] = [
         "dest": S.DEAD_LETTERED,
         "conditions": [_run_guard(may_dead_letter)],
     },
-    {"trigger": "replay", "source": S.DEAD_LETTERED, "dest": S.PENDING},
+    {"trigger": "replay", "source": S.DEAD_LETTERED, "dest": S.PENDING, "conditions": [_replay_guard]},
     {"trigger": "checkpoint", "source": S.RUNNING, "dest": S.PAUSED},
     {"trigger": "resume", "source": S.PAUSED, "dest": S.PENDING},
     {"trigger": "requeue", "source": S.RUNNING, "dest": S.PENDING},
@@ -95,7 +108,7 @@ def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any
     if trigger == "retry":
         return {"attempt": run.attempt + 1, "started_at": None, "completed_at": None, **_RELEASE}
     if trigger == "replay":
-        return {"attempt": 1, "started_at": None, "completed_at": None, **_RELEASE}
+        return {"attempt": 1, "origin": "replay", "started_at": None, "completed_at": None, **_RELEASE}
     if trigger in ("requeue", "checkpoint"):
         return {"started_at": None, **_RELEASE}
     return {}
@@ -109,6 +122,7 @@ def fire_run(
     persist: Callable[[ScheduledRun, Transition, dict[str, Any]], None],
     schedule: ScheduleDefinition | None = None,
     changes: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> ScheduledRun:
     """Move ``run`` by ``trigger`` and return its new snapshot; ``run`` itself is never changed.
 
@@ -126,7 +140,9 @@ def fire_run(
         persist(run, transition, fields)
         return replace(run, status=RunStatus(transition.dest), updated_at=now, **fields)
 
-    return fire(RUN_MACHINE, RunBinding(run, schedule, now, write), trigger)
+    binding = RunBinding(run, schedule, now, write)
+    binding.force = force
+    return fire(RUN_MACHINE, binding, trigger)
 
 
 def allowed_triggers(status: RunStatus) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..enums import BreakerState
 from .decision import Decision
 
 if TYPE_CHECKING:
@@ -28,3 +29,14 @@ def may_probe(schedule: ScheduleDefinition, now: datetime) -> Decision:
     if opened is not None and now < opened + cooldown:
         return Decision(False, f"cooldown until {(opened + cooldown).isoformat()}")
     return Decision(True, f"cooldown of {cooldown} elapsed: one trial run allowed")
+
+
+def may_replay(schedule: ScheduleDefinition, now: datetime) -> Decision:
+    """Guard of ``dead_lettered -> pending``: not into an open breaker (an operator may force it)."""
+    if schedule.breaker_state is BreakerState.OPEN:
+        return Decision(
+            False,
+            f"the circuit breaker of {schedule.name} is open: reset it first "
+            f"(python -m agent.scheduler reset {schedule.name}) or force the replay",
+        )
+    return Decision(True, "replayed from the dead-letter queue")

@@ -39,10 +39,12 @@ from .errors import (
     SchedulerError,
     StaleBreaker,
     StaleRun,
+    StaleState,
     StoreError,
 )
 from .machines.binding import Transition
 from .machines.breaker import fire_breaker
+from .machines.proposal import fire_proposal
 from .machines.run_lifecycle import fire_run
 from .records import Alert, DeadLetter, ProposalRecord, StoredReport
 from .scheduled_run import ScheduledRun, time_occurrence_key
@@ -1126,26 +1128,65 @@ class ScheduleStore:
         self._tx(work)
         return self.get_proposal(record.id)
 
+    def proposals(self, status: str | None = None, *, proposed_by: str | None = None) -> builtins.list[ProposalRecord]:
+        """Stored proposals, oldest first, optionally by status and proposer."""
+        p = schema.proposals
+        stmt = select(p).order_by(p.c.created_at, p.c.id)
+        if status is not None:
+            stmt = stmt.where(p.c.status == status)
+        if proposed_by is not None:
+            stmt = stmt.where(p.c.proposed_by == proposed_by)
+        return [_proposal_from(r) for r in self._tx(lambda c: c.execute(stmt).mappings().all())]
+
+    def transition_proposal(
+        self, record: ProposalRecord, trigger: str, *, now: datetime | None = None, **changes: Any
+    ) -> ProposalRecord:
+        """Fire a proposal trigger (reject, hold, approve, activate, expire), written conditionally on its status.
+
+        ``changes`` set fields of the record (decided_by, decision_reason, report, schedule_id...).
+        """
+        at = now or self.clock.now()
+
+        def persist(current: ProposalRecord, transition: Transition, fields: dict[str, Any]) -> None:
+            self._tx(lambda conn: self._write_proposal(conn, current, transition, fields, at))
+
+        return fire_proposal(record, trigger, now=at, persist=persist, changes=changes)
+
+    def activate_proposal(self, record: ProposalRecord, definition: ScheduleDefinition) -> ScheduleDefinition:
+        """Create the proposal's schedule and move the proposal to ``active``, in one transaction."""
+        now = self.clock.now()
+        stored = definition.with_changes(created_at=now, updated_at=now, proposal_id=record.id)
+
+        def work() -> ScheduleDefinition:
+            self._tx(lambda c: c.execute(schema.schedules.insert().values(**_schedule_row(stored))))
+            self.transition_proposal(record, "activate", now=now, schedule_id=stored.id)
+            return stored
+
+        try:
+            result = self.atomic(work)
+        except IntegrityError as exc:
+            raise DuplicateSchedule(stored.name) from exc
+        self._changed()
+        return result
+
+    def _write_proposal(
+        self, conn: Connection, record: ProposalRecord, transition: Transition, fields: dict[str, Any], now: datetime
+    ) -> None:
+        p = schema.proposals
+        values = {"status": transition.dest, "updated_at": _to_db(now)}
+        values.update({k: _to_db(v) if isinstance(v, datetime) else v for k, v in fields.items()})
+        stmt = update(p).where(and_(p.c.id == record.id, p.c.status == transition.source)).values(**values)
+        if conn.execute(stmt).rowcount != 1:
+            actual = conn.execute(select(p.c.status).where(p.c.id == record.id)).scalar()
+            raise StaleState(record.id, transition.source, actual, transition.trigger)
+
     def get_proposal(self, proposal_id: str) -> ProposalRecord:
         """A stored proposal; LookupError when there is none."""
         p = schema.proposals
         r = self._tx(lambda c: c.execute(select(p).where(p.c.id == proposal_id)).mappings().first())
         if r is None:
             raise LookupError(f"no proposal with id {proposal_id!r}")
-        return ProposalRecord(
-            id=r["id"],
-            name=r["name"],
-            status=r["status"],
-            proposed_by=r["proposed_by"],
-            payload=r["payload"],
-            report=r["report"],
-            decided_by=r["decided_by"],
-            decision_reason=r["decision_reason"],
-            schedule_id=r["schedule_id"],
-            expires_at=_from_db(r["expires_at"]),
-            created_at=_from_db(r["created_at"]),
-            updated_at=_from_db(r["updated_at"]),
-        )
+        return _proposal_from(r)
 
 
 # ---------------------------------------------------------------------- row mapping
@@ -1212,6 +1253,23 @@ def _run_from(row: Any) -> ScheduledRun:
     kwargs = {name: conv(row[col]) for name, col, conv in _RUN_READERS}
     kwargs["status"] = RunStatus(kwargs["status"])
     return ScheduledRun(**kwargs)
+
+
+def _proposal_from(r: Any) -> ProposalRecord:
+    return ProposalRecord(
+        id=r["id"],
+        name=r["name"],
+        status=r["status"],
+        proposed_by=r["proposed_by"],
+        payload=r["payload"],
+        report=r["report"],
+        decided_by=r["decided_by"],
+        decision_reason=r["decision_reason"],
+        schedule_id=r["schedule_id"],
+        expires_at=_from_db(r["expires_at"]),
+        created_at=_from_db(r["created_at"]),
+        updated_at=_from_db(r["updated_at"]),
+    )
 
 
 def _alert_from(r: Any) -> Alert:

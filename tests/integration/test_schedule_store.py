@@ -369,3 +369,28 @@ def test_processes_racing_to_start_one_run_have_exactly_one_winner(
     assert len(winners) == 1
     assert sorted(o for o in outcomes.values() if o != "won") == [f"stale:running:{winners[0]}"] * 2
     assert store.get_run(run.run_id).owner == winners[0]
+
+
+def test_proposals_move_conditionally_and_activation_creates_the_schedule_atomically(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    from agent.scheduler.errors import StaleState
+
+    record = store.save_proposal(
+        ProposalRecord(id="prop_a", name="cleanup", status="submitted", proposed_by="agent-7", payload={})
+    )
+    held = store.transition_proposal(record, "hold", decision_reason="risk medium")
+    with pytest.raises(StaleState):
+        store.transition_proposal(record, "approve")  # stale: it is awaiting approval now
+    approved = store.transition_proposal(held, "approve", decided_by="alice")
+    assert [p.status for p in store.proposals()] == ["approved"]
+    taken = store.add(make_schedule("cleanup"))
+    with pytest.raises(DuplicateSchedule):
+        store.activate_proposal(approved, make_schedule("cleanup", source="agent"))
+    assert store.get_proposal("prop_a").status == "approved"  # nothing half-done
+    store.remove(taken.name)
+    active = store.activate_proposal(approved, make_schedule("cleanup", source="agent"))
+    assert (store.get("cleanup").proposal_id, active.proposal_id) == ("prop_a", "prop_a")
+    stored = store.get_proposal("prop_a")
+    assert (stored.status, stored.schedule_id, stored.decided_by) == ("active", active.id, "alice")
+    assert store.proposals(status="active", proposed_by="agent-7") == [stored]

@@ -14,7 +14,7 @@ PKG = ROOT / "agent" / "scheduler"
 
 #: Modules that must stay free of I/O, and the pure modules they may lean on.
 CORE = ["triggers.py", "clock.py", "errors.py", "policies", "machines"]
-PURE_SUPPORT = {"enums", "errors", "definition", "scheduled_run", "triggers", "clock", "policies", "machines"}
+PURE_SUPPORT = {"enums", "errors", "definition", "scheduled_run", "records", "triggers", "clock", "policies", "machines"}
 #: Absolute imports the core may use: pure standard library and the pure third-party libraries.
 ALLOWED = {
     "__future__",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from ..enums import ProposalStatus
-from .binding import build_machine
+from ..records import ProposalRecord
+from .binding import Binding, Transition, build_machine, fire
 
 P = ProposalStatus
 
@@ -21,3 +25,29 @@ PROPOSAL_TRANSITIONS: list[dict[str, Any]] = [
 ]
 
 PROPOSAL_MACHINE = build_machine("proposal", PROPOSAL_STATES, PROPOSAL_TRANSITIONS, initial=P.SUBMITTED.value)
+
+
+class ProposalBinding(Binding[ProposalRecord]):
+    """A stored proposal bound to the machine for one trigger."""
+
+    def __init__(self, record: ProposalRecord, persist: Callable[[Transition], ProposalRecord]) -> None:
+        super().__init__(record.id, record.status, persist)
+        self.record = record
+
+
+def fire_proposal(
+    record: ProposalRecord,
+    trigger: str,
+    *,
+    now: datetime,
+    persist: Callable[[ProposalRecord, Transition, dict[str, Any]], None],
+    changes: dict[str, Any] | None = None,
+) -> ProposalRecord:
+    """Move a proposal by ``trigger``; ``persist`` writes conditionally on its current status."""
+
+    def write(transition: Transition) -> ProposalRecord:
+        fields = dict(changes or {})
+        persist(record, transition, fields)
+        return replace(record, status=transition.dest, updated_at=now, **fields)
+
+    return fire(PROPOSAL_MACHINE, ProposalBinding(record, write), trigger)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
+from agent.scheduler.schema import TABLES
 
 #: The fake clock's start in every test that does not choose its own.
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
@@ -57,3 +59,45 @@ def run_async(fn: Callable[..., Any]) -> Callable[..., Any]:
         return asyncio.run(fn(*args, **kwargs))
 
     return wrapper
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL: required in CI, a skip with the reason elsewhere."""
+    url = os.environ.get("ACTP_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail("ACTP_TEST_POSTGRES_URL is not set: .ci/run must start PostgreSQL (scripts/test-postgres.sh)")
+    pytest.skip('no PostgreSQL for tests: run eval "$(scripts/test-postgres.sh start)" first')
+
+
+def clean_postgres(url: str) -> None:
+    """Empty the scheduler's tables (and the telemetry table) in the test database."""
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            present = set(inspect(conn).get_table_names())
+            tables = [t for t in (*TABLES, "actp_scheduled_runs") if t in present]
+            if tables:
+                conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables)))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = postgres_url()
+    clean_postgres(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request: pytest.FixtureRequest, db_path: Path) -> str:
+    """Each store test runs on a SQLite file and on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{db_path}"
+    url = postgres_url()
+    clean_postgres(url)
+    return url

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from .alerts import AlertDispatcher, Notifier, dead_letter_text
 from .clock import Clock
 from .definition import ScheduleDefinition
-from .enums import BreakerState, RunStatus, ShutdownPolicy, TriggerType
+from .enums import BreakerState, ConcurrencyPolicy, RunStatus, ShutdownPolicy, TriggerType
 from .errors import GuardRejected, SchedulerError, StaleState, TaskNotConfigured
 from .policies.concurrency import Action, decide_starts
 from .policies.missed_run import DuePlan, plan_due
@@ -591,6 +591,8 @@ class ScheduleEngine:
                 skips.append((run, "skip", {"reason": blocked}))
             else:
                 by_schedule.setdefault(run.schedule_id, []).append(run)
+        # Another worker may be deciding for the same schedules: take turns, then count what runs.
+        self.store.lock_schedules(sid for sid, runs in by_schedule.items() if _needs_turns(schedules[sid], runs))
         counts = self.store.running_counts(by_schedule)
         starts: list[Finished] = []
         self._waiting = set()
@@ -902,6 +904,11 @@ class ScheduleEngine:
             "stopped_at": now.isoformat() if clean else None,
             "in_flight": len(self._in_flight),
         }
+
+
+def _needs_turns(schedule: ScheduleDefinition, due: list[ScheduledRun]) -> bool:
+    """Whether starting ``due`` depends on what else of the schedule is running (any policy but allow)."""
+    return schedule.concurrency_policy is not ConcurrencyPolicy.ALLOW
 
 
 def _count_missed(report: ReconciliationReport, name: str, plan: DuePlan) -> None:

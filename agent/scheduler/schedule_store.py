@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dataset
-from sqlalchemy import Connection, DateTime, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, DateTime, Table, and_, bindparam, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
@@ -106,6 +106,22 @@ def normalize_url(url_or_path: str | os.PathLike[str]) -> str:
     return text
 
 
+def _begin_immediate(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (SQLAlchemy's recipe).
+
+    pysqlite otherwise begins lazily at the first write, so a transaction's reads could see a
+    state that another process changes before its writes: a check-then-claim (forbid) would race.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_to_us(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _to_db(instant: datetime | None) -> datetime | None:
     # Naive UTC in the database: SQLite would otherwise keep local wall time, Postgres convert.
     return None if instant is None else instant.astimezone(UTC).replace(tzinfo=None)
@@ -155,6 +171,8 @@ class ScheduleStore:
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StoreError(f"cannot open the schedule store at {self.url}: {exc}") from exc
         self.dialect = self.db.engine.dialect.name if self.db.engine else "unknown"
+        if is_sqlite and self.db.engine is not None:
+            _begin_immediate(self.db.engine)
         self._retrying = Retrying(
             retry=retry_if_exception(_is_locked),
             stop=stop_after_delay(LOCK_RETRY_SECONDS),
@@ -164,7 +182,11 @@ class ScheduleStore:
         self._listeners: builtins.list[Callable[[], None]] = []
         self._depth: dict[int, int] = {}
         self._statements: dict[Any, Any] = {}
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
 
     # ------------------------------------------------------------------ plumbing
 
@@ -286,9 +308,13 @@ class ScheduleStore:
         self._tx(work)
 
     def _insert(self, table: Table) -> Any:
-        """An INSERT that can ``on_conflict_do_nothing`` on this dialect."""
+        """An INSERT that can ``on_conflict_do_nothing`` on this dialect and reports its rowcount.
+
+        SQLAlchemy keeps an INSERT's rowcount only when asked (``preserve_rowcount``); PostgreSQL's
+        driver would otherwise report -1, and a duplicate occurrence would go unnoticed.
+        """
         ns = pg_dialect if self.dialect == "postgresql" else sqlite_dialect
-        return ns.insert(table)
+        return ns.insert(table).execution_options(preserve_rowcount=True)
 
     # Building a SQLAlchemy statement costs far more than running it on SQLite, so the
     # statements of the hot path are built once, with bind parameters, and reused.
@@ -869,6 +895,22 @@ class ScheduleStore:
         )
         rows = self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).mappings().all())
         return [_run_from(row) for row in rows]
+
+    def lock_schedules(self, schedule_ids: Iterable[str]) -> None:
+        """Hold the rows of these schedules until the transaction ends (PostgreSQL), so two workers
+        deciding starts for the same schedule take turns. SQLite's transactions already hold the
+        database's write lock from their first statement."""
+        ids = sorted(set(schedule_ids))
+        if not ids or self.dialect != "postgresql":
+            return
+        s = schema.schedules
+        stmt = self._prepared(
+            "lock_schedules",
+            lambda: (
+                select(s.c.id).where(s.c.id.in_(bindparam("ids", expanding=True))).order_by(s.c.id).with_for_update()
+            ),
+        )
+        self._tx(lambda c: c.execute(stmt, {"ids": ids}).all())
 
     def running_counts(self, schedule_ids: Iterable[str]) -> dict[str, int]:
         """How many runs of each schedule are running, on any worker."""

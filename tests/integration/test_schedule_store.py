@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,34 @@ MakeSchedule = Callable[..., ScheduleDefinition]
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
 
 
-def test_schema_has_every_table_wal_mode_and_a_version(store: ScheduleStore, db_path: Path) -> None:
+@pytest.fixture
+def store(any_url: str, clock: FakeClock) -> Iterator[ScheduleStore]:
+    """The same suite on SQLite and on PostgreSQL."""
+    s = ScheduleStore(any_url, clock=clock)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(db_path: Path, clock: FakeClock) -> Iterator[ScheduleStore]:
+    s = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
+    yield s
+    s.close()
+
+
+def test_schema_has_every_table_and_a_version(store: ScheduleStore) -> None:
+    from sqlalchemy import inspect
+
+    with store.db.engine.connect() as conn:  # type: ignore[union-attr]
+        inspector = inspect(conn)
+        assert set(inspector.get_table_names()) >= set(TABLES)
+        unique = [i for i in inspector.get_indexes("scheduled_runs") if i["name"] == "uq_runs_occurrence"]
+    assert unique and unique[0]["unique"] and unique[0]["column_names"] == ["schedule_id", "occurrence_key"]
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_sqlite_runs_in_wal_mode_with_the_tables_and_unique_index(sqlite_store: ScheduleStore, db_path: Path) -> None:
+    store = sqlite_store
     assert set(TABLES) == {
         "meta",
         "schedules",
@@ -259,19 +286,20 @@ def test_records_round_trip(store: ScheduleStore, clock: FakeClock) -> None:
     assert store.meta_get("legacy_migration") == "1"
 
 
-def test_state_survives_reopening_the_store(db_path: Path, clock: FakeClock, make_schedule: MakeSchedule) -> None:
-    with ScheduleStore(db_path, clock=clock) as first:
+def test_state_survives_reopening_the_store(any_url: str, clock: FakeClock, make_schedule: MakeSchedule) -> None:
+    with ScheduleStore(any_url, clock=clock) as first:
         s = first.add(make_schedule())
         run = first.create_run(s, T0)
         assert run is not None
         started = first.transition(run, "start", owner="w1")
-    with ScheduleStore(f"sqlite:///{db_path}", clock=clock) as second:
+    with ScheduleStore(any_url, clock=clock) as second:
         assert second.get("sweep") == s
         assert second.get_run(run.run_id) == started
         assert second.create_run(s, T0) is None
 
 
-def test_a_locked_database_retries_the_whole_transaction(store: ScheduleStore, mocker: Any) -> None:
+def test_a_locked_database_retries_the_whole_transaction(sqlite_store: ScheduleStore, mocker: Any) -> None:
+    store = sqlite_store
     real = store._once
     locked = OperationalError("UPDATE ...", {}, sqlite3.OperationalError("database is locked"))
     calls: list[int] = []
@@ -297,11 +325,11 @@ def test_other_driver_errors_become_store_errors(store: ScheduleStore, mocker: A
     assert err.value.__cause__ is broken
 
 
-def test_a_newer_schema_is_refused(db_path: Path, clock: FakeClock) -> None:
-    with ScheduleStore(db_path, clock=clock) as s:
+def test_a_newer_schema_is_refused(any_url: str, clock: FakeClock) -> None:
+    with ScheduleStore(any_url, clock=clock) as s:
         s.meta_set("schema_version", str(SCHEMA_VERSION + 1))
     with pytest.raises(StoreError, match="newer than this code"):
-        ScheduleStore(db_path, clock=clock)
+        ScheduleStore(any_url, clock=clock)
 
 
 # ------------------------------------------------------------------ races
@@ -349,14 +377,14 @@ def _start_in_process(url: str, run_id: str, name: str, barrier: Any, results: A
 
 
 def test_processes_racing_to_start_one_run_have_exactly_one_winner(
-    store: ScheduleStore, make_schedule: MakeSchedule, db_path: Path
+    store: ScheduleStore, make_schedule: MakeSchedule, any_url: str
 ) -> None:
     run = store.create_run(store.add(make_schedule()), T0)
     assert run is not None
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(3), ctx.Queue()
     procs = [
-        ctx.Process(target=_start_in_process, args=(f"sqlite:///{db_path}", run.run_id, f"proc-{i}", barrier, results))
+        ctx.Process(target=_start_in_process, args=(any_url, run.run_id, f"proc-{i}", barrier, results))
         for i in range(3)
     ]
     for p in procs:

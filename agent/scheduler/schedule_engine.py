@@ -204,7 +204,17 @@ class ScheduleEngine:
         if self._in_flight and (self._last_renewal is None or now - self._last_renewal >= self.lease / 3):
             renew = list(self._in_flight)
             self._last_renewal = now
-        result = await self._db(self.store.atomic, self._tick_db, now, finished, events, renew, report)
+        mine = frozenset(self._in_flight)
+        result = await self._db(
+            self.store.atomic,
+            self._tick_db,
+            now,
+            finished=finished,
+            events=events,
+            renew=renew,
+            report=report,
+            mine=mine,
+        )
         for run, schedule in result.started:
             self._dispatch(run, schedule)
         for schedule_id in result.replace:
@@ -384,10 +394,12 @@ class ScheduleEngine:
     def _tick_db(
         self,
         now: datetime,
+        *,
         finished: list[Finished],
         events: list[tuple[str, dict[str, Any], str]],
         renew: list[str],
         report: ReconciliationReport | None,
+        mine: frozenset[str] = frozenset(),
     ) -> _TickResult:
         result = _TickResult()
         self._fresh = {}
@@ -400,6 +412,10 @@ class ScheduleEngine:
             # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.
             self._maybe_pending |= any(run.schedule_id in self._waiting for run, _, _ in finished)
             self._maybe_failed |= any(trigger == "fail" for _, trigger, _ in finished)
+        if full and report is None:
+            # A worker that died mid-run stops renewing its leases: its runs are taken over here.
+            # Ours are excluded: those in flight, and those just recorded above.
+            self._sweep_orphans(now, mine | {run.run_id for run, _, _ in finished})
         if events and not self._draining:
             self._create_event_runs(events, now)
             self._maybe_pending = True
@@ -693,14 +709,19 @@ class ScheduleEngine:
             "give each worker its own --worker-id (or ACTP_WORKER_ID)"
         )
 
-    def _orphans(self, now: datetime, previous: dict[str, Any] | None) -> list[ScheduledRun]:
-        """Running runs whose lease expired, or that this worker's previous life held."""
+    def _orphans(
+        self, now: datetime, previous: dict[str, Any] | None, mine: frozenset[str] = frozenset()
+    ) -> list[ScheduledRun]:
+        """Running runs whose lease expired, or that this worker's previous life held (not ``mine``)."""
         mine_before = previous is not None and previous.get("boot_id") != self.boot_id
         return [
             r
             for r in self.store.runs(status=RunStatus.RUNNING)
-            if (r.lease_expires_at is not None and r.lease_expires_at <= now)
-            or (mine_before and r.owner == self.worker_id and r.run_id not in self._in_flight)
+            if r.run_id not in mine
+            and (
+                (r.lease_expires_at is not None and r.lease_expires_at <= now)
+                or (mine_before and r.owner == self.worker_id)
+            )
         ]
 
     def _fire_orphans(self, orphans: list[ScheduledRun], now: datetime) -> None:
@@ -733,16 +754,15 @@ class ScheduleEngine:
                     created.append(run)
         return created
 
-    def _sweep_orphans(self) -> int:
-        now = self.clock.now()
-        orphans = [r for r in self._orphans(now, None) if r.run_id not in self._in_flight]
+    def _sweep_orphans(self, now: datetime, mine: frozenset[str]) -> int:
+        orphans = [r for r in self._orphans(now, None, mine) if r.run_id not in mine]
         self._fire_orphans(orphans, now)
         if orphans:
             self._maybe_failed = True  # the next tick retries or dead-letters them
         return len(orphans)
 
     async def _reconcile_task(self, ctx: RunContext) -> str:
-        swept = await self._db(self._sweep_orphans)
+        swept = await self._db(self._sweep_orphans, self.clock.now(), frozenset(self._in_flight))
         return f"{swept} orphaned run(s) swept"
 
     # ------------------------------------------------------------------ dispatch and execution (loop thread)
@@ -870,6 +890,7 @@ class ScheduleEngine:
                 # graceful_finish: the run may complete normally until the timeout; then it is requeued.
                 flight.kill_at = began + timeout
         while self._in_flight:
+            await self._renew_while_draining()
             cutoffs = [f.kill_at for f in self._in_flight.values() if f.kill_at is not None and not f.task.done()]
             if cutoffs:
                 # Bounded, so that hurry() (a second signal) is noticed within a fraction of a second.
@@ -886,6 +907,16 @@ class ScheduleEngine:
             await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ engine state
+
+    async def _renew_while_draining(self) -> None:
+        """Runs finishing gracefully still hold their leases, or another worker would take them over."""
+        now = self.clock.now()
+        if self._last_renewal is not None and now - self._last_renewal < self.lease / 3:
+            return
+        self._last_renewal = now
+        await self._db(
+            self.store.renew_leases, list(self._in_flight), owner=self.worker_id, until=now + self.lease, now=now
+        )
 
     @property
     def _state_key(self) -> str:

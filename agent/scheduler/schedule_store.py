@@ -896,6 +896,28 @@ class ScheduleStore:
         rows = self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).mappings().all())
         return [_run_from(row) for row in rows]
 
+    def finished_runs_after(
+        self, cursor: tuple[datetime, str] | None, *, limit: int = 500
+    ) -> builtins.list[ScheduledRun]:
+        """Runs in a final status changed after ``cursor`` (updated_at, run_id), in that order: an export feed."""
+        r = schema.scheduled_runs
+        final = [
+            s.value
+            for s in (
+                RunStatus.SUCCEEDED,
+                RunStatus.FAILED,
+                RunStatus.DEAD_LETTERED,
+                RunStatus.SKIPPED,
+                RunStatus.CANCELLED,
+            )
+        ]
+        stmt = select(r).where(r.c.status.in_(final))
+        if cursor is not None:
+            at, run_id = _to_db(cursor[0]), cursor[1]
+            stmt = stmt.where(or_(r.c.updated_at > at, and_(r.c.updated_at == at, r.c.run_id > run_id)))
+        stmt = stmt.order_by(r.c.updated_at, r.c.run_id).limit(limit)
+        return [_run_from(row) for row in self._tx(lambda c: c.execute(stmt).mappings().all())]
+
     def lock_schedules(self, schedule_ids: Iterable[str]) -> None:
         """Hold the rows of these schedules until the transaction ends (PostgreSQL), so two workers
         deciding starts for the same schedule take turns. SQLite's transactions already hold the

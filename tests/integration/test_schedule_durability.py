@@ -197,7 +197,7 @@ async def test_another_worker_s_runs_are_orphaned_only_after_its_lease_expires(
     await survivor.run_until(clock.now() + timedelta(seconds=40))
     await survivor.wait_idle()
     [run] = store.runs(schedule="shared")
-    assert (run.status, run.attempt, run.owner) == (RunStatus.SUCCEEDED, 2, None)
+    assert (run.status, run.attempt, run.owner) == (RunStatus.SUCCEEDED, 2, "survivor")
     assert any(r.status is RunStatus.SUCCEEDED for r in store.runs(schedule="sweeper"))
     await survivor.stop()
 

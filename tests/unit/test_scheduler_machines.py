@@ -109,11 +109,14 @@ def test_a_failed_write_leaves_the_run_and_the_machine_unchanged() -> None:
     assert RUN_MACHINE.models == []
 
 
-def test_start_stamps_the_start_and_succeed_releases_ownership() -> None:
+def test_start_stamps_the_start_and_succeed_keeps_who_ran_it_but_drops_the_lease() -> None:
     started = fire_run(run(S.PENDING), "start", now=NOW, persist=Recorder(), changes={"owner": "w1"})
     assert (started.started_at, started.heartbeat_at, started.owner) == (NOW, NOW, "w1")
     done = fire_run(started, "succeed", now=NOW + timedelta(seconds=3), persist=Recorder(), changes={"outcome": "ok"})
-    assert (done.completed_at, done.owner, done.outcome) == (NOW + timedelta(seconds=3), None, "ok")
+    assert (done.completed_at, done.owner, done.outcome) == (NOW + timedelta(seconds=3), "w1", "ok")
+    assert done.lease_expires_at is None
+    requeued = fire_run(started, "requeue", now=NOW, persist=Recorder())
+    assert (requeued.owner, requeued.lease_expires_at) == (None, None)
 
 
 class TestRetryGuard:

@@ -88,12 +88,14 @@ for _edge in RUN_TRANSITIONS:
 RUN_MACHINE = build_machine("run", RUN_STATES, RUN_TRANSITIONS, initial=S.PENDING.value)
 
 _RELEASE: dict[str, Any] = {"owner": None, "lease_expires_at": None}
+_UNLEASE: dict[str, Any] = {"lease_expires_at": None}
 
 
 def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any]:
     """The row fields an accepted ``trigger`` sets besides the status (times, attempt, ownership)."""
     if trigger == "start":
         return {"started_at": now, "completed_at": None, "heartbeat_at": now}
+    # A finished run keeps its owner (who ran it, for telemetry and operators); only the lease goes.
     if trigger == "succeed":
         return {
             "completed_at": now,
@@ -101,10 +103,10 @@ def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any
             "error_type": None,
             "error_traceback": None,
             "reason": None,
-            **_RELEASE,
+            **_UNLEASE,
         }
     if trigger in ("fail", "orphan", "skip", "cancel"):
-        return {"completed_at": now, **_RELEASE}
+        return {"completed_at": now, **_UNLEASE}
     if trigger == "retry":
         return {"attempt": run.attempt + 1, "started_at": None, "completed_at": None, **_RELEASE}
     if trigger == "replay":

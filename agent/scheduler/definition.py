@@ -52,7 +52,12 @@ def _span(name: str, value: Any, *, optional: bool = False, zero_ok: bool = True
     if value is None and optional:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        value = timedelta(seconds=value)
+        try:
+            value = timedelta(seconds=value)
+        except (OverflowError, ValueError):
+            raise InvalidSchedule(
+                name, value, "a timedelta or a number of seconds within about 2.7 million years"
+            ) from None
     low = "0 or more" if zero_ok else "more than 0"
     allowed = f"a timedelta or a number of seconds, {low}" + (", or None" if optional else "")
     if not isinstance(value, timedelta) or value < timedelta(0) or (not zero_ok and not value):
@@ -88,8 +93,8 @@ def check_params(field_name: str, value: Any) -> dict[str, Any]:
         raise InvalidSchedule(field_name, value, allowed)
     try:
         encoded = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        raise InvalidSchedule(field_name, value, allowed) from None
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidSchedule(field_name, "<not JSON>", allowed) from None
     if len(encoded.encode()) > MAX_PARAMS_BYTES:
         raise InvalidSchedule(field_name, f"<{len(encoded)} bytes>", allowed)
     loaded: dict[str, Any] = json.loads(encoded)
@@ -231,6 +236,12 @@ class ScheduleDefinition:
             kind = _ENUM_FIELDS.get(name)
             put(self, name, kind(value) if kind is not None and value is not None else value)
         return self
+
+    def with_state(self, **changes: Any) -> ScheduleDefinition:
+        """A copy with engine-computed state changed (next_run_at, anchor_at...), not validated again."""
+        values = {name: getattr(self, name) for name in _FIELD_NAMES}
+        values.update(changes)
+        return ScheduleDefinition.from_trusted(**values)
 
     @property
     def is_time_based(self) -> bool:

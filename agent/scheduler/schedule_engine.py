@@ -15,7 +15,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -29,7 +29,7 @@ from .policies.concurrency import Action, decide_starts
 from .policies.missed_run import DuePlan, plan_due
 from .policies.retry import ORPHANED, retry_at
 from .reconciliation import ReconciliationReport
-from .schedule_store import ScheduleStore
+from .schedule_store import Materialization, ScheduleStore
 from .scheduled_run import ScheduledRun
 from .tasks import RunContext, TaskRegistry, TaskSpec
 
@@ -444,15 +444,17 @@ class ScheduleEngine:
         return result
 
     def _record_finished(self, finished: list[Finished], now: datetime) -> None:
-        results = self.store.transition_many(finished, now=now)
-        outcomes: dict[str, bool] = {}
+        results = self.store.finish_many(finished, now=now)
+        succeeded: set[str] = set()
         for (run, trigger, _), moved in zip(finished, results, strict=True):
             if isinstance(moved, SchedulerError):
                 log.warning("could not record %s of run %s: %s", trigger, run.run_id, moved)
             elif moved.status is RunStatus.SUCCEEDED:
-                outcomes[run.schedule_id] = False
-        for schedule_id in outcomes:
-            self._count_outcome(schedule_id, failed=False, now=now)
+                succeeded.add(run.schedule_id)
+        # A success resets the breaker's count; a half-open breaker's trial succeeded: close it.
+        for schedule in self.store.reset_failures(succeeded):
+            if schedule.breaker_state is BreakerState.HALF_OPEN:
+                self._close_breaker(schedule, now)
 
     def _count_outcome(self, schedule_id: str, *, failed: bool, now: datetime, error: str | None = None) -> None:
         """Feed the breaker: a success resets the count, a terminal failure adds one and may trip it."""
@@ -481,11 +483,18 @@ class ScheduleEngine:
                     "breaker of %s opened after %d consecutive failures", opened.name, opened.consecutive_failures
                 )
             elif not failed and schedule.breaker_state is BreakerState.HALF_OPEN:
-                self.store.transition_breaker(schedule, "close", now=now)
+                self._close_breaker(schedule, now)
         except GuardRejected as exc:
             log.debug("breaker of %s stays %s: %s", schedule.name, schedule.breaker_state, exc.reason)
         except StaleState as exc:
             log.info("breaker of %s moved elsewhere: %s", schedule.name, exc)
+
+    def _close_breaker(self, schedule: ScheduleDefinition, now: datetime) -> None:
+        try:
+            self.store.transition_breaker(schedule, "close", now=now)
+            log.info("breaker of %s closed: the trial run succeeded", schedule.name)
+        except (GuardRejected, StaleState) as exc:
+            log.info("breaker of %s not closed: %s", schedule.name, exc)
 
     def _probe_breakers(self, now: datetime) -> datetime | None:
         """Fire ``probe`` on open breakers (the guard waits for the cooldown); return the next cooldown end."""
@@ -524,16 +533,20 @@ class ScheduleEngine:
 
     def _materialize(self, now: datetime, report: ReconciliationReport | None) -> bool:
         """Materialize every due schedule; True when any run was created."""
-        created_any = False
+        plans: list[tuple[ScheduleDefinition, DuePlan]] = []
+        batch: list[Materialization] = []
         for schedule in self.store.due_schedules(now):
             self._fresh[schedule.id] = schedule
             plan, anchor = self._plan(schedule, now)
             disable = None
             if schedule.trigger_type is TriggerType.DELAY and plan.runs:
                 disable = f"delay fired at {plan.runs[-1].intended_at.isoformat()}"
-            created = self.store.materialize(
-                schedule, plan.runs, next_run_at=plan.next_run_at, anchor_at=anchor, disable_reason=disable, now=now
-            )
+            plans.append((schedule, plan))
+            batch.append(Materialization(schedule, plan.runs, plan.next_run_at, anchor, disable))
+        if not batch:
+            return False
+        created_any = False
+        for (schedule, plan), created in zip(plans, self.store.materialize_many(batch, now=now), strict=True):
             if created is None:
                 continue
             created_any |= bool(created)
@@ -555,7 +568,7 @@ class ScheduleEngine:
             first = trigger.next_after(now)
         if first is None:
             return DuePlan(), anchor
-        return plan_due(replace(schedule, next_run_at=first, anchor_at=anchor), trigger, now), anchor
+        return plan_due(schedule.with_state(next_run_at=first, anchor_at=anchor), trigger, now), anchor
 
     def _retry_failed(self, now: datetime, report: ReconciliationReport | None) -> list[datetime]:
         """Fire ``retry`` on failed runs, ``dead_letter`` where retry is refused; return when the rest are due."""
@@ -610,14 +623,15 @@ class ScheduleEngine:
         # Another worker may be deciding for the same schedules: take turns, then count what runs.
         self.store.lock_schedules(sid for sid, runs in by_schedule.items() if _needs_turns(schedules[sid], runs))
         counts = self.store.running_counts(by_schedule)
-        starts: list[Finished] = []
+        starts: dict[str, ScheduledRun] = {}
+        reasons: dict[str, str] = {}
         self._waiting = set()
         for schedule_id, runs in by_schedule.items():
             schedule = schedules[schedule_id]
             for decision in decide_starts(schedule.concurrency_policy, runs, counts.get(schedule_id, 0)):
                 if decision.action is Action.START:
-                    changes = {"owner": self.worker_id, "lease_expires_at": now + self.lease, "reason": decision.reason}
-                    starts.append((decision.run, "start", changes))
+                    starts[decision.run.run_id] = decision.run
+                    reasons[decision.run.run_id] = decision.reason
                 elif decision.action is Action.SKIP:
                     skips.append((decision.run, "skip", {"reason": decision.reason}))
                 else:
@@ -629,11 +643,12 @@ class ScheduleEngine:
                 if isinstance(moved, ScheduledRun):
                     log.info("run %s of %s skipped: %s", run.run_id, run.schedule_name, changes["reason"])
         if starts:
-            for (run, _, _), moved in zip(starts, self.store.transition_many(starts, now=now), strict=True):
-                if isinstance(moved, ScheduledRun):
-                    result.started.append((moved, schedules[run.schedule_id]))
-                else:
-                    log.debug("run %s not started here: %s", run.run_id, moved)
+            won = self.store.start_many(
+                starts.values(), owner=self.worker_id, lease_until=now + self.lease, reasons=reasons, now=now
+            )
+            result.started.extend((moved, schedules[moved.schedule_id]) for moved in won)
+            if len(won) < len(starts):
+                log.debug("%d run(s) were started by another worker first", len(starts) - len(won))
 
     def _blocked(self, run: ScheduledRun, schedule: ScheduleDefinition | None) -> str | None:
         """Why a due pending run must not start at all, or None."""

@@ -14,14 +14,14 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dataset
-from sqlalchemy import Connection, DateTime, Table, and_, bindparam, event, func, or_, select, update
+from sqlalchemy import Connection, DateTime, Table, and_, bindparam, event, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
@@ -60,6 +60,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 LOCK_RETRY_SECONDS = 30.0
 #: How long a thread waits for a pooled connection.
 POOL_TIMEOUT_SECONDS = 10
+#: Runs per claim or completion statement (bounded: SQLite limits bound parameters per statement).
+CLAIM_CHUNK = 400
 #: The embedded default database.
 DEFAULT_DB_PATH = Path("~/.actp/scheduler.db")
 
@@ -87,6 +89,18 @@ _RUN_CHANGE_FIELDS = frozenset(f.name for f in fields(ScheduledRun)) - {
     "status",
     "created_at",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Materialization:
+    """What one schedule's due occurrences become: runs to create and where its next_run_at moves."""
+
+    schedule: ScheduleDefinition
+    runs: list[Any]
+    """PlannedRun items (intended_at, catch_up, coalesced_from, skip_reason)."""
+    next_run_at: datetime | None
+    anchor_at: datetime | None = None
+    disable_reason: str | None = None
 
 
 def default_url() -> str:
@@ -695,6 +709,155 @@ class ScheduleStore:
                 .values(replayed_at=_to_db(now), replayed_by=actor or "operator", updated_at=_to_db(now))
             )
 
+    def start_many(
+        self,
+        runs: Iterable[ScheduledRun],
+        *,
+        owner: str,
+        lease_until: datetime,
+        reasons: dict[str, str] | None = None,
+        now: datetime | None = None,
+    ) -> builtins.list[ScheduledRun]:
+        """Fire ``start`` on many pending runs with a few statements; returns the runs this call won.
+
+        Each run is checked by the machine, then claimed by one conditional UPDATE per chunk
+        (``WHERE (run_id, attempt) IN (...) AND status = 'pending' RETURNING run_id``): a run
+        another worker took first is simply not returned.
+        """
+        at = now or self.clock.now()
+        why = reasons or {}
+        staged: dict[str, ScheduledRun] = {}
+        for run in runs:
+            changes = {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)}
+            try:
+                staged[run.run_id] = fire_run(run, "start", now=at, persist=lambda *_: None, changes=changes)
+            except SchedulerError as exc:
+                log.debug("run %s not started: %s", run.run_id, exc)
+        if not staged:
+            return []
+        r = schema.scheduled_runs
+        by_reason: dict[str | None, builtins.list[ScheduledRun]] = {}
+        for moved in staged.values():
+            by_reason.setdefault(moved.reason, []).append(moved)
+
+        def work(conn: Connection) -> builtins.list[ScheduledRun]:
+            won: builtins.list[ScheduledRun] = []
+            for reason, group in by_reason.items():
+                for i in range(0, len(group), CLAIM_CHUNK):
+                    chunk = group[i : i + CLAIM_CHUNK]
+                    stmt = (
+                        update(r)
+                        .where(
+                            and_(
+                                tuple_(r.c.run_id, r.c.attempt).in_([(m.run_id, m.attempt) for m in chunk]),
+                                r.c.status == RunStatus.PENDING.value,
+                            )
+                        )
+                        .values(
+                            status=RunStatus.RUNNING.value,
+                            started_at=_to_db(at),
+                            heartbeat_at=_to_db(at),
+                            completed_at=None,
+                            owner=owner,
+                            lease_expires_at=_to_db(lease_until),
+                            reason=reason,
+                            updated_at=_to_db(at),
+                        )
+                        .returning(r.c.run_id)
+                    )
+                    claimed = {row[0] for row in conn.execute(stmt)}
+                    won.extend(m for m in chunk if m.run_id in claimed)
+            return won
+
+        return self._tx(work)
+
+    def finish_many(
+        self, items: Iterable[tuple[ScheduledRun, str, dict[str, Any]]], *, now: datetime | None = None
+    ) -> builtins.list[ScheduledRun | SchedulerError]:
+        """Record many finished runs (succeed, with their outcome) with one executemany per chunk.
+
+        Items of another trigger, and the rare row that did not move (another worker took the run
+        over), go through ``transition_many`` one by one, which says why.
+        """
+        at = now or self.clock.now()
+        batch = list(items)
+        out: builtins.list[ScheduledRun | SchedulerError | None] = [None] * len(batch)
+        fast: builtins.list[tuple[int, ScheduledRun]] = []
+        for i, (run, trigger, changes) in enumerate(batch):
+            if trigger == "succeed" and set(changes) <= {"outcome"}:
+                try:
+                    fast.append((i, fire_run(run, trigger, now=at, persist=lambda *_: None, changes=changes)))
+                except SchedulerError as exc:
+                    out[i] = exc
+        r = schema.scheduled_runs
+        columns = (
+            "completed_at",
+            "error",
+            "error_traceback",
+            "error_type",
+            "lease_expires_at",
+            "outcome",
+            "reason",
+            "status",
+            "updated_at",
+        )
+
+        def work(conn: Connection) -> builtins.list[int]:
+            params = [
+                {
+                    **{
+                        f"v_{c}": _to_db(getattr(m, c)) if isinstance(getattr(m, c), datetime) else getattr(m, c)
+                        for c in columns
+                    },
+                    "v_status": m.status.value,
+                    "w_run_id": m.run_id,
+                    "w_status": RunStatus.RUNNING.value,
+                    "w_attempt": m.attempt,
+                }
+                for _, m in fast
+            ]
+            stmt = self._run_update(columns)
+            for i in range(0, len(params), CLAIM_CHUNK):
+                conn.execute(stmt, params[i : i + CLAIM_CHUNK])
+            ids = [m.run_id for _, m in fast]
+            moved = set()
+            for i in range(0, len(ids), CLAIM_CHUNK):
+                check = select(r.c.run_id).where(
+                    and_(
+                        r.c.run_id.in_(ids[i : i + CLAIM_CHUNK]),
+                        r.c.status == RunStatus.SUCCEEDED.value,
+                        r.c.updated_at == _to_db(at),
+                    )
+                )
+                moved |= {row[0] for row in conn.execute(check)}
+            return [i for i, m in fast if m.run_id not in moved]
+
+        missed = set(self._tx(work)) if fast else set()
+        for i, m in fast:
+            if i not in missed:
+                out[i] = m
+        slow = [i for i, v in enumerate(out) if v is None]
+        if slow:
+            for i, result in zip(slow, self.transition_many([batch[i] for i in slow], now=at), strict=True):
+                out[i] = result
+        return [v for v in out if v is not None]
+
+    def reset_failures(self, schedule_ids: Iterable[str]) -> builtins.list[ScheduleDefinition]:
+        """After successes: zero the failure counts of these schedules; return those whose breaker is not closed."""
+        ids = sorted(set(schedule_ids))
+        if not ids:
+            return []
+        s = schema.schedules
+
+        def work(conn: Connection) -> builtins.list[Any]:
+            conn.execute(
+                update(s).where(and_(s.c.id.in_(ids), s.c.consecutive_failures != 0)).values(consecutive_failures=0)
+            )
+            found = select(s).where(and_(s.c.id.in_(ids), s.c.breaker_state != BreakerState.CLOSED.value))
+            return list(conn.execute(found).mappings().all())
+
+        return [_schedule_from(row) for row in self._tx(work)]
+
     def transition_many(
         self,
         items: Iterable[tuple[ScheduledRun, str, dict[str, Any]]],
@@ -806,49 +969,93 @@ class ScheduleStore:
         that already exist (same occurrence) are left alone. ``disable_reason`` disables the
         schedule (a delay that fired).
         """
+        plan = Materialization(schedule, list(runs), next_run_at, anchor_at, disable_reason)
+        return self.materialize_many([plan], now=now)[0]
+
+    def materialize_many(
+        self, plans: Iterable[Materialization], *, now: datetime | None = None
+    ) -> builtins.list[builtins.list[ScheduledRun] | None]:
+        """``materialize`` for many schedules in one transaction and a few statements.
+
+        The conditional moves of ``next_run_at`` run as one executemany per shape; a read-back
+        says which this call made (only those schedules get runs); all their runs go in with one
+        executemany. Returns, per plan, the runs created, or None when another worker moved first.
+        """
         at = now or self.clock.now()
-        planned = list(runs)
+        batch = list(plans)
         s = schema.schedules
-        values: dict[str, Any] = {"next_run_at": _to_db(next_run_at), "updated_at": _to_db(at)}
-        if planned:
-            values["last_run_at"] = _to_db(max(p.intended_at for p in planned))
-        if anchor_at is not None:
-            values["anchor_at"] = _to_db(anchor_at)
-        if disable_reason is not None:
-            values.update(enabled=False, disabled_reason=disable_reason)
-        unset = schedule.next_run_at is None
-        columns = tuple(sorted(values))
+        shapes: dict[tuple[bool, tuple[str, ...]], builtins.list[dict[str, Any]]] = {}
+        for m in batch:
+            values: dict[str, Any] = {"next_run_at": _to_db(m.next_run_at), "updated_at": _to_db(at)}
+            if m.runs:
+                values["last_run_at"] = _to_db(max(p.intended_at for p in m.runs))
+            if m.anchor_at is not None:
+                values["anchor_at"] = _to_db(m.anchor_at)
+            if m.disable_reason is not None:
+                values.update(enabled=False, disabled_reason=m.disable_reason)
+            params = {f"v_{k}": v for k, v in values.items()}
+            params.update(w_id=m.schedule.id, w_next=_to_db(m.schedule.next_run_at))
+            shapes.setdefault((m.schedule.next_run_at is None, tuple(sorted(values))), []).append(params)
 
-        def build() -> Any:
-            expected = s.c.next_run_at.is_(None) if unset else s.c.next_run_at == bindparam("w_next", type_=DateTime)
-            cond = and_(s.c.id == bindparam("w_id"), expected)
-            return update(s).where(cond).values({c: bindparam(f"v_{c}", type_=s.c[c].type) for c in columns})
-
-        advance = self._prepared(("advance", unset, columns), build)
-        params = {f"v_{k}": v for k, v in values.items()}
-        params.update(w_id=schedule.id, w_next=_to_db(schedule.next_run_at))
-
-        def work(conn: Connection) -> builtins.list[ScheduledRun] | None:
-            if conn.execute(advance, params).rowcount != 1:
-                return None
-            created: builtins.list[ScheduledRun] = []
-            for plan in planned:
-                run = self._new_run(
-                    schedule,
-                    plan.intended_at,
-                    at,
-                    catch_up=plan.catch_up,
-                    coalesced_from=plan.coalesced_from,
-                    origin="catch_up" if plan.catch_up else "schedule",
+        def advance(unset: bool, columns: tuple[str, ...]) -> Any:
+            def build() -> Any:
+                expected = (
+                    s.c.next_run_at.is_(None) if unset else s.c.next_run_at == bindparam("w_next", type_=DateTime)
                 )
-                if conn.execute(self._insert_run_statement(), _run_row(run)).rowcount != 1:
+                cond = and_(s.c.id == bindparam("w_id"), expected)
+                return update(s).where(cond).values({c: bindparam(f"v_{c}", type_=s.c[c].type) for c in columns})
+
+            return self._prepared(("advance", unset, columns), build)
+
+        def work(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
+            for (unset, columns), rows in shapes.items():
+                for k in range(0, len(rows), CLAIM_CHUNK):
+                    conn.execute(advance(unset, columns), rows[k : k + CLAIM_CHUNK])
+            ids = [m.schedule.id for m in batch]
+            moved: set[str] = set()
+            for k in range(0, len(ids), CLAIM_CHUNK):
+                check = select(s.c.id).where(and_(s.c.id.in_(ids[k : k + CLAIM_CHUNK]), s.c.updated_at == _to_db(at)))
+                moved |= {row[0] for row in conn.execute(check)}
+            out: builtins.list[builtins.list[ScheduledRun] | None] = []
+            staged: builtins.list[tuple[ScheduledRun, Any, ScheduleDefinition]] = []
+            for m in batch:
+                if m.schedule.id not in moved:
+                    out.append(None)
                     continue
-                if plan.skip_reason is not None:
-                    run = self._fire_in(
-                        conn, run, "skip", now=at, changes={"reason": plan.skip_reason}, schedule=schedule
+                mine = []
+                for p in m.runs:
+                    run = self._new_run(
+                        m.schedule,
+                        p.intended_at,
+                        at,
+                        catch_up=p.catch_up,
+                        coalesced_from=p.coalesced_from,
+                        origin="catch_up" if p.catch_up else "schedule",
                     )
-                created.append(run)
-            return created
+                    staged.append((run, p, m.schedule))
+                    mine.append(run)
+                out.append(mine)
+            rows = [_run_row(run) for run, _, _ in staged]
+            inserted = 0
+            for k in range(0, len(rows), CLAIM_CHUNK):
+                inserted += conn.execute(self._insert_run_statement(), rows[k : k + CLAIM_CHUNK]).rowcount
+            created = {run.run_id for run, _, _ in staged}
+            if inserted != len(staged):  # some occurrences already had a run: keep only ours
+                r = schema.scheduled_runs
+                created = set()
+                for k in range(0, len(staged), CLAIM_CHUNK):
+                    mine_ids = [run.run_id for run, _, _ in staged[k : k + CLAIM_CHUNK]]
+                    created |= {row[0] for row in conn.execute(select(r.c.run_id).where(r.c.run_id.in_(mine_ids)))}
+            skipped: dict[str, ScheduledRun] = {}
+            for run, p, schedule in staged:
+                if run.run_id in created and p.skip_reason is not None:
+                    skipped[run.run_id] = self._fire_in(
+                        conn, run, "skip", now=at, changes={"reason": p.skip_reason}, schedule=schedule
+                    )
+            return [
+                None if runs is None else [skipped.get(r.run_id, r) for r in runs if r.run_id in created]
+                for runs in out
+            ]
 
         return self._tx(work)
 

@@ -20,6 +20,15 @@ from agent.scheduler import (
 BASE: dict[str, Any] = {"name": "sweep", "trigger_type": "calendar", "expression": "*/5 * * * *", "target": "sweep"}
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    inner: dict[str, Any] = {}
+    outer = inner
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return outer
+
+
 def make(**overrides: Any) -> ScheduleDefinition:
     return ScheduleDefinition(**{**BASE, **overrides})
 
@@ -83,6 +92,8 @@ def test_enum_values_are_the_lower_case_strings_stored() -> None:
         ({"params": ["a"]}, "params", "JSON object"),
         ({"params": {"when": datetime(2027, 1, 1, tzinfo=UTC)}}, "params", "JSON object"),
         ({"params": {"blob": "x" * 70_000}}, "params", "65536 bytes"),
+        ({"params": _nested(5000)}, "params", "JSON object"),
+        ({"timeout": 10**400}, "timeout", "within about 2.7 million years"),
         ({"missed_run_policy": "sometimes"}, "missed_run_policy", "one of: skip, catch_up_once, catch_up_all"),
         ({"concurrency_policy": "queue"}, "concurrency_policy", "one of: forbid, allow, enqueue_one, replace"),
         ({"shutdown_policy": "die"}, "shutdown_policy", "one of: graceful_finish, checkpoint_and_stop, requeue"),

@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 from common import median, percentile, report, size_from_argv, tmp_db
 
@@ -29,7 +30,7 @@ async def ours(n: int) -> tuple[float, list[float], int]:
     store = ScheduleStore(tmp_db("ours"))
     done = 0
     finished = asyncio.Event()
-    lateness: list[float] = []
+    lateness: ClassVar[list[float]] = []
 
     async def noop(ctx: RunContext) -> None:
         nonlocal done
@@ -63,7 +64,7 @@ class _Aps:
 
     n = 0
     count = 0
-    lateness: list[float] = []
+    lateness: ClassVar[list[float]] = []
     finished: asyncio.Event | None = None
 
 

@@ -12,6 +12,7 @@ from .enums import (
     TriggerType,
 )
 from .errors import InvalidSchedule, SchedulerError
+from .proposals import ScheduleProposal
 from .schedule_store import ScheduleStore
 from .scheduled_run import ScheduledRun
 
@@ -25,6 +26,7 @@ __all__ = [
     "RiskTier",
     "RunStatus",
     "ScheduleDefinition",
+    "ScheduleProposal",
     "ScheduleStore",
     "ScheduledRun",
     "SchedulerError",

@@ -8,25 +8,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import importlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from . import triggers
 from .clock import Clock, SystemClock
 from .definition import ScheduleDefinition
-from .enums import RunStatus, TriggerType
+from .enums import ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .machines.diagrams import MACHINES, mermaid
+from .proposals import ProposalService
+from .records import ProposalRecord
 from .schedule_store import ScheduleStore, default_url
 from .scheduled_run import ScheduledRun
+from .tasks import TaskRegistry
 
 #: Exit status for bad input: unknown names, invalid values.
 EXIT_USAGE = 2
+#: Task modules (comma-separated) the proposal commands load when no ``--tasks`` is given.
+TASKS_ENV = "ACTP_SCHEDULER_TASKS"
 
 
 class CliError(Exception):
@@ -279,6 +288,122 @@ class Commands:
         lines = [report.summary(), *(f"- {a}" for a in report.actions), *(f"! {w}" for w in report.warnings)]
         self.emit(report.to_dict(), "\n".join(lines))
 
+    # ------------------------------------------------------------------ agent proposals
+
+    def _proposal_service(self, modules: Sequence[str] = ()) -> ProposalService:
+        tasks = TaskRegistry()
+        names = list(modules) or [m for m in os.environ.get(TASKS_ENV, "").split(",") if m.strip()]
+        if not names:
+            raise CliError(
+                f"the worker's tasks are needed to check a proposal's target: pass --tasks MODULE or set {TASKS_ENV}"
+            )
+        for name in names:
+            try:
+                module = importlib.import_module(name.strip())
+            except ImportError as exc:
+                raise CliError(f"--tasks {name}: cannot import it: {exc}") from exc
+            register = getattr(module, "register", None)
+            if not callable(register):
+                raise CliError(f"--tasks {name}: the module has no register(tasks, store) function")
+            register(tasks, self.store)
+        return ProposalService(self.store, tasks, self.clock)
+
+    def propose(self, args: argparse.Namespace) -> None:
+        try:
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read {args.file}: {exc}") from exc
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise CliError(f"{args.file} is not JSON: {exc}") from exc
+        service = self._proposal_service(args.tasks)
+        service.expire_overdue()
+        record = service.submit(data)
+        self.emit({"proposal": _proposal_dict(record), "report": record.report}, _proposal_report_text(record))
+        if record.status == ProposalStatus.REJECTED.value:
+            raise CliError(f"proposal {record.id} rejected: the report above names each rule it breaks")
+
+    def proposals(self, args: argparse.Namespace) -> None:
+        service = ProposalService(self.store, TaskRegistry(), self.clock)
+        service.expire_overdue()
+        records = service.list(args.status)
+        rows = [
+            [
+                r.id,
+                r.name,
+                r.status,
+                r.proposed_by,
+                str((r.report or {}).get("risk_tier") or "-"),
+                r.decided_by or "-",
+                (r.decision_reason or "")[:70],
+            ]
+            for r in records
+        ]
+        headers = ["ID", "NAME", "STATUS", "BY", "TIER", "DECIDED BY", "REASON"]
+        self.emit([_proposal_dict(r) for r in records], _table(rows, headers) if rows else "no proposals")
+
+    def approve(self, args: argparse.Namespace) -> None:
+        service = self._proposal_service(args.tasks)
+        record = service.approve(args.id, by=args.by, reason=args.reason)
+        where = f"active as schedule {record.schedule_id}" if record.schedule_id else f"{record.status}"
+        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) approved by {args.by}: {where}")
+
+    def reject(self, args: argparse.Namespace) -> None:
+        record = ProposalService(self.store, TaskRegistry(), self.clock).reject(args.id, by=args.by, reason=args.reason)
+        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {args.by}: {args.reason}")
+
+
+def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "status": r.status,
+        "proposed_by": r.proposed_by,
+        "risk_tier": (r.report or {}).get("risk_tier"),
+        "decided_by": r.decided_by,
+        "decision_reason": r.decision_reason,
+        "schedule_id": r.schedule_id,
+        "expires_at": _iso(r.expires_at),
+        "created_at": _iso(r.created_at),
+        "updated_at": _iso(r.updated_at),
+    }
+
+
+def _proposal_report_text(r: ProposalRecord) -> str:
+    report = r.report or {}
+    head = f"proposal {r.id} ({r.name}) by {r.proposed_by}: {r.status}"
+    if r.schedule_id:
+        head += f", schedule {r.schedule_id}"
+    if r.expires_at:
+        head += f", approve before {_iso(r.expires_at)}"
+    policy_reason = report.get("decision_reason", "")
+    if report.get("decision") == "approve" or r.decision_reason != policy_reason:
+        lines = [head, f"decision: {r.decision_reason}"]
+    else:
+        lines = [head, f"decision: {report.get('decision')}"]
+    if report.get("risk_tier"):
+        lines.append(f"risk: {report.get('tier_reason')} (bundle {report.get('bundle')})")
+    simulation = report.get("simulation")
+    if simulation:
+        lines.append(f"simulation: {simulation.get('note')}")
+        upcoming = simulation.get("fires_24h") or simulation.get("fires_7d") or []
+        if upcoming:
+            lines.append("next: " + ", ".join(upcoming[:5]) + (" ..." if len(upcoming) > 5 else ""))
+    defaults = report.get("defaults_applied") or {}
+    if defaults:
+        lines.append("defaults: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in defaults.items()))
+    for title, key in (
+        ("schema", "schema_errors"),
+        ("semantic", "semantic_errors"),
+        ("policy", "policy_violations"),
+        ("hold", "hold_reasons"),
+        ("warning", "conflict_warnings"),
+    ):
+        for f in report.get(key) or []:
+            lines.append(f"{title}: {f['rule']} ({f['field']}): {f['message']}")
+    return "\n".join(lines)
+
 
 def _letter_dict(d: Any) -> dict[str, Any]:
     return {
@@ -340,7 +465,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconcile", parents=[common], help="what a start would reconcile (--dry-run)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--worker-id", default=None)
+    p = sub.add_parser("propose", parents=[common], help="submit an agent's schedule proposal (JSON file)")
+    p.add_argument("file", metavar="FILE.json", help="the proposal as a JSON object; - reads stdin")
+    p.add_argument("--tasks", action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
+    p = sub.add_parser("proposals", parents=[common], help="agent proposals and their status")
+    p.add_argument("--status", default=None, choices=[s.value for s in ProposalStatus])
+    p = sub.add_parser("approve", parents=[common], help="approve a proposal awaiting a human")
+    p.add_argument("id")
+    p.add_argument("--by", default=_operator(), help="who approves (recorded; default: your user name)")
+    p.add_argument("--reason", default="", help="why (recorded)")
+    p.add_argument("--tasks", action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
+    p = sub.add_parser("reject", parents=[common], help="reject a proposal, saying why")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True, help="why (recorded)")
+    p.add_argument("--by", default=_operator(), help="who rejects (recorded; default: your user name)")
     return parser
+
+
+_TASKS_HELP = f"module with register(tasks, store), as for the worker; repeatable (default: ${TASKS_ENV})"
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "operator"
 
 
 def _positive_int(text: str) -> int:

@@ -14,7 +14,17 @@ PKG = ROOT / "agent" / "scheduler"
 
 #: Modules that must stay free of I/O, and the pure modules they may lean on.
 CORE = ["triggers.py", "clock.py", "errors.py", "policies", "machines"]
-PURE_SUPPORT = {"enums", "errors", "definition", "scheduled_run", "records", "triggers", "clock", "policies", "machines"}
+PURE_SUPPORT = {
+    "enums",
+    "errors",
+    "definition",
+    "scheduled_run",
+    "records",
+    "triggers",
+    "clock",
+    "policies",
+    "machines",
+}
 #: Absolute imports the core may use: pure standard library and the pure third-party libraries.
 ALLOWED = {
     "__future__",
@@ -118,6 +128,7 @@ def test_public_api_is_pinned() -> None:
             "RiskTier",
             "RunStatus",
             "ScheduleDefinition",
+            "ScheduleProposal",
             "ScheduleStore",
             "ScheduledRun",
             "SchedulerError",

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.schedule_engine import ScheduleEngine, default_worker_id
 from agent.scheduler.schedule_store import default_url
 from agent.scheduler.tasks import TaskRegistry
 
@@ -66,13 +66,26 @@ def load_task_modules(names: Sequence[str], tasks: TaskRegistry, store: Schedule
         log.info("tasks from %s registered", name)
 
 
+def load_legacy(tasks: TaskRegistry, store: ScheduleStore, worker_id: str) -> None:
+    """Register the jobs' tasks and migrate the legacy cron table (one transaction; a no-op when done before)."""
+    import cron_definitions
+    import jobs
+    from agent.scheduler.adapters.legacy_cron import migrate, worker_timezone
+
+    jobs.register(tasks, store, worker_id=worker_id)
+    zone = worker_timezone()
+    result = migrate(store, cron_definitions.CRON_JOBS, timezone=zone, tasks=tasks)
+    log.info("legacy cron table (%s): %s", zone, result.summary())
+
+
 async def run(args: argparse.Namespace) -> int:
     store = ScheduleStore(args.db or default_url(), clock=SystemClock())
     tasks = TaskRegistry()
     load_task_modules(args.tasks, tasks, store)
+    worker_id = args.worker_id or default_worker_id()
     if not args.no_legacy:
-        log.info("legacy cron table: not migrated by this version (pass --no-legacy to silence this line)")
-    engine = ScheduleEngine(store, tasks, tick_seconds=args.tick, worker_id=args.worker_id)
+        load_legacy(tasks, store, worker_id)
+    engine = ScheduleEngine(store, tasks, tick_seconds=args.tick, worker_id=worker_id)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 

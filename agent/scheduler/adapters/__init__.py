@@ -1,0 +1,1 @@
+"""Edges to the outside world: the legacy cron table, Telegram, the service registry, telemetry."""

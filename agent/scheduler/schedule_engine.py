@@ -206,7 +206,7 @@ class ScheduleEngine:
             self._last_renewal = now
         mine = frozenset(self._in_flight)
         result = await self._db(
-            self.store.atomic,
+            self.store.atomic_kept,
             self._tick_db,
             now,
             finished=finished,

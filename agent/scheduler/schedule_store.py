@@ -232,7 +232,20 @@ class ScheduleStore:
 
         The whole of ``work`` is retried while SQLite reports a lock, so it must not have
         effects outside the database that cannot run twice. Nested calls join the transaction.
+        The thread's connection goes back to the pool afterwards.
         """
+        return self._atomic(work, args, kwargs, keep_connection=False)
+
+    def atomic_kept(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``atomic`` for one long-lived thread (the engine's): its connection is kept between calls.
+
+        Any other thread should use ``atomic``: each thread that keeps one holds a pooled connection.
+        """
+        return self._atomic(work, args, kwargs, keep_connection=True)
+
+    def _atomic(
+        self, work: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, keep_connection: bool
+    ) -> T:
         if self._depth.get(threading.get_ident(), 0):
             return work(*args, **kwargs)
 
@@ -244,7 +257,7 @@ class ScheduleStore:
             finally:
                 self._depth.pop(ident, None)
 
-        return self._tx(whole, keep_connection=True)
+        return self._tx(whole, keep_connection=keep_connection)
 
     def _kept(self, work: Callable[[Connection], T]) -> T:
         # The engine's database thread runs a transaction per tick: keeping its connection

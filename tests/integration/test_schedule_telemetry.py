@@ -34,7 +34,12 @@ class Target:
         import os
 
         done = subprocess.run(
-            ["bash", str(SCRIPT), action], env={**os.environ, **ENV}, capture_output=True, text=True, timeout=120, check=True
+            ["bash", str(SCRIPT), action],
+            env={**os.environ, **ENV},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         return done.stdout
 
@@ -92,7 +97,7 @@ async def test_finished_runs_reach_the_table_an_outage_keeps_the_backlog_and_not
     await engine.wait_idle()
     assert len(store.runs(status=RunStatus.SUCCEEDED)) == 15  # the engine did not notice the outage
     cursor = store.meta_get(CURSOR_KEY)
-    with pytest.raises(Exception, match="connect|Connection|refused"):
+    with pytest.raises(Exception, match=r"connect|Connection|refused"):
         exporter.export_batch()
     assert store.meta_get(CURSOR_KEY) == cursor
     stopping = asyncio.Event()

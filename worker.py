@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -18,7 +19,9 @@ import sys
 from collections.abc import Sequence
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
-from agent.scheduler.schedule_engine import ScheduleEngine, default_worker_id
+from agent.scheduler.adapters.telegram import TelegramNotifier
+from agent.scheduler.adapters.telemetry import TelemetryExporter
+from agent.scheduler.schedule_engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
 from agent.scheduler.schedule_store import default_url
 from agent.scheduler.tasks import TaskRegistry
 
@@ -50,6 +53,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-legacy", action="store_true", help="do not migrate or run the legacy cron table")
     parser.add_argument(
         "--worker-id", default=None, help="this worker's id (default: $ACTP_WORKER_ID or the host name)"
+    )
+    parser.add_argument(
+        "--lease",
+        type=positive_float,
+        default=LEASE_SECONDS,
+        help=f"seconds a run's claim lasts unless renewed, then others take it over (default {LEASE_SECONDS:g})",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
@@ -85,7 +94,11 @@ async def run(args: argparse.Namespace) -> int:
     worker_id = args.worker_id or default_worker_id()
     if not args.no_legacy:
         load_legacy(tasks, store, worker_id)
-    engine = ScheduleEngine(store, tasks, tick_seconds=args.tick, worker_id=worker_id)
+    notifier = TelegramNotifier.from_env()
+    engine = ScheduleEngine(
+        store, tasks, tick_seconds=args.tick, worker_id=worker_id, lease_seconds=args.lease, notifier=notifier
+    )
+    exporter = TelemetryExporter.from_env(store)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -102,6 +115,8 @@ async def run(args: argparse.Namespace) -> int:
     log.info("worker %s starting on %s", engine.worker_id, store.url)
     await engine.start()
     runner = asyncio.create_task(engine.run_forever())
+    export_stop = asyncio.Event()
+    export = asyncio.create_task(exporter.run(export_stop)) if exporter else None
     waiter = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if runner in done and runner.exception() is not None:
@@ -110,6 +125,15 @@ async def run(args: argparse.Namespace) -> int:
     await engine.stop()
     await asyncio.gather(runner, return_exceptions=True)
     waiter.cancel()
+    export_stop.set()
+    if export is not None:
+        await export
+    if exporter is not None:
+        with contextlib.suppress(Exception):  # best effort: what is left goes out on the next start
+            await asyncio.to_thread(exporter.export_backlog)
+        exporter.close()
+    if notifier is not None:
+        await notifier.close()
     store.close()
     log.info("worker %s stopped", engine.worker_id)
     return 0

@@ -18,13 +18,15 @@ POLL_SECONDS = 0.1
 class WorkerProcess:
     """``python worker.py --db DB --tasks tests.fixtures.sample_tasks --no-legacy`` with its own log file."""
 
-    def __init__(self, db: Path, log: Path, env: dict[str, str], *extra: str) -> None:
-        self.db, self.log_path, self.env, self.extra = db, log, env, extra
+    def __init__(
+        self, db: Path | str, log: Path, env: dict[str, str], *extra: str, worker_id: str = "system-test"
+    ) -> None:
+        self.db, self.log_path, self.env, self.extra, self.worker_id = str(db), log, env, extra, worker_id
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        args = [sys.executable, str(ROOT / "worker.py"), "--db", str(self.db), "--tasks", "tests.fixtures.sample_tasks"]
-        args += ["--no-legacy", "--tick", "1", "--worker-id", "system-test", *self.extra]
+        args = [sys.executable, str(ROOT / "worker.py"), "--db", self.db, "--tasks", "tests.fixtures.sample_tasks"]
+        args += ["--no-legacy", "--tick", "1", "--worker-id", self.worker_id, *self.extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

@@ -1,0 +1,160 @@
+"""Three real worker processes sharing one PostgreSQL database: each occurrence runs once, leases hand over."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from datetime import timedelta
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from agent.scheduler import ConcurrencyPolicy, RunStatus, ScheduleDefinition, ScheduleStore, SystemClock
+from tests.conftest import clean_postgres, postgres_url
+from tests.system.worker_process import WorkerProcess, wait_for
+
+pytestmark = pytest.mark.system
+
+
+def spans(path: Path) -> list[tuple[float, float]]:
+    started: dict[str, float] = {}
+    out = []
+    for line in path.read_text().splitlines():
+        kind, run_id, _key, at = line.split()
+        if kind == "START":
+            started[run_id] = float(at)
+        elif run_id in started:
+            out.append((started.pop(run_id), float(at)))
+    return sorted(out)
+
+
+def test_three_workers_execute_each_of_500_due_occurrences_exactly_once(tmp_path: Path) -> None:
+    url = postgres_url()
+    clean_postgres(url)
+    ledger, span_file = tmp_path / "ledger.txt", tmp_path / "spans.txt"
+    now = SystemClock().now()
+    with ScheduleStore(url) as store:
+        for i in range(5):  # 5 x 120 one-second occurrences, all due at once: caught up across the workers
+            store.add(
+                ScheduleDefinition(
+                    name=f"burst_{i}",
+                    trigger_type="interval",
+                    expression="1s",
+                    target="append_ledger",
+                    missed_run_policy="catch_up_all",
+                    catch_up_limit=1000,
+                    concurrency_policy="allow",
+                    next_run_at=now - timedelta(seconds=120),
+                    anchor_at=now - timedelta(seconds=121),
+                )
+            )
+        store.add(
+            ScheduleDefinition(
+                name="one_at_a_time",
+                trigger_type="interval",
+                expression="1s",
+                target="slow_append",
+                missed_run_policy="catch_up_all",
+                concurrency_policy=ConcurrencyPolicy.FORBID,
+                next_run_at=now - timedelta(seconds=15),
+                anchor_at=now - timedelta(seconds=16),
+            )
+        )
+    env = {"SAMPLE_LEDGER": str(ledger), "SAMPLE_SPANS": str(span_file), "SAMPLE_SLOW_SECONDS": "0.1"}
+    procs = [
+        WorkerProcess(url, tmp_path / f"w{i}.log", {**env, "SAMPLE_SCHEDULES": ""}, worker_id=f"pg-worker-{i}")
+        for i in range(3)
+    ]
+    for p in procs:
+        p.start()
+    try:
+
+        def settled() -> bool:
+            with ScheduleStore(url) as s:
+                return s.count_runs(status=RunStatus.SUCCEEDED) >= 620 and not s.runs(status=RunStatus.PENDING)
+
+        wait_for(settled, 120, "the burst and the forbid schedule to be worked off")
+        for p in procs:
+            p.signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(timeout=30) == 0, p.log()
+    finally:
+        for p in procs:
+            p.kill()
+    with ScheduleStore(url) as store:
+        runs = [r for r in store.runs() if r.status is RunStatus.SUCCEEDED]
+        burst = [r for r in runs if r.schedule_name.startswith("burst_")]
+    executed = Counter(line.split()[0] for line in ledger.read_text().splitlines())
+    assert len(burst) >= 600
+    assert {r.idempotency_key for r in runs} == set(executed)
+    assert max(executed.values()) == 1  # exactly once: no occurrence ran on two workers
+    assert len({r.owner for r in burst}) == 3  # all three took part
+    assert all(b_start >= a_end for (_, a_end), (b_start, _) in pairwise(spans(span_file)))
+
+
+def test_a_killed_worker_s_runs_are_taken_over_after_its_lease_expires(tmp_path: Path) -> None:
+    url = postgres_url()
+    clean_postgres(url)
+    ledger, span_file = tmp_path / "ledger.txt", tmp_path / "spans.txt"
+    with ScheduleStore(url) as store:
+        store.add(
+            ScheduleDefinition(
+                name="long_jobs",
+                trigger_type="interval",
+                expression="1s",
+                target="slow_append",
+                concurrency_policy="allow",
+                max_retries=5,
+            )
+        )
+    env = {"SAMPLE_LEDGER": str(ledger), "SAMPLE_SPANS": str(span_file), "SAMPLE_SLOW_SECONDS": "4"}
+    procs = [
+        WorkerProcess(
+            url, tmp_path / f"w{i}.log", {**env, "SAMPLE_SCHEDULES": ""}, "--lease", "3", worker_id=f"pg-worker-{i}"
+        )
+        for i in range(3)
+    ]
+    for p in procs:
+        p.start()
+    try:
+
+        def victim_busy() -> bool:
+            with ScheduleStore(url) as s:
+                return any(r.owner == "pg-worker-0" for r in s.runs(status=RunStatus.RUNNING))
+
+        wait_for(victim_busy, 60, "worker 0 to hold a run")
+        with ScheduleStore(url) as s:
+            held = {r.run_id for r in s.runs(status=RunStatus.RUNNING) if r.owner == "pg-worker-0"}
+        procs[0].signal(signal.SIGKILL)
+        procs[0].wait(timeout=10)
+        killed_at = time.monotonic()
+
+        def taken_over() -> bool:
+            with ScheduleStore(url) as s:
+                return all(
+                    s.get_run(i).status is not RunStatus.RUNNING or s.get_run(i).owner != "pg-worker-0" for i in held
+                )
+
+        wait_for(taken_over, 60, "the survivors to take the dead worker's runs over")
+        takeover = time.monotonic() - killed_at
+
+        def finished() -> bool:
+            with ScheduleStore(url) as s:
+                return all(s.get_run(i).status is RunStatus.SUCCEEDED for i in held)
+
+        wait_for(finished, 60, "the taken-over runs to succeed")
+        for p in procs[1:]:
+            p.signal(signal.SIGTERM)
+        for p in procs[1:]:
+            assert p.wait(timeout=30) == 0, p.log()
+    finally:
+        for p in procs:
+            p.kill()
+    with ScheduleStore(url) as store:
+        for run_id in held:
+            run = store.get_run(run_id)
+            assert (run.status, run.attempt) == (RunStatus.SUCCEEDED, 2) and run.owner in ("pg-worker-1", "pg-worker-2")
+    print(f"takeover of {len(held)} run(s) after kill -9 (lease 3 s, tick 1 s): {takeover:.1f} s")
+    assert takeover < 3 + 10

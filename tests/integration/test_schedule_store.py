@@ -422,3 +422,23 @@ def test_proposals_move_conditionally_and_activation_creates_the_schedule_atomic
     stored = store.get_proposal("prop_a")
     assert (stored.status, stored.schedule_id, stored.decided_by) == ("active", active.id, "alice")
     assert store.proposals(status="active", proposed_by="agent-7") == [stored]
+
+
+def test_the_documented_move_from_sqlite_to_postgresql_copies_every_schedule(
+    sqlite_store: ScheduleStore, pg_url: str, make_schedule: MakeSchedule, clock: FakeClock
+) -> None:
+    old = sqlite_store
+    old.add(make_schedule("a", next_run_at=T0, anchor_at=T0))
+    old.add(make_schedule("b", trigger_type="calendar", expression="0 6 * * *", timezone="Europe/Berlin"))
+    old.disable("b", reason="paused by alice")
+    with ScheduleStore(pg_url, clock=clock) as new:
+        new.add_many(s.with_state(next_run_at=None) for s in old.list())  # the snippet in docs/operations.md
+        copied = {s.name: s for s in new.list()}
+    assert set(copied) == {"a", "b"}
+    assert copied["a"].next_run_at is None and copied["a"].anchor_at == T0
+    assert (copied["b"].enabled, copied["b"].disabled_reason, copied["b"].timezone) == (
+        False,
+        "paused by alice",
+        "Europe/Berlin",
+    )
+    assert copied["a"].id == old.get("a").id

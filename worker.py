@@ -19,11 +19,18 @@ import sys
 from collections.abc import Sequence
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
+from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.adapters.telegram import TelegramNotifier
 from agent.scheduler.adapters.telemetry import TelemetryExporter
+from agent.scheduler.config import ConfigError, apply_env_file, load_config
+from agent.scheduler.logging_setup import configure_from
+from agent.scheduler.proposals import ProposalService
 from agent.scheduler.schedule_engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
 from agent.scheduler.schedule_store import default_url
+from agent.scheduler.service_files import REPO_ROOT
 from agent.scheduler.tasks import TaskRegistry
+from service_registry import ServiceRegistry
+from telegram_bot import OperatorBot
 
 log = logging.getLogger("worker")
 
@@ -60,7 +67,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=LEASE_SECONDS,
         help=f"seconds a run's claim lasts unless renewed, then others take it over (default {LEASE_SECONDS:g})",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: $ACTP_LOG_LEVEL or INFO",
+    )
     return parser.parse_args(argv)
 
 
@@ -114,6 +126,13 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     log.info("worker %s starting on %s", engine.worker_id, store.url)
     await engine.start()
+    registry = ServiceRegistry()
+    register_scheduler_topics(
+        registry, store=store, engine=engine, tasks=tasks, proposals=ProposalService(store, tasks, engine.clock)
+    )
+    bot = OperatorBot.from_env(registry)  # off, with one log line, without TELEGRAM_BOT_TOKEN
+    if bot is not None:
+        await bot.start()
     runner = asyncio.create_task(engine.run_forever())
     export_stop = asyncio.Event()
     export = asyncio.create_task(exporter.run(export_stop)) if exporter else None
@@ -122,8 +141,11 @@ async def run(args: argparse.Namespace) -> int:
     if runner in done and runner.exception() is not None:
         waiter.cancel()
         raise runner.exception()  # type: ignore[misc]
+    if bot is not None:
+        await bot.stop()
     await engine.stop()
     await asyncio.gather(runner, return_exceptions=True)
+    registry.close()
     waiter.cancel()
     export_stop.set()
     if export is not None:
@@ -141,9 +163,13 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # transitions narrates every callback at INFO; the scheduler logs each decision itself.
-    logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    try:
+        apply_env_file(REPO_ROOT / ".env")  # optional; the real environment wins
+        config = load_config()  # every variable checked at once; one error lists each bad one
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_from(config, level=args.log_level)
     try:
         return asyncio.run(run(args))
     except SchedulerError as exc:

@@ -14,20 +14,26 @@ import json
 import os
 import sys
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 from zoneinfo import ZoneInfo
 
-from . import triggers
+from sqlalchemy import select
+
+from . import schema, service_files, triggers
 from .clock import Clock, SystemClock
+from .config import GROUPS, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .enums import ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
+from .reconciliation import ReconciliationReport
 from .records import ProposalRecord
+from .schedule_engine import HEARTBEAT_SECONDS
 from .schedule_store import ScheduleStore, default_url
 from .scheduled_run import ScheduledRun
 from .tasks import TaskRegistry
@@ -36,6 +42,29 @@ from .tasks import TaskRegistry
 EXIT_USAGE = 2
 #: Task modules (comma-separated) the proposal commands load when no ``--tasks`` is given.
 TASKS_ENV = "ACTP_SCHEDULER_TASKS"
+#: A worker is up while its last heartbeat is younger than this many heartbeat intervals (and it did not stop).
+UP_AFTER_HEARTBEATS = 3
+#: How many upcoming runs ``status`` lists.
+STATUS_NEXT_RUNS = 5
+#: The longest window ``timeline --hours`` takes (31 days).
+MAX_TIMELINE_HOURS = 744
+#: ``timeline`` lists this many upcoming fire times, plus each schedule's first (it counts them all).
+TIMELINE_LIST_MAX = 30
+#: An hour of the timeline strip with more runs than this shows counts (``[.356 x2]``) instead of one mark per run.
+STRIP_MARKS_MAX = 12
+#: One ASCII mark per run status in the timeline strip (the legend ``timeline`` prints).
+STATUS_MARKS = {
+    RunStatus.SUCCEEDED: ".",
+    RunStatus.FAILED: "x",
+    RunStatus.SKIPPED: "s",
+    RunStatus.DEAD_LETTERED: "D",
+    RunStatus.CANCELLED: "c",
+    RunStatus.PAUSED: "p",
+    RunStatus.RUNNING: ">",
+    RunStatus.PENDING: "-",
+}
+#: Commands that read no database: they work when it cannot be opened.
+OFFLINE_COMMANDS = frozenset({"config", "install-service"})
 
 
 class CliError(Exception):
@@ -353,6 +382,187 @@ class Commands:
         record = ProposalService(self.store, TaskRegistry(), self.clock).reject(args.id, by=args.by, reason=args.reason)
         self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {args.by}: {args.reason}")
 
+    # ------------------------------------------------------------------ operations: status, timeline, config, service
+
+    def status(self, args: argparse.Namespace) -> None:
+        """Engine up or down, workers, runs in flight, last reconciliation, breakers, dead letters, alerts, next runs.
+
+        A worker is up while its heartbeat (``engine_state`` ``worker:<id>``) is younger than
+        UP_AFTER_HEARTBEATS heartbeat intervals and it has not written its clean-shutdown marker.
+        """
+        now = self.clock.now()
+        running = self.store.runs(status=RunStatus.RUNNING)
+        by_owner = Counter(r.owner or "(no owner)" for r in running)
+        workers = [_worker_view(value, now, by_owner) for value in _worker_states(self.store).values()]
+        workers.sort(key=lambda w: (not w["up"], w["worker_id"]))
+        up = [w for w in workers if w["up"]]
+        reports = self.store.reports(limit=1)
+        last = reports[0] if reports else None
+        breakers = self.store.open_breakers()
+        letters = self.store.dead_letters(include_replayed=False)
+        alerts = {s: len(self.store.alerts(status=s)) for s in ("pending", "sending", "undeliverable")}
+        upcoming = sorted(
+            ((nxt, s) for s in self.store.list() if (nxt := _next_run(s, now)) is not None), key=lambda p: p[0]
+        )[:STATUS_NEXT_RUNS]
+        data: dict[str, Any] = {
+            "engine": "up" if up else "down",
+            "now": _iso(now),
+            "database": mask_url(self.store.url),
+            "heartbeat_limit_seconds": UP_AFTER_HEARTBEATS * HEARTBEAT_SECONDS,
+            "workers": workers,
+            "in_flight": {
+                "total": len(running),
+                "by_owner": dict(sorted(by_owner.items())),
+                "runs": [
+                    {
+                        "run_id": r.run_id,
+                        "schedule": r.schedule_name,
+                        "owner": r.owner,
+                        "started_at": _iso(r.started_at),
+                        "lease_expires_at": _iso(r.lease_expires_at),
+                    }
+                    for r in running
+                ],
+            },
+            "last_reconciliation": None
+            if last is None
+            else {
+                "worker_id": last.worker_id,
+                "started_at": _iso(last.started_at),
+                "finished_at": _iso(last.finished_at),
+                "summary": _report_summary(last.report),
+                "report": last.report,
+            },
+            "open_breakers": [
+                {
+                    "name": s.name,
+                    "opened_at": _iso(s.breaker_opened_at),
+                    "consecutive_failures": s.consecutive_failures,
+                    "cooldown_seconds": s.breaker_cooldown.total_seconds() if s.breaker_cooldown else None,
+                }
+                for s in breakers
+            ],
+            "dead_letters": len(letters),
+            "alerts": alerts,
+            "next_runs": [
+                {
+                    "schedule": s.name,
+                    "at": _iso(at),
+                    "in": humanize(at - now),
+                    "breaker_state": s.breaker_state.value,
+                }
+                for at, s in upcoming
+            ],
+        }
+        self.emit(data, _status_text(data, now))
+
+    def timeline(self, args: argparse.Namespace) -> None:
+        """Fire times in the next ``--hours`` and the runs of the last ``--hours`` by outcome, hour by hour.
+
+        The strip shows one ASCII mark per run (STATUS_MARKS: ``.`` succeeded, ``x`` failed, ``s``
+        skipped, ``D`` dead-lettered, ``c`` cancelled, ``p`` paused, ``>`` running, ``-`` pending), or
+        counts such as ``[.356 x2]`` for an hour of more than STRIP_MARKS_MAX runs.
+        """
+        if (args.name is None) == (not args.all):
+            raise CliError("timeline needs a schedule NAME or --all (not both)")
+        zone = triggers.parse_timezone(args.timezone)
+        now = self.clock.now()
+        window = timedelta(hours=args.hours)
+        schedules = [self.store.get(args.name)] if args.name else self.store.list()
+        upcoming, totals, notes = _upcoming(schedules, now, now + window)
+        since = now - window
+        past = _runs_since(self.store, since, now, schedules[0].id if args.name else None)
+        counts: dict[str, Counter[str]] = defaultdict(Counter)
+        marks: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+        for name, status, at in past:
+            counts[name][status] += 1
+            marks[name].append((at, status))
+        strips = {name: _strip(items, zone) for name, items in sorted(marks.items())}
+        data: dict[str, Any] = {
+            "now": _iso(now),
+            "hours": args.hours,
+            "timezone": args.timezone,
+            "schedules": [s.name for s in schedules],
+            "upcoming": [
+                {
+                    "schedule": name,
+                    "at": _iso(at),
+                    "local": _iso(at.astimezone(zone)),
+                    "in": humanize(at - now),
+                    "overdue": at <= now,
+                }
+                for at, name in _shown(upcoming)
+            ],
+            "upcoming_total": sum(totals.values()),
+            "upcoming_by_schedule": totals,
+            "notes": notes,
+            "past": {
+                "since": _iso(since),
+                "counts": {name: dict(sorted(c.items())) for name, c in sorted(counts.items())},
+                "hours": strips,
+            },
+            "legend": {mark: status.value for status, mark in STATUS_MARKS.items()},
+        }
+        self.emit(data, _timeline_text(data, zone))
+
+    def config(self, args: argparse.Namespace) -> None:
+        if args.env_example:
+            self.out.write(env_example())
+            return
+        config, problems = check_config(os.environ)
+        rows = config.display()
+        for row in rows:
+            if row["source"] == "unset" and row["name"] in _COMPUTED_DEFAULTS and not problems:
+                row["value"], row["source"] = _COMPUTED_DEFAULTS[row["name"]](), "computed"
+        database = {
+            "value": mask_url(args.db or default_url()),
+            "source": "--db"
+            if args.db
+            else ("ACTP_SCHEDULER_DB" if os.environ.get("ACTP_SCHEDULER_DB") else "default"),
+        }
+        data = {
+            "database": database,
+            "variables": rows,
+            "services": config.services,
+            "warnings": list(config.warnings),
+            "problems": [{"variable": p.variable, "value": p.shown, "allowed": p.allowed} for p in problems],
+        }
+        self.emit(data, _config_text(data, show_all=args.all))
+        if problems:
+            raise CliError(
+                f"{len(problems)} variable(s) invalid: " + "; ".join(f"{p.variable}: {p.allowed}" for p in problems)
+            )
+
+    def install_service(self, args: argparse.Namespace) -> None:
+        system = service_files.current_system(None if args.system is None else _SYSTEM_NAMES[args.system])
+        where = service_files.placement(db=args.service_db or args.db, environ=os.environ)
+        service = service_files.service_file(system, where, environ=os.environ)
+        data: dict[str, Any] = {
+            "system": system,
+            "manager": service.manager,
+            "path": str(service.path),
+            "load_command": service.load_command,
+            "reload_command": service.reload_command,
+            "notes": list(service.notes),
+        }
+        if args.print:
+            data["content"] = service.content
+            if self.as_json:
+                self.emit(data, "")
+            else:
+                self.out.write(service.content)
+                print(f"# write it to {service.path}, then load it with: {service.load_command}", file=sys.stderr)
+            return
+        done = service_files.install(service, where)
+        data["action"] = done.action
+        lines = [f"{done.action} {service.path} ({service.manager})", f"load it with: {service.load_command}"]
+        if done.action == "replaced":
+            lines.append(f"if it is loaded already, apply the change with: {service.reload_command}")
+        lines += [f"({note})" for note in service.notes]
+        if where.db is not None and "://" in where.db and mask_url(where.db) != where.db:
+            lines.append("note: the --db URL's password is in the service file; ACTP_SCHEDULER_DB in .env keeps it out")
+        self.emit(data, "\n".join(lines))
+
 
 def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:
     return {
@@ -423,6 +633,281 @@ def _letter_dict(d: Any) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- status, timeline and config helpers
+
+
+def _worker_states(store: ScheduleStore) -> dict[str, dict[str, Any]]:
+    """The heartbeat of every worker: ``engine_state`` entries keyed ``worker:<id>``.
+
+    STOPGAP: the store has ``get_state(key)`` but no way to list keys; this reads the table inside
+    the store's transaction helper. Replace with ``store.states(prefix="worker:")`` once it exists.
+    """
+    e = schema.engine_state
+    stmt = select(e.c.key, e.c.value).where(e.c.key.like("worker:%")).order_by(e.c.key)
+    rows = store._tx(lambda c: c.execute(stmt).all())
+    return {str(k): v for k, v in rows if str(k).startswith("worker:") and isinstance(v, dict)}
+
+
+def _runs_since(
+    store: ScheduleStore, since: datetime, until: datetime, schedule_id: str | None
+) -> list[tuple[str, str, datetime]]:
+    """(schedule name, status, intended time) of the runs intended within [since, until], oldest first.
+
+    STOPGAP: ``store.runs()`` has no time window and would map every run ever kept; this reads three
+    columns inside the store's transaction helper. Replace with ``store.runs(since=, until=)``.
+    """
+    r = schema.scheduled_runs
+    stmt = (
+        select(r.c.schedule_name, r.c.status, r.c.intended_run_at)
+        .where(r.c.intended_run_at >= _naive(since), r.c.intended_run_at <= _naive(until))
+        .order_by(r.c.intended_run_at, r.c.run_id)
+    )
+    if schedule_id is not None:
+        stmt = stmt.where(r.c.schedule_id == schedule_id)
+    rows = store._tx(lambda c: c.execute(stmt).all())
+    return [(str(name), str(status), at.replace(tzinfo=UTC)) for name, status, at in rows]
+
+
+def _naive(instant: datetime) -> datetime:
+    # The database holds naive UTC (as the store writes it).
+    return instant.astimezone(UTC).replace(tzinfo=None)
+
+
+def _parse_instant(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _span(delta: timedelta) -> str:
+    """``2h 5m``: an unsigned span in its two largest units."""
+    return humanize(abs(delta)).removeprefix("in ")
+
+
+def _worker_view(value: dict[str, Any], now: datetime, running: Counter[str]) -> dict[str, Any]:
+    """One worker's liveness from its heartbeat (``ScheduleEngine._state_value``)."""
+    worker_id = str(value.get("worker_id") or "?")
+    beat = _parse_instant(value.get("heartbeat_at"))
+    started = _parse_instant(value.get("started_at"))
+    # A worker ticking less often than the heartbeat interval beats at its tick (when it says so).
+    every = max(HEARTBEAT_SECONDS, float(value.get("tick_seconds") or 0))
+    limit = timedelta(seconds=UP_AFTER_HEARTBEATS * every)
+    if value.get("clean"):
+        up, why = False, f"stopped cleanly {humanize((_parse_instant(value.get('stopped_at')) or beat or now) - now)}"
+    elif beat is None:
+        up, why = False, "no heartbeat recorded"
+    elif now - beat > limit:
+        up, why = False, f"last heartbeat {_span(now - beat)} ago: crashed, killed or asleep (not stopped cleanly)"
+    else:
+        up, why = True, f"heartbeat {_span(now - beat)} ago"
+    return {
+        "worker_id": worker_id,
+        "up": up,
+        "state": why,
+        "host": value.get("host"),
+        "pid": value.get("pid"),
+        "boot_id": value.get("boot_id"),
+        "started_at": _iso(started),
+        "uptime_seconds": (now - started).total_seconds() if up and started else None,
+        "uptime": _span(now - started) if up and started else None,
+        "heartbeat_at": _iso(beat),
+        "running": running.get(worker_id, 0),
+    }
+
+
+def _report_summary(report: dict[str, Any]) -> str:
+    """The stored report's one-line summary."""
+    names = set(ReconciliationReport.__dataclass_fields__)
+    known = {k: v for k, v in report.items() if k in names and k not in ("started_at", "finished_at")}
+    try:
+        rebuilt = ReconciliationReport(
+            **{"worker_id": "?", **known, "started_at": _parse_instant(report.get("started_at")) or _EPOCH}
+        )
+    except TypeError:
+        return "unreadable report"
+    return rebuilt.summary()
+
+
+def _status_text(data: dict[str, Any], now: datetime) -> str:
+    workers = data["workers"]
+    up = [w for w in workers if w["up"]]
+    lines = [f"engine: {data['engine']} ({len(up)} of {len(workers)} worker(s) up) on {data['database']}"]
+    for w in workers:
+        where = f"pid {w['pid']} on {w['host']}" if w["pid"] else ""
+        extra = f", up {w['uptime']}" if w["uptime"] else ""
+        lines.append(f"  {w['worker_id']}: {'up' if w['up'] else 'down'}, {w['state']}{extra}; {where}".rstrip("; "))
+    if not workers:
+        lines.append("  no worker has ever started on this database")
+    flight = data["in_flight"]
+    owners = ", ".join(f"{owner} {n}" for owner, n in flight["by_owner"].items())
+    lines.append(f"in flight: {flight['total']} run(s)" + (f" ({owners})" if owners else ""))
+    last = data["last_reconciliation"]
+    if last is None:
+        lines.append("last reconciliation: none")
+    else:
+        lines.append(f"last reconciliation: {last['started_at']} by {last['worker_id']}: {last['summary']}")
+    breakers = data["open_breakers"]
+    shown = ", ".join(f"{b['name']} ({b['consecutive_failures']} failures)" for b in breakers)
+    lines.append(f"open breakers: {shown or 'none'}" + (" (reset NAME closes one)" if breakers else ""))
+    lines.append(f"dead letters: {data['dead_letters']}" + (" (dlq list)" if data["dead_letters"] else ""))
+    alerts = data["alerts"]
+    lines.append(f"unsent alerts: {alerts['pending']} pending, {alerts['undeliverable']} undeliverable")
+    lines.append("next runs:" if data["next_runs"] else "next runs: none")
+    for n in data["next_runs"]:
+        flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"
+        at = _parse_instant(n["at"]) or now
+        lines.append(f"  {at.strftime('%Y-%m-%d %H:%M:%S')} UTC  {n['schedule']}  ({n['in']}){flag}")
+    return "\n".join(lines)
+
+
+def _upcoming(
+    schedules: list[ScheduleDefinition], now: datetime, end: datetime
+) -> tuple[list[tuple[datetime, str]], dict[str, int], dict[str, str]]:
+    """Fire times in (now, end] of each schedule (at most TIMELINE_LIST_MAX each), merged; counts; notes."""
+    fires: list[tuple[datetime, str]] = []
+    totals: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    for s in schedules:
+        if not s.enabled:
+            notes[s.name] = f"disabled: no runs ({s.disabled_reason})" if s.disabled_reason else "disabled: no runs"
+            continue
+        if not s.is_time_based:
+            notes[s.name] = f"{s.trigger_type.value} {s.expression}: runs when that happens, not at set times"
+            continue
+        if s.breaker_state.value != "closed":
+            notes[s.name] = f"breaker {s.breaker_state.value}: occurrences produce no runs until it closes"
+        trigger = s.trigger(s.anchor_at or s.created_at or now)
+        times = trigger.occurrences(now, end, limit=TIMELINE_LIST_MAX)
+        count = trigger.count(now, end)
+        if s.next_run_at is not None and s.next_run_at <= now:
+            times.insert(0, s.next_run_at)  # overdue: the worker runs it (or its missed-run policy) next
+            count += 1
+        totals[s.name] = count
+        fires += [(t, s.name) for t in times]
+    fires.sort()
+    return fires, totals, notes
+
+
+def _shown(fires: list[tuple[datetime, str]]) -> list[tuple[datetime, str]]:
+    """The soonest TIMELINE_LIST_MAX fires, plus the first of each schedule that they leave out (a busy
+    poller must not hide the daily report)."""
+    shown = fires[:TIMELINE_LIST_MAX]
+    present = {name for _, name in shown}
+    for at, name in fires[TIMELINE_LIST_MAX:]:
+        if name not in present:
+            shown.append((at, name))
+            present.add(name)
+    return sorted(shown)
+
+
+def _strip(items: list[tuple[datetime, str]], zone: ZoneInfo) -> list[dict[str, Any]]:
+    """Runs grouped by the hour (in ``zone``) of their intended time: one mark per run, or counts when many."""
+    hours: dict[datetime, list[str]] = defaultdict(list)
+    for at, status in items:
+        local = at.astimezone(zone)
+        hours[local.replace(minute=0, second=0, microsecond=0)].append(status)
+    out = []
+    for hour, statuses in sorted(hours.items()):
+        marks = [STATUS_MARKS.get(RunStatus(s), "?") if s in _STATUS_VALUES else "?" for s in statuses]
+        if len(marks) > STRIP_MARKS_MAX:
+            tally = Counter(marks)
+            order = [*STATUS_MARKS.values(), "?"]
+            text = "[" + " ".join(f"{m}{tally[m]}" for m in order if tally[m]) + "]"
+        else:
+            text = "".join(marks)
+        out.append({"hour": _iso(hour), "runs": text, "count": len(marks)})
+    return out
+
+
+_STATUS_VALUES = frozenset(s.value for s in RunStatus)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _timeline_text(data: dict[str, Any], zone: ZoneInfo) -> str:
+    label = data["timezone"]
+    subject = data["schedules"][0] if len(data["schedules"]) == 1 else "all schedules"
+    lines = [f"timeline of {subject}: {data['hours']}h either side of {data['now']} (times in {label})"]
+    total, shown = data["upcoming_total"], len(data["upcoming"])
+    more = f", first {shown} shown" if shown < total else ""
+    lines.append(f"upcoming ({total} in the next {data['hours']}h{more}):" if total else "upcoming: none")
+    width = max((len(u["schedule"]) for u in data["upcoming"]), default=0)
+    for u in data["upcoming"]:
+        local = datetime.fromisoformat(u["local"]).strftime("%Y-%m-%d %H:%M:%S")
+        when = "overdue: runs next" if u["overdue"] else u["in"]
+        lines.append(f"  {local}  {u['schedule'].ljust(width)}  ({when})")
+    if len(data["schedules"]) > 1 and data["upcoming_by_schedule"]:
+        busiest = sorted(data["upcoming_by_schedule"].items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append("  per schedule: " + ", ".join(f"{name} {n}" for name, n in busiest if n))
+    for name, note in data["notes"].items():
+        lines.append(f"  {name}: {note}")
+    past = data["past"]
+    lines.append(f"past {data['hours']}h by outcome:" if past["counts"] else f"past {data['hours']}h: no runs")
+    for name, counts in past["counts"].items():
+        lines.append(f"  {name}: " + ", ".join(f"{status} {n}" for status, n in counts.items()))
+        days: dict[str, list[str]] = defaultdict(list)
+        for hour in past["hours"].get(name, []):
+            at = datetime.fromisoformat(hour["hour"])
+            days[at.strftime("%Y-%m-%d")].append(f"{at.strftime('%H:%M')} {hour['runs']}")
+        for day, cells in days.items():
+            lines.append(f"    {day}  " + "  ".join(cells))
+    if past["counts"]:
+        legend = "  ".join(f"{mark} {status}" for mark, status in data["legend"].items())
+        lines.append(f"legend: {legend}; [.12 x2] counts an hour of many runs")
+    return "\n".join(lines)
+
+
+def _computed_worker_id() -> str:
+    from .schedule_engine import default_worker_id
+
+    return default_worker_id()
+
+
+def _computed_timezone() -> str:
+    from .adapters.legacy_cron import worker_timezone
+
+    return worker_timezone()
+
+
+#: Variables whose default is found at run time, and how (``config`` shows the value found).
+_COMPUTED_DEFAULTS = {"ACTP_WORKER_ID": _computed_worker_id, "ACTP_TIMEZONE": _computed_timezone}
+#: ``--system`` values as ``platform.system()`` names them.
+_SYSTEM_NAMES = {"macos": "Darwin", "linux": "Linux"}
+
+
+def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
+    db = data["database"]
+    lines = [f"database: {db['value']} ({db['source']})"]
+    quiet_groups = {"services", "development"}
+    for group, title in GROUPS.items():
+        rows = [
+            r
+            for r in data["variables"]
+            if r["group"] == group and (show_all or group not in quiet_groups or r["source"] in ("env", "invalid"))
+        ]
+        if not rows:
+            continue
+        table = [
+            [
+                r["name"],
+                "-" if r["value"] is None else str(r["value"]),
+                r["source"] + (" (secret)" if r["secret"] else ""),
+            ]
+            for r in rows
+        ]
+        lines += ["", f"# {title}", _table(table, ["VARIABLE", "VALUE", "SOURCE"])]
+    if not show_all:
+        lines += ["", f"services configured: {', '.join(data['services']) or 'none'} (--all lists every variable)"]
+    for w in data["warnings"]:
+        lines.append(f"warning: {w}")
+    for p in data["problems"]:
+        lines.append(f"invalid: {p['variable']}={p['value']!r}: {p['allowed']}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -479,6 +964,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--reason", required=True, help="why (recorded)")
     p.add_argument("--by", default=_operator(), help="who rejects (recorded; default: your user name)")
+    p = sub.add_parser("status", parents=[common], help="engine up or down, runs in flight, breakers, dead letters")
+    p = sub.add_parser("timeline", parents=[common], help="upcoming fire times and the past hours' runs by outcome")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME", help="a schedule (or --all)")
+    p.add_argument("--all", action="store_true", help="every schedule, merged")
+    p.add_argument("--hours", type=_timeline_hours, default=24, help="window either side of now (default 24)")
+    p.add_argument("--timezone", default="UTC", help="show times in this IANA zone (default UTC)")
+    p = sub.add_parser("config", parents=[common], help="the effective configuration, secrets masked")
+    p.add_argument("--all", action="store_true", help="every variable, service ones included")
+    p.add_argument("--env-example", action="store_true", help="print .env.example (generated from the table)")
+    p = sub.add_parser("install-service", parents=[common], help="write the launchd agent or systemd user unit")
+    p.add_argument("--print", action="store_true", help="print the file instead of writing it")
+    p.add_argument("--system", choices=list(service_files.SYSTEMS), default=None, help="default: this machine's")
+    p.add_argument("--db", dest="service_db", default=None, help="the worker's --db in the service (default: none)")
     return parser
 
 
@@ -490,6 +988,20 @@ def _operator() -> str:
         return getpass.getuser()
     except (OSError, KeyError):
         return "operator"
+
+
+def _timeline_hours(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_TIMELINE_HOURS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_TIMELINE_HOURS} hours")
+    return value
+
+
+class _NoStore:
+    """Stands in for the store in the commands that read no database (OFFLINE_COMMANDS)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"this command reads no database (it used store.{name})")
 
 
 def _positive_int(text: str) -> int:
@@ -508,8 +1020,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
     args = build_parser().parse_args(argv)
     store = None
     try:
-        store = ScheduleStore(args.db or default_url(), clock=clock or SystemClock())
-        commands = Commands(store, store.clock, stream, args.json)
+        if args.command in OFFLINE_COMMANDS:
+            # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
+            commands = Commands(cast(ScheduleStore, _NoStore()), clock or SystemClock(), stream, args.json)
+        else:
+            store = ScheduleStore(args.db or default_url(), clock=clock or SystemClock())
+            commands = Commands(store, store.clock, stream, args.json)
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0
     except (CliError, InvalidSchedule, SchedulerError) as exc:

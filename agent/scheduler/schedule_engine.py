@@ -354,6 +354,8 @@ class ScheduleEngine:
             candidates += [t for t in (f.deadline, f.kill_at) if t is not None]
         if self._in_flight:
             candidates.append((self._last_renewal or now) + self.lease / 3)
+        # The heartbeat says the worker is alive even when nothing is due for a long while.
+        candidates.append((self._last_heartbeat or now) + timedelta(seconds=HEARTBEAT_SECONDS))
         return max(min(candidates), now)
 
     async def _sleep_until(self, instant: datetime) -> None:
@@ -949,6 +951,8 @@ class ScheduleEngine:
             "clean": clean,
             "stopped_at": now.isoformat() if clean else None,
             "in_flight": len(self._in_flight),
+            "tick_seconds": self.tick_seconds,
+            "heartbeat_seconds": HEARTBEAT_SECONDS,
         }
 
 

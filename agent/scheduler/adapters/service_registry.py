@@ -1,0 +1,434 @@
+"""Service-registry edge: the ``scheduler.*`` topics, thin handlers over the store, the engine and proposals.
+
+:func:`register_scheduler_topics` adds every topic to the worker's :class:`ServiceRegistry`. The
+handlers only translate JSON to store, engine and proposal calls and back; the rules live in
+those. Whatever changes state records the caller: a disable reason says ``by <caller>``, a replay's
+actor and a proposal's decider are the caller, and one INFO line names who did what.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from service_registry import CallContext, ErrorCode, Field, FieldType, InputSchema, ServiceError, ServiceRegistry
+
+from ..cli import _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
+from ..definition import ScheduleDefinition
+from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
+from ..errors import InvalidSchedule
+from ..proposals import ProposalService
+from ..reconciliation import ReconciliationReport
+from ..records import DeadLetter, ProposalRecord
+from ..schedule_engine import RECONCILE_TASK, ScheduleEngine
+from ..schedule_store import ScheduleStore
+from ..scheduled_run import ScheduledRun
+from ..tasks import TaskRegistry
+from ..triggers import parse_duration
+
+log = logging.getLogger(__name__)
+
+#: Longest schedule name, run id, dead-letter id or proposal id a payload may carry, in characters.
+ID_CHARS = 128
+#: Longest reason an operator may give, in characters.
+REASON_CHARS = 500
+#: Longest "name contains" filter, in characters.
+FILTER_CHARS = 128
+#: The most runs, dead letters or proposals one call lists.
+MAX_LIMIT = 200
+#: Largest proposal accepted, as JSON text, in characters.
+PROPOSAL_CHARS = 256 * 1024
+#: The window over which a calendar schedule's average period is counted.
+PERIOD_WINDOW = timedelta(days=7)
+#: A run's reason that means its task is missing configuration (TaskNotConfigured).
+NOT_CONFIGURED_PREFIX = "not configured"
+
+_NAME = Field(name="name", type=FieldType.STRING, required=True, max_length=ID_CHARS, description="schedule name or id")
+_ID = Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS)
+
+
+def _limit(default: int) -> Field:
+    return Field(
+        name="limit", type=FieldType.INTEGER, minimum=1, maximum=MAX_LIMIT, default=default, description="most items"
+    )
+
+
+def _values(enum: type[Any]) -> tuple[str, ...]:
+    return tuple(member.value for member in enum)
+
+
+class SchedulerTopics:
+    """The handlers, bound to one store, engine, task registry and proposal service."""
+
+    def __init__(
+        self, *, store: ScheduleStore, engine: ScheduleEngine, tasks: TaskRegistry, proposals: ProposalService
+    ) -> None:
+        self.store, self.engine, self.tasks, self.proposals = store, engine, tasks, proposals
+
+    def table(self) -> list[tuple[str, Any, InputSchema]]:
+        """``(topic, handler, schema)`` for every scheduler topic."""
+        return [
+            (
+                "scheduler.propose_schedule",
+                self.propose_schedule,
+                InputSchema(
+                    Field(
+                        name="proposal",
+                        type=FieldType.OBJECT,
+                        required=True,
+                        max_length=PROPOSAL_CHARS,
+                        description="the proposal (see README); proposed_by defaults to the caller",
+                    )
+                ),
+            ),
+            (
+                "scheduler.list_schedules",
+                self.list_schedules,
+                InputSchema(
+                    Field(name="enabled", type=FieldType.BOOLEAN, description="only enabled (true) or disabled"),
+                    Field(name="source", type=FieldType.STRING, allowed=_values(ScheduleSource)),
+                    Field(name="trigger_type", type=FieldType.STRING, allowed=_values(TriggerType)),
+                    Field(name="name_contains", type=FieldType.STRING, max_length=FILTER_CHARS),
+                ),
+            ),
+            (
+                "scheduler.get_schedule",
+                self.get_schedule,
+                InputSchema(_NAME, Field(name="runs", type=FieldType.INTEGER, minimum=0, maximum=50, default=5)),
+            ),
+            (
+                "scheduler.disable_schedule",
+                self.disable_schedule,
+                InputSchema(_NAME, Field(name="reason", type=FieldType.STRING, max_length=REASON_CHARS)),
+            ),
+            ("scheduler.enable_schedule", self.enable_schedule, InputSchema(_NAME)),
+            ("scheduler.run_now", self.run_now, InputSchema(_NAME)),
+            ("scheduler.status", self.status, InputSchema()),
+            (
+                "scheduler.list_runs",
+                self.list_runs,
+                InputSchema(
+                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS),
+                    Field(name="status", type=FieldType.STRING, allowed=_values(RunStatus)),
+                    _limit(20),
+                ),
+            ),
+            (
+                "scheduler.dead_letters",
+                self.dead_letters,
+                InputSchema(
+                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS),
+                    Field(name="include_replayed", type=FieldType.BOOLEAN, default=False),
+                    Field(name="with_traceback", type=FieldType.BOOLEAN, default=False),
+                    _limit(50),
+                ),
+            ),
+            (
+                "scheduler.replay_dead_letter",
+                self.replay_dead_letter,
+                InputSchema(
+                    Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS),
+                    Field(name="force", type=FieldType.BOOLEAN, default=False, description="even into an open breaker"),
+                ),
+            ),
+            ("scheduler.reset_breaker", self.reset_breaker, InputSchema(_NAME)),
+            (
+                "scheduler.list_proposals",
+                self.list_proposals,
+                InputSchema(Field(name="status", type=FieldType.STRING, allowed=_values(ProposalStatus)), _limit(50)),
+            ),
+            (
+                "scheduler.approve_proposal",
+                self.approve_proposal,
+                InputSchema(_ID, Field(name="reason", type=FieldType.STRING, max_length=REASON_CHARS)),
+            ),
+            (
+                "scheduler.reject_proposal",
+                self.reject_proposal,
+                InputSchema(_ID, Field(name="reason", type=FieldType.STRING, required=True, max_length=REASON_CHARS)),
+            ),
+        ]
+
+    # ------------------------------------------------------------------ schedules
+
+    def list_schedules(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Schedules by name with their next run, last outcome and breaker state; filters combine."""
+        now = self.engine.clock.now()
+        schedules = self.store.list(
+            enabled=payload["enabled"], source=payload["source"], trigger_type=payload["trigger_type"]
+        )
+        needle = (payload["name_contains"] or "").lower()
+        latest = self.store.latest_runs()
+        items = [self._item(s, latest.get(s.id), now) for s in schedules if needle in s.name.lower()]
+        return {"as_of": now.isoformat(), "count": len(items), "schedules": items}
+
+    def get_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """One schedule with its policies and its latest runs, newest first."""
+        now = self.engine.clock.now()
+        schedule = self.store.get(payload["name"])
+        runs = (
+            self.store.runs(schedule=schedule.id, limit=payload["runs"], newest_first=True) if payload["runs"] else []
+        )
+        item = self._item(schedule, runs[0] if runs else None, now)
+        item.update(_policies(schedule))
+        return {"as_of": now.isoformat(), "schedule": item, "runs": [_run_item(r) for r in runs]}
+
+    def disable_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Stop a schedule from producing runs; the stored reason names the caller."""
+        given = (payload["reason"] or "").strip()
+        reason = f"{given} (by {ctx.caller})" if given else f"disabled by {ctx.caller}"
+        schedule = self.store.disable(payload["name"], reason=reason)
+        log.info("schedule %s disabled by %s: %s", schedule.name, ctx.caller, reason)
+        return {"name": schedule.name, "enabled": schedule.enabled, "disabled_reason": schedule.disabled_reason}
+
+    def enable_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Let a disabled schedule run again from its next occurrence (the disabled period is not caught up)."""
+        before = self.store.get(payload["name"])
+        schedule = self.store.enable(before.id)
+        if not before.enabled:
+            log.info("schedule %s enabled by %s", schedule.name, ctx.caller)
+        return {"name": schedule.name, "enabled": schedule.enabled, "was_enabled": before.enabled, "by": ctx.caller}
+
+    async def run_now(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Queue a manual run through the engine (the run machine as for every run) and wake its loop."""
+        run = await self.engine.run_now(payload["name"])
+        log.info("manual run %s of %s queued by %s", run.run_id, run.schedule_name, ctx.caller)
+        return {**_run_item(run), "by": ctx.caller}
+
+    def reset_breaker(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Close an open (or half-open) breaker; refused when it is closed."""
+        schedule = self.store.transition_breaker(payload["name"], "reset")
+        log.info("breaker of %s reset by %s", schedule.name, ctx.caller)
+        return {"name": schedule.name, "breaker_state": schedule.breaker_state.value, "by": ctx.caller}
+
+    # ------------------------------------------------------------------ runs and the engine
+
+    async def status(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """This worker's engine: id, runs in flight, the last reconciliation report, what needs attention."""
+        in_flight = self.engine.in_flight  # read on the loop that owns it
+        return await ctx.run_sync(self._status, in_flight)
+
+    def _status(self, in_flight: list[ScheduledRun]) -> dict[str, Any]:
+        now = self.engine.clock.now()
+        schedules = self.store.list()
+        reports = self.store.reports(limit=1)
+        last: dict[str, Any] | None = None
+        if reports:
+            stored = reports[0]
+            last = {
+                "id": stored.id,
+                "worker_id": stored.worker_id,
+                "started_at": _iso(stored.started_at),
+                "finished_at": _iso(stored.finished_at),
+                "summary": _report_summary(stored.report),
+                "report": stored.report,
+            }
+        return {
+            "as_of": now.isoformat(),
+            "worker_id": self.engine.worker_id,
+            "in_flight": [_run_item(r) for r in in_flight],
+            "in_flight_count": len(in_flight),
+            "last_reconciliation": last,
+            "schedules_enabled": sum(1 for s in schedules if s.enabled),
+            "schedules_disabled": sum(1 for s in schedules if not s.enabled),
+            "breakers": [
+                {"name": s.name, "state": s.breaker_state.value}
+                for s in schedules
+                if s.breaker_state is not BreakerState.CLOSED
+            ],
+            "dead_letters_waiting": len(self.store.dead_letters(include_replayed=False)),
+            "pending_runs": self.store.count_runs(status=RunStatus.PENDING),
+        }
+
+    def list_runs(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Recent runs, newest first, optionally of one schedule and one status."""
+        schedule = self.store.get(payload["schedule"]).id if payload["schedule"] is not None else None
+        runs = self.store.runs(schedule=schedule, status=payload["status"], limit=payload["limit"], newest_first=True)
+        return {"runs": [_run_item(r) for r in runs]}
+
+    def dead_letters(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Dead letters, newest first (replayed ones only when asked)."""
+        schedule = self.store.get(payload["schedule"]).id if payload["schedule"] is not None else None
+        letters = self.store.dead_letters(schedule, include_replayed=payload["include_replayed"])
+        newest = list(reversed(letters))[: payload["limit"]]
+        return {"dead_letters": [_letter_item(d, payload["with_traceback"]) for d in newest], "total": len(letters)}
+
+    def replay_dead_letter(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Send a dead letter back to pending with a fresh retry budget; the caller is its recorded actor."""
+        run = self.store.replay_dead_letter(payload["id"], actor=ctx.caller, force=payload["force"])
+        self.engine.wake()
+        return {**_run_item(run), "replayed_by": ctx.caller}
+
+    # ------------------------------------------------------------------ proposals
+
+    def propose_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Submit a proposal: stored with its validation report, then rejected, held or activated.
+
+        The proposer is the caller: ``proposed_by`` may be left out, and any other value is refused,
+        since nobody may approve their own proposal and a claimed proposer would get round that. A
+        proposal that fails validation is still an answer (``status: rejected`` with the report
+        naming each rule).
+        """
+        proposal = dict(payload["proposal"])
+        claimed = proposal.setdefault("proposed_by", ctx.caller)
+        if claimed != ctx.caller:
+            raise ServiceError(
+                ErrorCode.INVALID,
+                f"proposed_by: {claimed!r} is not the caller {ctx.caller!r}; leave it out, the caller is the proposer",
+                "proposed_by",
+            )
+        self.proposals.expire_overdue()
+        record = self.proposals.submit(proposal)
+        log.info("proposal %s (%s) submitted by %s: %s", record.id, record.name, ctx.caller, record.status)
+        return {"proposal": _proposal_dict(record), "report": record.report, "submitted_by": ctx.caller}
+
+    def list_proposals(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Proposals, newest first, optionally of one status (overdue ones are expired first)."""
+        self.proposals.expire_overdue()
+        records = list(reversed(self.proposals.list(payload["status"])))[: payload["limit"]]
+        return {"proposals": [_proposal_item(r) for r in records]}
+
+    def approve_proposal(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """A human approves a held proposal as the caller; its schedule is created at once."""
+        record = self.proposals.approve(payload["id"], by=ctx.caller, reason=payload["reason"] or "")
+        return {"proposal": _proposal_dict(record)}
+
+    def reject_proposal(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Refuse a proposal as the caller, saying why."""
+        reason = payload["reason"].strip()
+        if not reason:
+            raise ServiceError(ErrorCode.INVALID, "reason: say why it is rejected", "reason")
+        record = self.proposals.reject(payload["id"], by=ctx.caller, reason=reason)
+        return {"proposal": _proposal_dict(record)}
+
+    # ------------------------------------------------------------------ shapes
+
+    def _item(self, s: ScheduleDefinition, last: ScheduledRun | None, now: datetime) -> dict[str, Any]:
+        nxt = _next_run(s, now)
+        last_reason = None
+        if last is not None:
+            failed = last.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED)
+            last_reason = (last.error if failed else None) or last.reason
+        registered = s.target in self.tasks or s.target == RECONCILE_TASK
+        missing = self.tasks.get(s.target).missing_configuration() if s.target in self.tasks else []
+        return {
+            "name": s.name,
+            "id": s.id,
+            "description": s.description,
+            "trigger_type": s.trigger_type.value,
+            "expression": s.expression,
+            "timezone": s.timezone,
+            "target": s.target,
+            "source": s.source.value,
+            "enabled": s.enabled,
+            "disabled_reason": s.disabled_reason,
+            "next_run_at": _iso(nxt),
+            "next_run_local": _iso(nxt.astimezone(ZoneInfo(s.timezone))) if nxt else None,
+            "next_run_in": humanize(nxt - now) if nxt else None,
+            "period_s": _period_seconds(s, now),
+            "last_status": last.status.value if last else None,
+            "last_run_at": _iso(last.intended_run_at) if last else None,
+            "last_reason": last_reason,
+            "not_configured": bool(
+                last is not None
+                and last.status is RunStatus.SKIPPED
+                and (last.reason or "").startswith(NOT_CONFIGURED_PREFIX)
+            ),
+            "missing_configuration": missing,
+            "task_registered": registered,
+            "breaker_state": s.breaker_state.value,
+            "consecutive_failures": s.consecutive_failures,
+        }
+
+
+def register_scheduler_topics(
+    registry: ServiceRegistry,
+    *,
+    store: ScheduleStore,
+    engine: ScheduleEngine,
+    tasks: TaskRegistry,
+    proposals: ProposalService,
+) -> None:
+    """Register every ``scheduler.*`` topic on ``registry``, served by this store, engine, tasks and proposals."""
+    topics = SchedulerTopics(store=store, engine=engine, tasks=tasks, proposals=proposals)
+    for name, handler, schema in topics.table():
+        registry.register(name, handler, schema)
+
+
+def _period_seconds(s: ScheduleDefinition, now: datetime) -> float | None:
+    """The average seconds between fires (over the next week for calendars); None for one-off and event schedules."""
+    try:
+        if s.trigger_type in (TriggerType.INTERVAL, TriggerType.RECONCILIATION):
+            return parse_duration(s.expression).total_seconds()
+        if s.trigger_type is not TriggerType.CALENDAR:
+            return None
+        trigger = s.trigger(s.anchor_at or s.created_at or now)
+        count = trigger.count(now, now + PERIOD_WINDOW)
+        if count:
+            return PERIOD_WINDOW.total_seconds() / count
+        first = trigger.next_after(now)
+        second = trigger.next_after(first) if first else None
+        return (second - first).total_seconds() if first and second else None
+    except (InvalidSchedule, ValueError, OverflowError):
+        return None
+
+
+def _policies(s: ScheduleDefinition) -> dict[str, Any]:
+    def seconds(span: timedelta | None) -> float | None:
+        return None if span is None else span.total_seconds()
+
+    return {
+        "missed_run_policy": s.missed_run_policy.value,
+        "concurrency_policy": s.concurrency_policy.value,
+        "shutdown_policy": s.shutdown_policy.value,
+        "risk_tier": s.risk_tier.value,
+        "max_retries": s.max_retries,
+        "retry_backoff_s": seconds(s.retry_backoff),
+        "timeout_s": seconds(s.timeout),
+        "grace_s": seconds(s.grace),
+        "breaker_threshold": s.breaker_threshold,
+        "breaker_cooldown_s": seconds(s.breaker_cooldown),
+        "breaker_opened_at": _iso(s.breaker_opened_at),
+        "params": s.params,
+        "created_at": _iso(s.created_at),
+        "updated_at": _iso(s.updated_at),
+    }
+
+
+def _run_item(run: ScheduledRun) -> dict[str, Any]:
+    return {**_run_dict(run), "schedule_id": run.schedule_id}
+
+
+def _letter_item(letter: DeadLetter, with_traceback: bool) -> dict[str, Any]:
+    data = _letter_dict(letter)
+    if not with_traceback:
+        data.pop("error_traceback", None)
+    return data
+
+
+def _proposal_item(record: ProposalRecord) -> dict[str, Any]:
+    data = _proposal_dict(record)
+    report = record.report or {}
+    data["target"] = (record.payload or {}).get("target")
+    data["trigger_type"] = (record.payload or {}).get("trigger_type")
+    data["expression"] = (record.payload or {}).get("expression")
+    data["simulation_note"] = (report.get("simulation") or {}).get("note")
+    return data
+
+
+_REPORT_FIELDS = {f.name for f in fields(ReconciliationReport)}
+
+
+def _report_summary(report: dict[str, Any]) -> str | None:
+    try:
+        known = {k: v for k, v in report.items() if k in _REPORT_FIELDS}
+        return ReconciliationReport(**known).summary()
+    except TypeError:
+        return None
+
+
+def _iso(instant: datetime | None) -> str | None:
+    return None if instant is None else instant.isoformat()

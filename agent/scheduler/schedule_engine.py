@@ -354,8 +354,6 @@ class ScheduleEngine:
             candidates += [t for t in (f.deadline, f.kill_at) if t is not None]
         if self._in_flight:
             candidates.append((self._last_renewal or now) + self.lease / 3)
-        # The heartbeat says the worker is alive even when nothing is due for a long while.
-        candidates.append((self._last_heartbeat or now) + timedelta(seconds=HEARTBEAT_SECONDS))
         return max(min(candidates), now)
 
     async def _sleep_until(self, instant: datetime) -> None:

@@ -62,6 +62,8 @@ LOCK_RETRY_SECONDS = 30.0
 POOL_TIMEOUT_SECONDS = 10
 #: Runs per claim or completion statement (bounded: SQLite limits bound parameters per statement).
 CLAIM_CHUNK = 400
+#: Below this many items a batched path costs more than one prepared statement per item.
+BATCH_MIN = 16
 #: The embedded default database.
 DEFAULT_DB_PATH = Path("~/.actp/scheduler.db")
 
@@ -742,8 +744,15 @@ class ScheduleStore:
         """
         at = now or self.clock.now()
         why = reasons or {}
+        runs_list = list(runs)
+        if len(runs_list) < BATCH_MIN:
+            items = [
+                (run, "start", {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)})
+                for run in runs_list
+            ]
+            return [m for m in self.transition_many(items, now=at) if isinstance(m, ScheduledRun)]
         staged: dict[str, ScheduledRun] = {}
-        for run in runs:
+        for run in runs_list:
             changes = {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)}
             try:
                 staged[run.run_id] = fire_run(run, "start", now=at, persist=lambda *_: None, changes=changes)
@@ -824,6 +833,8 @@ class ScheduleStore:
         """
         at = now or self.clock.now()
         batch = list(items)
+        if len(batch) < BATCH_MIN:
+            return self.transition_many(batch, now=at)
         out: builtins.list[ScheduledRun | SchedulerError | None] = [None] * len(batch)
         fast: builtins.list[tuple[int, ScheduledRun]] = []
         for i, (run, trigger, changes) in enumerate(batch):
@@ -884,6 +895,9 @@ class ScheduleStore:
         ids = sorted(set(schedule_ids))
         if not ids:
             return []
+        if len(ids) < BATCH_MIN:
+            changed = [self.record_outcome(i, failed=False) for i in ids]
+            return [c for c in changed if c is not None and c.breaker_state is not BreakerState.CLOSED]
         s = schema.schedules
 
         reset = self._prepared(
@@ -1034,6 +1048,7 @@ class ScheduleStore:
         batch = list(plans)
         s = schema.schedules
         shapes: dict[tuple[bool, tuple[str, ...]], builtins.list[dict[str, Any]]] = {}
+        shaped: builtins.list[tuple[tuple[bool, tuple[str, ...]], dict[str, Any]]] = []
         for m in batch:
             values: dict[str, Any] = {"next_run_at": _to_db(m.next_run_at), "updated_at": _to_db(at)}
             if m.runs:
@@ -1044,7 +1059,9 @@ class ScheduleStore:
                 values.update(enabled=False, disabled_reason=m.disable_reason)
             params = {f"v_{k}": v for k, v in values.items()}
             params.update(w_id=m.schedule.id, w_next=_to_db(m.schedule.next_run_at))
-            shapes.setdefault((m.schedule.next_run_at is None, tuple(sorted(values))), []).append(params)
+            shape = (m.schedule.next_run_at is None, tuple(sorted(values)))
+            shapes.setdefault(shape, []).append(params)
+            shaped.append((shape, params))
 
         def advance(unset: bool, columns: tuple[str, ...]) -> Any:
             def build() -> Any:
@@ -1055,6 +1072,35 @@ class ScheduleStore:
                 return update(s).where(cond).values({c: bindparam(f"v_{c}", type_=s.c[c].type) for c in columns})
 
             return self._prepared(("advance", unset, columns), build)
+
+        def one_by_one(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
+            out: builtins.list[builtins.list[ScheduledRun] | None] = []
+            for m, ((unset, columns), params) in zip(batch, shaped, strict=True):
+                if conn.execute(advance(unset, columns), params).rowcount != 1:
+                    out.append(None)
+                    continue
+                created = []
+                for p in m.runs:
+                    run = self._new_run(
+                        m.schedule,
+                        p.intended_at,
+                        at,
+                        catch_up=p.catch_up,
+                        coalesced_from=p.coalesced_from,
+                        origin="catch_up" if p.catch_up else "schedule",
+                    )
+                    if conn.execute(self._insert_run_statement(), _run_row(run)).rowcount != 1:
+                        continue
+                    if p.skip_reason is not None:
+                        run = self._fire_in(
+                            conn, run, "skip", now=at, changes={"reason": p.skip_reason}, schedule=m.schedule
+                        )
+                    created.append(run)
+                out.append(created)
+            return out
+
+        if len(batch) < BATCH_MIN:
+            return self._tx(one_by_one)
 
         def work(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
             for (unset, columns), rows in shapes.items():

@@ -1621,40 +1621,18 @@ def _run_from(row: Any) -> ScheduledRun:
     return ScheduledRun(**kwargs)
 
 
-def _proposal_from(r: Any) -> ProposalRecord:
-    return ProposalRecord(
-        id=r["id"],
-        name=r["name"],
-        status=r["status"],
-        proposed_by=r["proposed_by"],
-        payload=r["payload"],
-        report=r["report"],
-        decided_by=r["decided_by"],
-        decision_reason=r["decision_reason"],
-        schedule_id=r["schedule_id"],
-        expires_at=_from_db(r["expires_at"]),
-        created_at=_from_db(r["created_at"]),
-        updated_at=_from_db(r["updated_at"]),
-    )
+_PROPOSAL_READERS = _field_readers(ProposalRecord, {})
+_ALERT_READERS = _field_readers(Alert, {})
+_LETTER_READERS = _field_readers(DeadLetter, {})
 
 
-def _alert_from(r: Any) -> Alert:
-    return Alert(
-        id=r["id"],
-        kind=r["kind"],
-        text=r["text"],
-        payload=r["payload"],
-        status=r["status"],
-        attempts=r["attempts"],
-        last_error=r["last_error"],
-        created_at=_from_db(r["created_at"]),
-        delivered_at=_from_db(r["delivered_at"]),
-    )
+def _proposal_from(row: Any) -> ProposalRecord:
+    return ProposalRecord(**{name: conv(row[col]) for name, col, conv in _PROPOSAL_READERS})
+
+
+def _alert_from(row: Any) -> Alert:
+    return Alert(**{name: conv(row[col]) for name, col, conv in _ALERT_READERS})
 
 
 def _dead_letter_from(row: Any) -> DeadLetter:
-    kwargs = {f.name: row[f.name] for f in fields(DeadLetter)}
-    for key, value in kwargs.items():
-        if isinstance(value, datetime):
-            kwargs[key] = _from_db(value)
-    return DeadLetter(**kwargs)
+    return DeadLetter(**{name: conv(row[col]) for name, col, conv in _LETTER_READERS})

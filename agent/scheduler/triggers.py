@@ -779,8 +779,36 @@ LIFECYCLE_HELP = 'exactly "startup" or "shutdown"'
 LIFECYCLE_PHASES = ("startup", "shutdown")
 
 
+class _OffTheClock:
+    """Triggers fired by something other than time (events, lifecycle phases): no occurrences."""
+
+    __slots__ = ()
+
+    def next_after(self, instant: datetime) -> datetime | None:
+        """Always None: not on the clock."""
+        utc(instant)
+        return None
+
+    def occurrences(self, start: datetime, end: datetime, limit: int | None = None) -> list[datetime]:
+        """Always ``[]``: not on the clock."""
+        utc(start), utc(end)
+        _check_limit(limit)
+        return []
+
+    def count(self, start: datetime, end: datetime) -> int:
+        """Always 0: not on the clock."""
+        utc(start), utc(end)
+        return 0
+
+    def latest(self, start: datetime, end: datetime, n: int) -> list[datetime]:
+        """Always ``[]``: not on the clock."""
+        utc(start), utc(end)
+        _check_n(n)
+        return []
+
+
 @dataclass(frozen=True, slots=True)
-class EventTrigger:
+class EventTrigger(_OffTheClock):
     """Fires once per emitted event called ``name``; it has no time occurrences."""
 
     name: str
@@ -789,31 +817,9 @@ class EventTrigger:
         if not isinstance(self.name, str) or not _EVENT_RE.fullmatch(self.name):
             raise InvalidSchedule("expression", self.name, EVENT_HELP)
 
-    def next_after(self, instant: datetime) -> datetime | None:
-        """Always None: events are not on the clock."""
-        utc(instant)
-        return None
-
-    def occurrences(self, start: datetime, end: datetime, limit: int | None = None) -> list[datetime]:
-        """Always ``[]``: events are not on the clock."""
-        utc(start), utc(end)
-        _check_limit(limit)
-        return []
-
-    def count(self, start: datetime, end: datetime) -> int:
-        """Always 0: events are not on the clock."""
-        utc(start), utc(end)
-        return 0
-
-    def latest(self, start: datetime, end: datetime, n: int) -> list[datetime]:
-        """Always ``[]``: events are not on the clock."""
-        utc(start), utc(end)
-        _check_n(n)
-        return []
-
 
 @dataclass(frozen=True, slots=True)
-class LifecycleTrigger:
+class LifecycleTrigger(_OffTheClock):
     """Fires when the engine starts (``"startup"``) or stops (``"shutdown"``); no time occurrences."""
 
     phase: str
@@ -821,28 +827,6 @@ class LifecycleTrigger:
     def __post_init__(self) -> None:
         if self.phase not in LIFECYCLE_PHASES:
             raise InvalidSchedule("expression", self.phase, LIFECYCLE_HELP)
-
-    def next_after(self, instant: datetime) -> datetime | None:
-        """Always None: lifecycle phases are not on the clock."""
-        utc(instant)
-        return None
-
-    def occurrences(self, start: datetime, end: datetime, limit: int | None = None) -> list[datetime]:
-        """Always ``[]``: lifecycle phases are not on the clock."""
-        utc(start), utc(end)
-        _check_limit(limit)
-        return []
-
-    def count(self, start: datetime, end: datetime) -> int:
-        """Always 0: lifecycle phases are not on the clock."""
-        utc(start), utc(end)
-        return 0
-
-    def latest(self, start: datetime, end: datetime, n: int) -> list[datetime]:
-        """Always ``[]``: lifecycle phases are not on the clock."""
-        utc(start), utc(end)
-        _check_n(n)
-        return []
 
 
 # --- validation and construction from a schedule's fields --------------------------------------

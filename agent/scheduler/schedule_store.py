@@ -1081,14 +1081,7 @@ class ScheduleStore:
                     continue
                 created = []
                 for p in m.runs:
-                    run = self._new_run(
-                        m.schedule,
-                        p.intended_at,
-                        at,
-                        catch_up=p.catch_up,
-                        coalesced_from=p.coalesced_from,
-                        origin="catch_up" if p.catch_up else "schedule",
-                    )
+                    run = self._planned_run(m.schedule, p, at)
                     if conn.execute(self._insert_run_statement(), _run_row(run)).rowcount != 1:
                         continue
                     if p.skip_reason is not None:
@@ -1119,14 +1112,7 @@ class ScheduleStore:
                     continue
                 mine = []
                 for p in m.runs:
-                    run = self._new_run(
-                        m.schedule,
-                        p.intended_at,
-                        at,
-                        catch_up=p.catch_up,
-                        coalesced_from=p.coalesced_from,
-                        origin="catch_up" if p.catch_up else "schedule",
-                    )
+                    run = self._planned_run(m.schedule, p, at)
                     staged.append((run, p, m.schedule))
                     mine.append(run)
                 out.append(mine)
@@ -1153,6 +1139,17 @@ class ScheduleStore:
             ]
 
         return self._tx(work)
+
+    def _planned_run(self, schedule: ScheduleDefinition, plan: Any, now: datetime) -> ScheduledRun:
+        """The run a PlannedRun of ``schedule`` becomes."""
+        return self._new_run(
+            schedule,
+            plan.intended_at,
+            now,
+            catch_up=plan.catch_up,
+            coalesced_from=plan.coalesced_from,
+            origin="catch_up" if plan.catch_up else "schedule",
+        )
 
     def _new_run(
         self,

@@ -453,8 +453,11 @@ class ScheduleStore:
             if key in _GUARDED_SCHEDULE_FIELDS:
                 raise InvalidSchedule(key, value, "not changeable here (breaker fields move through the breaker)")
         current = self.get(name_or_id)
-        changed = current.with_changes(updated_at=self.clock.now(), **changes)
-        row = _schedule_row(changed)
+        changed = current.with_changes(updated_at=self.clock.now(), **changes)  # validates the whole result
+        # Write only the columns asked for: the engine may have moved next_run_at or the breaker
+        # since we read the row, and writing our snapshot back would undo that.
+        columns = {_SPAN_COLUMNS.get(name, name) for name in (*changes, "updated_at")}
+        row = {k: v for k, v in _schedule_row(changed).items() if k in columns}
         s = schema.schedules
         try:
             count = self._tx(lambda c: c.execute(update(s).where(s.c.id == current.id).values(**row)).rowcount)
@@ -463,7 +466,7 @@ class ScheduleStore:
         if count != 1:
             raise ScheduleNotFound(name_or_id)
         self._changed()
-        return changed
+        return self.get(current.id)
 
     def disable(self, name_or_id: str, reason: str = "") -> ScheduleDefinition:
         """Stop a schedule from producing runs, recording why."""

@@ -442,3 +442,19 @@ def test_the_documented_move_from_sqlite_to_postgresql_copies_every_schedule(
         "Europe/Berlin",
     )
     assert copied["a"].id == old.get("a").id
+
+
+def test_an_operator_s_update_does_not_undo_what_the_engine_wrote_meanwhile(
+    store: ScheduleStore, make_schedule: MakeSchedule, mocker: Any
+) -> None:
+    s = store.add(make_schedule("busy", breaker_threshold=1))
+    stale = store.get("busy")
+    store.transition_breaker(store.record_outcome(s.id, failed=True) or s, "trip")  # the engine, meanwhile
+    store.materialize(stale, [], next_run_at=T0 + timedelta(hours=1))
+    real_get = store.get
+    reads = iter([stale])  # the operator's command read the row before the engine's writes
+    mocker.patch.object(store, "get", side_effect=lambda key: next(reads, None) or real_get(key))
+    after = store.update("busy", description="looked at by alice")
+    assert after.description == "looked at by alice"
+    assert (after.breaker_state, after.consecutive_failures) == (BreakerState.OPEN, 1)
+    assert after.next_run_at == T0 + timedelta(hours=1)

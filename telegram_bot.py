@@ -256,10 +256,6 @@ def schedules_messages(result: Mapping[str, Any], zone: ZoneInfo, operator_zone:
     return pack("\n".join(intro), sections)
 
 
-def _by_next_run(item: Mapping[str, Any]) -> tuple[bool, str, str]:
-    return item.get("next_run_at") is None, str(item.get("next_run_at") or ""), str(item["name"])
-
-
 def error_text(error: Mapping[str, Any]) -> str:
     """A registry error as one line."""
     return f"✖ {error.get('code')}: {error.get('message')}"

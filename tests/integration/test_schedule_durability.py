@@ -345,3 +345,32 @@ def test_dry_run_from_the_command_line(
     data: dict[str, Any] = json.loads(out.getvalue())
     assert (data["dry_run"], data["missed_detected"], data["missed_skipped"]) == (True, 3, 3)
     assert store.runs() == []
+
+
+@run_async
+async def test_a_sync_task_saves_its_checkpoint_from_its_thread(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("sync_steps", trigger_type="delay", expression="+1m", target="sync_stepper"))
+    tasks = TaskRegistry()
+
+    def sync_stepper(ctx: RunContext) -> str:  # runs in a worker thread
+        ctx.save_checkpoint_sync({"next": 3})
+        return "saved"
+
+    tasks.add("sync_stepper", sync_stepper)
+    seen: list[Any] = []
+    original = store.save_checkpoint
+
+    def spy(run_id: str, data: Any, *, owner: str | None = None) -> None:
+        seen.append(data)
+        original(run_id, data, owner=owner)
+
+    store.save_checkpoint = spy  # type: ignore[method-assign]
+    e = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w1")
+    await e.start()
+    await e.run_until(clock.now() + timedelta(minutes=1))
+    await e.wait_idle()
+    [run] = store.runs(schedule="sync_steps")
+    assert (run.status, run.outcome, seen) == (RunStatus.SUCCEEDED, "saved", [{"next": 3}])
+    await e.stop()

@@ -145,8 +145,3 @@ def fire_run(
     binding = RunBinding(run, schedule, now, write)
     binding.force = force
     return fire(RUN_MACHINE, binding, trigger)
-
-
-def allowed_triggers(status: RunStatus) -> list[str]:
-    """Triggers the machine has from ``status`` (before guards)."""
-    return sorted(RUN_MACHINE.get_triggers(status.value))

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 CLAIM_LEASE = timedelta(minutes=2)
 #: Sends per alert within one pass before it waits for the next pass.
 SEND_ATTEMPTS = 3
+#: Alerts claimed by one pass; a full batch means more may be waiting.
+CLAIM_BATCH = 50
 #: Telegram's limit for one message.
 MAX_MESSAGE = 4096
 
@@ -92,6 +94,8 @@ class AlertDispatcher:
         self.clock = clock
         self.missing_reason = missing_reason
         self._run_db = run_db
+        self.left_over = False
+        """Whether the last pass left deliverable alerts in the outbox (a failed send, or more than a batch)."""
 
     async def _db(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
         if self._run_db is not None:
@@ -103,9 +107,14 @@ class AlertDispatcher:
         now = self.clock.now()
         # Without a notifier, alerts already marked undeliverable are left alone (logged once).
         claimed = await self._db(
-            self.store.claim_alerts, now=now, lease=CLAIM_LEASE, include_undeliverable=self.notifier is not None
+            self.store.claim_alerts,
+            now=now,
+            lease=CLAIM_LEASE,
+            limit=CLAIM_BATCH,
+            include_undeliverable=self.notifier is not None,
         )
         assert isinstance(claimed, list)
+        self.left_over = len(claimed) == CLAIM_BATCH
         if not claimed:
             return 0
         if self.notifier is None:
@@ -126,6 +135,7 @@ class AlertDispatcher:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.warning("alert delivery failed, kept in the outbox: %s", reason)
                 await self._db(self.store.mark_alerts, ids, "pending", error=reason)
+                self.left_over = True
                 continue
             await self._db(self.store.mark_alerts, ids, "sent")
             delivered += len(batch)

@@ -48,10 +48,19 @@ CHECKPOINT_WAIT_SECONDS = 10.0
 WAIT_STEP_SECONDS = 0.05
 #: While draining, cutoffs (shutdown timeouts, hurry()) are re-checked at least this often.
 DRAIN_POLL_SECONDS = 0.25
-#: The outbox is looked at again this often (clock time) even when no new alert was raised.
+#: An outbox pass that left alerts behind (Telegram down) is repeated after this long (clock time).
 ALERT_RETRY = timedelta(seconds=60)
+#: The outbox is looked at this often even when this process queued nothing: alerts that
+#: another process (the CLI, a worker that died) left behind go out within this time.
+ALERT_SWEEP = timedelta(minutes=5)
 #: stop() gives the last outbox pass this many real seconds.
 DELIVERY_ON_STOP_SECONDS = 5.0
+#: A run that succeeded with nothing waiting behind it is recorded by the next tick, at most this
+#: many real seconds later, so completions close together share one transaction. Any other
+#: outcome (a failure, a skip, a run others wait for) wakes the loop at once.
+RECORD_WINDOW_SECONDS = 0.02
+#: Outcomes that end a run; the moment the task ended is recorded as its completion.
+_ENDINGS = frozenset({"succeed", "fail", "skip", "cancel"})
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -121,6 +130,7 @@ class ScheduleEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-db")
         self._in_flight: dict[str, _InFlight] = {}
         self._finished: list[Finished] = []
+        self._record_timer: asyncio.TimerHandle | None = None
         self._events: list[tuple[str, dict[str, Any], str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -139,6 +149,7 @@ class ScheduleEngine:
         self._stopped = False
         self._report: ReconciliationReport | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_alerts: Callable[[], None] | None = None
         self._runner: asyncio.Task[Any] | None = None
         self.alerts = AlertDispatcher(store, notifier, self.clock, run_db=self._db)
         self._alerts_due = True  # leftovers of an earlier life go out on the first pass
@@ -163,6 +174,7 @@ class ScheduleEngine:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._unsubscribe = self.store.subscribe(self.wake)
+        self._unsubscribe_alerts = self.store.subscribe_alerts(self._alert_queued)
         now = self.clock.now()
         self._started_at = now
         report = await self._db(self._reconcile_db, now, False)
@@ -184,7 +196,6 @@ class ScheduleEngine:
                 f"Worker {self.worker_id} started: {report.summary()}",
                 report.to_dict(),
             )
-            self._alerts_due = True
         self._report = report
         return report
 
@@ -199,6 +210,9 @@ class ScheduleEngine:
         now = self.clock.now()
         self._enforce_deadlines(now)
         finished, self._finished = self._finished, []
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
         events, self._events = self._events, []
         renew: list[str] = []
         if self._in_flight and (self._last_renewal is None or now - self._last_renewal >= self.lease / 3):
@@ -223,11 +237,12 @@ class ScheduleEngine:
         self._maybe_deliver(now)
 
     def _maybe_deliver(self, now: datetime) -> None:
-        """Start an outbox pass when alerts were raised, or now and then to retry what is left."""
+        """Start an outbox pass when alerts were queued here, to retry what a pass left, or to sweep now and then."""
         if self._delivery is not None and not self._delivery.done():
             return
-        overdue = self._last_delivery is None or now - self._last_delivery >= ALERT_RETRY
-        if self._alerts_due or overdue:
+        since = None if self._last_delivery is None else now - self._last_delivery
+        retry = self.alerts.left_over and (since is None or since >= ALERT_RETRY)
+        if self._alerts_due or retry or since is None or since >= ALERT_SWEEP:
             self._alerts_due = False
             self._last_delivery = now
             self._delivery = asyncio.get_running_loop().create_task(self.alerts.deliver(), name="alerts")
@@ -258,7 +273,7 @@ class ScheduleEngine:
                 now = self.clock.now()
                 if now >= instant:
                     return
-                await self._sleep_until(min(self._wake_at(now), instant))
+                await self._sleep(until=instant)
         finally:
             self._runner = None
 
@@ -268,7 +283,7 @@ class ScheduleEngine:
         try:
             while not self._draining:
                 await self.tick()
-                await self._sleep_until(self._wake_at(self.clock.now()))
+                await self._sleep()
         finally:
             self._runner = None
 
@@ -291,8 +306,9 @@ class ScheduleEngine:
         now = self.clock.now()
         await self._db(self.store.put_state, self._state_key, self._state_value(now, clean=True))
         self._stopped = True
-        if self._unsubscribe is not None:
-            self._unsubscribe()
+        for unsubscribe in (self._unsubscribe, self._unsubscribe_alerts):
+            if unsubscribe is not None:
+                unsubscribe()
         self._executor.shutdown(wait=True)
         log.info("engine %s stopped cleanly", self.worker_id)
 
@@ -329,6 +345,10 @@ class ScheduleEngine:
         self.wake()
         return run
 
+    def _alert_queued(self) -> None:
+        # Called by the store from any thread; the next tick starts an outbox pass.
+        self._alerts_due = True
+
     def wake(self) -> None:
         """Make the loop look at the database now (thread-safe)."""
         self._last_full_scan = None
@@ -356,12 +376,15 @@ class ScheduleEngine:
             candidates.append((self._last_renewal or now) + self.lease / 3)
         return max(min(candidates), now)
 
-    async def _sleep_until(self, instant: datetime) -> None:
+    async def _sleep(self, until: datetime | None = None) -> None:
+        """Wait for the next thing to do (a due run, a deadline, a wake), but not past ``until``."""
         await asyncio.sleep(0)  # let dispatched tasks run at this instant before time moves on
-        if self._finished or self._events or self._wake.is_set():
+        if self._events or self._wake.is_set():
             self._wake.clear()
             return
-        delay = (instant - self.clock.now()).total_seconds()
+        now = self.clock.now()
+        instant = self._wake_at(now) if until is None else min(self._wake_at(now), until)
+        delay = (instant - now).total_seconds()
         if delay <= 0:
             return
         sleeper = asyncio.ensure_future(self.clock.sleep(delay))
@@ -475,7 +498,6 @@ class ScheduleEngine:
                         "last_error": error,
                     },
                 )
-                self._alerts_due = True
                 if opened.breaker_cooldown is not None and opened.breaker_opened_at is not None:
                     probe_at = opened.breaker_opened_at + opened.breaker_cooldown
                     self._breaker_due = min(probe_at, self._breaker_due or probe_at)
@@ -587,7 +609,6 @@ class ScheduleEngine:
             self.store.add_alert(
                 "dead_letter", dead_letter_text(lines), {"runs": [r.run_id for r in lettered], "lines": lines}
             )
-            self._alerts_due = True
         for run, moved in zip(refused, dead, strict=True):
             if isinstance(moved, ScheduledRun):
                 log.warning("run %s of %s dead-lettered: %s", run.run_id, run.schedule_name, moved.reason)
@@ -834,10 +855,20 @@ class ScheduleEngine:
             if trigger == "checkpoint" and not flight.checkpoint_saved:
                 trigger, changes = "requeue", {"reason": "shutdown: no checkpoint saved, requeued"}
             outcome = (trigger, changes)
-        if outcome[0] in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
-            outcome = (outcome[0], {**outcome[1], "checkpoint": ctx.checkpoint})
-        self._finished.append((run, *outcome))
-        self._wake.set()
+        trigger, changes = outcome
+        if trigger in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
+            changes = {**changes, "checkpoint": ctx.checkpoint}
+        if trigger in _ENDINGS:
+            changes = {**changes, "completed_at": self.clock.now()}
+        self._finished.append((run, trigger, changes))
+        if trigger == "succeed" and run.schedule_id not in self._waiting and not self._draining:
+            self._record_soon()
+        else:
+            self._wake.set()
+
+    def _record_soon(self) -> None:
+        if self._record_timer is None and self._loop is not None:
+            self._record_timer = self._loop.call_later(RECORD_WINDOW_SECONDS, self._wake.set)
 
     async def _save_checkpoint(self, run_id: str, data: Any) -> None:
         await self._db(self.store.save_checkpoint, run_id, data, owner=self.worker_id)

@@ -152,6 +152,11 @@ def _is_locked(exc: BaseException) -> bool:
     return isinstance(orig, sqlite3.OperationalError) and ("locked" in str(orig) or "busy" in str(orig))
 
 
+def _listen(listeners: list[Callable[[], None]], listener: Callable[[], None]) -> Callable[[], None]:
+    listeners.append(listener)
+    return lambda: listeners.remove(listener) if listener in listeners else None
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
@@ -199,6 +204,7 @@ class ScheduleStore:
             reraise=True,
         )
         self._listeners: builtins.list[Callable[[], None]] = []
+        self._alert_listeners: builtins.list[Callable[[], None]] = []
         self._depth: dict[int, int] = {}
         self._statements: dict[Any, Any] = {}
         try:
@@ -211,8 +217,11 @@ class ScheduleStore:
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after this store changes schedules or creates runs; returns an unsubscribe."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return _listen(self._listeners, listener)
+
+    def subscribe_alerts(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after this store queues an alert; returns an unsubscribe."""
+        return _listen(self._alert_listeners, listener)
 
     def _changed(self) -> None:
         for listener in list(self._listeners):
@@ -841,7 +850,7 @@ class ScheduleStore:
         out: builtins.list[ScheduledRun | SchedulerError | None] = [None] * len(batch)
         fast: builtins.list[tuple[int, ScheduledRun]] = []
         for i, (run, trigger, changes) in enumerate(batch):
-            if trigger == "succeed" and set(changes) <= {"outcome"}:
+            if trigger == "succeed" and set(changes) <= {"outcome", "completed_at"}:
                 try:
                     fast.append((i, fire_run(run, trigger, now=at, persist=lambda *_: None, changes=changes)))
                 except SchedulerError as exc:
@@ -1343,6 +1352,8 @@ class ScheduleStore:
             "updated_at": _to_db(now),
         }
         self._tx(lambda c: c.execute(schema.alerts_outbox.insert().values(**row)))
+        for listener in list(self._alert_listeners):
+            listener()
         return alert
 
     def alerts(self, status: str | None = None) -> builtins.list[Alert]:
@@ -1362,21 +1373,39 @@ class ScheduleStore:
         Each claim is a conditional UPDATE, so two dispatchers never send the same alert at once.
         """
         a = schema.alerts_outbox
-        open_ = or_(
-            a.c.status.in_(["pending", "undeliverable"] if include_undeliverable else ["pending"]),
-            and_(a.c.status == "sending", a.c.updated_at < _to_db(now - lease)),
+
+        def build() -> Any:
+            statuses = ["pending", "undeliverable"] if include_undeliverable else ["pending"]
+            stale = and_(a.c.status == "sending", a.c.updated_at < bindparam("cutoff", type_=DateTime))
+            return (
+                select(a)
+                .where(or_(*(a.c.status == s for s in statuses), stale))
+                .order_by(a.c.created_at, a.c.id)
+                .limit(bindparam("limit"))
+            )
+
+        find = self._prepared(("open_alerts", include_undeliverable), build)
+        take = self._prepared(
+            "claim_alert",
+            lambda: (
+                update(a)
+                .where(
+                    and_(
+                        a.c.id == bindparam("w_id"),
+                        a.c.status == bindparam("w_status"),
+                        a.c.updated_at == bindparam("w_at", type_=DateTime),
+                    )
+                )
+                .values(status="sending", attempts=a.c.attempts + 1, updated_at=bindparam("v_at", type_=DateTime))
+            ),
         )
 
         def work(conn: Connection) -> builtins.list[Alert]:
-            rows = conn.execute(select(a).where(open_).order_by(a.c.created_at, a.c.id).limit(limit)).mappings().all()
+            rows = conn.execute(find, {"cutoff": _to_db(now - lease), "limit": limit}).mappings().all()
             claimed = []
             for r in rows:
-                stmt = (
-                    update(a)
-                    .where(and_(a.c.id == r["id"], a.c.status == r["status"], a.c.updated_at == r["updated_at"]))
-                    .values(status="sending", attempts=a.c.attempts + 1, updated_at=_to_db(now))
-                )
-                if conn.execute(stmt).rowcount == 1:
+                params = {"w_id": r["id"], "w_status": r["status"], "w_at": r["updated_at"], "v_at": _to_db(now)}
+                if conn.execute(take, params).rowcount == 1:
                     claimed.append(_alert_from({**r, "status": "sending", "attempts": r["attempts"] + 1}))
             return claimed
 

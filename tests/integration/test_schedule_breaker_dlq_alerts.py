@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ from agent.scheduler.adapters.telegram import TelegramNotifier
 from agent.scheduler.alerts import chunks
 from agent.scheduler.cli import main
 from agent.scheduler.errors import GuardRejected, TaskNotConfigured
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.schedule_engine import ALERT_SWEEP, ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 from tests.fixtures.telegram_api import TOKEN, FakeBotApi
@@ -333,3 +335,60 @@ def test_cli_reset_dlq_and_alerts(
     code, raw = cli("alerts", "--json")
     assert [a["kind"] for a in json.loads(raw)] == ["breaker_opened"]
     assert cli("reset", "nope")[0] == 2
+
+
+async def _until_sent(api: FakeBotApi, count: int) -> list[str]:
+    """Wait (real I/O with the local Bot API server, at most 5 s) until ``count`` messages arrived."""
+    for _ in range(100):
+        if len(api.texts(CHAT)) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return api.texts(CHAT)
+
+
+@run_async
+async def test_an_alert_queued_by_a_task_goes_out_on_the_next_tick(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, bot_api: FakeBotApi
+) -> None:
+    store.add(make_schedule("reporter", expression="1m", target="report"))
+    tasks = TaskRegistry()
+
+    def report(ctx: RunContext) -> None:  # a sync task, run in a thread like the report jobs
+        store.add_alert("report", f"report of {ctx.intended_run_at:%H:%M}")
+
+    tasks.add("report", report)
+    notifier = TelegramNotifier(TOKEN, [CHAT], base_url=bot_api.base_url)
+    e = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w1", notifier=notifier)
+    await e.start()
+    began = clock.now()  # the start made an outbox pass: the next sweep is ALERT_SWEEP away
+    await e.run_until(began + MIN)
+    await e.wait_idle()
+    assert await _until_sent(bot_api, 1) == [f"report of {began + MIN:%H:%M}"]
+    assert clock.now() - began < ALERT_SWEEP
+    await e.stop()
+    await notifier.close()
+
+
+@run_async
+async def test_the_outbox_is_swept_for_alerts_other_processes_left_not_polled_every_tick(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, bot_api: FakeBotApi, db_path: Path, mocker: Any
+) -> None:
+    store.add(make_schedule("ticker", expression="1m", target="flaky"))
+    work = Flaky()
+    work.fixed = True
+    notifier = TelegramNotifier(TOKEN, [CHAT], base_url=bot_api.base_url)
+    e = engine(store, work, clock, notifier)
+    passes = mocker.spy(store, "claim_alerts")
+    await e.start()
+    elsewhere = ScheduleStore(f"sqlite:///{db_path}", clock=clock)  # the CLI, or a worker that died
+    elsewhere.add_alert("note", "left by another process")
+    elsewhere.close()
+    began = clock.now()
+    await e.run_until(began + ALERT_SWEEP + MIN)
+    assert await _until_sent(bot_api, 1) == ["left by another process"]
+    await e.run_until(began + timedelta(hours=1))
+    await e.wait_idle()
+    assert work.calls >= 60  # a tick a minute ...
+    assert passes.call_count <= 1 + timedelta(hours=1) / ALERT_SWEEP + 1  # ... but a pass only every sweep
+    await e.stop()
+    await notifier.close()

@@ -317,3 +317,51 @@ async def test_with_the_system_clock_a_due_run_starts_on_time_not_on_the_next_ti
     assert 0 <= lateness < 0.5  # generous: a loop that waited for its 10 s tick would be 9.8 s late
     await engine.stop()
     store.close()
+
+
+@run_async
+async def test_a_finished_run_is_recorded_with_the_moment_its_task_ended_not_the_tick_that_records_it(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("held", expression="1h", target="slow"))
+    probe = Probe()
+    engine = engine_for(store, probe, clock)
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(hours=1))
+    [run] = engine.in_flight
+    clock.advance(20)
+    probe.gate.set()
+    while engine.in_flight:  # the task ends here, 20 s after it started ...
+        await asyncio.sleep(0)
+    clock.advance(40)  # ... and the next tick comes 40 s later
+    await engine.wait_idle()
+    done = store.get_run(run.run_id)
+    assert done.status is RunStatus.SUCCEEDED
+    assert done.completed_at == run.started_at + timedelta(seconds=20)
+    assert done.updated_at == run.started_at + timedelta(seconds=60)
+    await engine.stop()
+
+
+@run_async
+async def test_with_the_system_clock_a_success_is_recorded_moments_after_it_ends_not_at_the_next_tick(
+    tmp_path: Path, make_schedule: MakeSchedule
+) -> None:
+    clock = SystemClock()
+    store = ScheduleStore(tmp_path / "live.db", clock=clock)
+    due = clock.now() + timedelta(milliseconds=100)
+    store.add(make_schedule("soon", trigger_type="delay", expression=due.isoformat(), target="record"))
+    engine = ScheduleEngine(store, registry(Probe()), clock=clock, tick_seconds=3600, worker_id="live")
+    await engine.start()
+    loop = asyncio.ensure_future(engine.run_forever())
+    try:
+        for _ in range(50):  # real time: nothing else wakes the loop for an hour
+            await asyncio.sleep(0.05)
+            runs = store.runs(schedule="soon")
+            if runs and runs[0].status is RunStatus.SUCCEEDED:
+                break
+        [run] = store.runs(schedule="soon")
+        assert run.status is RunStatus.SUCCEEDED
+    finally:
+        await engine.stop()
+        await loop
+        store.close()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
@@ -26,10 +27,10 @@ from .definition import ScheduleDefinition
 from .enums import BreakerState, ConcurrencyPolicy, RunStatus, ShutdownPolicy, TriggerType
 from .errors import GuardRejected, SchedulerError, StaleState, TaskNotConfigured
 from .policies.concurrency import Action, decide_starts
-from .policies.missed_run import DuePlan, plan_due
+from .policies.missed_run import DuePlan, PlannedRun, decide_prepared, plan_due
 from .policies.retry import ORPHANED, retry_at
 from .reconciliation import ReconciliationReport
-from .schedule_store import Materialization, ScheduleStore
+from .schedule_store import BATCH_MIN, Materialization, ScheduleStore
 from .scheduled_run import ScheduledRun
 from .tasks import RunContext, TaskRegistry, TaskSpec
 
@@ -61,6 +62,11 @@ DELIVERY_ON_STOP_SECONDS = 5.0
 RECORD_WINDOW_SECONDS = 0.02
 #: Outcomes that end a run; the moment the task ended is recorded as its completion.
 _ENDINGS = frozenset({"succeed", "fail", "skip", "cancel"})
+#: Right after a tick's runs are dispatched, occurrences due within this long are prepared (stored
+#: as pending runs), so that at their time only a claim stands between them and their start.
+PREPARE_AHEAD = timedelta(seconds=1)
+#: The engine checkpoints SQLite's WAL itself, after dispatching, at most this often (real seconds).
+CHECKPOINT_SECONDS = 1.0
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -137,10 +143,21 @@ class ScheduleEngine:
         self._next_due: datetime | None = None
         self._retry_due: datetime | None = None
         self._schedule_due: datetime | None = None
+        self._schedule_batch = 0
+        """How many schedules share ``_schedule_due``."""
+        self._pending_due: datetime | None = None
+        """The earliest pending run not yet due that this engine did not prepare (seen by full scans)."""
+        self._prepared: dict[str, _Prepared] = {}
+        """Runs this engine prepared ahead of their time, with their schedule as it was then."""
+        self._changes = 0
+        """Schedule changes made in this process (``wake()``): a prepared run's copy of its schedule
+        is trusted only if none happened since, whatever the timestamps say."""
         self._waiting: set[str] = set()
         self._fresh: dict[str, ScheduleDefinition] = {}
         self._maybe_pending = True
         self._maybe_failed = True
+        self._scan_postponed = False
+        self._last_checkpoint = time.monotonic()
         self._last_full_scan: datetime | None = None
         self._last_heartbeat: datetime | None = None
         self._last_renewal: datetime | None = None
@@ -177,6 +194,7 @@ class ScheduleEngine:
         self._unsubscribe_alerts = self.store.subscribe_alerts(self._alert_queued)
         now = self.clock.now()
         self._started_at = now
+        await self._db(self.store.defer_checkpoints)
         report = await self._db(self._reconcile_db, now, False)
         await self.tick(report=report)
         report.finished_at = self.clock.now()
@@ -219,6 +237,9 @@ class ScheduleEngine:
             renew = list(self._in_flight)
             self._last_renewal = now
         mine = frozenset(self._in_flight)
+        prepared = [p for p in self._prepared.values() if p.run.intended_run_at <= now]
+        for p in prepared:
+            del self._prepared[p.run.run_id]
         result = await self._db(
             self.store.atomic_kept,
             self._tick_db,
@@ -228,12 +249,19 @@ class ScheduleEngine:
             renew=renew,
             report=report,
             mine=mine,
+            prepared=prepared,
         )
         for run, schedule in result.started:
             self._dispatch(run, schedule)
         for schedule_id in result.replace:
             self._request_stop(schedule_id, now)
         self._next_due = result.next_due
+        soon = self._schedule_due
+        if not self._draining and soon is not None and soon <= self.clock.now() + PREPARE_AHEAD:
+            self._next_due = await self._db(self.store.atomic_kept, self._prepare_db, self.clock.now())
+        if time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
+            self._last_checkpoint = time.monotonic()
+            await self._db(self.store.checkpoint)
         self._maybe_deliver(now)
 
     def _maybe_deliver(self, now: datetime) -> None:
@@ -352,6 +380,7 @@ class ScheduleEngine:
     def wake(self) -> None:
         """Make the loop look at the database now (thread-safe)."""
         self._last_full_scan = None
+        self._changes += 1
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -368,8 +397,12 @@ class ScheduleEngine:
 
     def _wake_at(self, now: datetime) -> datetime:
         candidates = [now + timedelta(seconds=self.tick_seconds)]
-        if self._next_due is not None:
-            candidates.append(self._next_due)
+        candidates += [d for d in (self._next_due, self._pending_due) if d is not None]
+        if self._prepared:
+            candidates.append(min(p.run.intended_run_at for p in self._prepared.values()))
+        due = self._schedule_due
+        if due is not None and self._schedule_batch >= BATCH_MIN and due - PREPARE_AHEAD > now:
+            candidates.append(due - PREPARE_AHEAD)  # a batch: wake to prepare it before its time
         for f in self._in_flight.values():
             candidates += [t for t in (f.deadline, f.kill_at) if t is not None]
         if self._in_flight:
@@ -423,13 +456,18 @@ class ScheduleEngine:
         renew: list[str],
         report: ReconciliationReport | None,
         mine: frozenset[str] = frozenset(),
+        prepared: list[_Prepared] | None = None,
     ) -> _TickResult:
         result = _TickResult()
         self._fresh = {}
         # A full scan looks at everything; between full scans only what this engine knows changed.
         full = self._last_full_scan is None or (now - self._last_full_scan).total_seconds() >= self.tick_seconds
+        if full and prepared and report is None and not self._scan_postponed:
+            # Prepared runs are waiting for their start: the full scan waits for the next tick (once).
+            full, self._scan_postponed = False, True
         if full:
             self._last_full_scan = now
+            self._scan_postponed = False
         if finished:
             self._record_finished(finished, now)
             # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.
@@ -452,19 +490,57 @@ class ScheduleEngine:
             waiting = self._retry_failed(now, report)
             self._retry_due = min(waiting) if waiting else None
             self._maybe_pending = True
-        if not self._draining and (full or self._maybe_pending):
-            self._maybe_pending = False
-            self._start_due(now, result)
+        if full or report is not None:
+            # Runs prepared elsewhere (another worker, an earlier life) wake this loop at their time;
+            # from the time of this engine's own prepared runs on, its own ticks look anyway.
+            self._pending_due = self.store.next_pending_at(now)
+            ours = [p.run.intended_run_at for p in self._prepared.values()]
+            if self._pending_due is not None and ours and self._pending_due >= min(ours):
+                self._pending_due = None
+        elif self._pending_due is not None and self._pending_due <= now:
+            self._pending_due = None
+            self._maybe_pending = True  # another worker's prepared runs (or an earlier life's) are due
+        if not self._draining and (full or self._maybe_pending or prepared):
+            scan, self._maybe_pending = full or self._maybe_pending, False
+            self._start_due(now, result, prepared or [], scan=scan)
         if self._last_heartbeat is None or (now - self._last_heartbeat).total_seconds() >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
             self.store.put_state(self._state_key, self._state_value(now, clean=False))
         if full or report is not None or (self._breaker_due is not None and self._breaker_due <= now):
             self._breaker_due = self._probe_breakers(now)
         if full or due or report is not None or self._next_due is None:
-            self._schedule_due = self.store.next_due_at()
-        dues = [d for d in (self._schedule_due, self._retry_due, self._breaker_due) if d is not None]
-        result.next_due = min(dues) if dues else None
+            self._schedule_due, self._schedule_batch = self.store.next_due()
+        result.next_due = self._earliest_due()
         return result
+
+    def _earliest_due(self) -> datetime | None:
+        dues = [d for d in (self._schedule_due, self._retry_due, self._breaker_due) if d is not None]
+        return min(dues) if dues else None
+
+    def _prepare_db(self, now: datetime) -> datetime | None:
+        """Store the occurrences due within PREPARE_AHEAD as pending runs; return the next due time.
+
+        Only each schedule's next occurrence, and only one on the clock (not a one-shot delay):
+        one that is already due is left to the next tick, where the missed-run policy sees it.
+        """
+        batch: list[Materialization] = []
+        for schedule in self.store.due_schedules(now + PREPARE_AHEAD):
+            first = schedule.next_run_at
+            if first is None or first <= now or schedule.trigger_type is TriggerType.DELAY:
+                continue
+            batch.append(Materialization(schedule, [PlannedRun(first)], schedule.trigger().next_after(first)))
+        if batch:
+            for m, created in zip(batch, self.store.materialize_many(batch, now=now), strict=True):
+                if not created:
+                    continue
+                # The schedule as materialize_many left it: current until someone else writes it.
+                snapshot = m.schedule.with_state(
+                    next_run_at=m.next_run_at, last_run_at=m.schedule.next_run_at, updated_at=now
+                )
+                for run in created:
+                    self._prepared[run.run_id] = _Prepared(run, snapshot, self._changes)
+            self._schedule_due, self._schedule_batch = self.store.next_due()
+        return self._earliest_due()
 
     def _record_finished(self, finished: list[Finished], now: datetime) -> None:
         results = self.store.finish_many(finished, now=now)
@@ -625,25 +701,49 @@ class ScheduleEngine:
             )
         return waiting
 
-    def _start_due(self, now: datetime, result: _TickResult) -> None:
-        pending = self.store.pending_due(now)
+    def _start_due(
+        self,
+        now: datetime,
+        result: _TickResult,
+        prepared: list[_Prepared],
+        *,
+        scan: bool,
+    ) -> None:
+        # Without a reason to look for other pending runs, the due ones are those this engine prepared.
+        if scan:
+            pending = self.store.pending_due(now)
+        else:
+            pending = sorted((p.run for p in prepared), key=lambda r: r.intended_run_at)
         if not pending:
             return
-        # Schedules read earlier in this same transaction are current; read only the others.
-        schedules = {sid: self._fresh[sid] for sid in {r.schedule_id for r in pending} if sid in self._fresh}
-        schedules.update(self.store.schedules_by_id({r.schedule_id for r in pending} - set(schedules)))
+        wanted = {r.schedule_id for r in pending}
+        # Schedules read earlier in this same transaction are current; so are the copies kept
+        # with prepared runs whose row nobody wrote since. Read only the others.
+        schedules = {sid: self._fresh[sid] for sid in wanted if sid in self._fresh}
+        kept = {
+            p.schedule.id: p.schedule
+            for p in prepared
+            if p.changes == self._changes and p.schedule.id in wanted and p.schedule.id not in schedules
+        }
+        verified: set[str] = set()
+        if kept:
+            versions = self.store.schedule_versions(kept)
+            verified = {sid for sid, s in kept.items() if versions.get(sid) == s.updated_at}
+            schedules.update({sid: kept[sid] for sid in verified})
+        schedules.update(self.store.schedules_by_id(wanted - set(schedules)))
         by_schedule: dict[str, list[ScheduledRun]] = {}
         skips: list[Finished] = []
         for run in pending:
             schedule = schedules.get(run.schedule_id)
-            blocked = self._blocked(run, schedule)
+            blocked = self._blocked(run, schedule, now, current=run.schedule_id in verified)
             if blocked:
                 skips.append((run, "skip", {"reason": blocked}))
             else:
                 by_schedule.setdefault(run.schedule_id, []).append(run)
         # Another worker may be deciding for the same schedules: take turns, then count what runs.
-        self.store.lock_schedules(sid for sid, runs in by_schedule.items() if _needs_turns(schedules[sid], runs))
-        counts = self.store.running_counts(by_schedule)
+        turns = [sid for sid, runs in by_schedule.items() if _needs_turns(schedules[sid], runs)]
+        self.store.lock_schedules(turns)
+        counts = self.store.running_counts(turns)
         starts: dict[str, ScheduledRun] = {}
         reasons: dict[str, str] = {}
         self._waiting = set()
@@ -671,8 +771,13 @@ class ScheduleEngine:
             if len(won) < len(starts):
                 log.debug("%d run(s) were started by another worker first", len(starts) - len(won))
 
-    def _blocked(self, run: ScheduledRun, schedule: ScheduleDefinition | None) -> str | None:
-        """Why a due pending run must not start at all, or None."""
+    def _blocked(
+        self, run: ScheduledRun, schedule: ScheduleDefinition | None, now: datetime, *, current: bool = False
+    ) -> str | None:
+        """Why a due pending run must not start at all, or None.
+
+        ``current``: ``schedule`` is the copy kept since this engine prepared ``run``, unchanged since.
+        """
         # Disabling a schedule stops new occurrences (see _materialize); runs that already exist,
         # retries included, still run. An open breaker holds back all but an operator's runs
         # (run-now, a replay the operator forced).
@@ -682,6 +787,8 @@ class ScheduleEngine:
             return "circuit breaker open"
         if schedule.target not in self._builtins and schedule.target not in self.tasks:
             return f"task {schedule.target!r} is not registered in worker {self.worker_id}"
+        if run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at:
+            return _prepared_blocked(run, schedule, now, current=current)
         return None
 
     # ------------------------------------------------------------------ reconciliation (DB thread)
@@ -983,6 +1090,32 @@ class ScheduleEngine:
             "tick_seconds": self.tick_seconds,
             "heartbeat_seconds": HEARTBEAT_SECONDS,
         }
+
+
+def _prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
+    """Why a run prepared ahead of its time must not start now, or None.
+
+    Disabling or changing a schedule after its next run was prepared takes that run back; a
+    prepared run found later than the grace is a missed occurrence (its worker stopped).
+    """
+    if not schedule.enabled:
+        return "schedule disabled before this run's time"
+    # The schedule may have been edited since: is the run's time still one of its occurrences?
+    if not current and schedule.trigger().next_after(run.intended_run_at - _INSTANT) != run.intended_run_at:
+        return "schedule changed before this run's time: no longer one of its occurrences"
+    return decide_prepared(schedule, run.intended_run_at, now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A run this engine prepared, its schedule as the preparing transaction left it, and ``_changes`` then."""
+
+    run: ScheduledRun
+    schedule: ScheduleDefinition
+    changes: int
+
+
+_INSTANT = timedelta(microseconds=1)
 
 
 def _needs_turns(schedule: ScheduleDefinition, due: list[ScheduledRun]) -> bool:

@@ -299,6 +299,26 @@ class ScheduleStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"database error on {self.dialect}: {getattr(exc, 'orig', None) or exc}") from exc
 
+    def defer_checkpoints(self) -> None:
+        """SQLite: this thread's connection no longer checkpoints the WAL when a commit makes it long.
+
+        For the engine's thread: a checkpoint (a copy back into the database and an fsync) inside
+        the commit that due runs wait for would delay them; the engine calls ``checkpoint()``
+        after dispatching instead. PostgreSQL: nothing to do.
+        """
+        if self.dialect == "sqlite":
+            self._driver_connection().execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the WAL back into the database now, without waiting for readers (PASSIVE)."""
+        if self.dialect == "sqlite":
+            self._driver_connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _driver_connection(self) -> Any:
+        # This thread's sqlite3 connection, in autocommit mode (see _begin_immediate): a PRAGMA
+        # sent here runs outside any transaction.
+        return self.db.executable.connection.dbapi_connection
+
     def _migrate(self) -> None:
         def create(conn: Connection) -> int | None:
             schema.metadata.create_all(conn, checkfirst=True)
@@ -1015,16 +1035,59 @@ class ScheduleStore:
         rows = self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).mappings().all())
         return [_schedule_from(r) for r in rows]
 
-    def next_due_at(self) -> datetime | None:
-        """The earliest ``next_run_at`` of an enabled schedule whose breaker is not open."""
+    def next_due(self) -> tuple[datetime | None, int]:
+        """The earliest ``next_run_at`` of an enabled schedule whose breaker is not open, and how many share it."""
         s = schema.schedules
         stmt = self._prepared(
-            "next_due_at",
-            lambda: select(func.min(s.c.next_run_at)).where(
-                and_(s.c.enabled.is_(True), s.c.breaker_state != BreakerState.OPEN.value)
+            "next_due",
+            lambda: (
+                select(s.c.next_run_at, func.count())
+                .where(
+                    and_(
+                        s.c.enabled.is_(True),
+                        s.c.next_run_at.is_not(None),
+                        s.c.breaker_state != BreakerState.OPEN.value,
+                    )
+                )
+                .group_by(s.c.next_run_at)
+                .order_by(s.c.next_run_at)
+                .limit(1)
             ),
         )
-        return _from_db(self._tx(lambda c: c.execute(stmt).scalar()))
+        row = self._tx(lambda c: c.execute(stmt).first())
+        return (None, 0) if row is None else (_from_db(row[0]), int(row[1]))
+
+    def next_pending_at(self, now: datetime) -> datetime | None:
+        """The earliest intended time of a pending run not yet due (a run prepared ahead of its time)."""
+        r = schema.scheduled_runs
+        stmt = self._prepared(
+            "next_pending_at",
+            lambda: select(func.min(r.c.intended_run_at)).where(
+                and_(
+                    r.c.status == RunStatus.PENDING.value,
+                    r.c.intended_run_at > bindparam("now", type_=DateTime),
+                )
+            ),
+        )
+        return _from_db(self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).scalar()))
+
+    def schedule_versions(self, ids: Iterable[str]) -> dict[str, datetime]:
+        """``updated_at`` of these schedules (missing ones left out): whether a copy in memory is current."""
+        wanted = sorted(set(ids))
+        s = schema.schedules
+        stmt = self._prepared(
+            "schedule_versions",
+            lambda: select(s.c.id, s.c.updated_at).where(s.c.id.in_(bindparam("ids", expanding=True))),
+        )
+
+        def work(conn: Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for k in range(0, len(wanted), CLAIM_CHUNK):
+                for sid, at in conn.execute(stmt, {"ids": wanted[k : k + CLAIM_CHUNK]}):
+                    out[sid] = at.replace(tzinfo=UTC)
+            return out
+
+        return self._tx(work) if wanted else {}
 
     def materialize(
         self,

@@ -458,3 +458,32 @@ def test_an_operator_s_update_does_not_undo_what_the_engine_wrote_meanwhile(
     assert after.description == "looked at by alice"
     assert (after.breaker_state, after.consecutive_failures) == (BreakerState.OPEN, 1)
     assert after.next_run_at == T0 + timedelta(hours=1)
+
+
+def test_what_the_loop_reads_to_plan_its_waits(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    soon, later = clock.now() + timedelta(seconds=5), clock.now() + timedelta(minutes=5)
+    assert store.next_due() == (None, 0)
+    for name, at in (("a", soon), ("b", soon), ("c", later)):
+        store.add(make_schedule(name, next_run_at=at, anchor_at=clock.now()))
+    store.add(make_schedule("off", next_run_at=clock.now(), anchor_at=clock.now(), enabled=False))
+    assert store.next_due() == (soon, 2)  # when, and how many schedules share that moment
+    versions = store.schedule_versions([store.get("a").id, store.get("c").id, "gone"])
+    assert versions == {store.get("a").id: store.get("a").updated_at, store.get("c").id: store.get("c").updated_at}
+    # A run stored ahead of its time (prepared) is what next_pending_at finds; a due one is not.
+    c = store.get("c")
+    store.create_run(c, later)
+    store.create_run(c, clock.now() - timedelta(seconds=1))
+    assert store.next_pending_at(clock.now()) == later
+    assert store.next_pending_at(later) is None
+
+
+def test_the_engine_thread_can_hold_wal_checkpoints_for_later(sqlite_store: ScheduleStore, db_path: Path) -> None:
+    sqlite_store.defer_checkpoints()
+    base = db_path.stat().st_size
+    for i in range(40):  # ~4 MB: past the 1,000 pages at which a commit would checkpoint by itself
+        sqlite_store.meta_set(f"k{i}", "x" * 100_000)
+    assert db_path.stat().st_size < base + 1_000_000  # all of it still in the WAL
+    sqlite_store.checkpoint()
+    assert db_path.stat().st_size > base + 3_000_000  # copied back into the database file

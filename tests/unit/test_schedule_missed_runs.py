@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agent.scheduler import ScheduleDefinition
-from agent.scheduler.policies.missed_run import Missed, PlannedRun, decide_missed, plan_due
+from agent.scheduler.policies.missed_run import Missed, PlannedRun, decide_missed, decide_prepared, plan_due
 
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -115,3 +115,26 @@ def test_decide_missed_reasons_name_the_policy_and_the_span() -> None:
     assert decide_missed(hourly(), m, T0).reason.endswith("policy skip")
     once = decide_missed(hourly(missed_run_policy="catch_up_once"), m, T0)
     assert "3 occurrence(s) missed from 2027-03-13T12:00:00+00:00 to 2027-03-13T12:02:00+00:00" in once.reason
+
+
+@pytest.mark.parametrize(
+    ("policy", "later_missed", "late", "skipped"),
+    [
+        ("skip", False, timedelta(seconds=30), None),  # within the grace: it runs on time
+        ("skip", False, timedelta(hours=2), "policy skip"),
+        ("catch_up_once", False, timedelta(hours=2), None),  # the only one missed: it is the catch-up
+        ("catch_up_once", True, timedelta(hours=2), "stands for it"),
+        ("catch_up_all", True, timedelta(hours=2), None),
+    ],
+)
+def test_a_prepared_run_found_late_is_a_missed_occurrence(
+    policy: str, later_missed: bool, late: timedelta, skipped: str | None
+) -> None:
+    now = T0 + late
+    later = T0 + timedelta(hours=1) if later_missed else now + timedelta(minutes=30)
+    s = hourly(missed_run_policy=policy, next_run_at=later)  # grace is 60 s
+    reason = decide_prepared(s, T0, now)
+    if skipped is None:
+        assert reason is None
+    else:
+        assert reason is not None and skipped in reason and T0.isoformat() in reason

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -116,6 +116,16 @@ def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any
     return {}
 
 
+_RUN_FIELDS = tuple(f.name for f in fields(ScheduledRun))
+
+
+def _evolve(run: ScheduledRun, **changes: Any) -> ScheduledRun:
+    # dataclasses.replace, without looking the fields up again on every call (a hot path).
+    values = {name: getattr(run, name) for name in _RUN_FIELDS}
+    values.update(changes)
+    return ScheduledRun(**values)
+
+
 def fire_run(
     run: ScheduledRun,
     trigger: str,
@@ -140,7 +150,7 @@ def fire_run(
             fields["reason"] = transition.reason
         fields.update(changes or {})
         persist(run, transition, fields)
-        return replace(run, status=RunStatus(transition.dest), updated_at=now, **fields)
+        return _evolve(run, status=RunStatus(transition.dest), updated_at=now, **fields)
 
     binding = RunBinding(run, schedule, now, write)
     binding.force = force

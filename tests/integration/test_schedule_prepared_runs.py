@@ -1,0 +1,151 @@
+"""Runs prepared ahead of their time: on a FakeClock and a real SQLite file.
+
+Right after a tick dispatches, the next occurrences due within PREPARE_AHEAD are stored as
+pending runs, so that at their time only a claim stands between them and their start. What
+happens to such a run when its schedule is disabled or changed, or its worker stops, first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
+from agent.scheduler.schedule_engine import PREPARE_AHEAD, ScheduleEngine
+from agent.scheduler.tasks import RunContext, TaskRegistry
+from tests.conftest import T0, run_async
+
+MakeSchedule = Callable[..., ScheduleDefinition]
+SEC = timedelta(seconds=1)
+
+
+def engine(store: ScheduleStore, clock: FakeClock, calls: list[RunContext]) -> ScheduleEngine:
+    tasks = TaskRegistry()
+
+    async def record(ctx: RunContext) -> None:
+        calls.append(ctx)
+
+    tasks.add("record", record)
+    return ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w1")
+
+
+def by_time(store: ScheduleStore, name: str) -> dict[timedelta, tuple[RunStatus, str | None]]:
+    return {r.intended_run_at - T0: (r.status, r.reason) for r in store.runs(schedule=name)}
+
+
+@run_async
+async def test_the_next_occurrence_is_prepared_after_the_tick_and_starts_on_its_time(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    assert PREPARE_AHEAD >= SEC
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    calls: list[RunContext] = []
+    e = engine(store, clock, calls)
+    await e.start()
+    await e.run_until(T0 + 3 * SEC)
+    await e.wait_idle()
+    runs = store.runs(schedule="fast")
+    done = [r for r in runs if r.status is RunStatus.SUCCEEDED]
+    assert [r.intended_run_at for r in done] == [T0 + i * SEC for i in (1, 2, 3)]
+    assert all(r.started_at == r.intended_run_at for r in done)
+    assert all(r.created_at == r.intended_run_at - SEC for r in done)  # each prepared a tick ahead
+    [ahead] = [r for r in runs if r.status is RunStatus.PENDING]
+    assert (ahead.intended_run_at, ahead.created_at) == (T0 + 4 * SEC, T0 + 3 * SEC)
+    # A schedule due minutes away is not prepared: nothing waits in the database for it.
+    store.add(make_schedule("slow", expression="5m", target="record"))
+    await e.run_until(T0 + 4 * SEC)
+    assert store.runs(schedule="slow") == []
+    await e.stop()
+
+
+@run_async
+async def test_disabling_a_schedule_takes_back_its_prepared_run(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    calls: list[RunContext] = []
+    e = engine(store, clock, calls)
+    await e.start()
+    await e.run_until(T0 + SEC)  # ran +1 s, prepared +2 s
+    store.disable("fast", "paused by an operator")
+    await e.run_until(T0 + 5 * SEC)
+    await e.wait_idle()
+    assert by_time(store, "fast") == {
+        SEC: (RunStatus.SUCCEEDED, None),
+        2 * SEC: (RunStatus.SKIPPED, "schedule disabled before this run's time"),
+    }
+    assert [c.intended_run_at for c in calls] == [T0 + SEC]
+    await e.stop()
+
+
+@run_async
+async def test_changing_a_schedule_takes_back_a_prepared_run_that_is_no_longer_an_occurrence(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    store.add(make_schedule("steady", expression="1s", target="record"))
+    calls: list[RunContext] = []
+    e = engine(store, clock, calls)
+    await e.start()
+    await e.run_until(T0 + SEC)
+    store.update("fast", expression="7s")  # +2 s is not a multiple of 7 s from the anchor
+    store.update("steady", description="touched, trigger unchanged")  # +2 s still is an occurrence
+    await e.run_until(T0 + 2 * SEC)
+    await e.wait_idle()
+    assert by_time(store, "fast")[2 * SEC] == (
+        RunStatus.SKIPPED,
+        "schedule changed before this run's time: no longer one of its occurrences",
+    )
+    assert by_time(store, "steady")[2 * SEC] == (RunStatus.SUCCEEDED, None)
+    await e.stop()
+
+
+async def _stop_with_a_prepared_run(store: ScheduleStore, clock: FakeClock) -> None:
+    first = engine(store, clock, [])
+    await first.start()
+    await first.run_until(T0 + SEC)  # ran +1 s, prepared +2 s: then the worker goes away
+    await first.wait_idle()
+    await first.stop()
+    assert by_time(store, "fast")[2 * SEC][0] is RunStatus.PENDING
+
+
+@run_async
+async def test_after_a_quick_restart_a_prepared_run_starts_on_its_time(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    await _stop_with_a_prepared_run(store, clock)
+    clock.advance(0.5)
+    calls: list[RunContext] = []
+    second = engine(store, clock, calls)
+    await second.start()  # knows nothing of the run prepared by the first life
+    await second.run_until(T0 + 2.5 * SEC)
+    await second.wait_idle()
+    [run] = [r for r in store.runs(schedule="fast") if r.intended_run_at == T0 + 2 * SEC]
+    assert (run.status, run.started_at) == (RunStatus.SUCCEEDED, T0 + 2 * SEC)
+    await second.stop()
+
+
+@run_async
+async def test_a_prepared_run_its_worker_left_behind_follows_the_missed_run_policy(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record", missed_run_policy="skip"))
+    store.add(make_schedule("once", expression="1s", target="record", missed_run_policy="catch_up_once"))
+    store.add(make_schedule("all", expression="1s", target="record", missed_run_policy="catch_up_all"))
+    await _stop_with_a_prepared_run(store, clock)
+    clock.advance(timedelta(hours=1))  # down for an hour: far past the 60 s grace
+    calls: list[RunContext] = []
+    second = engine(store, clock, calls)
+    await second.start()
+    await second.wait_idle()
+    left = 2 * SEC
+    status, reason = by_time(store, "fast")[left]
+    assert status is RunStatus.SKIPPED and reason is not None and "policy skip" in reason
+    status, reason = by_time(store, "once")[left]
+    assert status is RunStatus.SKIPPED and reason is not None and "stands for it" in reason
+    catch_ups = [r for r in store.runs(schedule="once") if r.origin == "catch_up"]
+    assert len(catch_ups) == 1 and catch_ups[0].status is RunStatus.SUCCEEDED
+    assert by_time(store, "all")[left][0] is RunStatus.SUCCEEDED
+    assert T0 + left in [c.intended_run_at for c in calls if c.schedule.name == "all"]
+    await second.stop()

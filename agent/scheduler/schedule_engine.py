@@ -483,8 +483,9 @@ class ScheduleEngine:
         if renew:
             self.store.renew_leases(renew, owner=self.worker_id, until=now + self.lease, now=now)
         due = self._next_due is not None and self._next_due <= now
+        created: list[ScheduledRun] = []
         if not self._draining and (full or report is not None or due):
-            self._maybe_pending |= self._materialize(now, report)
+            created = self._materialize(now, report)
         if full or report is not None or self._maybe_failed or (self._retry_due is not None and self._retry_due <= now):
             self._maybe_failed = False
             waiting = self._retry_failed(now, report)
@@ -500,9 +501,10 @@ class ScheduleEngine:
         elif self._pending_due is not None and self._pending_due <= now:
             self._pending_due = None
             self._maybe_pending = True  # another worker's prepared runs (or an earlier life's) are due
-        if not self._draining and (full or self._maybe_pending or prepared):
-            scan, self._maybe_pending = full or self._maybe_pending, False
-            self._start_due(now, result, prepared or [], scan=scan)
+        if not self._draining and (full or self._maybe_pending or prepared or created):
+            # Runs left waiting (forbid, enqueue_one) are only found by a scan.
+            scan, self._maybe_pending = full or self._maybe_pending or bool(self._waiting), False
+            self._start_due(now, result, [p.run for p in prepared or []] + created, prepared or [], scan=scan)
         if self._last_heartbeat is None or (now - self._last_heartbeat).total_seconds() >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
             self.store.put_state(self._state_key, self._state_value(now, clean=False))
@@ -629,8 +631,8 @@ class ScheduleEngine:
                 )
             log.info("event %s (%s): %d run(s)", name, event_id, len(matching))
 
-    def _materialize(self, now: datetime, report: ReconciliationReport | None) -> bool:
-        """Materialize every due schedule; True when any run was created."""
+    def _materialize(self, now: datetime, report: ReconciliationReport | None) -> list[ScheduledRun]:
+        """Materialize every due schedule; return the runs created that wait to start."""
         plans: list[tuple[ScheduleDefinition, DuePlan]] = []
         batch: list[Materialization] = []
         for schedule in self.store.due_schedules(now):
@@ -642,17 +644,17 @@ class ScheduleEngine:
             plans.append((schedule, plan))
             batch.append(Materialization(schedule, plan.runs, plan.next_run_at, anchor, disable))
         if not batch:
-            return False
-        created_any = False
+            return []
+        waiting: list[ScheduledRun] = []
         for (schedule, plan), created in zip(plans, self.store.materialize_many(batch, now=now), strict=True):
             if created is None:
                 continue
-            created_any |= bool(created)
+            waiting += [run for run in created if run.status is RunStatus.PENDING]
             if plan.missed is not None:
                 log.info("schedule %s: %s", schedule.name, plan.missed.reason)
                 if report is not None:
                     _count_missed(report, schedule.name, plan)
-        return created_any
+        return waiting
 
     def _plan(self, schedule: ScheduleDefinition, now: datetime) -> tuple[DuePlan, datetime | None]:
         """The due plan of a schedule; a schedule seen for the first time gets its anchor and first occurrence."""
@@ -705,15 +707,18 @@ class ScheduleEngine:
         self,
         now: datetime,
         result: _TickResult,
+        known: list[ScheduledRun],
         prepared: list[_Prepared],
         *,
         scan: bool,
     ) -> None:
-        # Without a reason to look for other pending runs, the due ones are those this engine prepared.
+        """Start what is due: ``known`` (this tick's new runs and the prepared ones due), or with
+        ``scan`` every pending due run in the database."""
+        # Without a reason to look for other pending runs, the due ones are those this engine knows.
         if scan:
             pending = self.store.pending_due(now)
         else:
-            pending = sorted((p.run for p in prepared), key=lambda r: r.intended_run_at)
+            pending = sorted(known, key=lambda r: (r.intended_run_at, r.created_at or now))
         if not pending:
             return
         wanted = {r.schedule_id for r in pending}

@@ -144,7 +144,7 @@ class ScheduleEngine:
         self._retry_due: datetime | None = None
         self._schedule_due: datetime | None = None
         self._schedule_batch = 0
-        """How many schedules share ``_schedule_due``."""
+        """How many schedules share ``_schedule_due`` (counted up to BATCH_MIN)."""
         self._pending_due: datetime | None = None
         """The earliest pending run not yet due that this engine did not prepare (seen by full scans)."""
         self._prepared: dict[str, _Prepared] = {}
@@ -333,6 +333,7 @@ class ScheduleEngine:
             log.warning("alerts still undelivered at shutdown stay in the outbox for the next start")
         now = self.clock.now()
         await self._db(self.store.put_state, self._state_key, self._state_value(now, clean=True))
+        await self._db(self.store.checkpoint)
         self._stopped = True
         for unsubscribe in (self._unsubscribe, self._unsubscribe_alerts):
             if unsubscribe is not None:
@@ -511,7 +512,7 @@ class ScheduleEngine:
         if full or report is not None or (self._breaker_due is not None and self._breaker_due <= now):
             self._breaker_due = self._probe_breakers(now)
         if full or due or report is not None or self._next_due is None:
-            self._schedule_due, self._schedule_batch = self.store.next_due()
+            self._schedule_due, self._schedule_batch = self.store.next_due(count_up_to=BATCH_MIN)
         result.next_due = self._earliest_due()
         return result
 
@@ -541,7 +542,7 @@ class ScheduleEngine:
                 )
                 for run in created:
                     self._prepared[run.run_id] = _Prepared(run, snapshot, self._changes)
-            self._schedule_due, self._schedule_batch = self.store.next_due()
+            self._schedule_due, self._schedule_batch = self.store.next_due(count_up_to=BATCH_MIN)
         return self._earliest_due()
 
     def _record_finished(self, finished: list[Finished], now: datetime) -> None:

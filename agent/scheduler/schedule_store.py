@@ -205,6 +205,7 @@ class ScheduleStore:
         )
         self._listeners: builtins.list[Callable[[], None]] = []
         self._alert_listeners: builtins.list[Callable[[], None]] = []
+        self._checkpoints_deferred = False
         self._depth: dict[int, int] = {}
         self._statements: dict[Any, Any] = {}
         try:
@@ -300,14 +301,25 @@ class ScheduleStore:
             raise StoreError(f"database error on {self.dialect}: {getattr(exc, 'orig', None) or exc}") from exc
 
     def defer_checkpoints(self) -> None:
-        """SQLite: this thread's connection no longer checkpoints the WAL when a commit makes it long.
+        """SQLite: this store's connections no longer checkpoint the WAL when a commit makes it long.
 
-        For the engine's thread: a checkpoint (a copy back into the database and an fsync) inside
-        the commit that due runs wait for would delay them; the engine calls ``checkpoint()``
-        after dispatching instead. PostgreSQL: nothing to do.
+        For the engine: a checkpoint (a copy back into the database file and an fsync) inside the
+        commit that due runs wait for would delay them, so it calls ``checkpoint()`` itself after
+        dispatching. Every connection of this store, on any thread, now or later, leaves it to
+        that call; other processes (the CLI) checkpoint as usual. PostgreSQL: nothing to do.
         """
-        if self.dialect == "sqlite":
-            self._driver_connection().execute("PRAGMA wal_autocheckpoint=0")
+        if self.dialect != "sqlite" or self.db.engine is None or self._checkpoints_deferred:
+            return
+        self._checkpoints_deferred = True
+
+        def off(dbapi_connection: Any, info: dict[str, Any]) -> None:
+            if not info.get("checkpoints_deferred"):
+                dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+                info["checkpoints_deferred"] = True
+
+        event.listen(self.db.engine, "checkout", lambda dbapi, record, _proxy: off(dbapi, record.info))
+        current = self.db.executable.connection  # this thread's, already checked out
+        off(current.dbapi_connection, current.info)
 
     def checkpoint(self) -> None:
         """SQLite: copy the WAL back into the database now, without waiting for readers (PASSIVE)."""
@@ -1035,27 +1047,29 @@ class ScheduleStore:
         rows = self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).mappings().all())
         return [_schedule_from(r) for r in rows]
 
-    def next_due(self) -> tuple[datetime | None, int]:
-        """The earliest ``next_run_at`` of an enabled schedule whose breaker is not open, and how many share it."""
+    def next_due(self, *, count_up_to: int = 16) -> tuple[datetime | None, int]:
+        """The earliest ``next_run_at`` of an enabled schedule whose breaker is not open, and how
+        many schedules share it (counted up to ``count_up_to``: two index lookups, whatever the size)."""
         s = schema.schedules
-        stmt = self._prepared(
-            "next_due",
-            lambda: (
-                select(s.c.next_run_at, func.count())
-                .where(
-                    and_(
-                        s.c.enabled.is_(True),
-                        s.c.next_run_at.is_not(None),
-                        s.c.breaker_state != BreakerState.OPEN.value,
-                    )
-                )
-                .group_by(s.c.next_run_at)
-                .order_by(s.c.next_run_at)
-                .limit(1)
+        live = and_(s.c.enabled.is_(True), s.c.breaker_state != BreakerState.OPEN.value)
+        first = self._prepared("next_due_at", lambda: select(func.min(s.c.next_run_at)).where(live))
+        sharing = self._prepared(
+            "next_due_count",
+            lambda: select(func.count()).select_from(
+                select(s.c.id)
+                .where(and_(live, s.c.next_run_at == bindparam("at", type_=DateTime)))
+                .limit(bindparam("cap"))
+                .subquery()
             ),
         )
-        row = self._tx(lambda c: c.execute(stmt).first())
-        return (None, 0) if row is None else (_from_db(row[0]), int(row[1]))
+
+        def work(conn: Connection) -> tuple[datetime | None, int]:
+            at = conn.execute(first).scalar()
+            if at is None:
+                return None, 0
+            return _from_db(at), int(conn.execute(sharing, {"at": at, "cap": count_up_to}).scalar() or 0)
+
+        return self._tx(work)
 
     def next_pending_at(self, now: datetime) -> datetime | None:
         """The earliest intended time of a pending run not yet due (a run prepared ahead of its time)."""

@@ -6,6 +6,7 @@ import multiprocessing
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -469,6 +470,7 @@ def test_what_the_loop_reads_to_plan_its_waits(
         store.add(make_schedule(name, next_run_at=at, anchor_at=clock.now()))
     store.add(make_schedule("off", next_run_at=clock.now(), anchor_at=clock.now(), enabled=False))
     assert store.next_due() == (soon, 2)  # when, and how many schedules share that moment
+    assert store.next_due(count_up_to=1) == (soon, 1)  # counted only as far as asked
     versions = store.schedule_versions([store.get("a").id, store.get("c").id, "gone"])
     assert versions == {store.get("a").id: store.get("a").updated_at, store.get("c").id: store.get("c").updated_at}
     # A run stored ahead of its time (prepared) is what next_pending_at finds; a due one is not.
@@ -482,8 +484,16 @@ def test_what_the_loop_reads_to_plan_its_waits(
 def test_the_engine_thread_can_hold_wal_checkpoints_for_later(sqlite_store: ScheduleStore, db_path: Path) -> None:
     sqlite_store.defer_checkpoints()
     base = db_path.stat().st_size
-    for i in range(40):  # ~4 MB: past the 1,000 pages at which a commit would checkpoint by itself
+
+    def write(i: int) -> None:
         sqlite_store.meta_set(f"k{i}", "x" * 100_000)
+
+    # ~4 MB, past the 1,000 pages at which a commit would checkpoint by itself, from two other
+    # threads (other connections) as well as this one.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(write, range(30)))
+    for i in range(30, 40):
+        write(i)
     assert db_path.stat().st_size < base + 1_000_000  # all of it still in the WAL
     sqlite_store.checkpoint()
     assert db_path.stat().st_size > base + 3_000_000  # copied back into the database file

@@ -137,6 +137,7 @@ class ScheduleEngine:
         self._in_flight: dict[str, _InFlight] = {}
         self._finished: list[Finished] = []
         self._record_timer: asyncio.TimerHandle | None = None
+        self._ticking: asyncio.Lock | None = None
         self._events: list[tuple[str, dict[str, Any], str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -190,6 +191,7 @@ class ScheduleEngine:
         """Reconcile what the previous life left (orphans, paused runs, missed runs) and run startup schedules."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._ticking = asyncio.Lock()
         self._unsubscribe = self.store.subscribe(self.wake)
         self._unsubscribe_alerts = self.store.subscribe_alerts(self._alert_queued)
         now = self.clock.now()
@@ -225,6 +227,12 @@ class ScheduleEngine:
         """One pass: record finished runs, materialize due occurrences, retry, start and dispatch."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        if self._ticking is None:
+            self._ticking = asyncio.Lock()
+        async with self._ticking:  # one tick at a time (the loop's, wait_idle's, stop's)
+            await self._tick(report)
+
+    async def _tick(self, report: ReconciliationReport | None) -> None:
         now = self.clock.now()
         self._enforce_deadlines(now)
         finished, self._finished = self._finished, []
@@ -286,11 +294,16 @@ class ScheduleEngine:
 
     async def wait_idle(self) -> None:
         """Until this engine has no run in flight and every finished run is recorded."""
-        while self._in_flight or self._finished:
-            tasks = [f.task for f in self._in_flight.values()]
-            if tasks:
-                await asyncio.wait(tasks)
-            await self.tick()
+        while True:
+            while self._in_flight or self._finished:
+                tasks = [f.task for f in self._in_flight.values()]
+                if tasks:
+                    await asyncio.wait(tasks)
+                await self.tick()
+            if self._ticking is None or not self._ticking.locked():
+                return
+            async with self._ticking:  # the loop's tick in progress may be recording the last ones
+                pass
 
     async def run_until(self, instant: datetime) -> None:
         """Run the loop until the clock reaches ``instant`` (simulated days take milliseconds on a FakeClock)."""

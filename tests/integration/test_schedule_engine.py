@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -365,3 +366,35 @@ async def test_with_the_system_clock_a_success_is_recorded_moments_after_it_ends
         await engine.stop()
         await loop
         store.close()
+
+
+@run_async
+async def test_wait_idle_waits_for_a_tick_that_is_still_recording(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, mocker: Any
+) -> None:
+    store.add(make_schedule("once", trigger_type="delay", expression="+1m", target="record"))
+    engine = engine_for(store, Probe(), clock)
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=1))
+    while engine.in_flight:  # the task ends; its success waits for the next tick
+        await asyncio.sleep(0)
+    release = threading.Event()
+    finish_many = store.finish_many
+
+    def slow_finish(*args: Any, **kwargs: Any) -> Any:
+        release.wait(5)
+        return finish_many(*args, **kwargs)
+
+    mocker.patch.object(store, "finish_many", side_effect=slow_finish)
+    recording = asyncio.ensure_future(engine.tick())  # the loop's tick, stuck writing the completion
+    for _ in range(5):
+        await asyncio.sleep(0)
+    idle = asyncio.ensure_future(engine.wait_idle())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not idle.done()  # nothing in flight, nothing left to record here: but not yet committed
+    release.set()
+    await asyncio.wait_for(idle, 5)
+    assert [r.status for r in store.runs(schedule="once")] == [RunStatus.SUCCEEDED]
+    await recording
+    await engine.stop()

@@ -128,15 +128,17 @@ def plan_due(schedule: ScheduleDefinition, trigger: Trigger, now: datetime) -> D
 def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: datetime) -> str | None:
     """A run prepared ahead of ``intended_at`` and still waiting at ``now``: None to run it, else why it is skipped.
 
-    Within the grace it runs as scheduled. Later than that, its worker stopped between preparing
-    and starting it, and it is a missed occurrence like any other: ``skip`` skips it;
+    Within the grace it runs as scheduled. Later than that, its worker stopped or stalled between
+    preparing and starting it, and it is a missed occurrence like any other: ``skip`` skips it;
     ``catch_up_once`` lets it be the one catch-up run unless the schedule's later occurrences were
     missed too (``schedule.next_run_at`` is past the grace: their catch-up run stands for it);
     ``catch_up_all`` runs it.
     """
     if now - intended_at <= schedule.grace:
         return None
-    missed = f"missed: prepared for {intended_at.isoformat()}, but its worker stopped before then"
+    missed = (
+        f"missed: prepared for {intended_at.isoformat()}, not started within the grace (its worker stopped or stalled)"
+    )
     policy = schedule.missed_run_policy
     if policy is MissedRunPolicy.SKIP:
         return f"{missed}; policy skip"

@@ -71,6 +71,18 @@ def engine_for(store: ScheduleStore, probe: Probe, clock: FakeClock, **kw: Any) 
     return ScheduleEngine(store, registry(probe), clock=clock, worker_id="test-worker", **kw)
 
 
+def live_engine(
+    tmp_path: Path, make_schedule: MakeSchedule, *, due_in: timedelta, tick_seconds: float
+) -> tuple[ScheduleStore, ScheduleEngine, datetime]:
+    """A SystemClock engine over a new file, with one schedule "soon" due once in ``due_in``."""
+    clock = SystemClock()
+    store = ScheduleStore(tmp_path / "live.db", clock=clock)
+    due = clock.now() + due_in
+    store.add(make_schedule("soon", trigger_type="delay", expression=due.isoformat(), target="record"))
+    engine = ScheduleEngine(store, registry(Probe()), clock=clock, tick_seconds=tick_seconds, worker_id="live")
+    return store, engine, due
+
+
 def statuses(store: ScheduleStore, name: str) -> Counter[RunStatus]:
     return Counter(r.status for r in store.runs(schedule=name))
 
@@ -302,12 +314,7 @@ async def test_run_now_and_disabled_schedules(
 async def test_with_the_system_clock_a_due_run_starts_on_time_not_on_the_next_tick(
     tmp_path: Path, make_schedule: MakeSchedule
 ) -> None:
-    clock = SystemClock()
-    store = ScheduleStore(tmp_path / "live.db", clock=clock)
-    due = clock.now() + timedelta(milliseconds=200)
-    store.add(make_schedule("soon", trigger_type="delay", expression=due.isoformat(), target="record"))
-    probe = Probe()
-    engine = ScheduleEngine(store, registry(probe), clock=clock, tick_seconds=10, worker_id="live")
+    store, engine, due = live_engine(tmp_path, make_schedule, due_in=timedelta(milliseconds=200), tick_seconds=10)
     await engine.start()
     await engine.run_until(due + timedelta(milliseconds=300))
     await engine.wait_idle()
@@ -347,11 +354,7 @@ async def test_a_finished_run_is_recorded_with_the_moment_its_task_ended_not_the
 async def test_with_the_system_clock_a_success_is_recorded_moments_after_it_ends_not_at_the_next_tick(
     tmp_path: Path, make_schedule: MakeSchedule
 ) -> None:
-    clock = SystemClock()
-    store = ScheduleStore(tmp_path / "live.db", clock=clock)
-    due = clock.now() + timedelta(milliseconds=100)
-    store.add(make_schedule("soon", trigger_type="delay", expression=due.isoformat(), target="record"))
-    engine = ScheduleEngine(store, registry(Probe()), clock=clock, tick_seconds=3600, worker_id="live")
+    store, engine, _ = live_engine(tmp_path, make_schedule, due_in=timedelta(milliseconds=100), tick_seconds=3600)
     await engine.start()
     loop = asyncio.ensure_future(engine.run_forever())
     try:

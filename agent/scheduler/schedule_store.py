@@ -495,6 +495,10 @@ class ScheduleStore:
                 raise InvalidSchedule(key, value, "not changeable here (breaker fields move through the breaker)")
         current = self.get(name_or_id)
         changed = current.with_changes(updated_at=self.clock.now(), **changes)  # validates the whole result
+        if any(getattr(changed, f) != getattr(current, f) for f in ("trigger_type", "expression", "timezone")):
+            # New occurrences: the next one is computed afresh from the new trigger, not the old time.
+            changes = {**changes, "next_run_at": None}
+            changed = changed.with_state(next_run_at=None)
         # Write only the columns asked for: the engine may have moved next_run_at or the breaker
         # since we read the row, and writing our snapshot back would undo that.
         columns = {_SPAN_COLUMNS.get(name, name) for name in (*changes, "updated_at")}

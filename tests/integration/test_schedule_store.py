@@ -497,3 +497,13 @@ def test_the_engine_thread_can_hold_wal_checkpoints_for_later(sqlite_store: Sche
     assert db_path.stat().st_size < base + 1_000_000  # all of it still in the WAL
     sqlite_store.checkpoint()
     assert db_path.stat().st_size > base + 3_000_000  # copied back into the database file
+
+
+def test_a_new_trigger_drops_the_next_run_time_the_old_one_planned(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    planned = clock.now() + timedelta(minutes=5)
+    store.add(make_schedule("edited", next_run_at=planned, anchor_at=clock.now()))
+    assert store.update("edited", description="same trigger").next_run_at == planned
+    assert store.update("edited", expression="5m").next_run_at == planned  # unchanged value: kept
+    assert store.update("edited", expression="1h").next_run_at is None  # the engine plans it afresh

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from .alerts import AlertDispatcher, Notifier, dead_letter_text
 from .clock import Clock
 from .definition import ScheduleDefinition
-from .enums import BreakerState, ConcurrencyPolicy, RunStatus, ShutdownPolicy, TriggerType
+from .enums import BreakerState, ConcurrencyPolicy, MissedRunPolicy, RunStatus, ShutdownPolicy, TriggerType
 from .errors import GuardRejected, SchedulerError, StaleState, TaskNotConfigured
 from .policies.concurrency import Action, decide_starts
 from .policies.missed_run import DuePlan, PlannedRun, decide_prepared, plan_due
@@ -518,7 +518,8 @@ class ScheduleEngine:
         if not self._draining and (full or self._maybe_pending or prepared or created):
             # Runs left waiting (forbid, enqueue_one) are only found by a scan.
             scan, self._maybe_pending = full or self._maybe_pending or bool(self._waiting), False
-            self._start_due(now, result, [p.run for p in prepared or []] + created, prepared or [], scan=scan)
+            known = [p.run for p in prepared or []] + created
+            self._start_due(now, result, known, prepared or [], scan=scan, report=report)
         if self._last_heartbeat is None or (now - self._last_heartbeat).total_seconds() >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
             self.store.put_state(self._state_key, self._state_value(now, clean=False))
@@ -725,6 +726,7 @@ class ScheduleEngine:
         prepared: list[_Prepared],
         *,
         scan: bool,
+        report: ReconciliationReport | None = None,
     ) -> None:
         """Start what is due: ``known`` (this tick's new runs and the prepared ones due), or with
         ``scan`` every pending due run in the database."""
@@ -755,6 +757,8 @@ class ScheduleEngine:
         for run in pending:
             schedule = schedules.get(run.schedule_id)
             blocked = self._blocked(run, schedule, now, current=run.schedule_id in verified)
+            if report is not None and schedule is not None:
+                _count_late_prepared(report, run, schedule, now, skipped=blocked is not None)
             if blocked:
                 skips.append((run, "skip", {"reason": blocked}))
             else:
@@ -1140,6 +1144,22 @@ _INSTANT = timedelta(microseconds=1)
 def _needs_turns(schedule: ScheduleDefinition, due: list[ScheduledRun]) -> bool:
     """Whether starting ``due`` depends on what else of the schedule is running (any policy but allow)."""
     return schedule.concurrency_policy is not ConcurrencyPolicy.ALLOW
+
+
+def _count_late_prepared(
+    report: ReconciliationReport, run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, skipped: bool
+) -> None:
+    """A run an earlier life prepared and never started is one more missed occurrence in the report."""
+    prepared = run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at
+    if not prepared or now - run.intended_run_at <= schedule.grace:
+        return
+    report.missed_detected += 1
+    if not skipped:
+        report.missed_caught_up += 1
+    elif schedule.missed_run_policy is MissedRunPolicy.CATCH_UP_ONCE:
+        report.missed_coalesced += 1
+    else:
+        report.missed_skipped += 1
 
 
 def _count_missed(report: ReconciliationReport, name: str, plan: DuePlan) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
+from agent.scheduler.policies.missed_run import plan_due
 from agent.scheduler.schedule_engine import PREPARE_AHEAD, ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import T0, run_async
@@ -138,10 +139,16 @@ async def test_a_prepared_run_its_worker_left_behind_follows_the_missed_run_poli
     store.add(make_schedule("all", expression="1s", target="record", missed_run_policy="catch_up_all"))
     await _stop_with_a_prepared_run(store, clock)
     clock.advance(timedelta(hours=1))  # down for an hour: far past the 60 s grace
+    own = [plan_due(s, s.trigger(), clock.now()).missed for s in store.list()]  # what each schedule missed itself
     calls: list[RunContext] = []
     second = engine(store, clock, calls)
-    await second.start()
+    report = await second.start()
     await second.wait_idle()
+    # The report counts the three prepared runs as missed occurrences too: one of each outcome.
+    assert report.missed_detected == sum(m.detected for m in own if m) + 3
+    assert report.missed_skipped == sum(m.skipped for m in own if m) + 1
+    assert report.missed_coalesced == sum(m.coalesced for m in own if m) + 1
+    assert report.missed_caught_up == sum(m.caught_up for m in own if m) + 1
     left = 2 * SEC
     status, reason = by_time(store, "fast")[left]
     assert status is RunStatus.SKIPPED and reason is not None and "policy skip" in reason

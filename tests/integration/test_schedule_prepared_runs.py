@@ -7,8 +7,10 @@ happens to such a run when its schedule is disabled or changed, or its worker st
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.policies.missed_run import plan_due
@@ -159,3 +161,45 @@ async def test_a_prepared_run_its_worker_left_behind_follows_the_missed_run_poli
     assert by_time(store, "all")[left][0] is RunStatus.SUCCEEDED
     assert T0 + left in [c.intended_run_at for c in calls if c.schedule.name == "all"]
     await second.stop()
+
+
+@run_async
+async def test_a_prepared_run_another_worker_starts_first_runs_once(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, db_path: Path
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    mine: list[RunContext] = []
+    first = engine(store, clock, mine)
+    await first.start()
+    await first.run_until(T0 + SEC)  # ran +1 s; prepared +2 s, its task made and waiting
+    await first.wait_idle()
+    other_store = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
+    theirs: list[RunContext] = []
+    other = ScheduleEngine(other_store, engine(other_store, clock, theirs).tasks, clock=clock, worker_id="w2")
+    clock.advance(1)
+    await other.start()  # its first full scan finds the prepared run due and takes it
+    await other.wait_idle()
+    await first.run_until(T0 + 2 * SEC)  # loses the claim: its waiting task must not run
+    await first.wait_idle()
+    [run] = [r for r in store.runs(schedule="fast") if r.intended_run_at == T0 + 2 * SEC]
+    assert (run.status, run.owner) == (RunStatus.SUCCEEDED, "w2")
+    assert [c.intended_run_at for c in theirs] == [T0 + 2 * SEC]
+    assert T0 + 2 * SEC not in [c.intended_run_at for c in mine]
+    await other.stop()
+    await first.stop()
+    other_store.close()
+
+
+@run_async
+async def test_stopping_leaves_prepared_runs_pending_and_no_task_waiting(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    e = engine(store, clock, [])
+    await e.start()
+    await e.run_until(T0 + SEC)
+    assert any(t.get_name().startswith("run:") for t in asyncio.all_tasks())  # the prepared run's task
+    await e.stop()
+    await asyncio.sleep(0)
+    assert not any(t.get_name().startswith("run:") and not t.done() for t in asyncio.all_tasks())
+    assert by_time(store, "fast")[2 * SEC][0] is RunStatus.PENDING

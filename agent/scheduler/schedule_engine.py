@@ -270,7 +270,7 @@ class ScheduleEngine:
         if not self._draining and soon is not None and soon <= self.clock.now() + PREPARE_AHEAD:
             self._next_due = await self._db(self.store.atomic_kept, self._prepare_db, self.clock.now())
             self._arm()
-        if time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
+        if report is None and time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
             self._last_checkpoint = time.monotonic()
             await self._db(self.store.checkpoint)
         self._maybe_deliver(now)
@@ -761,7 +761,7 @@ class ScheduleEngine:
         for run in pending:
             schedule = schedules.get(run.schedule_id)
             blocked = self._blocked(run, schedule, now, current=run.schedule_id in verified)
-            if report is not None and schedule is not None:
+            if report is not None and schedule is not None and _is_prepared(run):
                 _count_late_prepared(report, run, schedule, now, skipped=blocked is not None)
             if blocked:
                 skips.append((run, "skip", {"reason": blocked}))
@@ -814,7 +814,7 @@ class ScheduleEngine:
             return "circuit breaker open"
         if schedule.target not in self._builtins and schedule.target not in self.tasks:
             return f"task {schedule.target!r} is not registered in worker {self.worker_id}"
-        if run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at:
+        if _is_prepared(run):
             return _prepared_blocked(run, schedule, now, current=current)
         return None
 
@@ -1159,6 +1159,11 @@ class ScheduleEngine:
         }
 
 
+def _is_prepared(run: ScheduledRun) -> bool:
+    """Whether ``run`` was stored ahead of its time (see PREPARE_AHEAD)."""
+    return run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at
+
+
 def _prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
     """Why a run prepared ahead of its time must not start now, or None.
 
@@ -1204,8 +1209,7 @@ def _count_late_prepared(
     report: ReconciliationReport, run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, skipped: bool
 ) -> None:
     """A run an earlier life prepared and never started is one more missed occurrence in the report."""
-    prepared = run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at
-    if not prepared or now - run.intended_run_at <= schedule.grace:
+    if now - run.intended_run_at <= schedule.grace:
         return
     report.missed_detected += 1
     if not skipped:

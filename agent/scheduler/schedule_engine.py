@@ -27,7 +27,7 @@ from .definition import ScheduleDefinition
 from .enums import BreakerState, ConcurrencyPolicy, MissedRunPolicy, RunStatus, ShutdownPolicy, TriggerType
 from .errors import GuardRejected, SchedulerError, StaleState, TaskNotConfigured
 from .policies.concurrency import Action, decide_starts
-from .policies.missed_run import DuePlan, PlannedRun, decide_prepared, plan_due
+from .policies.missed_run import DuePlan, PlannedRun, is_prepared, plan_due, prepared_blocked
 from .policies.retry import ORPHANED, retry_at
 from .reconciliation import ReconciliationReport
 from .schedule_store import BATCH_MIN, Materialization, ScheduleStore
@@ -761,7 +761,7 @@ class ScheduleEngine:
         for run in pending:
             schedule = schedules.get(run.schedule_id)
             blocked = self._blocked(run, schedule, now, current=run.schedule_id in verified)
-            if report is not None and schedule is not None and _is_prepared(run):
+            if report is not None and schedule is not None and is_prepared(run):
                 _count_late_prepared(report, run, schedule, now, skipped=blocked is not None)
             if blocked:
                 skips.append((run, "skip", {"reason": blocked}))
@@ -814,8 +814,8 @@ class ScheduleEngine:
             return "circuit breaker open"
         if schedule.target not in self._builtins and schedule.target not in self.tasks:
             return f"task {schedule.target!r} is not registered in worker {self.worker_id}"
-        if _is_prepared(run):
-            return _prepared_blocked(run, schedule, now, current=current)
+        if is_prepared(run):
+            return prepared_blocked(run, schedule, now, current=current)
         return None
 
     # ------------------------------------------------------------------ reconciliation (DB thread)
@@ -1159,25 +1159,6 @@ class ScheduleEngine:
         }
 
 
-def _is_prepared(run: ScheduledRun) -> bool:
-    """Whether ``run`` was stored ahead of its time (see PREPARE_AHEAD)."""
-    return run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at
-
-
-def _prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
-    """Why a run prepared ahead of its time must not start now, or None.
-
-    Disabling or changing a schedule after its next run was prepared takes that run back; a
-    prepared run found later than the grace is a missed occurrence (its worker stopped).
-    """
-    if not schedule.enabled:
-        return "schedule disabled before this run's time"
-    # The schedule may have been edited since: is the run's time still one of its occurrences?
-    if not current and schedule.trigger().next_after(run.intended_run_at - _INSTANT) != run.intended_run_at:
-        return "schedule changed before this run's time: no longer one of its occurrences"
-    return decide_prepared(schedule, run.intended_run_at, now)
-
-
 @dataclass(frozen=True, slots=True)
 class _Armed:
     """The task made ahead for a prepared run, with the schedule copy its context was built from."""
@@ -1195,9 +1176,6 @@ class _Prepared:
     run: ScheduledRun
     schedule: ScheduleDefinition
     changes: int
-
-
-_INSTANT = timedelta(microseconds=1)
 
 
 def _needs_turns(schedule: ScheduleDefinition, due: list[ScheduledRun]) -> bool:

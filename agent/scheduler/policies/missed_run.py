@@ -16,6 +16,7 @@ from ..enums import MissedRunPolicy
 
 if TYPE_CHECKING:
     from ..definition import ScheduleDefinition
+    from ..scheduled_run import ScheduledRun
     from ..triggers import Trigger
 
 #: One microsecond: the resolution of instants, used to make an inclusive bound exclusive.
@@ -146,3 +147,23 @@ def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: da
     if policy is MissedRunPolicy.CATCH_UP_ONCE and later is not None and later < now - schedule.grace:
         return f"{missed}; policy catch_up_once: the catch-up run of later occurrences stands for it"
     return None
+
+
+def is_prepared(run: ScheduledRun) -> bool:
+    """Whether ``run`` was stored ahead of its time (the engine prepares runs due within a second)."""
+    return run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at
+
+
+def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
+    """Why a run prepared ahead of its time must not start at ``now``, or None.
+
+    Disabling or changing a schedule after its next run was prepared takes that run back; a
+    prepared run found later than the grace is a missed occurrence (``decide_prepared``).
+    ``current``: ``schedule`` is known unchanged since the run was prepared.
+    """
+    if not schedule.enabled:
+        return "schedule disabled before this run's time"
+    # The schedule may have been edited since: is the run's time still one of its occurrences?
+    if not current and schedule.trigger().next_after(run.intended_run_at - _TICK) != run.intended_run_at:
+        return "schedule changed before this run's time: no longer one of its occurrences"
+    return decide_prepared(schedule, run.intended_run_at, now)

@@ -549,7 +549,8 @@ class ScheduleEngine:
             first = schedule.next_run_at
             if first is None or first <= now or schedule.trigger_type is TriggerType.DELAY:
                 continue
-            batch.append(Materialization(schedule, [PlannedRun(first)], schedule.trigger().next_after(first)))
+            upcoming = schedule.trigger().next_after(first)
+            batch.append(Materialization(schedule, [PlannedRun(first)], upcoming, prepared=True))
         if batch:
             for m, created in zip(batch, self.store.materialize_many(batch, now=now), strict=True):
                 if not created:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import dataset
 from sqlalchemy import Connection, DateTime, Table, and_, bindparam, event, func, or_, select, tuple_, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
@@ -103,6 +104,8 @@ class Materialization:
     next_run_at: datetime | None
     anchor_at: datetime | None = None
     disable_reason: str | None = None
+    prepared: bool = False
+    """The runs are stored ahead of their time (``ScheduledRun.prepared``)."""
 
 
 def default_url() -> str:
@@ -338,7 +341,18 @@ class ScheduleStore:
             if found is None:
                 conn.execute(schema.meta.insert().values(key="schema_version", value=str(schema.SCHEMA_VERSION)))
                 return None
-            return int(found)
+            version = int(found)
+            if version < schema.SCHEMA_VERSION:
+                # An older database: upgraded in this same transaction, step by step.
+                for step in range(version, schema.SCHEMA_VERSION):
+                    conn.execute(sql_text(schema.UPGRADES[step]))
+                conn.execute(
+                    update(schema.meta)
+                    .where(schema.meta.c.key == "schema_version")
+                    .values(value=str(schema.SCHEMA_VERSION))
+                )
+                log.info("schema of %s upgraded from version %d to %d", self.url, version, schema.SCHEMA_VERSION)
+            return version
 
         for attempt in range(3):
             try:
@@ -848,6 +862,7 @@ class ScheduleStore:
                     started_at=at,
                     heartbeat_at=at,
                     completed_at=None,
+                    prepared=False,
                     owner=bindparam("v_owner"),
                     lease_expires_at=bindparam("v_lease", type_=DateTime),
                     reason=bindparam("v_reason"),
@@ -1174,7 +1189,7 @@ class ScheduleStore:
                     continue
                 created = []
                 for p in m.runs:
-                    run = self._planned_run(m.schedule, p, at)
+                    run = self._planned_run(m.schedule, p, at, prepared=m.prepared)
                     if conn.execute(self._insert_run_statement(), _run_row(run)).rowcount != 1:
                         continue
                     if p.skip_reason is not None:
@@ -1205,7 +1220,7 @@ class ScheduleStore:
                     continue
                 mine = []
                 for p in m.runs:
-                    run = self._planned_run(m.schedule, p, at)
+                    run = self._planned_run(m.schedule, p, at, prepared=m.prepared)
                     staged.append((run, p, m.schedule))
                     mine.append(run)
                 out.append(mine)
@@ -1233,7 +1248,9 @@ class ScheduleStore:
 
         return self._tx(work)
 
-    def _planned_run(self, schedule: ScheduleDefinition, plan: Any, now: datetime) -> ScheduledRun:
+    def _planned_run(
+        self, schedule: ScheduleDefinition, plan: Any, now: datetime, *, prepared: bool = False
+    ) -> ScheduledRun:
         """The run a PlannedRun of ``schedule`` becomes."""
         return self._new_run(
             schedule,
@@ -1242,6 +1259,7 @@ class ScheduleStore:
             catch_up=plan.catch_up,
             coalesced_from=plan.coalesced_from,
             origin="catch_up" if plan.catch_up else "schedule",
+            prepared=prepared,
         )
 
     def _new_run(
@@ -1256,6 +1274,7 @@ class ScheduleStore:
         catch_up: bool = False,
         coalesced_from: int = 1,
         reason: str | None = None,
+        prepared: bool = False,
     ) -> ScheduledRun:
         return ScheduledRun(
             run_id=_new_id("run"),
@@ -1268,6 +1287,7 @@ class ScheduleStore:
             catch_up=catch_up,
             coalesced_from=coalesced_from,
             reason=reason,
+            prepared=prepared,
             created_at=now,
             updated_at=now,
         )

@@ -62,6 +62,10 @@ class ScheduledRun:
     """When the owner's claim lapses unless renewed."""
     heartbeat_at: datetime | None = None
     """Last sign of life from the task."""
+    prepared: bool = False
+    """Stored ahead of its time by a worker and not started since. The first start clears it, so
+    a run that ever started (an orphan's retry, a requeue, a replay) is never taken for an
+    occurrence that was prepared and then missed."""
     created_at: datetime | None = None
     """When the row was created."""
     updated_at: datetime | None = None

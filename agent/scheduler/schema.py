@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 
 #: Bumped when a table or column changes; stored in ``meta`` under ``schema_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 ID = 64
@@ -84,6 +84,8 @@ scheduled_runs = Table(
     Column("owner", String(NAME)),
     Column("lease_expires_at", DateTime),
     Column("heartbeat_at", DateTime),
+    # Stored ahead of its time and never started yet (version 2): see ScheduledRun.prepared.
+    Column("prepared", Boolean, nullable=False, server_default=false()),
     *_stamps(),
     # Materializing the same occurrence twice must be a no-op: this index is what makes it one.
     Index("uq_runs_occurrence", "schedule_id", "occurrence_key", unique=True),
@@ -166,3 +168,9 @@ engine_state = Table(
 
 #: Every table the store creates, by name.
 TABLES: dict[str, Table] = dict(metadata.tables)
+
+#: What moves a database of an older schema version to the next one, by the version it starts from.
+#: Each step is one statement that both SQLite and PostgreSQL accept.
+UPGRADES: dict[int, str] = {
+    1: "ALTER TABLE scheduled_runs ADD COLUMN prepared BOOLEAN NOT NULL DEFAULT FALSE",
+}

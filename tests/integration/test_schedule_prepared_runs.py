@@ -13,8 +13,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.policies.missed_run import plan_due
+from agent.scheduler.policies.missed_run import PlannedRun, plan_due
 from agent.scheduler.schedule_engine import PREPARE_AHEAD, ScheduleEngine
+from agent.scheduler.schedule_store import Materialization
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import T0, run_async
 
@@ -203,3 +204,35 @@ async def test_stopping_leaves_prepared_runs_pending_and_no_task_waiting(
     await asyncio.sleep(0)
     assert not any(t.get_name().startswith("run:") and not t.done() for t in asyncio.all_tasks())
     assert by_time(store, "fast")[2 * SEC][0] is RunStatus.PENDING
+
+
+@run_async
+async def test_a_prepared_run_that_started_and_was_cut_is_retried_to_its_end_under_every_policy(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    # kill -9 while a prepared run was running, and the worker came back after the grace: the
+    # orphan's retry is a run that started, never an occurrence "not started within the grace".
+    for policy in ("skip", "catch_up_once", "catch_up_all"):
+        store.add(make_schedule(policy, expression="1m", target="record", missed_run_policy=policy, max_retries=3))
+    for schedule in store.list():
+        first = schedule.trigger(T0).next_after(T0)
+        assert first is not None
+        plan = [PlannedRun(first)]
+        [created] = store.materialize_many(
+            [Materialization(schedule, plan, first + timedelta(minutes=1), anchor_at=T0, prepared=True)], now=T0
+        )
+        assert created is not None and created[0].prepared
+        clock.advance(first - clock.now())
+        [cut] = store.start_many(created, owner="dead", lease_until=first + 30 * SEC, now=first)
+        assert not cut.prepared  # the first start clears the stored fact
+    clock.advance(timedelta(hours=1))  # the worker died mid-run; back an hour later
+    calls: list[RunContext] = []
+    e = engine(store, clock, calls)
+    report = await e.start()
+    await e.wait_idle()
+    assert report.orphans_found == 3 and report.orphans_requeued == 3
+    for policy in ("skip", "catch_up_once", "catch_up_all"):
+        [retried] = [r for r in store.runs(schedule=policy) if r.attempt == 2]
+        assert (retried.status, retried.reason) == (RunStatus.SUCCEEDED, None), retried
+        assert retried.intended_run_at in [c.intended_run_at for c in calls if c.schedule.name == policy]
+    await e.stop()

@@ -58,6 +58,24 @@ def test_schema_has_every_table_and_a_version(store: ScheduleStore) -> None:
     assert store.schema_version() == SCHEMA_VERSION
 
 
+def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs(
+    any_url: str, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    from sqlalchemy import text
+
+    with ScheduleStore(any_url, clock=clock) as store:
+        schedule = store.add(make_schedule("old"))
+        store.create_run(schedule, T0, occurrence_key="manual:1", origin="manual")
+        with store.db.engine.begin() as conn:  # type: ignore[union-attr]
+            # Version 1 had no ``prepared`` column.
+            conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN prepared"))
+            conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    with ScheduleStore(any_url, clock=clock) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        [run] = store.runs(schedule="old")
+        assert (run.occurrence_key, run.prepared) == ("manual:1", False)
+
+
 def test_sqlite_runs_in_wal_mode_with_the_tables_and_unique_index(sqlite_store: ScheduleStore, db_path: Path) -> None:
     store = sqlite_store
     assert set(TABLES) == {

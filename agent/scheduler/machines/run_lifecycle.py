@@ -94,7 +94,7 @@ _UNLEASE: dict[str, Any] = {"lease_expires_at": None}
 def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any]:
     """The row fields an accepted ``trigger`` sets besides the status (times, attempt, ownership)."""
     if trigger == "start":
-        return {"started_at": now, "completed_at": None, "heartbeat_at": now}
+        return {"started_at": now, "completed_at": None, "heartbeat_at": now, "prepared": False}
     # A finished run keeps its owner (who ran it, for telemetry and operators); only the lease goes.
     if trigger == "succeed":
         return {

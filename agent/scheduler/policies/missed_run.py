@@ -150,8 +150,9 @@ def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: da
 
 
 def is_prepared(run: ScheduledRun) -> bool:
-    """Whether ``run`` was stored ahead of its time (the engine prepares runs due within a second)."""
-    return run.origin == "schedule" and run.created_at is not None and run.created_at < run.intended_run_at
+    """Whether ``run`` was stored ahead of its time and has never started: the stored fact, not a guess
+    from timestamps. A retry, a requeue or a replay of a run that once started is not prepared."""
+    return run.prepared
 
 
 def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.policies.missed_run import PlannedRun, plan_due
 from agent.scheduler.schedule_engine import PREPARE_AHEAD, ScheduleEngine
@@ -236,3 +238,37 @@ async def test_a_prepared_run_that_started_and_was_cut_is_retried_to_its_end_und
         assert (retried.status, retried.reason) == (RunStatus.SUCCEEDED, None), retried
         assert retried.intended_run_at in [c.intended_run_at for c in calls if c.schedule.name == policy]
     await e.stop()
+
+
+@pytest.mark.parametrize(
+    ("down", "latest", "stands_for"),
+    [
+        # Down 9 minutes: 120 s (prepared) and 180..540 s are past the grace, 600 s is within it.
+        (timedelta(minutes=9), 600, 8),
+        # Down 90 s: the prepared 120 s is past the grace, 180 s is not (30 s late).
+        (timedelta(seconds=90), 180, 1),
+    ],
+)
+@run_async
+async def test_catch_up_once_runs_only_the_latest_overdue_occurrence_in_grace_or_past_it(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, down: timedelta, latest: int, stands_for: int
+) -> None:
+    store.add(make_schedule("minutely", expression="1m", target="record", missed_run_policy="catch_up_once"))
+    first = engine(store, clock, [])
+    await first.start()
+    await first.run_until(T0 + timedelta(seconds=119.5))  # ran 60 s, prepared 120 s
+    await first.stop()
+    assert by_time(store, "minutely")[timedelta(seconds=120)][0] is RunStatus.PENDING
+    clock.advance(down)
+    calls: list[RunContext] = []
+    second = engine(store, clock, calls)
+    await second.start()
+    await second.wait_idle()
+    assert [c.intended_run_at - T0 for c in calls] == [timedelta(seconds=latest)]
+    runs = {r.intended_run_at - T0: r for r in store.runs(schedule="minutely")}
+    ran = runs[timedelta(seconds=latest)]
+    assert (ran.status, ran.coalesced_from) == (RunStatus.SUCCEEDED, stands_for)
+    left = runs[timedelta(seconds=120)]
+    assert left.status is RunStatus.SKIPPED and left.reason is not None and "stands for it" in left.reason
+    assert not [r for r in runs.values() if r.reason and "overlap" in r.reason]
+    await second.stop()

@@ -70,6 +70,25 @@ def test_catch_up_once_runs_the_latest_once_standing_for_all() -> None:
     assert (missed.detected, missed.caught_up, missed.coalesced) == (4, 1, 3)
 
 
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        # 12:00 .. 14:00 are past the 5 minute grace, 15:00 is 2 minutes late.
+        ("skip", [PlannedRun(T0 + timedelta(hours=2), coalesced_from=3), PlannedRun(T0 + timedelta(hours=3))]),
+        ("catch_up_once", [PlannedRun(T0 + timedelta(hours=3), catch_up=True, coalesced_from=4)]),
+        ("catch_up_all", [PlannedRun(T0 + timedelta(hours=h), catch_up=h < 3) for h in range(4)]),
+    ],
+)
+def test_overdue_occurrences_in_grace_and_past_it(policy: str, expected: list[PlannedRun]) -> None:
+    runs, nxt, missed = plan(hourly(next_run_at=T0, missed_run_policy=policy), T0 + timedelta(hours=3, minutes=2))
+    assert [r.__class__(r.intended_at, r.catch_up, r.coalesced_from) for r in runs] == expected  # reasons aside
+    assert nxt == T0 + timedelta(hours=4)
+    assert missed.detected == 3
+    if policy == "catch_up_once":
+        assert (missed.caught_up, missed.coalesced) == (1, 3)
+        assert "standing for 4 due occurrence(s)" in missed.reason
+
+
 def test_catch_up_all_runs_each_oldest_first() -> None:
     runs, _, missed = plan(
         hourly(next_run_at=T0, missed_run_policy="catch_up_all"), T0 + timedelta(hours=3, minutes=30)

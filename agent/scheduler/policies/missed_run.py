@@ -120,10 +120,27 @@ def plan_due(schedule: ScheduleDefinition, trigger: Trigger, now: datetime) -> D
     else:
         cursor = first
     # Walk the on-time occurrences (within the grace, so few); the first one past now is next.
+    on_time: list[PlannedRun] = []
     while cursor is not None and cursor <= now:
-        runs.append(PlannedRun(cursor))
+        on_time.append(PlannedRun(cursor))
         cursor = trigger.next_after(cursor)
-    return DuePlan(runs=runs, next_run_at=cursor, missed=decision)
+    if decision is not None and on_time and schedule.missed_run_policy is MissedRunPolicy.CATCH_UP_ONCE:
+        decision = _coalesce_into_latest(decision, on_time[-1].intended_at, len(on_time))
+        return DuePlan(runs=decision.runs, next_run_at=cursor, missed=decision)
+    return DuePlan(runs=runs + on_time, next_run_at=cursor, missed=decision)
+
+
+def _coalesce_into_latest(decision: MissedDecision, latest: datetime, on_time: int) -> MissedDecision:
+    """catch_up_once with occurrences still within the grace: one run of the latest due stands for all.
+
+    Running the latest missed one and then the on-time ones would run the schedule several
+    times over (or skip the newest as an overlap); every overdue occurrence, in grace or past
+    it, becomes one run of the newest.
+    """
+    n = decision.detected
+    run = PlannedRun(latest, catch_up=True, coalesced_from=n + on_time)
+    reason = f"{decision.reason}: {latest.isoformat()}, standing for {n + on_time} due occurrence(s)"
+    return MissedDecision([run], reason, detected=n, caught_up=1, coalesced=n)
 
 
 def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: datetime) -> str | None:
@@ -131,8 +148,8 @@ def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: da
 
     Within the grace it runs as scheduled. Later than that, its worker stopped or stalled between
     preparing and starting it, and it is a missed occurrence like any other: ``skip`` skips it;
-    ``catch_up_once`` lets it be the one catch-up run unless the schedule's later occurrences were
-    missed too (``schedule.next_run_at`` is past the grace: their catch-up run stands for it);
+    ``catch_up_once`` lets it be the one catch-up run unless a later occurrence of the schedule is
+    due too (``schedule.next_run_at`` is not after ``now``: the run of the latest stands for it);
     ``catch_up_all`` runs it.
     """
     if now - intended_at <= schedule.grace:
@@ -144,8 +161,8 @@ def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: da
     if policy is MissedRunPolicy.SKIP:
         return f"{missed}; policy skip"
     later = schedule.next_run_at
-    if policy is MissedRunPolicy.CATCH_UP_ONCE and later is not None and later < now - schedule.grace:
-        return f"{missed}; policy catch_up_once: the catch-up run of later occurrences stands for it"
+    if policy is MissedRunPolicy.CATCH_UP_ONCE and later is not None and later <= now:
+        return f"{missed}; policy catch_up_once: the run of a later due occurrence stands for it"
     return None
 
 

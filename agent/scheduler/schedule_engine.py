@@ -1086,9 +1086,17 @@ class ScheduleEngine:
         if not runs:
             return
         schedules = await self._db(self.store.schedules_by_id, [r.schedule_id for r in runs])
-        starts = [(r, "start", {"owner": self.worker_id, "lease_expires_at": now + self.lease}) for r in runs]
-        for moved in await self._db(self.store.transition_many, starts, now=now):
-            if isinstance(moved, ScheduledRun):
+        # The same guard as every start: a shutdown run whose task is missing is skipped, with why.
+        items: list[Finished] = []
+        for run in runs:
+            blocked = self._blocked(run, schedules.get(run.schedule_id), now)
+            if blocked:
+                items.append((run, "skip", {"reason": blocked}))
+                log.warning("shutdown run %s of %s skipped: %s", run.run_id, run.schedule_name, blocked)
+            else:
+                items.append((run, "start", {"owner": self.worker_id, "lease_expires_at": now + self.lease}))
+        for moved in await self._db(self.store.transition_many, items, now=now):
+            if isinstance(moved, ScheduledRun) and moved.status is RunStatus.RUNNING:
                 self._dispatch(moved, schedules[moved.schedule_id])
         flights = [f for f in self._in_flight.values() if f.run.origin == "lifecycle"]
         limit = max((f.schedule.shutdown_timeout.total_seconds() for f in flights), default=0.0)

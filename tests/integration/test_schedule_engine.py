@@ -288,6 +288,24 @@ async def test_lifecycle_schedules_run_at_start_and_at_stop(
 
 
 @run_async
+async def test_lifecycle_schedules_whose_task_is_missing_are_skipped_and_stop_completes(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("hello", trigger_type="lifecycle", expression="startup", target="gone"))
+    store.add(make_schedule("goodbye", trigger_type="lifecycle", expression="shutdown", target="gone"))
+    for life in range(2):  # the next start finds nothing left running, and stops cleanly again
+        engine = engine_for(store, Probe(), clock)
+        await engine.start()
+        await engine.wait_idle()
+        await engine.stop()
+        assert store.get_state("worker:test-worker")["clean"] is True  # type: ignore[index]
+        for name in ("hello", "goodbye"):
+            runs = store.runs(schedule=name)
+            assert [r.status for r in runs] == [RunStatus.SKIPPED] * (life + 1)
+            assert all("'gone' is not registered" in (r.reason or "") for r in runs)
+
+
+@run_async
 async def test_run_now_and_disabled_schedules(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

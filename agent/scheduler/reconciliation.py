@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,16 @@ class ReconciliationReport:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    _kept: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def keep(self) -> None:
+        """Remember the counts as they are now (committed); ``restore()`` goes back to them."""
+        self._kept = copy.deepcopy({k: v for k, v in vars(self).items() if k != "_kept"})
+
+    def restore(self) -> None:
+        """Back to the counts of the last ``keep()``: a transaction that runs again counts once."""
+        if self._kept is not None:
+            vars(self).update(copy.deepcopy(self._kept))
 
     @property
     def has_problems(self) -> bool:
@@ -45,6 +56,7 @@ class ReconciliationReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (instants as ISO strings)."""
         data = asdict(self)
+        del data["_kept"]
         for key in ("started_at", "finished_at"):
             if isinstance(data[key], datetime):
                 data[key] = data[key].isoformat()

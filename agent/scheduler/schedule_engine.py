@@ -167,6 +167,8 @@ class ScheduleEngine:
         self._draining = False
         self._stopped = False
         self._report: ReconciliationReport | None = None
+        self._report_id: str | None = None
+        """The stored row of this start's report, once written."""
         self._unsubscribe: Callable[[], None] | None = None
         self._unsubscribe_alerts: Callable[[], None] | None = None
         self._runner: asyncio.Task[Any] | None = None
@@ -198,17 +200,12 @@ class ScheduleEngine:
         now = self.clock.now()
         self._started_at = now
         await self._db(self.store.defer_checkpoints)
-        report = await self._db(self._reconcile_db, now, False)
+        # The report is written in the same transaction as the first changes it counts, brought up
+        # to date by the startup tick's, and closed at the end: a start cut short leaves it true.
+        report = await self._db(self.store.atomic_kept, self._reconcile_db, now, False)
         await self.tick(report=report)
         report.finished_at = self.clock.now()
-        await self._db(
-            self.store.save_report,
-            worker_id=self.worker_id,
-            started_at=report.started_at,
-            finished_at=report.finished_at,
-            report=report.to_dict(),
-            dry_run=False,
-        )
+        await self._db(self._save_report, report)
         log.info("%s", report.summary())
         if report.has_problems:
             await self._db(
@@ -478,6 +475,9 @@ class ScheduleEngine:
     ) -> _TickResult:
         result = _TickResult()
         self._fresh = {}
+        if report is not None:
+            # The whole transaction may run again (a lock, a lost connection): count from the start.
+            report.restore()
         # A full scan looks at everything; between full scans only what this engine knows changed.
         full = self._last_full_scan is None or (now - self._last_full_scan).total_seconds() >= self.tick_seconds
         if full and prepared and report is None and not self._scan_postponed:
@@ -531,6 +531,8 @@ class ScheduleEngine:
             self._breaker_due = self._probe_breakers(now)
         if full or due or report is not None or self._next_due is None:
             self._schedule_due, self._schedule_batch = self.store.next_due(count_up_to=BATCH_MIN)
+        if report is not None:
+            self._save_report(report)  # in this tick's transaction, with the changes it counts
         result.next_due = self._earliest_due()
         return result
 
@@ -823,6 +825,7 @@ class ScheduleEngine:
 
     def _reconcile_db(self, now: datetime, dry_run: bool) -> ReconciliationReport:
         report = ReconciliationReport(worker_id=self.worker_id, started_at=now, dry_run=dry_run)
+        self._report_id = None  # this transaction may be a retry of one that wrote nothing
         previous = self.store.get_state(self._state_key)
         if not dry_run:
             self._refuse_a_live_twin(previous)
@@ -860,7 +863,20 @@ class ScheduleEngine:
         if report.paused_resumed:
             report.actions.append(f"resumed {report.paused_resumed} paused run(s)")
         self._create_lifecycle_runs("startup", now)
+        self._save_report(report)
+        report.keep()
         return report
+
+    def _save_report(self, report: ReconciliationReport) -> None:
+        """Write the start's report: the first time as a new row, then over it."""
+        data = report.to_dict()
+        if self._report_id is None:
+            stored = self.store.save_report(
+                worker_id=self.worker_id, started_at=report.started_at, finished_at=None, report=data
+            )
+            self._report_id = stored.id
+        else:
+            self.store.update_report(self._report_id, finished_at=report.finished_at, report=data)
 
     def _refuse_a_live_twin(self, previous: dict[str, Any] | None) -> None:
         """Two live workers with one id would orphan each other's runs: refuse to start the second."""

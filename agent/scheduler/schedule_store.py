@@ -1556,6 +1556,14 @@ class ScheduleStore:
         self._tx(lambda c: c.execute(schema.reconciliation_reports.insert().values(**row)))
         return stored
 
+    def update_report(self, report_id: str, *, finished_at: datetime | None, report: dict[str, Any]) -> None:
+        """Bring a stored report up to date: a start writes it with each change it makes, and closes it
+        (``finished_at``) at the end, so a start cut short leaves a report that matches the rows."""
+        t = schema.reconciliation_reports
+        stmt = update(t).where(t.c.id == report_id).values(finished_at=_to_db(finished_at), report=report)
+        if self._tx(lambda c: c.execute(stmt).rowcount) != 1:
+            raise StoreError(f"no reconciliation report {report_id}")
+
     def reports(self, *, limit: int = 10) -> builtins.list[StoredReport]:
         """The latest reconciliation reports, newest first."""
         t = schema.reconciliation_reports

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.schedule_engine import ScheduleEngine
@@ -176,6 +180,62 @@ async def test_after_a_crash_the_next_start_requeues_orphans_at_once_or_dead_let
     assert dead.status is RunStatus.DEAD_LETTERED
     [letter] = store.dead_letters()
     assert letter.error_type == "Orphaned" and "stopped renewing its lease" in (letter.error or "")
+    await second.stop()
+
+
+async def _two_orphans(store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, work: Work) -> None:
+    store.add(make_schedule("first", trigger_type="delay", expression="+1m", target="blocked"))
+    store.add(make_schedule("second", trigger_type="delay", expression="+1m", target="blocked"))
+    first = engine(store, work, clock)
+    await first.start()
+    await first.run_until(clock.now() + timedelta(minutes=1))
+    await crash(first)
+    clock.advance(5)
+
+
+@run_async
+async def test_a_start_cut_short_leaves_a_report_that_matches_the_rows(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, mocker: Any
+) -> None:
+    work = Work(clock)
+    await _two_orphans(store, clock, make_schedule, work)
+    second = engine(store, work, clock)
+    # Killed after reconciliation moved the orphans, before the startup tick retried them.
+    mocker.patch.object(store, "next_due", side_effect=RuntimeError("killed"))
+    with pytest.raises(RuntimeError, match="killed"):
+        await second.start()
+    stored, _first_life = store.reports()
+    orphaned = [r for r in store.runs() if r.error_type == "Orphaned"]
+    assert stored.finished_at is None  # never closed: the start did not finish
+    assert stored.report["orphans_found"] == len(orphaned) == 2
+    assert stored.report["orphans_requeued"] == 0 and all(r.status is RunStatus.FAILED for r in orphaned)
+
+
+@run_async
+async def test_a_startup_transaction_that_runs_again_counts_once_in_one_report(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, mocker: Any
+) -> None:
+    work = Work(clock)
+    await _two_orphans(store, clock, make_schedule, work)
+    work.gate.set()
+    second = engine(store, work, clock)
+    real = store.next_due
+    failures = [OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))]
+
+    def locked_once(**kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(**kwargs)
+
+    # The startup tick's transaction fails once at its very end and runs again as a whole.
+    mocker.patch.object(store, "next_due", side_effect=locked_once)
+    report = await second.start()
+    await second.wait_idle()
+    assert not failures
+    stored, _first_life = store.reports()
+    assert stored.finished_at is not None and stored.report == report.to_dict()
+    assert (report.orphans_found, report.orphans_requeued) == (2, 2)
+    assert [(r.status, r.attempt) for r in store.runs()] == [(RunStatus.SUCCEEDED, 2)] * 2
     await second.stop()
 
 

@@ -77,7 +77,14 @@ class StaleState(SchedulerError):
     """
 
     def __init__(
-        self, entity_id: str, expected: str, actual: str | None, trigger: str, *, holder: str | None = None
+        self,
+        entity_id: str,
+        expected: str,
+        actual: str | None,
+        trigger: str,
+        *,
+        holder: str | None = None,
+        attempts: tuple[int, int] | None = None,
     ) -> None:
         self.entity_id = entity_id
         self.expected = expected
@@ -85,6 +92,9 @@ class StaleState(SchedulerError):
         self.trigger = trigger
         self.holder = holder
         now = "is gone" if actual is None else f"is now {actual!r}"
+        if attempts is not None and attempts[0] != attempts[1]:
+            # Same status, another attempt: the run was taken over (and retried) in between.
+            now = f"was taken over: attempt {attempts[1]} is now {actual!r} (this was attempt {attempts[0]})"
         by = f"{holder}" if holder else "another worker, thread or process"
         super().__init__(
             f"{trigger} on {entity_id} lost the race: expected state {expected!r}, but it {now} (moved by {by})"

@@ -345,7 +345,8 @@ class ScheduleStore:
             if version < schema.SCHEMA_VERSION:
                 # An older database: upgraded in this same transaction, step by step.
                 for step in range(version, schema.SCHEMA_VERSION):
-                    conn.execute(sql_text(schema.UPGRADES[step]))
+                    for statement in schema.UPGRADES[step]:
+                        conn.execute(sql_text(statement))
                 conn.execute(
                     update(schema.meta)
                     .where(schema.meta.c.key == "schema_version")
@@ -757,10 +758,16 @@ class ScheduleStore:
         params: dict[str, Any] = {f"v_{k}": v for k, v in row.items()}
         params.update(w_run_id=run.run_id, w_status=transition.source, w_attempt=run.attempt)
         if conn.execute(self._run_update(tuple(sorted(row))), params).rowcount != 1:
-            found = conn.execute(select(r.c.status, r.c.owner).where(r.c.run_id == run.run_id)).first()
-            actual = None if found is None else found.status
+            found = conn.execute(select(r.c.status, r.c.owner, r.c.attempt).where(r.c.run_id == run.run_id)).first()
+            if found is None:
+                raise StaleRun(run.run_id, transition.source, None, transition.trigger)
             raise StaleRun(
-                run.run_id, transition.source, actual, transition.trigger, holder=None if found is None else found.owner
+                run.run_id,
+                transition.source,
+                found.status,
+                transition.trigger,
+                holder=found.owner,
+                attempts=(run.attempt, found.attempt),
             )
         if transition.trigger == "dead_letter":
             error = values.get("error", run.error)
@@ -863,6 +870,7 @@ class ScheduleStore:
                     heartbeat_at=at,
                     completed_at=None,
                     prepared=False,
+                    starts=r.c.starts + 1,
                     owner=bindparam("v_owner"),
                     lease_expires_at=bindparam("v_lease", type_=DateTime),
                     reason=bindparam("v_reason"),

@@ -62,6 +62,10 @@ class ScheduledRun:
     """When the owner's claim lapses unless renewed."""
     heartbeat_at: datetime | None = None
     """Last sign of life from the task."""
+    starts: int = 0
+    """How many times an attempt of this run started. A run that started before (an orphan's
+    retry, a requeue, a replay) is work that was cut: it is never skipped as an overlap or a
+    missed occurrence, it waits its turn."""
     prepared: bool = False
     """Stored ahead of its time by a worker and not started since. The first start clears it, so
     a run that ever started (an orphan's retry, a requeue, a replay) is never taken for an

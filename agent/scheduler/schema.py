@@ -84,8 +84,9 @@ scheduled_runs = Table(
     Column("owner", String(NAME)),
     Column("lease_expires_at", DateTime),
     Column("heartbeat_at", DateTime),
-    # Stored ahead of its time and never started yet (version 2): see ScheduledRun.prepared.
+    # Version 2: stored ahead of its time and never started yet; how many times it started.
     Column("prepared", Boolean, nullable=False, server_default=false()),
+    Column("starts", Integer, nullable=False, server_default="0"),
     *_stamps(),
     # Materializing the same occurrence twice must be a no-op: this index is what makes it one.
     Index("uq_runs_occurrence", "schedule_id", "occurrence_key", unique=True),
@@ -170,7 +171,12 @@ engine_state = Table(
 TABLES: dict[str, Table] = dict(metadata.tables)
 
 #: What moves a database of an older schema version to the next one, by the version it starts from.
-#: Each step is one statement that both SQLite and PostgreSQL accept.
-UPGRADES: dict[int, str] = {
-    1: "ALTER TABLE scheduled_runs ADD COLUMN prepared BOOLEAN NOT NULL DEFAULT FALSE",
+#: Each statement is one that both SQLite and PostgreSQL accept.
+UPGRADES: dict[int, list[str]] = {
+    1: [
+        "ALTER TABLE scheduled_runs ADD COLUMN prepared BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE scheduled_runs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0",
+        # Runs of version 1 that ever started (start stamps heartbeat_at; nothing clears it).
+        "UPDATE scheduled_runs SET starts = attempt WHERE heartbeat_at IS NOT NULL",
+    ],
 }

@@ -65,15 +65,18 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs(
 
     with ScheduleStore(any_url, clock=clock) as store:
         schedule = store.add(make_schedule("old"))
-        store.create_run(schedule, T0, occurrence_key="manual:1", origin="manual")
+        run = store.create_run(schedule, T0, occurrence_key="manual:1", origin="manual")
+        assert run is not None
+        store.start_many([run], owner="w", lease_until=T0 + timedelta(minutes=1), now=T0)
         with store.db.engine.begin() as conn:  # type: ignore[union-attr]
-            # Version 1 had no ``prepared`` column.
+            # Version 1 had neither ``prepared`` nor ``starts``.
             conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN prepared"))
+            conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN starts"))
             conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     with ScheduleStore(any_url, clock=clock) as store:
         assert store.schema_version() == SCHEMA_VERSION == 2
         [run] = store.runs(schedule="old")
-        assert (run.occurrence_key, run.prepared) == ("manual:1", False)
+        assert (run.occurrence_key, run.prepared, run.starts) == ("manual:1", False, 1)  # it had started
 
 
 def test_sqlite_runs_in_wal_mode_with_the_tables_and_unique_index(sqlite_store: ScheduleStore, db_path: Path) -> None:
@@ -218,6 +221,23 @@ def test_a_stale_snapshot_cannot_move_a_run_and_says_who_did(store: ScheduleStor
     assert (err.value.expected, err.value.actual, err.value.holder) == ("pending", "running", "worker-a")
     assert "worker-a" in str(err.value)
     assert store.get_run(run.run_id).owner == "worker-a"
+
+
+def test_an_owner_late_with_its_outcome_learns_its_run_was_taken_over(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    run = store.create_run(store.add(make_schedule()), T0)
+    assert run is not None
+    mine = store.transition(run, "start", owner="worker-a")
+    assert (mine.starts, mine.prepared) == (1, False)
+    orphaned = store.transition(mine, "orphan", error_type="Orphaned")
+    retried = store.transition(orphaned, "retry", schedule=store.get(run.schedule_id))
+    theirs = store.transition(retried, "start", owner="worker-b")
+    assert (theirs.attempt, theirs.starts) == (2, 2)
+    with pytest.raises(StaleRun) as err:
+        store.transition(mine, "succeed")  # worker-a's outcome of attempt 1, written too late
+    assert "was taken over: attempt 2 is now 'running' (this was attempt 1)" in str(err.value)
+    assert err.value.holder == "worker-b"
 
 
 def test_retry_with_backoff_then_dead_letter_is_persisted(

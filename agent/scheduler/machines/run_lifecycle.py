@@ -94,7 +94,13 @@ _UNLEASE: dict[str, Any] = {"lease_expires_at": None}
 def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any]:
     """The row fields an accepted ``trigger`` sets besides the status (times, attempt, ownership)."""
     if trigger == "start":
-        return {"started_at": now, "completed_at": None, "heartbeat_at": now, "prepared": False}
+        return {
+            "started_at": now,
+            "completed_at": None,
+            "heartbeat_at": now,
+            "prepared": False,
+            "starts": run.starts + 1,
+        }
     # A finished run keeps its owner (who ran it, for telemetry and operators); only the lease goes.
     if trigger == "succeed":
         return {

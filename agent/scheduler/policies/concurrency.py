@@ -38,9 +38,10 @@ def decide_starts(policy: ConcurrencyPolicy, due: list[ScheduledRun], in_flight:
     """Decide every due pending run of one schedule (oldest first) given how many of its runs are running.
 
     ``forbid``: one at a time; a regular occurrence that finds a run in flight is skipped
-    (overlap), a catch-up run waits its turn. ``allow``: all start. ``enqueue_one``: one runs,
-    one waits, the rest are skipped (queue full). ``replace``: the newest due run replaces what
-    is in flight; older due ones are skipped as superseded.
+    (overlap); a catch-up run, or a run that started before and was cut (``starts``), waits its
+    turn. ``allow``: all start. ``enqueue_one``: one runs, one waits, the rest are skipped (queue
+    full). ``replace``: the newest due run replaces what is in flight; older due ones are
+    skipped as superseded.
     """
     if policy is ConcurrencyPolicy.ALLOW:
         return [StartDecision(r, Action.START, "allow: overlap permitted") for r in due]
@@ -63,6 +64,8 @@ def decide_starts(policy: ConcurrencyPolicy, due: list[ScheduledRun], in_flight:
             busy = 1
         elif run.catch_up:
             out.append(StartDecision(run, Action.WAIT, f"{policy}: catch-up run waits for the run in flight"))
+        elif run.starts:
+            out.append(StartDecision(run, Action.WAIT, f"{policy}: a run that was cut waits for the run in flight"))
         elif policy is ConcurrencyPolicy.ENQUEUE_ONE and waiting == 0:
             out.append(StartDecision(run, Action.WAIT, "enqueue_one: waits behind the run in flight"))
             waiting = 1

@@ -24,6 +24,7 @@ from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.adapters.telegram import TelegramNotifier
 from agent.scheduler.adapters.telemetry import TelemetryExporter
 from agent.scheduler.config import ConfigError, apply_env_file, load_config
+from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
 from agent.scheduler.schedule_engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
@@ -34,6 +35,17 @@ from service_registry import ServiceRegistry
 from telegram_bot import OperatorBot
 
 log = logging.getLogger("worker")
+
+#: Exit statuses. The service files restart the worker on any failure except EXIT_CONFIGURATION.
+EXIT_OK = 0
+#: Anything that went wrong and may go away by itself (the service restarts the worker).
+EXIT_FAILURE = 1
+#: A configuration the operator must fix (bad arguments or environment, a twin worker with the same
+#: id, a schema newer than the code): restarting would fail the same way.
+EXIT_CONFIGURATION = 2
+#: The SQLite file was deleted or replaced under the worker: it stopped without writing into the lost
+#: file; a restart opens the file now at the path.
+EXIT_DATABASE_REPLACED = 3
 
 
 def positive_float(text: str) -> float:
@@ -80,10 +92,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def load_task_modules(names: Sequence[str], tasks: TaskRegistry, store: ScheduleStore) -> None:
     """Import each ``--tasks`` module and call its ``register(tasks, store)``."""
     for name in names:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise OperatorActionRequired(f"--tasks {name}: cannot import the module: {exc}") from exc
         register = getattr(module, "register", None)
         if not callable(register):
-            raise SystemExit(f"--tasks {name}: the module has no register(tasks, store) function")
+            raise OperatorActionRequired(f"--tasks {name}: the module has no register(tasks, store) function")
         register(tasks, store)
         log.info("tasks from %s registered", name)
 
@@ -162,7 +177,7 @@ async def run(args: argparse.Namespace) -> int:
         await notifier.close()
     store.close()
     log.info("worker %s stopped", engine.worker_id)
-    return 0
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,13 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config()  # every variable checked at once; one error lists each bad one
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIGURATION
     configure_from(config, level=args.log_level)
     try:
         return asyncio.run(run(args))
+    except DatabaseReplaced:
+        return EXIT_DATABASE_REPLACED  # the engine logged it, in one ERROR line
+    except OperatorActionRequired as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIGURATION
     except SchedulerError as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .errors import InvalidSchedule, SchedulerError
+from .errors import InvalidSchedule, OperatorActionRequired
 from .triggers import parse_timezone
 
 #: The cloud services the legacy jobs call (``cron_definitions``); a test keeps this equal to that table.
@@ -61,7 +61,7 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _BOT_TOKEN = re.compile(r"^\d+:[A-Za-z0-9_-]+$")
 
 
-class ConfigError(SchedulerError, ValueError):
+class ConfigError(OperatorActionRequired, ValueError):
     """One or more environment variables have values the worker cannot use; fix each one listed.
 
     ``problems`` holds every bad variable (name, value as shown, allowed values); secrets appear masked.

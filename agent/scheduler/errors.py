@@ -128,3 +128,39 @@ class TaskNotConfigured(SchedulerError):
         self.missing = missing
         extra = f" ({detail})" if detail else ""
         super().__init__(f"not configured: set {missing}{extra}")
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached or written now (connection lost, server restarting, disk full,
+    read-only, locked for too long); the transaction did not commit.
+
+    Transient: wait and try again. The engine's loop does, with backoff, until the database is back.
+    """
+
+
+class DatabaseReplaced(StoreError):
+    """The SQLite file the store opened was deleted or replaced by another file at the same path.
+
+    Writing on would go into a file nobody will read again: stop, and start the worker again to open
+    the file now at the path (the previous history is gone with the old file unless it was restored).
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"the database file {path} {detail}: stopping rather than writing into a file nobody reads")
+
+
+class OperatorActionRequired(SchedulerError):
+    """Base of errors a restart cannot fix (a bad setting, a schema newer than the code, a twin worker).
+
+    The worker exits with status 2 on these, and its service does not restart it until the operator acts.
+    """
+
+
+class WorkerIdInUse(OperatorActionRequired):
+    """Another live worker on this host uses the same worker id; give each worker its own ``--worker-id``."""
+
+
+class SchemaTooNew(OperatorActionRequired, StoreError):
+    """The database was written by a newer version of the scheduler; upgrade the code before opening it."""

@@ -21,11 +21,23 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
 from .alerts import AlertDispatcher, Notifier, dead_letter_text
 from .clock import Clock
+from .db_health import DatabaseHealth, Outage, outage_wait, report_replaced_database
 from .definition import ScheduleDefinition
 from .enums import BreakerState, ConcurrencyPolicy, MissedRunPolicy, RunStatus, ShutdownPolicy, TriggerType
-from .errors import GuardRejected, SchedulerError, StaleState, TaskNotConfigured
+from .errors import (
+    DatabaseReplaced,
+    DatabaseUnavailable,
+    GuardRejected,
+    SchedulerError,
+    StaleState,
+    TaskNotConfigured,
+    WorkerIdInUse,
+)
+from .execution import Outcome, Timed, ended, run_in_thread, thread_ended
 from .policies.concurrency import Action, decide_starts
 from .policies.missed_run import DuePlan, PlannedRun, is_prepared, plan_due, prepared_blocked
 from .policies.retry import ORPHANED, retry_at
@@ -67,6 +79,11 @@ _ENDINGS = frozenset({"succeed", "fail", "skip", "cancel"})
 PREPARE_AHEAD = timedelta(seconds=1)
 #: The engine checkpoints SQLite's WAL itself, after dispatching, at most this often (real seconds).
 CHECKPOINT_SECONDS = 1.0
+#: The engine checks that its SQLite file is still the one it opened at most this often (real
+#: seconds): one ``stat``, so that at most this long of work goes into a deleted file.
+IDENTITY_CHECK_SECONDS = 0.2
+#: An async task that holds the event loop this long without yielding is logged (real seconds).
+LOOP_STALL_SECONDS = 1.0
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -177,6 +194,8 @@ class ScheduleEngine:
         self._last_delivery: datetime | None = None
         self._delivery: asyncio.Task[int] | None = None
         self._breaker_due: datetime | None = None
+        self._health = DatabaseHealth()
+        self._identity_checked = time.monotonic()
 
     # ------------------------------------------------------------------ public API
 
@@ -202,7 +221,7 @@ class ScheduleEngine:
         await self._db(self.store.defer_checkpoints)
         # The report is written in the same transaction as the first changes it counts, brought up
         # to date by the startup tick's, and closed at the end: a start cut short leaves it true.
-        report = await self._db(self.store.atomic_kept, self._reconcile_db, now, False)
+        report: ReconciliationReport = await self._db(self.store.atomic_kept, self._reconcile_db, now, False)
         await self.tick(report=report)
         report.finished_at = self.clock.now()
         await self._db(self._save_report, report)
@@ -239,6 +258,7 @@ class ScheduleEngine:
             self._record_timer = None
         events, self._events = self._events, []
         renew: list[str] = []
+        renewed_before = self._last_renewal
         if self._in_flight and (self._last_renewal is None or now - self._last_renewal >= self.lease / 3):
             renew = list(self._in_flight)
             self._last_renewal = now
@@ -246,17 +266,21 @@ class ScheduleEngine:
         prepared = [p for p in self._prepared.values() if p.run.intended_run_at <= now]
         for p in prepared:
             del self._prepared[p.run.run_id]
-        result = await self._db(
-            self.store.atomic_kept,
-            self._tick_db,
-            now,
-            finished=finished,
-            events=events,
-            renew=renew,
-            report=report,
-            mine=mine,
-            prepared=prepared,
-        )
+        try:
+            result = await self._db(
+                self.store.atomic_kept,
+                self._tick_db,
+                now,
+                finished=finished,
+                events=events,
+                renew=renew,
+                report=report,
+                mine=mine,
+                prepared=prepared,
+            )
+        except BaseException:
+            self._requeue_tick(finished, events, prepared, renewed_before)
+            raise
         for run, schedule in result.started:
             self._dispatch(run, schedule)
         self._disarm(p.run.run_id for p in prepared)  # due now but not started: skipped, or another's
@@ -271,6 +295,27 @@ class ScheduleEngine:
             self._last_checkpoint = time.monotonic()
             await self._db(self.store.checkpoint)
         self._maybe_deliver(now)
+
+    def _requeue_tick(
+        self,
+        finished: list[Finished],
+        events: list[tuple[str, dict[str, Any], str]],
+        prepared: list[_Prepared],
+        renewed_before: datetime | None,
+    ) -> None:
+        """A tick's transaction did not commit: what it was to write is kept for the next tick.
+
+        Outcomes of finished runs, events and due prepared runs go back in front of whatever
+        arrived since; leases count as not renewed; the next tick makes a full scan, since the
+        database may have changed in ways this engine did not see while it was away.
+        """
+        self._finished[:0] = finished
+        self._events[:0] = events
+        for p in prepared:
+            self._prepared.setdefault(p.run.run_id, p)
+        self._last_renewal = renewed_before
+        self._last_full_scan = None
+        self._maybe_pending = self._maybe_failed = True
 
     def _maybe_deliver(self, now: datetime) -> None:
         """Start an outbox pass when alerts were queued here, to retry what a pass left, or to sweep now and then."""
@@ -310,7 +355,8 @@ class ScheduleEngine:
         self._runner = asyncio.current_task()
         try:
             while not self._draining:
-                await self.tick()
+                if not await self._tick_through_outages():
+                    continue
                 now = self.clock.now()
                 if now >= instant:
                     return
@@ -319,14 +365,90 @@ class ScheduleEngine:
             self._runner = None
 
     async def run_forever(self) -> None:
-        """Run the loop until ``stop()``."""
+        """Run the loop until ``stop()``.
+
+        A database that becomes unavailable pauses dispatching until it is back (see
+        ``_tick_through_outages``); DatabaseReplaced ends the loop without another write.
+        """
         self._runner = asyncio.current_task()
         try:
             while not self._draining:
-                await self.tick()
-                await self._sleep()
+                if await self._tick_through_outages():
+                    await self._sleep()
         finally:
             self._runner = None
+
+    async def _tick_through_outages(self) -> bool:
+        """One tick of the loop, riding out a database outage; False when stop() came first.
+
+        While ticks fail with DatabaseUnavailable, they are retried with a jittered exponential
+        backoff (capped at OUTAGE_BACKOFF_MAX_SECONDS, without end); one line is logged when the
+        database is lost, one every OUTAGE_REPORT_EVERY while it stays away and one when it is
+        back, and an alert saying how long it was down is queued on recovery. Runs in flight go
+        on; their outcomes wait in memory for the tick that can write them.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseUnavailable),
+            wait=outage_wait(),
+            sleep=self._outage_sleep,
+            before_sleep=self._outage_attempt_failed,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._draining:
+                    return False
+                self._check_database_identity()
+                await self.tick()
+        outage = self._health.succeeded(self.clock.now())
+        if outage is not None:
+            log.warning(
+                "database back after %.1f s (%d failed attempts); dispatching resumed", outage.seconds, outage.attempts
+            )
+        if self._health.unreported is not None:
+            await self._queue_outage_alert(self._health.unreported)
+        return True
+
+    def _outage_attempt_failed(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        line = self._health.failed(self.clock.now(), exc or DatabaseUnavailable("unknown"))
+        if line is not None:
+            log.warning("%s", line)
+
+    async def _outage_sleep(self, seconds: float) -> None:
+        """The backoff between attempts, on the engine's clock; stop() cuts it short."""
+        if self._draining:
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (sleeper, waker):
+                f.cancel()
+            self._wake.clear()
+
+    async def _queue_outage_alert(self, outage: Outage) -> None:
+        try:
+            await self._db(self.store.add_alert, "database_outage", outage.text(self.worker_id), outage.payload())
+        except DatabaseUnavailable as exc:
+            log.info("the outage alert waits for the database to come back: %s", exc)
+            return
+        self._health.alert_queued()
+
+    def _check_database_identity(self) -> None:
+        """At most every IDENTITY_CHECK_SECONDS: the SQLite file is still the one opened (one stat)."""
+        at = time.monotonic()
+        if at - self._identity_checked < IDENTITY_CHECK_SECONDS:
+            return
+        self._identity_checked = at
+        try:
+            self.store.check_identity()
+        except DatabaseReplaced as exc:
+            self._draining = True  # no more dispatching, and no write into the lost file
+            self._disarm(list(self._armed))
+            log.error("%s", exc)
+            report_replaced_database(self.store, self.worker_id, exc)
+            raise
 
     async def stop(self) -> None:
         """Stop dispatching, run shutdown schedules, apply each running run's shutdown policy, mark a clean stop."""
@@ -891,7 +1013,7 @@ class ScheduleEngine:
             return  # its previous life is gone: reconcile what it left
         except PermissionError:
             pass
-        raise SchedulerError(
+        raise WorkerIdInUse(
             f"worker id {self.worker_id!r} is in use by a running worker (pid {pid} on this host); "
             "give each worker its own --worker-id (or ACTP_WORKER_ID)"
         )

@@ -8,6 +8,8 @@ mapped to value objects here and nowhere else.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -26,18 +28,22 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from . import schema
 from .clock import Clock, SystemClock
+from .db_faults import Fault, classify, is_transient
 from .definition import TIME_BASED, ScheduleDefinition
 from .enums import BreakerState, RunStatus, TriggerType
 from .errors import (
+    DatabaseReplaced,
+    DatabaseUnavailable,
     DuplicateSchedule,
     InvalidSchedule,
     RunNotFound,
     ScheduleNotFound,
     SchedulerError,
+    SchemaTooNew,
     StaleBreaker,
     StaleRun,
     StaleState,
@@ -59,12 +65,18 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 5000
 #: A transaction that keeps finding the database locked is retried for this long in all.
 LOCK_RETRY_SECONDS = 30.0
+#: A transaction that finds the database unavailable (connection lost, disk full, read-only) is
+#: retried for this long, on a fresh connection, before DatabaseUnavailable is raised: long enough
+#: to get past one dropped pooled connection, short enough to let the engine's loop back off.
+OUTAGE_RETRY_SECONDS = 1.0
 #: How long a thread waits for a pooled connection.
 POOL_TIMEOUT_SECONDS = 10
 #: Runs per claim or completion statement (bounded: SQLite limits bound parameters per statement).
 CLAIM_CHUNK = 400
 #: Below this many items a batched path costs more than one prepared statement per item.
 BATCH_MIN = 16
+#: PostgreSQL advisory lock namespace (the first key) of the schedules' turn locks: "ACTP".
+TURN_LOCK_NAMESPACE = 0x41435450
 #: The embedded default database.
 DEFAULT_DB_PATH = Path("~/.actp/scheduler.db")
 
@@ -150,9 +162,27 @@ def _from_db(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
 
 
-def _is_locked(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", exc)
-    return isinstance(orig, sqlite3.OperationalError) and ("locked" in str(orig) or "busy" in str(orig))
+def _give_up(state: RetryCallState) -> bool:
+    """tenacity's stop: contention is waited out for LOCK_RETRY_SECONDS, an outage for OUTAGE_RETRY_SECONDS."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    budget = LOCK_RETRY_SECONDS if classify(exc) is Fault.CONTENTION else OUTAGE_RETRY_SECONDS
+    return (state.seconds_since_start or 0.0) >= budget
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path``; None when there is none."""
+    if not path:
+        return None
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _turn_key(schedule_id: str) -> int:
+    """A schedule's turn lock: a stable signed 32-bit hash of its id (a collision only makes two share turns)."""
+    return int.from_bytes(hashlib.blake2b(schedule_id.encode(), digest_size=4).digest(), "big", signed=True)
 
 
 def _listen(listeners: list[Callable[[], None]], listener: Callable[[], None]) -> Callable[[], None]:
@@ -178,8 +208,15 @@ class ScheduleStore:
         is_sqlite = self.url.startswith("sqlite")
         engine_kwargs: dict[str, Any] = {"pool_timeout": POOL_TIMEOUT_SECONDS}
         on_connect: list[str] = []
+        self.path: str | None = None
+        """The SQLite file this store opened (None for PostgreSQL or an in-memory database)."""
+        if not is_sqlite:
+            # A pooled connection the server dropped (a restart, an idle timeout) is replaced at checkout.
+            engine_kwargs["pool_pre_ping"] = True
         if is_sqlite:
             path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
+            if path and path != ":memory:" and not path.startswith("file:"):
+                self.path = path
             if path and path != ":memory:":
                 try:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -201,11 +238,14 @@ class ScheduleStore:
         if is_sqlite and self.db.engine is not None:
             _begin_immediate(self.db.engine)
         self._retrying = Retrying(
-            retry=retry_if_exception(_is_locked),
-            stop=stop_after_delay(LOCK_RETRY_SECONDS),
+            retry=retry_if_exception(is_transient),
+            stop=_give_up,
             wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
+            before_sleep=lambda state: self._after_fault(state.outcome.exception() if state.outcome else None),
             reraise=True,
         )
+        self._identity: tuple[int, int] | None = None
+        self._checkpoint_failing = False
         self._listeners: builtins.list[Callable[[], None]] = []
         self._alert_listeners: builtins.list[Callable[[], None]] = []
         self._checkpoints_deferred = False
@@ -216,6 +256,7 @@ class ScheduleStore:
         except BaseException:
             self.db.close()
             raise
+        self._identity = _file_identity(self.path)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -285,23 +326,60 @@ class ScheduleStore:
             return work(conn)
 
     def _tx(self, work: Callable[[Connection], T], *, keep_connection: bool = False) -> T:
-        """Run ``work`` in one transaction; the whole transaction is retried while SQLite is locked."""
+        """Run ``work`` in one transaction; the whole transaction is retried on a transient fault.
+
+        Contention (a lock, a deadlock, a serialization failure) is retried for LOCK_RETRY_SECONDS,
+        an outage (connection lost, disk full, read-only) for OUTAGE_RETRY_SECONDS on a fresh
+        connection; a fault that outlasts its budget raises DatabaseUnavailable, any other
+        database error StoreError.
+        """
         if self._depth.get(threading.get_ident(), 0):
             return work(self.db.executable)
         once = self._kept if keep_connection else self._once
         try:
             try:
                 return once(work)
-            except OperationalError as exc:
-                if not _is_locked(exc):
+            except SQLAlchemyError as exc:
+                if not is_transient(exc):
                     raise
-            # Locked: retry the whole transaction with backoff (the first attempt is the one above).
+                self._after_fault(exc)
+            # Transient: retry the whole transaction with backoff (the first attempt is the one above).
             result: T = self._retrying.copy()(once, work)
             return result
         except (SchedulerError, IntegrityError):
             raise
         except SQLAlchemyError as exc:
-            raise StoreError(f"database error on {self.dialect}: {getattr(exc, 'orig', None) or exc}") from exc
+            cause = getattr(exc, "orig", None) or exc
+            if is_transient(exc):
+                raise DatabaseUnavailable(f"database unavailable on {self.dialect}: {cause}") from exc
+            raise StoreError(f"database error on {self.dialect}: {cause}") from exc
+
+    def _after_fault(self, exc: BaseException | None) -> None:
+        """After an outage-type fault: drop this thread's connection and the pool's idle ones (maybe dead)."""
+        if classify(exc) is not Fault.UNAVAILABLE or self.db.engine is None:
+            return
+        with self.db.lock:
+            conn = self.db.connections.pop(threading.get_ident(), None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+            with contextlib.suppress(Exception):
+                conn.close()
+        self.db.engine.dispose()
+
+    def check_identity(self) -> None:
+        """SQLite: raise DatabaseReplaced if the file at the path is gone or is not the one opened.
+
+        A deleted file stays writable through the open connections, and a file put in its place
+        is another database: either way writing on would lose every write. Costs one ``stat``.
+        """
+        if self._identity is None:
+            return
+        found = _file_identity(self.path)
+        if found is None:
+            raise DatabaseReplaced(str(self.path), "was deleted")
+        if found != self._identity:
+            raise DatabaseReplaced(str(self.path), "was replaced by another file")
 
     def defer_checkpoints(self) -> None:
         """SQLite: this store's connections no longer checkpoint the WAL when a commit makes it long.
@@ -324,10 +402,26 @@ class ScheduleStore:
         current = self.db.executable.connection  # this thread's, already checked out
         off(current.dbapi_connection, current.info)
 
-    def checkpoint(self) -> None:
-        """SQLite: copy the WAL back into the database now, without waiting for readers (PASSIVE)."""
-        if self.dialect == "sqlite":
+    def checkpoint(self) -> bool:
+        """SQLite: copy the WAL back into the database now, without waiting for readers (PASSIVE).
+
+        Returns whether it was done. A checkpoint is housekeeping: one that fails (disk full, I/O
+        error, a dropped connection) is logged and left for the next call, never raised.
+        """
+        if self.dialect != "sqlite":
+            return True
+        try:
             self._driver_connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (sqlite3.Error, SQLAlchemyError) as exc:
+            if not self._checkpoint_failing:
+                log.warning("WAL checkpoints skipped until they work again: %s", exc)
+            self._checkpoint_failing = True
+            self._after_fault(exc)
+            return False
+        if self._checkpoint_failing:
+            log.info("WAL checkpoints work again")
+            self._checkpoint_failing = False
+        return True
 
     def _driver_connection(self) -> Any:
         # This thread's sqlite3 connection, in autocommit mode (see _begin_immediate): a PRAGMA
@@ -365,7 +459,7 @@ class ScheduleStore:
                 if attempt == 2 or not isinstance(cause, OperationalError | ProgrammingError | IntegrityError):
                     raise
         if version is not None and version > schema.SCHEMA_VERSION:
-            raise StoreError(
+            raise SchemaTooNew(
                 f"the database at {self.url} has schema version {version}, newer than this code's "
                 f"{schema.SCHEMA_VERSION}: upgrade the scheduler before opening it"
             )
@@ -813,7 +907,7 @@ class ScheduleStore:
         """
         at = now or self.clock.now()
         why = reasons or {}
-        runs_list = list(runs)
+        runs_list = sorted(runs, key=lambda r: r.run_id)  # one lock order for every worker's claims
         if len(runs_list) < BATCH_MIN:
             items = [
                 (run, "start", {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)})
@@ -1070,6 +1164,17 @@ class ScheduleStore:
                 .order_by(s.c.next_run_at)
             )
 
+        if self.dialect == "postgresql":
+            # Materializing is this worker's alone until the transaction ends: the due rows are
+            # locked in id order, and those another worker holds are left to it (SKIP LOCKED),
+            # so two workers never wait on each other here, whatever order they lock in elsewhere.
+            stmt = self._prepared(
+                "due_schedules_locked",
+                lambda: build().order_by(None).order_by(s.c.id).with_for_update(skip_locked=True),
+            )
+            rows = self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).mappings().all())
+            found = [_schedule_from(r) for r in rows]
+            return sorted(found, key=lambda d: (d.next_run_at is not None, d.next_run_at or now))
         stmt = self._prepared("due_schedules", build)
         rows = self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).mappings().all())
         return [_schedule_from(r) for r in rows]
@@ -1190,6 +1295,7 @@ class ScheduleStore:
             return self._prepared(("advance", unset, columns), build)
 
         def one_by_one(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
+            self._lock_rows(conn, (m.schedule.id for m in batch))
             out: builtins.list[builtins.list[ScheduledRun] | None] = []
             for m, ((unset, columns), params) in zip(batch, shaped, strict=True):
                 if conn.execute(advance(unset, columns), params).rowcount != 1:
@@ -1212,6 +1318,7 @@ class ScheduleStore:
             return self._tx(one_by_one)
 
         def work(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
+            self._lock_rows(conn, (m.schedule.id for m in batch))
             for (unset, columns), rows in shapes.items():
                 for k in range(0, len(rows), CLAIM_CHUNK):
                     conn.execute(advance(unset, columns), rows[k : k + CLAIM_CHUNK])
@@ -1339,20 +1446,43 @@ class ScheduleStore:
         return [_run_from(row) for row in self._tx(lambda c: c.execute(stmt).mappings().all())]
 
     def lock_schedules(self, schedule_ids: Iterable[str]) -> None:
-        """Hold the rows of these schedules until the transaction ends (PostgreSQL), so two workers
+        """Take these schedules' turn locks until the transaction ends (PostgreSQL), so two workers
         deciding starts for the same schedule take turns. SQLite's transactions already hold the
-        database's write lock from their first statement."""
+        database's write lock from their first statement.
+
+        The turn locks are transaction-level advisory locks, taken in one order (by key), not the
+        schedules' rows: a worker waiting for its turn then never waits on, nor holds up, a row
+        that another worker's materialization or bookkeeping has updated in its own transaction,
+        which in any other order would be a deadlock.
+        """
+        keys = sorted({_turn_key(i) for i in schedule_ids})
+        if not keys or self.dialect != "postgresql":
+            return
+        stmt = self._prepared(
+            "lock_schedules",
+            lambda: select(func.pg_advisory_xact_lock(bindparam("ns"), bindparam("key"))),
+        )
+
+        def work(conn: Connection) -> None:
+            for key in keys:  # one statement each: the order of the waits is the order of the keys
+                conn.execute(stmt, {"ns": TURN_LOCK_NAMESPACE, "key": key}).all()
+
+        self._tx(work)
+
+    def _lock_rows(self, conn: Connection, schedule_ids: Iterable[str]) -> None:
+        """PostgreSQL: lock these schedules' rows in id order before updating several of them."""
         ids = sorted(set(schedule_ids))
-        if not ids or self.dialect != "postgresql":
+        if self.dialect != "postgresql" or len(ids) < 2:
             return
         s = schema.schedules
         stmt = self._prepared(
-            "lock_schedules",
+            "lock_rows",
             lambda: (
                 select(s.c.id).where(s.c.id.in_(bindparam("ids", expanding=True))).order_by(s.c.id).with_for_update()
             ),
         )
-        self._tx(lambda c: c.execute(stmt, {"ids": ids}).all())
+        for k in range(0, len(ids), CLAIM_CHUNK):
+            conn.execute(stmt, {"ids": ids[k : k + CLAIM_CHUNK]}).all()
 
     def running_counts(self, schedule_ids: Iterable[str]) -> dict[str, int]:
         """How many runs of each schedule are running, on any worker."""

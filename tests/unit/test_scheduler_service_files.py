@@ -5,6 +5,9 @@ from __future__ import annotations
 import configparser
 import plistlib
 import shlex
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +45,8 @@ def test_the_stop_timeout_outlasts_the_longest_drain() -> None:
 def test_launchd_agent_parses_with_this_machines_paths() -> None:
     agent = plistlib.loads(sf.render("macos", WHERE).encode())
     assert agent["Label"] == sf.LAUNCHD_LABEL == "com.actp.worker"
-    assert agent["ProgramArguments"] == [str(WHERE.python), f"{WHERE.repo}/worker.py"]
+    assert agent["ProgramArguments"][:2] == ["/bin/sh", "-c"]  # the wrapper: see test_launchd_restarts_...
+    assert agent["ProgramArguments"][3:] == [str(WHERE.python), f"{WHERE.repo}/worker.py"]
     assert agent["WorkingDirectory"] == str(WHERE.repo)
     assert agent["StandardOutPath"] == agent["StandardErrorPath"] == "/Users/ann/.actp/logs/worker.log"
     assert agent["ExitTimeOut"] == sf.STOP_TIMEOUT_SECONDS
@@ -73,7 +77,7 @@ def test_systemd_unit_parses_with_this_machines_paths() -> None:
 def test_the_db_argument_survives_each_format(db: str) -> None:
     where = sf.Placement(repo=WHERE.repo, python=WHERE.python, home=WHERE.home, log_file=WHERE.log_file, db=db)
     agent = plistlib.loads(sf.render("macos", where).encode())
-    assert agent["ProgramArguments"][2:] == ["--db", db]
+    assert agent["ProgramArguments"][5:] == ["--db", db]
     assert exec_start(parse_unit(sf.render("linux", where)))[2:] == ["--db", db]
 
 
@@ -128,3 +132,43 @@ def test_placement_uses_the_repositorys_venv_an_absolute_db_and_the_log_director
     assert sf.placement(environ={"HOME": str(tmp_path)}).log_file == tmp_path / ".actp/logs/worker.log"
     assert sf.database_argument("postgresql://h/db") == "postgresql://h/db"
     assert sf.database_argument("  ") is None
+
+
+def test_systemd_restarts_on_every_failure_but_a_configuration_error() -> None:
+    import worker
+
+    service = parse_unit(sf.render("linux", WHERE))["Service"]
+    assert service["Restart"] == "on-failure"  # any non-zero status (or signal) restarts...
+    assert service["RestartPreventExitStatus"].split() == [str(worker.EXIT_CONFIGURATION)]  # ...but 2
+    assert worker.EXIT_CONFIGURATION == 2
+    assert worker.EXIT_DATABASE_REPLACED == 3 and worker.EXIT_FAILURE == 1  # both restart
+
+
+@pytest.mark.parametrize(("status", "reported"), [(0, 0), (1, 1), (2, 0), (3, 3)])
+def test_launchd_restarts_on_every_failure_but_a_configuration_error(
+    tmp_path: Path, status: int, reported: int
+) -> None:
+    """The plist's wrapper, run for real: status 2 is reported as success (KeepAlive leaves it stopped)."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = "{WHERE.repo}/worker.py" ] || exit 99\nexit {status}\n')
+    fake.chmod(0o755)
+    where = sf.Placement(repo=WHERE.repo, python=fake, home=WHERE.home, log_file=WHERE.log_file)
+    agent = plistlib.loads(sf.render("macos", where).encode())
+    assert agent["KeepAlive"] == {"SuccessfulExit": False}
+    done = subprocess.run(agent["ProgramArguments"], timeout=10, check=False)
+    assert done.returncode == reported
+
+
+def test_launchd_wrapper_forwards_sigterm_and_returns_the_workers_status(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ntrap 'exit 7' TERM\ntouch {ready}\nwhile :; do sleep 0.05; done\n")
+    fake.chmod(0o755)
+    where = sf.Placement(repo=WHERE.repo, python=fake, home=WHERE.home, log_file=WHERE.log_file)
+    agent = plistlib.loads(sf.render("macos", where).encode())
+    proc = subprocess.Popen(agent["ProgramArguments"])
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 7  # the worker got the signal, drained, and its status came through

@@ -1,0 +1,112 @@
+"""How a task's code runs: sync functions on a thread of their own, async ones timed step by step.
+
+Neither can be stopped by wishing. A thread cannot be cancelled at all, so the engine must know
+whether it is still running before it records an outcome; an async task that blocks the event
+loop (``time.sleep`` in an ``async def``) cannot be interrupted until it yields, so the engine
+must know how long it held the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+import time
+import traceback
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
+
+from .errors import TaskNotConfigured
+
+T = TypeVar("T")
+#: A run trigger and the row fields it sets, e.g. ``("succeed", {"outcome": "3 synced"})``.
+Outcome = tuple[str, dict[str, Any]]
+
+
+def ended(value: Any = None, error: BaseException | None = None) -> Outcome:
+    """What a task that returned ``value`` or raised ``error`` becomes: succeed, skip or fail."""
+    if error is None:
+        return ("succeed", {"outcome": None if value is None else str(value)[:4000]})
+    if isinstance(error, TaskNotConfigured):
+        return ("skip", {"reason": str(error)})
+    return (
+        "fail",
+        {
+            "error_type": type(error).__name__,
+            "error": f"{type(error).__name__}: {error}"[:4000],
+            "error_traceback": "".join(traceback.format_exception(error))[-16000:],
+            "reason": "task raised",
+        },
+    )
+
+
+def thread_ended(done: asyncio.Future[Any]) -> Outcome:
+    """The outcome of a finished ``run_in_thread`` future."""
+    error = done.exception()
+    return ended(None if error is not None else done.result(), error)
+
+
+def run_in_thread(fn: Callable[..., T], *args: Any, name: str) -> asyncio.Future[T]:
+    """Start ``fn(*args)`` on a new daemon thread; the returned future gets its result or exception.
+
+    A daemon thread, not the loop's default executor: a process that exits (after its shutdown
+    policy recorded what became of the run) does not wait for a thread that ignores its stop
+    signal. Cancelling the future does not stop the thread; ``future.done()`` stays False until
+    the thread ends, so callers can tell "still running" from "finished".
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(value)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        try:
+            value, error = context.run(fn, *args), None
+        except BaseException as exc:  # handed to the loop, raised where the future is awaited
+            value, error = None, exc
+        # A closed loop: the process is exiting, and the run's outcome was recorded already.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return done
+
+
+class Timed:
+    """Await a coroutine and measure the longest stretch it held the event loop without yielding.
+
+    ``longest`` is in real seconds (``time.monotonic``): an async task that calls blocking code
+    holds the loop for that long, and every other schedule waits meanwhile.
+    """
+
+    __slots__ = ("_coro", "longest")
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._coro = coro
+        self.longest = 0.0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        send: Any = None
+        throw: BaseException | None = None
+        while True:
+            began = time.monotonic()
+            try:
+                step = coro.send(send) if throw is None else coro.throw(throw)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                self.longest = max(self.longest, time.monotonic() - began)
+            send, throw = None, None
+            try:
+                send = yield step
+            except BaseException as exc:  # cancellation included: passed on to the coroutine
+                throw = exc

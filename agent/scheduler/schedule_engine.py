@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +107,15 @@ class _InFlight:
     """Decided by whoever interrupts the task (timeout, replace, shutdown) before it ends."""
     kill_at: datetime | None = None
     checkpoint_saved: bool = False
+    thread: asyncio.Future[Any] | None = None
+    """A sync task's thread (``run_in_thread``): done only once the thread has ended."""
+    overran: bool = False
+    """A sync task passed its timeout: asked to stop, it is recorded failed when its thread ends."""
+
+    @property
+    def in_thread(self) -> bool:
+        """Whether a thread is still running this run's code (it cannot be cancelled)."""
+        return self.thread is not None and not self.thread.done()
 
 
 @dataclass
@@ -541,7 +549,7 @@ class ScheduleEngine:
         if due is not None and self._schedule_batch >= BATCH_MIN and due - PREPARE_AHEAD > now:
             candidates.append(due - PREPARE_AHEAD)  # a batch: wake to prepare it before its time
         for f in self._in_flight.values():
-            candidates += [t for t in (f.deadline, f.kill_at) if t is not None]
+            candidates += [t for t in (None if f.overran else f.deadline, f.kill_at) if t is not None]
         if self._in_flight:
             candidates.append((self._last_renewal or now) + self.lease / 3)
         return max(min(candidates), now)
@@ -1138,36 +1146,35 @@ class ScheduleEngine:
                 armed.task.cancel()
 
     async def _execute(self, run: ScheduledRun, spec: TaskSpec, ctx: RunContext) -> None:
-        outcome: tuple[str, dict[str, Any]]
+        outcome: Outcome
+        thread: asyncio.Future[Any] | None = None
+        timed: Timed | None = None
         try:
             missing = spec.missing_configuration()
             if missing:
                 raise TaskNotConfigured(", ".join(missing))
             if spec.is_async:
-                value = await spec.fn(ctx)
+                timed = Timed(spec.fn(ctx))
+                value = await timed
             else:
-                value = await asyncio.to_thread(spec.fn, ctx)
-            outcome = ("succeed", {"outcome": None if value is None else str(value)[:4000]})
-        except TaskNotConfigured as exc:
-            outcome = ("skip", {"reason": str(exc)})
+                thread = run_in_thread(spec.fn, ctx, name=f"run:{run.run_id}")
+                if (flying := self._in_flight.get(run.run_id)) is not None:
+                    flying.thread = thread
+                value = await asyncio.shield(thread)  # a cancel stops the wait, never the thread
+            outcome = ended(value)
         except asyncio.CancelledError:
             outcome = ("requeue", {"reason": "cancelled"})
         except Exception as exc:
-            outcome = (
-                "fail",
-                {
-                    "error_type": type(exc).__name__,
-                    "error": f"{type(exc).__name__}: {exc}"[:4000],
-                    "error_traceback": traceback.format_exc()[-16000:],
-                    "reason": "task raised",
-                },
-            )
+            outcome = ended(error=exc)
+        # A thread that ended on its own did its work, even if a cancel came after: that is the outcome.
+        thread_done = thread is not None and thread.done()
+        if thread is not None and thread_done:
+            outcome = thread_ended(thread)
         flight = self._in_flight.pop(run.run_id, None)
-        if flight is not None and flight.outcome is not None:
-            trigger, changes = flight.outcome
-            if trigger == "checkpoint" and not flight.checkpoint_saved:
-                trigger, changes = "requeue", {"reason": "shutdown: no checkpoint saved, requeued"}
-            outcome = (trigger, changes)
+        if flight is not None:
+            outcome = self._decide_outcome(
+                flight, outcome, held=timed.longest if timed else None, thread_done=thread_done
+            )
         trigger, changes = outcome
         if trigger in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
             changes = {**changes, "checkpoint": ctx.checkpoint}
@@ -1178,6 +1185,54 @@ class ScheduleEngine:
             self._record_soon()
         else:
             self._wake.set()
+
+    def _decide_outcome(self, flight: _InFlight, outcome: Outcome, *, held: float | None, thread_done: bool) -> Outcome:
+        """The outcome to record for a run that ended with ``outcome``, given what happened around it.
+
+        Whoever interrupted the run (timeout, replace, shutdown) decides, except that a thread that
+        ended before it was requeued or cancelled did its work: that is its outcome. An async task
+        that held the loop past its deadline failed by timeout.
+        """
+        if held is not None:
+            outcome = self._held_the_loop(flight, held, outcome)
+        interruption = flight.outcome
+        if interruption is None or (thread_done and interruption[0] in ("requeue", "cancel")):
+            return outcome
+        if interruption[0] == "checkpoint" and not flight.checkpoint_saved:
+            return ("requeue", {"reason": "shutdown: no checkpoint saved, requeued"})
+        return interruption
+
+    def _held_the_loop(self, flight: _InFlight, held: float, outcome: Outcome) -> Outcome:
+        """An async task that blocked the event loop: say so; past its timeout, it failed by timeout.
+
+        Its deadline could not be enforced while it held the loop, so it is checked when the task ends.
+        """
+        now = self.clock.now()
+        if held >= LOOP_STALL_SECONDS:
+            late = sorted({p.run.schedule_name for p in self._prepared.values() if p.run.intended_run_at <= now})
+            if not late and self._schedule_due is not None and self._schedule_due <= now:
+                late = [f"schedules due since {self._schedule_due.isoformat()}"]
+            log.warning(
+                "run %s of %s held the event loop for %.1fs without yielding (blocking code in an async task); "
+                "every other run waited meanwhile, due: %s",
+                flight.run.run_id,
+                flight.schedule.name,
+                held,
+                ", ".join(late) or "none",
+            )
+        if flight.outcome is not None or flight.deadline is None or now < flight.deadline:
+            return outcome
+        limit = flight.schedule.timeout.total_seconds() if flight.schedule.timeout else 0
+        log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)
+        return (
+            "fail",
+            {
+                "reason": "timeout",
+                "error_type": "TimeoutError",
+                "error": f"TimeoutError: run exceeded its timeout of {limit:g}s; "
+                f"it held the event loop for {held:.1f}s without yielding",
+            },
+        )
 
     def _record_soon(self) -> None:
         if self._record_timer is None and self._loop is not None:
@@ -1196,6 +1251,28 @@ class ScheduleEngine:
         for flight in list(self._in_flight.values()):
             if flight.deadline is not None and now >= flight.deadline and flight.outcome is None:
                 limit = flight.schedule.timeout.total_seconds() if flight.schedule.timeout else 0
+                if flight.in_thread:
+                    # A thread cannot be cancelled: it is asked to stop, and the run is recorded failed
+                    # by timeout when the thread has ended, so that its retry never runs beside it.
+                    flight.overran = True
+                    flight.ctx.stop_requested.set()
+                    flight.outcome = (
+                        "fail",
+                        {
+                            "reason": "timeout",
+                            "error_type": "TimeoutError",
+                            "error": f"TimeoutError: run exceeded its timeout of {limit:g}s "
+                            "(its thread was asked to stop; recorded when it ended)",
+                        },
+                    )
+                    log.warning(
+                        "run %s of %s passed its timeout of %gs; its thread cannot be cancelled: asked to stop, "
+                        "it is recorded failed when it ends",
+                        flight.run.run_id,
+                        flight.schedule.name,
+                        limit,
+                    )
+                    continue
                 flight.outcome = (
                     "fail",
                     {
@@ -1246,7 +1323,11 @@ class ScheduleEngine:
         for flight in self._in_flight.values():
             policy = flight.schedule.shutdown_policy
             timeout = flight.schedule.shutdown_timeout
-            if policy is ShutdownPolicy.REQUEUE:
+            if policy is ShutdownPolicy.REQUEUE and flight.in_thread:
+                # A thread cannot be cut: it has the shutdown timeout to end, and its ending is the
+                # outcome; then the run is requeued and the thread left to end with the process.
+                flight.kill_at = began + timeout
+            elif policy is ShutdownPolicy.REQUEUE:
                 flight.outcome = ("requeue", {"reason": "shutdown: requeued (policy requeue)"})
                 flight.task.cancel()
             elif policy is ShutdownPolicy.CHECKPOINT_AND_STOP:
@@ -1268,7 +1349,10 @@ class ScheduleEngine:
                 if flight.task.done() or (flight.kill_at is not None and now < flight.kill_at):
                     continue
                 if flight.outcome is None:
-                    flight.outcome = ("requeue", {"reason": "shutdown: still running at the shutdown timeout"})
+                    why = "shutdown: still running at the shutdown timeout"
+                    if flight.in_thread:
+                        why += "; its thread ends with the process, and what it did may be done again"
+                    flight.outcome = ("requeue", {"reason": why})
                 flight.task.cancel()
             await asyncio.wait([f.task for f in self._in_flight.values()], timeout=0) if self._in_flight else None
             await asyncio.sleep(0)

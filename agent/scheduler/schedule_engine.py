@@ -203,6 +203,8 @@ class ScheduleEngine:
         self._delivery: asyncio.Task[int] | None = None
         self._breaker_due: datetime | None = None
         self._health = DatabaseHealth()
+        self._quiet_until: datetime | None = None
+        """After an outage, runs whose lease lapsed are not taken over before this instant."""
         self._identity_checked = time.monotonic()
 
     # ------------------------------------------------------------------ public API
@@ -409,6 +411,9 @@ class ScheduleEngine:
                 await self.tick()
         outage = self._health.succeeded(self.clock.now())
         if outage is not None:
+            # Every lease lapsed while nobody could reach the database, the owners' included: they
+            # get one lease to renew them and record what ended before anyone takes their runs over.
+            self._quiet_until = self.clock.now() + self.lease
             log.warning(
                 "database back after %.1f s (%d failed attempts); dispatching resumed", outage.seconds, outage.attempts
             )
@@ -621,7 +626,7 @@ class ScheduleEngine:
             # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.
             self._maybe_pending |= any(run.schedule_id in self._waiting for run, _, _ in finished)
             self._maybe_failed |= any(trigger == "fail" for _, trigger, _ in finished)
-        if full and report is None:
+        if full and report is None and not self._health.down and not self._sweep_quiet(now):
             # A worker that died mid-run stops renewing its leases: its runs are taken over here.
             # Ours are excluded: those in flight, and those just recorded above.
             self._sweep_orphans(now, mine | {run.run_id for run, _, _ in finished})
@@ -1070,6 +1075,9 @@ class ScheduleEngine:
                 if run is not None:
                     created.append(run)
         return created
+
+    def _sweep_quiet(self, now: datetime) -> bool:
+        return self._quiet_until is not None and now < self._quiet_until
 
     def _sweep_orphans(self, now: datetime, mine: frozenset[str]) -> int:
         orphans = [r for r in self._orphans(now, None, mine) if r.run_id not in mine]

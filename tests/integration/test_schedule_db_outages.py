@@ -7,6 +7,7 @@ full disk), switched on and off by the fake clock, so outages of minutes take mi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -194,3 +195,54 @@ def test_a_deleted_or_replaced_file_is_detected(tmp_path: Path, clock: FakeClock
     with pytest.raises(DatabaseReplaced, match=match):
         store.check_identity()
     store.close()
+
+
+@run_async
+async def test_after_an_outage_owners_record_their_runs_before_anyone_takes_them_over(tmp_path: Path) -> None:
+    # The database goes away for 90 s with a run in flight: every lease (30 s) lapses, its owner's
+    # included. The worker that gets back first must not take the run over as an orphan; its owner
+    # records the outcome it kept, and the run ran once.
+    clock = FakeClock(T0)
+    stores = [ScheduleStore(tmp_path / "shared.db", clock=clock) for _ in range(2)]
+    faults = [Fault(s, clock, "query_only", "1", "0") for s in stores]
+    gate = asyncio.Event()
+    attempts: list[int] = []
+    tasks = TaskRegistry()
+
+    async def work(ctx: RunContext) -> str:
+        attempts.append(ctx.attempt)
+        await gate.wait()
+        return "done"
+
+    tasks.add("work", work)
+    stores[0].add(ScheduleDefinition(name="job", trigger_type=TriggerType.INTERVAL, expression="1h", target="work"))
+    owner, other = (
+        ScheduleEngine(s, tasks, clock=clock, tick_seconds=5, worker_id=w, lease_seconds=30)
+        for s, w in zip(stores, ("owner", "other"), strict=True)
+    )
+    await owner.start()
+    await other.start()
+    run = await owner.run_now("job")
+    await owner.tick()
+    await asyncio.sleep(0)
+    assert attempts == [1]
+    for fault in faults:
+        fault.since, fault.until = clock.now(), clock.now() + timedelta(seconds=90)
+    gate.set()
+    await asyncio.sleep(0)  # the run ended; its outcome waits in its owner's memory
+    clock.advance(timedelta(seconds=60))  # every lease has lapsed; the database is still away
+    assert await other._tick_through_outages()  # back first, after 30 s more of failed ticks
+    assert faults[1].hits > 0
+    assert stores[1].get_run(run.run_id).status is RunStatus.RUNNING  # not taken over
+    assert await owner._tick_through_outages()
+    for engine in (other, owner):
+        await engine.wait_idle()
+    assert [(r.status, r.attempt) for r in stores[0].runs(schedule="job")] == [(RunStatus.SUCCEEDED, 1)]
+    assert attempts == [1]
+    clock.advance(timedelta(minutes=2))  # past the quiet period: a full scan finds nothing to take over
+    await other.tick()
+    assert [(r.status, r.attempt) for r in stores[0].runs(schedule="job")] == [(RunStatus.SUCCEEDED, 1)]
+    for engine in (other, owner):
+        await engine.stop()
+    for s in stores:
+        s.close()

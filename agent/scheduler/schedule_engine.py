@@ -429,16 +429,8 @@ class ScheduleEngine:
 
     async def _outage_sleep(self, seconds: float) -> None:
         """The backoff between attempts, on the engine's clock; stop() cuts it short."""
-        if self._draining:
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (sleeper, waker):
-                f.cancel()
-            self._wake.clear()
+        if not self._draining:
+            await self._nap(seconds)
 
     async def _queue_outage_alert(self, outage: Outage) -> None:
         try:
@@ -568,9 +560,12 @@ class ScheduleEngine:
         now = self.clock.now()
         instant = self._wake_at(now) if until is None else min(self._wake_at(now), until)
         delay = (instant - now).total_seconds()
-        if delay <= 0:
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        if delay > 0:
+            await self._nap(delay)
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds`` of clock time, or until ``wake()``."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)

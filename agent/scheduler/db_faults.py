@@ -44,8 +44,9 @@ _SQLITE_UNAVAILABLE_TEXT = (
 _PG_CONTENTION = frozenset({"40001", "40P01", "55P03"})
 #: PostgreSQL SQLSTATEs (or their class, two characters) of a server that cannot serve now:
 #: connection exceptions (08), insufficient resources such as disk full or too many connections (53),
-#: admin or crash shutdown and "cannot connect now" (57P01-57P03), system I/O errors (58).
-_PG_UNAVAILABLE = frozenset({"08", "53", "57P01", "57P02", "57P03", "58"})
+#: admin or crash shutdown and "cannot connect now" (57P01-57P03), system I/O errors (58), and a
+#: read-only transaction (25006: a failover to a standby, default_transaction_read_only).
+_PG_UNAVAILABLE = frozenset({"08", "53", "57P01", "57P02", "57P03", "58", "25006"})
 
 
 def sqlstate(exc: BaseException) -> str | None:

@@ -176,7 +176,10 @@ UPGRADES: dict[int, list[str]] = {
     1: [
         "ALTER TABLE scheduled_runs ADD COLUMN prepared BOOLEAN NOT NULL DEFAULT FALSE",
         "ALTER TABLE scheduled_runs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0",
-        # Runs of version 1 that ever started (start stamps heartbeat_at; nothing clears it).
+        # Runs of version 1 that ever started (start stamps heartbeat_at; nothing clears it), and
+        # those it prepared ahead of their time (stored before it, never started).
         "UPDATE scheduled_runs SET starts = attempt WHERE heartbeat_at IS NOT NULL",
+        "UPDATE scheduled_runs SET prepared = TRUE WHERE status = 'pending' AND heartbeat_at IS NULL"
+        " AND origin = 'schedule' AND created_at < intended_run_at",
     ],
 }

@@ -68,6 +68,9 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs(
         run = store.create_run(schedule, T0, occurrence_key="manual:1", origin="manual")
         assert run is not None
         store.start_many([run], owner="w", lease_until=T0 + timedelta(minutes=1), now=T0)
+        # Version 1 prepared a run ahead of its time by storing it before it (never started).
+        ahead = store.create_run(schedule, T0 + timedelta(seconds=1), occurrence_key="ahead")
+        assert ahead is not None
         with store.db.engine.begin() as conn:  # type: ignore[union-attr]
             # Version 1 had neither ``prepared`` nor ``starts``.
             conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN prepared"))
@@ -75,8 +78,9 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs(
             conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     with ScheduleStore(any_url, clock=clock) as store:
         assert store.schema_version() == SCHEMA_VERSION == 2
-        [run] = store.runs(schedule="old")
+        run, ahead = store.runs(schedule="old")
         assert (run.occurrence_key, run.prepared, run.starts) == ("manual:1", False, 1)  # it had started
+        assert (ahead.occurrence_key, ahead.prepared, ahead.starts) == ("ahead", True, 0)
 
 
 def test_sqlite_runs_in_wal_mode_with_the_tables_and_unique_index(sqlite_store: ScheduleStore, db_path: Path) -> None:

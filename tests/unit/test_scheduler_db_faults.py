@@ -50,6 +50,7 @@ def wrapped(orig: BaseException, kind: type[sa.DBAPIError] = sa.OperationalError
         (wrapped(pg.CannotConnectNow("the database system is starting up")), Fault.UNAVAILABLE),
         (wrapped(pg.DiskFull("could not extend file")), Fault.UNAVAILABLE),
         (wrapped(pg.TooManyConnections("too many clients")), Fault.UNAVAILABLE),
+        (wrapped(pg.ReadOnlySqlTransaction("cannot execute UPDATE in a read-only transaction")), Fault.UNAVAILABLE),
         (wrapped(pg.ConnectionFailure("connection failure")), Fault.UNAVAILABLE),
         (wrapped(psycopg.OperationalError("connection refused")), Fault.UNAVAILABLE),  # no SQLSTATE: the socket
         (wrapped(psycopg.InterfaceError("the connection is closed"), sa.InterfaceError), Fault.UNAVAILABLE),

@@ -87,6 +87,21 @@ LOOP_STALL_SECONDS = 1.0
 RECONCILE_TASK = "scheduler.reconcile"
 
 Finished = tuple[ScheduledRun, str, dict[str, Any]]
+#: What a tick's database work changes in the engine besides the database. A transaction that runs
+#: again (a lock, a deadlock, a dropped connection) starts from these as they were before it.
+_TICK_STATE = (
+    "_last_full_scan",
+    "_scan_postponed",
+    "_maybe_pending",
+    "_maybe_failed",
+    "_retry_due",
+    "_pending_due",
+    "_last_heartbeat",
+    "_breaker_due",
+    "_schedule_due",
+    "_schedule_batch",
+    "_waiting",
+)
 
 
 def default_worker_id() -> str:
@@ -276,11 +291,13 @@ class ScheduleEngine:
         prepared = [p for p in self._prepared.values() if p.run.intended_run_at <= now]
         for p in prepared:
             del self._prepared[p.run.run_id]
+        before: dict[str, Any] = {}
         try:
             result = await self._db(
                 self.store.atomic_kept,
                 self._tick_db,
                 now,
+                before=before,
                 finished=finished,
                 events=events,
                 renew=renew,
@@ -289,6 +306,7 @@ class ScheduleEngine:
                 prepared=prepared,
             )
         except BaseException:
+            self._restore(before)
             self._requeue_tick(finished, events, prepared, renewed_before)
             raise
         for run, schedule in result.started:
@@ -305,6 +323,10 @@ class ScheduleEngine:
             self._last_checkpoint = time.monotonic()
             await self._db(self.store.checkpoint)
         self._maybe_deliver(now)
+
+    def _restore(self, before: dict[str, Any]) -> None:
+        for name, value in before.items():
+            setattr(self, name, value)
 
     def _requeue_tick(
         self,
@@ -602,9 +624,17 @@ class ScheduleEngine:
         report: ReconciliationReport | None,
         mine: frozenset[str] = frozenset(),
         prepared: list[_Prepared] | None = None,
+        before: dict[str, Any] | None = None,
     ) -> _TickResult:
+        """The database work of one tick, in one transaction; ``before`` keeps the engine's state as the
+        first attempt found it, so that an attempt that runs again does the same work."""
+        before = {} if before is None else before
         result = _TickResult()
         self._fresh = {}
+        if before:
+            self._restore(before)  # this transaction runs again: as the first attempt found things
+        else:
+            before.update({name: getattr(self, name) for name in _TICK_STATE})
         if report is not None:
             # The whole transaction may run again (a lock, a lost connection): count from the start.
             report.restore()
@@ -955,10 +985,10 @@ class ScheduleEngine:
 
     def _reconcile_db(self, now: datetime, dry_run: bool) -> ReconciliationReport:
         report = ReconciliationReport(worker_id=self.worker_id, started_at=now, dry_run=dry_run)
-        self._report_id = None  # this transaction may be a retry of one that wrote nothing
         previous = self.store.get_state(self._state_key)
         if not dry_run:
             self._refuse_a_live_twin(previous)
+            self._report_id = None  # this transaction may be a retry of one that wrote nothing
         if previous is None:
             report.previous_shutdown = "first_start"
         else:
@@ -1193,14 +1223,17 @@ class ScheduleEngine:
         """The outcome to record for a run that ended with ``outcome``, given what happened around it.
 
         Whoever interrupted the run (timeout, replace, shutdown) decides, except that a thread that
-        ended before it was requeued or cancelled did its work: that is its outcome. An async task
-        that held the loop past its deadline failed by timeout.
+        ended before it was requeued or cancelled, or without a checkpoint to pause at, did its
+        work: that is its outcome. An async task that held the loop past its deadline failed by
+        timeout.
         """
         if held is not None:
             outcome = self._held_the_loop(flight, held, outcome)
         interruption = flight.outcome
         if interruption is None or (thread_done and interruption[0] in ("requeue", "cancel")):
             return outcome
+        if thread_done and interruption[0] == "checkpoint" and not flight.checkpoint_saved:
+            return outcome  # the thread returned without a checkpoint to pause at: it did its work
         if interruption[0] == "checkpoint" and not flight.checkpoint_saved:
             return ("requeue", {"reason": "shutdown: no checkpoint saved, requeued"})
         return interruption
@@ -1223,7 +1256,7 @@ class ScheduleEngine:
                 held,
                 ", ".join(late) or "none",
             )
-        if flight.outcome is not None or flight.deadline is None or now < flight.deadline:
+        if held < LOOP_STALL_SECONDS or flight.outcome is not None or flight.deadline is None or now < flight.deadline:
             return outcome
         limit = flight.schedule.timeout.total_seconds() if flight.schedule.timeout else 0
         log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)

@@ -240,6 +240,34 @@ async def test_a_startup_transaction_that_runs_again_counts_once_in_one_report(
 
 
 @run_async
+async def test_a_tick_whose_transaction_runs_again_does_the_same_work(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, mocker: Any, db_path: Path
+) -> None:
+    schedule = store.add(make_schedule("manual", expression="1d", target="quick"))
+    work = Work(clock)
+    e = engine(store, work, clock)
+    await e.start()
+    with ScheduleStore(db_path, clock=clock) as cli:  # another process queues a run, then wakes the worker
+        cli.create_run(schedule, clock.now(), occurrence_key="manual:1", origin="manual")
+    real = store.next_due
+    failures = [OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))]
+
+    def locked_once(**kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(**kwargs)
+
+    mocker.patch.object(store, "next_due", side_effect=locked_once)  # the tick's first attempt rolls back
+    e.wake()
+    await e.tick()
+    await e.wait_idle()
+    assert not failures
+    [run] = store.runs(schedule="manual")
+    assert (run.status, run.attempt) == (RunStatus.SUCCEEDED, 1)
+    await e.stop()
+
+
+@run_async
 async def test_another_worker_s_runs_are_orphaned_only_after_its_lease_expires(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

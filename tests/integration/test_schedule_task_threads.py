@@ -76,7 +76,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-@pytest.mark.parametrize("policy", ["requeue", "graceful_finish"])
+@pytest.mark.parametrize("policy", ["requeue", "graceful_finish", "checkpoint_and_stop"])
 @run_async
 async def test_a_thread_that_ends_within_the_shutdown_timeout_is_recorded_for_its_outcome(
     live_store: ScheduleStore, make_schedule: MakeSchedule, policy: str

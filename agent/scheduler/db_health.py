@@ -8,8 +8,9 @@ backoff between attempts. It holds no connection and reads no clock: the caller 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -132,6 +133,15 @@ class DatabaseHealth:
         self.unreported = None
 
 
+def _is_a_schedule_store(path: str) -> bool:
+    """Whether the file at ``path`` is a schedule store already (read only: nothing is created in it)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as conn:
+            return conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def report_replaced_database(store: ScheduleStore, worker_id: str, exc: DatabaseReplaced) -> bool:
     """Best effort: queue an alert about a deleted or replaced SQLite file in the file now at its path.
 
@@ -139,7 +149,7 @@ def report_replaced_database(store: ScheduleStore, worker_id: str, exc: Database
     is the one an operator will look at. Nothing is created where there is no file. Returns
     whether the alert was queued.
     """
-    if store.path is None or not os.path.exists(store.path):
+    if store.path is None or not _is_a_schedule_store(store.path):
         return False
     try:
         with ScheduleStore(store.path) as current:

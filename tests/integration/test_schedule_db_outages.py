@@ -8,6 +8,7 @@ full disk), switched on and off by the fake clock, so outages of minutes take mi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from sqlalchemy import exc as sa
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
 from agent.scheduler import schedule_store as store_module
+from agent.scheduler.db_health import report_replaced_database
 from agent.scheduler.enums import RunStatus
 from agent.scheduler.errors import DatabaseReplaced, DatabaseUnavailable
 from agent.scheduler.schedule_engine import ScheduleEngine
@@ -246,3 +248,21 @@ async def test_after_an_outage_owners_record_their_runs_before_anyone_takes_them
         await engine.stop()
     for s in stores:
         s.close()
+
+
+def test_a_file_put_in_place_that_is_not_a_schedule_store_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = ScheduleStore(path)
+    foreign = tmp_path / "foreign.db"
+    with contextlib.closing(sqlite3.connect(foreign)) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.commit()
+    for suffix in ("-wal", "-shm"):  # someone restores another file at the path, without the old WAL
+        (tmp_path / f"s.db{suffix}").unlink(missing_ok=True)
+    os.replace(foreign, path)
+    with pytest.raises(DatabaseReplaced) as err:
+        store.check_identity()
+    assert report_replaced_database(store, "w1", err.value) is False
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["notes"]
+    store.close()

@@ -907,13 +907,16 @@ class ScheduleStore:
         """
         at = now or self.clock.now()
         why = reasons or {}
-        runs_list = sorted(runs, key=lambda r: r.run_id)  # one lock order for every worker's claims
+        runs_list = list(runs)
+        # Claimed in one lock order (by run id) on every worker; returned in the order given.
+        position = {run.run_id: i for i, run in enumerate(runs_list)}
         if len(runs_list) < BATCH_MIN:
             items = [
                 (run, "start", {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)})
-                for run in runs_list
+                for run in sorted(runs_list, key=lambda r: r.run_id)
             ]
-            return [m for m in self.transition_many(items, now=at) if isinstance(m, ScheduledRun)]
+            started = [m for m in self.transition_many(items, now=at) if isinstance(m, ScheduledRun)]
+            return sorted(started, key=lambda m: position[m.run_id])
         staged: dict[str, ScheduledRun] = {}
         for run in runs_list:
             changes = {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)}
@@ -924,7 +927,7 @@ class ScheduleStore:
         if not staged:
             return []
         by_reason: dict[str | None, builtins.list[ScheduledRun]] = {}
-        for moved in staged.values():
+        for moved in sorted(staged.values(), key=lambda m: m.run_id):
             by_reason.setdefault(moved.reason, []).append(moved)
 
         def work(conn: Connection) -> builtins.list[ScheduledRun]:
@@ -941,7 +944,7 @@ class ScheduleStore:
                     }
                     claimed = {row[0] for row in conn.execute(self._claim_statement(), params)}
                     won.extend(m for m in chunk if m.run_id in claimed)
-            return won
+            return sorted(won, key=lambda m: position[m.run_id])
 
         return self._tx(work)
 

@@ -1,9 +1,7 @@
-"""How a task's code runs: sync functions on a thread of their own, async ones timed step by step.
+"""How a task's code runs and ends: sync functions on a thread of their own; outcomes from results.
 
-Neither can be stopped by wishing. A thread cannot be cancelled at all, so the engine must know
-whether it is still running before it records an outcome; an async task that blocks the event
-loop (``time.sleep`` in an ``async def``) cannot be interrupted until it yields, so the engine
-must know how long it held the loop.
+A thread cannot be cancelled at all, so the engine must know whether it is still running before
+it records an outcome.
 """
 
 from __future__ import annotations
@@ -12,9 +10,8 @@ import asyncio
 import contextlib
 import contextvars
 import threading
-import time
 import traceback
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import TaskNotConfigured
@@ -78,35 +75,3 @@ def run_in_thread(fn: Callable[..., T], *args: Any, name: str) -> asyncio.Future
 
     threading.Thread(target=work, name=name, daemon=True).start()
     return done
-
-
-class Timed:
-    """Await a coroutine and measure the longest stretch it held the event loop without yielding.
-
-    ``longest`` is in real seconds (``time.monotonic``): an async task that calls blocking code
-    holds the loop for that long, and every other schedule waits meanwhile.
-    """
-
-    __slots__ = ("_coro", "longest")
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self._coro = coro
-        self.longest = 0.0
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self._coro
-        send: Any = None
-        throw: BaseException | None = None
-        while True:
-            began = time.monotonic()
-            try:
-                step = coro.send(send) if throw is None else coro.throw(throw)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                self.longest = max(self.longest, time.monotonic() - began)
-            send, throw = None, None
-            try:
-                send = yield step
-            except BaseException as exc:  # cancellation included: passed on to the coroutine
-                throw = exc

@@ -36,7 +36,7 @@ from .errors import (
     TaskNotConfigured,
     WorkerIdInUse,
 )
-from .execution import Outcome, Timed, ended, run_in_thread, thread_ended
+from .execution import Outcome, ended, run_in_thread, thread_ended
 from .policies.concurrency import Action, decide_starts
 from .policies.missed_run import DuePlan, PlannedRun, is_prepared, plan_due, prepared_blocked
 from .policies.retry import ORPHANED, retry_at
@@ -81,8 +81,11 @@ CHECKPOINT_SECONDS = 1.0
 #: The engine checks that its SQLite file is still the one it opened at most this often (real
 #: seconds): one ``stat``, so that at most this long of work goes into a deleted file.
 IDENTITY_CHECK_SECONDS = 0.2
-#: An async task that holds the event loop this long without yielding is logged (real seconds).
+#: An event loop blocked this long (an async task that does not yield) is logged (real seconds).
 LOOP_STALL_SECONDS = 1.0
+#: While the engine runs, it notes this often that its event loop is running (real seconds): a late
+#: note means the loop was blocked, and a task that ends long after the last note blocked it.
+LOOP_BEAT_SECONDS = 0.1
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -218,6 +221,8 @@ class ScheduleEngine:
         self._delivery: asyncio.Task[int] | None = None
         self._breaker_due: datetime | None = None
         self._health = DatabaseHealth()
+        self._beat_at = time.monotonic()
+        self._beat_handle: asyncio.TimerHandle | None = None
         self._quiet_until: datetime | None = None
         """After an outage, runs whose lease lapsed are not taken over before this instant."""
         self._identity_checked = time.monotonic()
@@ -241,6 +246,8 @@ class ScheduleEngine:
         self._ticking = asyncio.Lock()
         self._unsubscribe = self.store.subscribe(self.wake)
         self._unsubscribe_alerts = self.store.subscribe_alerts(self._alert_queued)
+        self._beat_at = time.monotonic()
+        self._beat_handle = self._loop.call_later(LOOP_BEAT_SECONDS, self._beat)
         now = self.clock.now()
         self._started_at = now
         await self._db(self.store.defer_checkpoints)
@@ -498,6 +505,8 @@ class ScheduleEngine:
         await self._db(self.store.put_state, self._state_key, self._state_value(now, clean=True))
         await self._db(self.store.checkpoint)
         self._stopped = True
+        if self._beat_handle is not None:
+            self._beat_handle.cancel()
         for unsubscribe in (self._unsubscribe, self._unsubscribe_alerts):
             if unsubscribe is not None:
                 unsubscribe()
@@ -1181,14 +1190,12 @@ class ScheduleEngine:
     async def _execute(self, run: ScheduledRun, spec: TaskSpec, ctx: RunContext) -> None:
         outcome: Outcome
         thread: asyncio.Future[Any] | None = None
-        timed: Timed | None = None
         try:
             missing = spec.missing_configuration()
             if missing:
                 raise TaskNotConfigured(", ".join(missing))
             if spec.is_async:
-                timed = Timed(spec.fn(ctx))
-                value = await timed
+                value = await spec.fn(ctx)
             else:
                 thread = run_in_thread(spec.fn, ctx, name=f"run:{run.run_id}")
                 if (flying := self._in_flight.get(run.run_id)) is not None:
@@ -1205,9 +1212,8 @@ class ScheduleEngine:
             outcome = thread_ended(thread)
         flight = self._in_flight.pop(run.run_id, None)
         if flight is not None:
-            outcome = self._decide_outcome(
-                flight, outcome, held=timed.longest if timed else None, thread_done=thread_done
-            )
+            held = self._held_since_beat() if spec.is_async and outcome[0] != "requeue" else None
+            outcome = self._decide_outcome(flight, outcome, held=held, thread_done=thread_done)
         trigger, changes = outcome
         if trigger in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
             changes = {**changes, "checkpoint": ctx.checkpoint}
@@ -1227,7 +1233,7 @@ class ScheduleEngine:
         work: that is its outcome. An async task that held the loop past its deadline failed by
         timeout.
         """
-        if held is not None:
+        if held is not None and held >= LOOP_STALL_SECONDS:
             outcome = self._held_the_loop(flight, held, outcome)
         interruption = flight.outcome
         if interruption is None or (thread_done and interruption[0] in ("requeue", "cancel")):
@@ -1238,25 +1244,52 @@ class ScheduleEngine:
             return ("requeue", {"reason": "shutdown: no checkpoint saved, requeued"})
         return interruption
 
-    def _held_the_loop(self, flight: _InFlight, held: float, outcome: Outcome) -> Outcome:
-        """An async task that blocked the event loop: say so; past its timeout, it failed by timeout.
-
-        Its deadline could not be enforced while it held the loop, so it is checked when the task ends.
-        """
-        now = self.clock.now()
-        if held >= LOOP_STALL_SECONDS:
-            late = sorted({p.run.schedule_name for p in self._prepared.values() if p.run.intended_run_at <= now})
-            if not late and self._schedule_due is not None and self._schedule_due <= now:
-                late = [f"schedules due since {self._schedule_due.isoformat()}"]
+    def _beat(self) -> None:
+        """Every LOOP_BEAT_SECONDS while the engine runs; a late beat means the loop was blocked."""
+        at = time.monotonic()
+        stalled = at - self._beat_at - LOOP_BEAT_SECONDS
+        self._beat_at = at
+        if stalled >= LOOP_STALL_SECONDS:
             log.warning(
-                "run %s of %s held the event loop for %.1fs without yielding (blocking code in an async task); "
-                "every other run waited meanwhile, due: %s",
-                flight.run.run_id,
-                flight.schedule.name,
-                held,
-                ", ".join(late) or "none",
+                "the event loop was blocked for %.1fs (blocking code in a task or a callback); due meanwhile: %s",
+                stalled,
+                self._due_meanwhile(),
             )
-        if held < LOOP_STALL_SECONDS or flight.outcome is not None or flight.deadline is None or now < flight.deadline:
+        if self._loop is not None and not self._stopped:
+            self._beat_handle = self._loop.call_later(LOOP_BEAT_SECONDS, self._beat)
+
+    def _held_since_beat(self) -> float | None:
+        """How long the loop has run this task's code since its last beat (None without beats).
+
+        An async task that ends long after the last beat blocked the loop in its last step: that
+        is the stall, and it is blamed on this task here (the next beat then finds nothing late).
+        """
+        if self._beat_handle is None:
+            return None
+        held = time.monotonic() - self._beat_at
+        if held >= LOOP_STALL_SECONDS:
+            self._beat_at = time.monotonic()
+        return held
+
+    def _due_meanwhile(self) -> str:
+        now = self.clock.now()
+        late = sorted({p.run.schedule_name for p in self._prepared.values() if p.run.intended_run_at <= now})
+        if not late and self._schedule_due is not None and self._schedule_due <= now:
+            late = [f"schedules due since {self._schedule_due.isoformat()}"]
+        return ", ".join(late) or "none"
+
+    def _held_the_loop(self, flight: _InFlight, held: float, outcome: Outcome) -> Outcome:
+        """An async task that blocked the event loop for ``held`` seconds: say so; past its timeout,
+        it failed by timeout (its deadline could not be enforced while it held the loop)."""
+        log.warning(
+            "run %s of %s held the event loop for %.1fs without yielding (blocking code in an async task); "
+            "every other run waited meanwhile, due: %s",
+            flight.run.run_id,
+            flight.schedule.name,
+            held,
+            self._due_meanwhile(),
+        )
+        if flight.outcome is not None or flight.deadline is None or self.clock.now() < flight.deadline:
             return outcome
         limit = flight.schedule.timeout.total_seconds() if flight.schedule.timeout else 0
         log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)

@@ -156,3 +156,16 @@ async def test_an_async_task_that_blocks_the_loop_past_its_timeout_fails_by_time
     assert failed.error is not None and "held the event loop for 1." in failed.error
     assert any("held the event loop for 1." in r.getMessage() for r in caplog.records)
     await engine.stop()
+
+
+@run_async
+async def test_a_blocked_event_loop_is_logged_even_when_no_run_is_to_blame(
+    live_store: ScheduleStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = start_engine(live_store)
+    await engine.start()
+    with caplog.at_level(logging.WARNING, logger="agent.scheduler.schedule_engine"):
+        time.sleep(1.2)  # something else on the loop (a callback, the host's code) blocks it
+        await asyncio.sleep(0.3)  # the next beats
+    assert any("the event loop was blocked for 1." in r.getMessage() for r in caplog.records)
+    await engine.stop()

@@ -426,6 +426,17 @@ class ScheduleEngine:
         back, and an alert saying how long it was down is queued on recovery. Runs in flight go
         on; their outcomes wait in memory for the tick that can write them.
         """
+        if self._draining:
+            return False
+        if not self._health.down and self._health.unreported is None:
+            try:  # the usual case, without the retry machinery around it
+                self._check_database_identity()
+                await self.tick()
+                return True
+            except DatabaseUnavailable as exc:
+                line = self._health.failed(self.clock.now(), exc)
+                if line is not None:
+                    log.warning("%s", line)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DatabaseUnavailable),
             wait=outage_wait(),

@@ -183,6 +183,23 @@ async def test_after_a_crash_the_next_start_requeues_orphans_at_once_or_dead_let
     await second.stop()
 
 
+def locked_once(store: ScheduleStore, mocker: Any) -> list[OperationalError]:
+    """Make the next ``next_due`` (late in a tick's transaction) find the database locked, once.
+
+    Returns the failures still to come: empty once it happened.
+    """
+    real = store.next_due
+    failures = [OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))]
+
+    def next_due(**kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(**kwargs)
+
+    mocker.patch.object(store, "next_due", side_effect=next_due)
+    return failures
+
+
 async def _two_orphans(store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, work: Work) -> None:
     store.add(make_schedule("first", trigger_type="delay", expression="+1m", target="blocked"))
     store.add(make_schedule("second", trigger_type="delay", expression="+1m", target="blocked"))
@@ -219,16 +236,8 @@ async def test_a_startup_transaction_that_runs_again_counts_once_in_one_report(
     await _two_orphans(store, clock, make_schedule, work)
     work.gate.set()
     second = engine(store, work, clock)
-    real = store.next_due
-    failures = [OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))]
-
-    def locked_once(**kwargs: Any) -> Any:
-        if failures:
-            raise failures.pop()
-        return real(**kwargs)
-
     # The startup tick's transaction fails once at its very end and runs again as a whole.
-    mocker.patch.object(store, "next_due", side_effect=locked_once)
+    failures = locked_once(store, mocker)
     report = await second.start()
     await second.wait_idle()
     assert not failures
@@ -249,15 +258,7 @@ async def test_a_tick_whose_transaction_runs_again_does_the_same_work(
     await e.start()
     with ScheduleStore(db_path, clock=clock) as cli:  # another process queues a run, then wakes the worker
         cli.create_run(schedule, clock.now(), occurrence_key="manual:1", origin="manual")
-    real = store.next_due
-    failures = [OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))]
-
-    def locked_once(**kwargs: Any) -> Any:
-        if failures:
-            raise failures.pop()
-        return real(**kwargs)
-
-    mocker.patch.object(store, "next_due", side_effect=locked_once)  # the tick's first attempt rolls back
+    failures = locked_once(store, mocker)  # the tick's first attempt rolls back
     e.wake()
     await e.tick()
     await e.wait_idle()

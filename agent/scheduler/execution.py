@@ -38,6 +38,12 @@ def ended(value: Any = None, error: BaseException | None = None) -> Outcome:
     )
 
 
+def timed_out(limit: float, detail: str = "") -> Outcome:
+    """A run that exceeded its timeout of ``limit`` seconds: failed, reason ``timeout``."""
+    error = f"TimeoutError: run exceeded its timeout of {limit:g}s{detail}"
+    return ("fail", {"reason": "timeout", "error_type": "TimeoutError", "error": error})
+
+
 def thread_ended(done: asyncio.Future[Any]) -> Outcome:
     """The outcome of a finished ``run_in_thread`` future."""
     error = done.exception()

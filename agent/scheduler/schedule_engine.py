@@ -36,7 +36,7 @@ from .errors import (
     TaskNotConfigured,
     WorkerIdInUse,
 )
-from .execution import Outcome, ended, run_in_thread, thread_ended
+from .execution import Outcome, ended, run_in_thread, thread_ended, timed_out
 from .policies.concurrency import Action, decide_starts
 from .policies.missed_run import DuePlan, PlannedRun, is_prepared, plan_due, prepared_blocked
 from .policies.retry import ORPHANED, retry_at
@@ -434,9 +434,7 @@ class ScheduleEngine:
                 await self.tick()
                 return True
             except DatabaseUnavailable as exc:
-                line = self._health.failed(self.clock.now(), exc)
-                if line is not None:
-                    log.warning("%s", line)
+                self._note_outage(exc)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DatabaseUnavailable),
             wait=outage_wait(),
@@ -463,7 +461,10 @@ class ScheduleEngine:
 
     def _outage_attempt_failed(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
-        line = self._health.failed(self.clock.now(), exc or DatabaseUnavailable("unknown"))
+        self._note_outage(exc or DatabaseUnavailable("unknown"))
+
+    def _note_outage(self, exc: BaseException) -> None:
+        line = self._health.failed(self.clock.now(), exc)
         if line is not None:
             log.warning("%s", line)
 
@@ -1247,11 +1248,12 @@ class ScheduleEngine:
         if held is not None and held >= LOOP_STALL_SECONDS:
             outcome = self._held_the_loop(flight, held, outcome)
         interruption = flight.outcome
-        if interruption is None or (thread_done and interruption[0] in ("requeue", "cancel")):
+        if interruption is None:
             return outcome
-        if thread_done and interruption[0] == "checkpoint" and not flight.checkpoint_saved:
-            return outcome  # the thread returned without a checkpoint to pause at: it did its work
-        if interruption[0] == "checkpoint" and not flight.checkpoint_saved:
+        unsaved_checkpoint = interruption[0] == "checkpoint" and not flight.checkpoint_saved
+        if thread_done and (interruption[0] in ("requeue", "cancel") or unsaved_checkpoint):
+            return outcome
+        if unsaved_checkpoint:
             return ("requeue", {"reason": "shutdown: no checkpoint saved, requeued"})
         return interruption
 
@@ -1304,15 +1306,7 @@ class ScheduleEngine:
             return outcome
         limit = flight.schedule.timeout.total_seconds() if flight.schedule.timeout else 0
         log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)
-        return (
-            "fail",
-            {
-                "reason": "timeout",
-                "error_type": "TimeoutError",
-                "error": f"TimeoutError: run exceeded its timeout of {limit:g}s; "
-                f"it held the event loop for {held:.1f}s without yielding",
-            },
-        )
+        return timed_out(limit, f"; it held the event loop for {held:.1f}s without yielding")
 
     def _record_soon(self) -> None:
         if self._record_timer is None and self._loop is not None:
@@ -1336,15 +1330,7 @@ class ScheduleEngine:
                     # by timeout when the thread has ended, so that its retry never runs beside it.
                     flight.overran = True
                     flight.ctx.stop_requested.set()
-                    flight.outcome = (
-                        "fail",
-                        {
-                            "reason": "timeout",
-                            "error_type": "TimeoutError",
-                            "error": f"TimeoutError: run exceeded its timeout of {limit:g}s "
-                            "(its thread was asked to stop; recorded when it ended)",
-                        },
-                    )
+                    flight.outcome = timed_out(limit, " (its thread was asked to stop; recorded when it ended)")
                     log.warning(
                         "run %s of %s passed its timeout of %gs; its thread cannot be cancelled: asked to stop, "
                         "it is recorded failed when it ends",
@@ -1353,14 +1339,7 @@ class ScheduleEngine:
                         limit,
                     )
                     continue
-                flight.outcome = (
-                    "fail",
-                    {
-                        "reason": "timeout",
-                        "error_type": "TimeoutError",
-                        "error": f"TimeoutError: run exceeded its timeout of {limit:g}s",
-                    },
-                )
+                flight.outcome = timed_out(limit)
                 flight.task.cancel()
                 log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)
             elif flight.kill_at is not None and now >= flight.kill_at and not flight.task.done():

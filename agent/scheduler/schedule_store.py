@@ -1458,8 +1458,10 @@ class ScheduleStore:
         that another worker's materialization or bookkeeping has updated in its own transaction,
         which in any other order would be a deadlock.
         """
+        if self.dialect != "postgresql":
+            return
         keys = sorted({_turn_key(i) for i in schedule_ids})
-        if not keys or self.dialect != "postgresql":
+        if not keys:
             return
         stmt = self._prepared(
             "lock_schedules",
@@ -1474,8 +1476,10 @@ class ScheduleStore:
 
     def _lock_rows(self, conn: Connection, schedule_ids: Iterable[str]) -> None:
         """PostgreSQL: lock these schedules' rows in id order before updating several of them."""
+        if self.dialect != "postgresql":
+            return
         ids = sorted(set(schedule_ids))
-        if self.dialect != "postgresql" or len(ids) < 2:
+        if len(ids) < 2:
             return
         s = schema.schedules
         stmt = self._prepared(

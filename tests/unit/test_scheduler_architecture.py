@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "agent" / "scheduler"
 
 #: Modules that must stay free of I/O, and the pure modules they may lean on.
-CORE = ["triggers.py", "clock.py", "errors.py", "policies", "machines"]
+CORE = ["triggers.py", "clock.py", "errors.py", "identity.py", "policies", "machines"]
 PURE_SUPPORT = {
     "enums",
     "errors",
@@ -42,6 +42,7 @@ ALLOWED = {
     "math",
     "re",
     "typing",
+    "unicodedata",
     "uuid",
     "zoneinfo",
     "croniter",

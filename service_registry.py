@@ -7,7 +7,13 @@ A topic is a handler and the :class:`InputSchema` of its payload::
         Field(name="name", type=FieldType.STRING, required=True, max_length=128),
         Field(name="reason", type=FieldType.STRING, max_length=500),
     ))
-    answer = await registry.call("scheduler.disable_schedule", {"name": "sweep"}, caller="telegram:42")
+    planner = registry.handle(Caller.agent("agent:planner"))       # the host gives each agent its handle
+    answer = await planner.call("scheduler.disable_schedule", {"name": "sweep"})
+
+A caller never names itself: an agent calls through the :class:`RegistryHandle` the host gave it,
+which carries the identity the host chose; the operator bot calls as the Telegram chat the message
+came from. A plain string passed as ``caller`` is taken as an agent's id, so nothing an agent can
+write makes it a human.
 
 Every answer is ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {"code", "message", "field"}}``.
 The payload is checked against the schema before the handler sees it (unknown fields, missing
@@ -33,6 +39,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from agent.scheduler.errors import InvalidSchedule, SchedulerError, StoreError
+from agent.scheduler.identity import Caller, InvalidIdentity
 from agent.scheduler.proposals import InvalidProposal
 
 log = logging.getLogger(__name__)
@@ -41,8 +48,6 @@ T = TypeVar("T")
 
 #: Topic names: dotted lower-case words, such as ``scheduler.list_schedules``.
 TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-#: The longest a caller id may be, in characters.
-CALLER_CHARS = 128
 #: The longest a call may take before its caller is answered ``unavailable``, in seconds.
 CALL_TIMEOUT_SECONDS = 30.0
 #: The largest payload accepted, as JSON text, in characters.
@@ -208,10 +213,10 @@ class InputSchema:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallContext:
-    """Who is calling which topic; handlers record ``caller`` on whatever they change."""
+    """Who is calling which topic; handlers record ``caller`` (its ``id``) on whatever they change."""
 
     topic: str
-    caller: str
+    caller: Caller
     _executor: ThreadPoolExecutor = field(repr=False)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -266,9 +271,16 @@ class ServiceRegistry:
         """Release the registry's thread (calls already running finish)."""
         self._executor.shutdown(wait=False)
 
-    async def call(self, topic: str, payload: Any, *, caller: str) -> dict[str, Any]:
+    def handle(self, caller: Caller) -> RegistryHandle:
+        """The handle to give one agent (or other caller): its calls carry ``caller``, never an id of its choosing."""
+        if not isinstance(caller, Caller):
+            raise TypeError(f"handle: a Caller (such as Caller.agent('agent:planner')), got {type(caller).__name__}")
+        return RegistryHandle(self, caller)
+
+    async def call(self, topic: str, payload: Any, *, caller: Caller | str) -> dict[str, Any]:
         """Check ``payload`` against the topic's schema and run its handler; the answer as a JSON object.
 
+        ``caller`` is the identity a door established (a :class:`Caller`); a string is an agent's id.
         ``payload`` must be a JSON object (a dict); None stands for ``{}``. Cancelling the awaiting
         task still cancels the call: only Exceptions are turned into answers.
         """
@@ -276,25 +288,24 @@ class ServiceRegistry:
             result = await self._call(topic, payload, caller)
         except ServiceError as exc:
             level = logging.ERROR if exc.code is ErrorCode.INTERNAL else logging.INFO
-            log.log(level, "%s by %s: %s: %s", topic, _short(caller), exc.code.value, exc.message)
+            log.log(level, "%s by %s: %s: %s", topic, _who(caller), exc.code.value, exc.message)
             return {"ok": False, "error": exc.to_dict()}
         except Exception as exc:  # translated once, here: the caller must never see an exception
             error = translate(exc, topic)
             if error.code is ErrorCode.INTERNAL:
-                log.exception("%s by %s failed unexpectedly", topic, _short(caller))
+                log.exception("%s by %s failed unexpectedly", topic, _who(caller))
             else:
-                log.info("%s by %s: %s: %s", topic, _short(caller), error.code.value, error.message)
+                log.info("%s by %s: %s: %s", topic, _who(caller), error.code.value, error.message)
             return {"ok": False, "error": error.to_dict()}
-        log.debug("%s by %s: ok", topic, caller)
+        log.debug("%s by %s: ok", topic, _who(caller))
         return {"ok": True, "result": result}
 
     async def _call(self, topic: str, payload: Any, caller: Any) -> dict[str, Any]:
-        if not isinstance(caller, str) or not caller.strip() or len(caller) > CALLER_CHARS:
-            raise ServiceError(
-                ErrorCode.INVALID,
-                f"caller: who is calling, a non-empty string of at most {CALLER_CHARS} characters",
-                "caller",
-            )
+        if not isinstance(caller, Caller):
+            try:
+                caller = Caller.agent(caller)
+            except InvalidIdentity as exc:
+                raise ServiceError(ErrorCode.INVALID, f"caller: {exc}", "caller") from None
         entry = self._topics.get(topic) if isinstance(topic, str) else None
         if entry is None:
             known = ", ".join(self.topics()) or "(none)"
@@ -318,6 +329,36 @@ class ServiceRegistry:
                 ErrorCode.UNAVAILABLE, f"{topic} did not answer within {self.timeout_seconds:g}s; try again"
             ) from None
         return _json_result(topic, outcome)
+
+
+class RegistryHandle:
+    """One caller's door to the registry: ``call(topic, payload)`` as the identity the host gave it.
+
+    Give an agent its handle, never the registry: the handle has no way to name another caller.
+    """
+
+    __slots__ = ("_caller", "_registry")
+
+    def __init__(self, registry: ServiceRegistry, caller: Caller) -> None:
+        self._registry = registry
+        self._caller = caller
+
+    @property
+    def caller(self) -> Caller:
+        """Who this handle calls as."""
+        return self._caller
+
+    async def call(self, topic: str, payload: Any = None) -> dict[str, Any]:
+        """``ServiceRegistry.call`` as this handle's caller."""
+        return await self._registry.call(topic, payload, caller=self._caller)
+
+    def topics(self) -> list[str]:
+        """Every registered topic name, sorted."""
+        return self._registry.topics()
+
+    def schema(self, topic: str) -> list[dict[str, Any]]:
+        """The payload fields of ``topic`` as JSON."""
+        return self._registry.schema(topic)
 
 
 def translate(exc: BaseException, topic: str = "") -> ServiceError:
@@ -391,6 +432,12 @@ def _json_type(value: Any) -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _who(caller: Any) -> str:
+    return (
+        f"{caller.id} ({caller.kind.value} via {caller.door.value})" if isinstance(caller, Caller) else _short(caller)
+    )
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -2,9 +2,11 @@
 
 The bot runs inside the worker's event loop (python-telegram-bot's manual lifecycle: initialize,
 start, start_polling; never ``run_polling``, which wants to own the loop). Every command calls a
-``scheduler.*`` topic of the worker's :class:`ServiceRegistry` as ``telegram:<chat id>``, so it
-behaves exactly as an agent's call would. Only chats in ``TELEGRAM_ALLOWED_CHAT_IDS`` are
-answered; messages from any other chat are logged and dropped before any handler sees them.
+``scheduler.*`` topic of the worker's :class:`ServiceRegistry` as the human at the Telegram chat the
+message came from (``telegram:<chat id>``, as Telegram delivered it, never a name the message
+gives). Only chats in ``TELEGRAM_ALLOWED_CHAT_IDS`` or ``TELEGRAM_APPROVER_CHAT_IDS`` are answered;
+messages from any other chat are logged and dropped before any handler sees them. Whether a chat
+may approve or reject proposals is the proposal service's decision (its configured approvers).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from telegram.ext import (
 
 from agent.scheduler.adapters.telegram import parse_chat_ids
 from agent.scheduler.errors import InvalidSchedule
+from agent.scheduler.identity import Caller
 from agent.scheduler.schedule_policy import describe_span
 from agent.scheduler.triggers import parse_duration, parse_timezone
 from service_registry import ServiceRegistry
@@ -311,13 +314,14 @@ def parse_command(text: str) -> tuple[str, list[str], str]:
     return name, args, tail[1] if len(tail) > 1 else ""
 
 
-Answer = Callable[[list[str], str, str], Awaitable[list[str]]]
+Answer = Callable[[list[str], str, Caller], Awaitable[list[str]]]
 
 
 class OperatorBot:
     """The Telegram face of the worker's registry; ``start()`` on the worker's loop, ``stop()`` before the engine's.
 
-    ``allowed_chat_ids`` are the only chats answered. ``operator_timezone`` is where times are shown.
+    ``allowed_chat_ids`` and ``approver_chat_ids`` are the only chats answered. ``operator_timezone`` is
+    where times are shown.
     """
 
     def __init__(
@@ -326,13 +330,14 @@ class OperatorBot:
         *,
         token: str,
         allowed_chat_ids: Iterable[int],
+        approver_chat_ids: Iterable[int] = (),
         base_url: str | None = None,
         operator_timezone: str = "UTC",
     ) -> None:
         if not token:
             raise ValueError("OperatorBot needs the bot token (TELEGRAM_BOT_TOKEN)")
         self.registry = registry
-        self.allowed_chat_ids = frozenset(int(c) for c in allowed_chat_ids)
+        self.allowed_chat_ids = frozenset(int(c) for c in (*allowed_chat_ids, *approver_chat_ids))
         self.operator_timezone = operator_timezone
         self.zone: ZoneInfo = parse_timezone(operator_timezone)
         builder = ApplicationBuilder().token(token).job_queue(None)
@@ -364,8 +369,8 @@ class OperatorBot:
 
     @classmethod
     def from_env(cls, registry: ServiceRegistry, environ: Mapping[str, str] | None = None) -> OperatorBot | None:
-        """The bot from ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_ALLOWED_CHAT_IDS``, ``TELEGRAM_API_BASE_URL`` and
-        ``ACTP_OPERATOR_TIMEZONE`` (else ``ACTP_TIMEZONE``, else UTC).
+        """The bot from ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_ALLOWED_CHAT_IDS``, ``TELEGRAM_APPROVER_CHAT_IDS``,
+        ``TELEGRAM_API_BASE_URL`` and ``ACTP_OPERATOR_TIMEZONE`` (else ``ACTP_TIMEZONE``, else UTC).
 
         None, with one log line, when the token is not set or the configuration is invalid: the
         worker runs without its bot.
@@ -379,6 +384,7 @@ class OperatorBot:
         zone = env.get(variable, "").strip() or "UTC"
         try:
             chats = parse_chat_ids(env.get("TELEGRAM_ALLOWED_CHAT_IDS", ""), variable="TELEGRAM_ALLOWED_CHAT_IDS")
+            approvers = parse_chat_ids(env.get("TELEGRAM_APPROVER_CHAT_IDS", ""), variable="TELEGRAM_APPROVER_CHAT_IDS")
             parse_timezone(zone)
         except InvalidSchedule:
             log.error("Telegram bot off: %s=%r is not an IANA timezone such as Europe/Berlin", variable, zone)
@@ -387,8 +393,15 @@ class OperatorBot:
             log.error("Telegram bot off: %s", exc)
             return None
         base_url = env.get("TELEGRAM_API_BASE_URL", "").strip() or None
-        bot = cls(registry, token=token, allowed_chat_ids=chats, base_url=base_url, operator_timezone=zone)
-        if not chats:
+        bot = cls(
+            registry,
+            token=token,
+            allowed_chat_ids=chats,
+            approver_chat_ids=approvers,
+            base_url=base_url,
+            operator_timezone=zone,
+        )
+        if not bot.allowed_chat_ids:
             log.warning(
                 "Telegram bot answers no chat: TELEGRAM_ALLOWED_CHAT_IDS is empty (ignored messages are logged "
                 "with their chat id)"
@@ -481,7 +494,7 @@ class OperatorBot:
         message = update.effective_message if isinstance(update, Update) else None
         first = (message.text or "").split(maxsplit=1)[0][:40] if message is not None and message.text else "update"
         log.warning(
-            "Telegram bot: ignored %r from chat %s (not in TELEGRAM_ALLOWED_CHAT_IDS)",
+            "Telegram bot: ignored %r from chat %s (not in TELEGRAM_ALLOWED_CHAT_IDS or TELEGRAM_APPROVER_CHAT_IDS)",
             first,
             chat.id if chat is not None else None,
         )
@@ -518,25 +531,27 @@ class OperatorBot:
         command = _BY_NAME[name]
         if len(args) < command.required:
             return [f"usage: {command.usage}"]
-        return await answer(args, tail, f"telegram:{chat_id}")
+        return await answer(args, tail, Caller.telegram(chat_id))
 
-    async def _ask(self, topic: str, payload: dict[str, Any], caller: str) -> tuple[dict[str, Any] | None, list[str]]:
+    async def _ask(
+        self, topic: str, payload: dict[str, Any], caller: Caller
+    ) -> tuple[dict[str, Any] | None, list[str]]:
         answer = await self.registry.call(topic, payload, caller=caller)
         if answer.get("ok"):
             result: dict[str, Any] = answer["result"]
             return result, []
         return None, [error_text(answer.get("error") or {})]
 
-    async def _help(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _help(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         return [help_text()]
 
-    async def _schedules(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _schedules(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.list_schedules", {"enabled": True}, caller)
         if result is None:
             return error
         return schedules_messages(result, self.zone, self.operator_timezone)
 
-    async def _schedule(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _schedule(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         payload = {"name": args[0], "runs": SCHEDULE_RUNS_SHOWN}
         result, error = await self._ask("scheduler.get_schedule", payload, caller)
         if result is None:
@@ -562,7 +577,7 @@ class OperatorBot:
         lines += [f"  {self._run_line(r, with_schedule=False)}" for r in result["runs"]]
         return pack("\n".join(lines), [])
 
-    async def _runs(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _runs(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         payload: dict[str, Any] = {"limit": RUNS_SHOWN}
         if args:
             payload["schedule"] = args[0]
@@ -584,7 +599,7 @@ class OperatorBot:
         text = f"{when} {who}{run['status']} (try {run['attempt']}, {run['origin']})"
         return text + (f" · {_quote(why)}" if why else "")
 
-    async def _dlq(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _dlq(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.dead_letters", {"limit": ITEMS_SHOWN}, caller)
         if result is None:
             return error
@@ -599,21 +614,21 @@ class OperatorBot:
         intro = f"{result['total']} dead letter(s) waiting; replay one with /replay RUN_ID"
         return pack(intro, [("", entries)])
 
-    async def _replay(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _replay(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         force = len(args) > 1 and args[1].lower() in ("force", "--force")
         result, error = await self._ask("scheduler.replay_dead_letter", {"id": args[0], "force": force}, caller)
         if result is None:
             return error
         return [f"Replayed {result['run_id']} of {result['schedule']}: pending again (by {result['replayed_by']})."]
 
-    async def _disable(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _disable(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         payload = {"name": args[0], **({"reason": tail} if tail else {})}
         result, error = await self._ask("scheduler.disable_schedule", payload, caller)
         if result is None:
             return error
         return [f"{result['name']} disabled: {result['disabled_reason']}. /enable {result['name']} resumes it."]
 
-    async def _enable(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _enable(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.enable_schedule", {"name": args[0]}, caller)
         if result is None:
             return error
@@ -621,19 +636,19 @@ class OperatorBot:
             return [f"{result['name']} was already enabled."]
         return [f"{result['name']} enabled: it runs again from its next occurrence."]
 
-    async def _run(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _run(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.run_now", {"name": args[0]}, caller)
         if result is None:
             return error
         return [f"Run {result['run_id']} of {result['schedule']} queued; the worker starts it now."]
 
-    async def _reset(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _reset(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.reset_breaker", {"name": args[0]}, caller)
         if result is None:
             return error
         return [f"{result['name']}: breaker {result['breaker_state']}, runs resume from the next occurrence."]
 
-    async def _proposals(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _proposals(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         wanted = args[0].lower() if args else "awaiting_approval"
         payload: dict[str, Any] = {"limit": ITEMS_SHOWN}
         if wanted != "all":
@@ -658,7 +673,7 @@ class OperatorBot:
             entries.append(entry)
         return pack("/approve ID [reason] or /reject ID reason", [(wanted.replace("_", " "), entries)])
 
-    async def _approve(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _approve(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         payload = {"id": args[0], **({"reason": tail} if tail else {})}
         result, error = await self._ask("scheduler.approve_proposal", payload, caller)
         if result is None:
@@ -667,14 +682,14 @@ class OperatorBot:
         where = f"schedule {p['schedule_id']} is active" if p.get("schedule_id") else p["status"]
         return [f"Proposal {p['id']} ({p['name']}) approved by {p['decided_by']}: {where}."]
 
-    async def _reject(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _reject(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.reject_proposal", {"id": args[0], "reason": tail}, caller)
         if result is None:
             return error
         p = result["proposal"]
         return [f"Proposal {p['id']} ({p['name']}) rejected by {p['decided_by']}: {p['decision_reason']}"]
 
-    async def _status(self, args: list[str], tail: str, caller: str) -> list[str]:
+    async def _status(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.status", {}, caller)
         if result is None:
             return error

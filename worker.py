@@ -23,7 +23,7 @@ from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.adapters.telegram import TelegramNotifier
 from agent.scheduler.adapters.telemetry import TelemetryExporter
-from agent.scheduler.config import ConfigError, apply_env_file, load_config
+from agent.scheduler.config import Config, ConfigError, apply_env_file, approvers, load_config
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
@@ -115,7 +115,7 @@ def load_legacy(tasks: TaskRegistry, store: ScheduleStore, worker_id: str) -> No
     log.info("legacy cron table (%s): %s", zone, result.summary())
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, config: Config) -> int:
     store = ScheduleStore(args.db or default_url(), clock=SystemClock())
     tasks = TaskRegistry()
     load_task_modules(args.tasks, tasks, store)
@@ -143,8 +143,14 @@ async def run(args: argparse.Namespace) -> int:
     log.info("worker %s starting on %s", engine.worker_id, store.url)
     await engine.start()
     registry = ServiceRegistry()
+    deciders = approvers(config)
+    log.info("proposal approvers: %s", deciders.describe())
     register_scheduler_topics(
-        registry, store=store, engine=engine, tasks=tasks, proposals=ProposalService(store, tasks, engine.clock)
+        registry,
+        store=store,
+        engine=engine,
+        tasks=tasks,
+        proposals=ProposalService(store, tasks, engine.clock, approvers=deciders),
     )
     bot = OperatorBot.from_env(registry)  # off, with one log line, without TELEGRAM_BOT_TOKEN
     if bot is not None:
@@ -190,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIGURATION
     configure_from(config, level=args.log_level)
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(run(args, config))
     except DatabaseReplaced:
         return EXIT_DATABASE_REPLACED  # the engine logged it, in one ERROR line
     except OperatorActionRequired as exc:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import importlib
 import json
 import os
+import pwd
 import sys
 import uuid
 from collections import Counter, defaultdict
@@ -25,10 +25,11 @@ from sqlalchemy import select
 
 from . import schema, service_files, triggers
 from .clock import Clock, SystemClock
-from .config import GROUPS, check_config, env_example, mask_url
+from .config import GROUPS, approvers, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .enums import ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
+from .identity import Approvers, Caller, InvalidIdentity
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
@@ -335,7 +336,7 @@ class Commands:
             if not callable(register):
                 raise CliError(f"--tasks {name}: the module has no register(tasks, store) function")
             register(tasks, self.store)
-        return ProposalService(self.store, tasks, self.clock)
+        return ProposalService(self.store, tasks, self.clock, approvers=_approvers())
 
     def propose(self, args: argparse.Namespace) -> None:
         try:
@@ -348,7 +349,7 @@ class Commands:
             raise CliError(f"{args.file} is not JSON: {exc}") from exc
         service = self._proposal_service(args.tasks)
         service.expire_overdue()
-        record = service.submit(data)
+        record = service.submit(data, by=operator_caller())
         self.emit({"proposal": _proposal_dict(record), "report": record.report}, _proposal_report_text(record))
         if record.status == ProposalStatus.REJECTED.value:
             raise CliError(f"proposal {record.id} rejected: the report above names each rule it breaks")
@@ -374,13 +375,16 @@ class Commands:
 
     def approve(self, args: argparse.Namespace) -> None:
         service = self._proposal_service(args.tasks)
-        record = service.approve(args.id, by=args.by, reason=args.reason)
+        by = operator_caller()
+        record = service.approve(args.id, by=by, reason=args.reason)
         where = f"active as schedule {record.schedule_id}" if record.schedule_id else f"{record.status}"
-        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) approved by {args.by}: {where}")
+        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) approved by {by.id}: {where}")
 
     def reject(self, args: argparse.Namespace) -> None:
-        record = ProposalService(self.store, TaskRegistry(), self.clock).reject(args.id, by=args.by, reason=args.reason)
-        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {args.by}: {args.reason}")
+        by = operator_caller()
+        service = ProposalService(self.store, TaskRegistry(), self.clock, approvers=_approvers())
+        record = service.reject(args.id, by=by, reason=args.reason)
+        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {by.id}: {args.reason}")
 
     # ------------------------------------------------------------------ operations: status, timeline, config, service
 
@@ -572,6 +576,8 @@ def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:
         "proposed_by": r.proposed_by,
         "risk_tier": (r.report or {}).get("risk_tier"),
         "decided_by": r.decided_by,
+        "decided_via": r.decided_via,
+        "decided_at": _iso(r.decided_at),
         "decision_reason": r.decision_reason,
         "schedule_id": r.schedule_id,
         "expires_at": _iso(r.expires_at),
@@ -957,13 +963,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", default=None, choices=[s.value for s in ProposalStatus])
     p = sub.add_parser("approve", parents=[common], help="approve a proposal awaiting a human")
     p.add_argument("id")
-    p.add_argument("--by", default=_operator(), help="who approves (recorded; default: your user name)")
-    p.add_argument("--reason", default="", help="why (recorded)")
+    p.add_argument("--reason", default="", help="why (recorded with you, the user running it, as approver)")
     p.add_argument("--tasks", action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
     p = sub.add_parser("reject", parents=[common], help="reject a proposal, saying why")
     p.add_argument("id")
-    p.add_argument("--reason", required=True, help="why (recorded)")
-    p.add_argument("--by", default=_operator(), help="who rejects (recorded; default: your user name)")
+    p.add_argument("--reason", required=True, help="why (recorded with you, the user running it)")
     p = sub.add_parser("status", parents=[common], help="engine up or down, runs in flight, breakers, dead letters")
     p = sub.add_parser("timeline", parents=[common], help="upcoming fire times and the past hours' runs by outcome")
     p.add_argument("name", nargs="?", default=None, metavar="NAME", help="a schedule (or --all)")
@@ -983,11 +987,33 @@ def build_parser() -> argparse.ArgumentParser:
 _TASKS_HELP = f"module with register(tasks, store), as for the worker; repeatable (default: ${TASKS_ENV})"
 
 
-def _operator() -> str:
+def operator_caller() -> Caller:
+    """The operating-system user running this command, as the command line's caller.
+
+    Read from the process's effective user id, not from ``$USER`` or an option: a name the
+    command is given could be anyone's.
+    """
+    uid = os.geteuid()
     try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "operator"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid{uid}"  # a user without a passwd entry (a container) is still someone
+    try:
+        return Caller.operator(name)
+    except InvalidIdentity as exc:
+        raise CliError(f"the user running this command cannot be an identity: {exc}") from None
+
+
+#: The settings that name who may approve proposals.
+APPROVER_SETTINGS = ("ACTP_APPROVER_OPERATORS", "TELEGRAM_APPROVER_CHAT_IDS")
+
+
+def _approvers() -> Approvers:
+    config, problems = check_config()
+    for problem in problems:
+        if problem.variable in APPROVER_SETTINGS:
+            raise CliError(f"{problem.variable}={problem.shown!r}: {problem.allowed}")
+    return approvers(config)
 
 
 def _timeline_hours(text: str) -> int:

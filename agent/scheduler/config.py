@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidSchedule, OperatorActionRequired
+from .identity import Approvers, InvalidIdentity, normalize_identity
 from .triggers import parse_timezone
 
 #: The cloud services the legacy jobs call (``cron_definitions``); a test keeps this equal to that table.
@@ -249,6 +250,19 @@ def modules_check() -> Check:
     return Check('Python module names, comma-separated, such as "my_tasks,team.tasks"', parse)
 
 
+def operators_check() -> Check:
+    """Comma-separated user names on this machine, as identities (compared without case)."""
+
+    def parse(value: str) -> list[str]:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        try:
+            return sorted({normalize_identity(n) for n in names})
+        except InvalidIdentity:
+            raise BadValue(value) from None
+
+    return Check('user names on this machine, comma-separated, such as "alice,bob"', parse)
+
+
 def worker_id_check() -> Check:
     """A worker id: printable, no blanks, at most WORKER_ID_MAX characters."""
 
@@ -362,6 +376,16 @@ SETTINGS: tuple[Setting, ...] = (
         example="tests.fixtures.sample_tasks",
     ),
     Setting(
+        name="ACTP_APPROVER_OPERATORS",
+        meaning=(
+            "user names on this machine who may approve or reject agent proposals at the command line "
+            "(the user running it, not a name it is given); unset: nobody there"
+        ),
+        check=operators_check(),
+        group="scheduler",
+        example="alice",
+    ),
+    Setting(
         name="ACTP_LOG_LEVEL",
         meaning="lowest level logged (transitions' chatter stays at WARNING and above)",
         check=choice_check(LOG_LEVELS, upper=True),
@@ -393,6 +417,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="TELEGRAM_ALLOWED_CHAT_IDS",
         meaning="chats the operator bot answers; other chats are ignored (and logged)",
+        check=chat_ids_check(),
+        group="telegram",
+        example="42",
+    ),
+    Setting(
+        name="TELEGRAM_APPROVER_CHAT_IDS",
+        meaning=(
+            "chats whose messages may approve or reject agent proposals (/approve, /reject); the bot answers "
+            "them too; a group chat lets every member approve; unset: nobody on Telegram"
+        ),
         check=chat_ids_check(),
         group="telegram",
         example="42",
@@ -695,6 +729,13 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def approvers(config: Config) -> Approvers:
+    """The humans who may approve proposals: TELEGRAM_APPROVER_CHAT_IDS and ACTP_APPROVER_OPERATORS."""
+    return Approvers.of(
+        telegram_chats=config.get("TELEGRAM_APPROVER_CHAT_IDS", []), operators=config.get("ACTP_APPROVER_OPERATORS", [])
+    )
 
 
 def _warnings(env: Mapping[str, str], entries: dict[str, Entry]) -> list[str]:

@@ -29,8 +29,6 @@ from .definition import (
     DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF,
-    NAME_HELP,
-    NAME_PATTERN,
     ScheduleDefinition,
 )
 from .enums import (
@@ -43,6 +41,15 @@ from .enums import (
     TriggerType,
 )
 from .errors import DuplicateSchedule, InvalidSchedule, SchedulerError, StaleState
+from .identity import (
+    IDENTITY_HELP,
+    POLICY,
+    Approvers,
+    Caller,
+    InvalidIdentity,
+    normalize_identity,
+    same_identity,
+)
 from .records import ProposalRecord
 from .schedule_policy import (
     DEFAULT_RULES,
@@ -85,7 +92,7 @@ MAX_COUNT = 1000
 MAX_STORED_PAYLOAD_BYTES = 256 * 1024
 STORED_EXCERPT_CHARS = 4096
 #: Who is recorded as deciding what the policy decided by itself.
-POLICY_ACTOR = "policy"
+POLICY_ACTOR = POLICY.id
 #: The proposal statuses that still claim their schedule name.
 PENDING_STATUSES = (ProposalStatus.SUBMITTED, ProposalStatus.AWAITING_APPROVAL, ProposalStatus.APPROVED)
 
@@ -102,6 +109,9 @@ _SEMANTIC_RULES = frozenset(
     }
 )
 
+#: The longest a value is shown in a finding, in characters.
+SHORT_CHARS = 160
+
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 60
 _short_repr.maxother = 60
@@ -114,9 +124,10 @@ def short(value: Any) -> str:
     if isinstance(value, int) and value.bit_length() > 64:
         return f"<an integer of {value.bit_length()} bits>"
     try:
-        return _short_repr.repr(value)
+        text = _short_repr.repr(value)
     except Exception:  # a repr may raise anything; the report only needs to say what it was
         return f"<a {type(value).__name__}>"
+    return text if len(text) <= SHORT_CHARS else text[: SHORT_CHARS - 3] + "..."
 
 
 class InvalidProposal(SchedulerError, ValueError):
@@ -168,10 +179,10 @@ def _text(limit: int, *, blank_ok: bool = True) -> Callable[[Any], str]:
 
 
 def _proposer(value: Any) -> str:
-    text = _text(NAME_CHARS)(value)
-    if not NAME_PATTERN.match(text):
-        raise _Bad(Rule.WRONG_TYPE, f"an agent id: {NAME_HELP}")
-    return text
+    try:
+        return normalize_identity(value)
+    except InvalidIdentity:
+        raise _Bad(Rule.WRONG_TYPE, f"an identity: {IDENTITY_HELP}") from None
 
 
 def _expression(value: Any) -> str:
@@ -1005,7 +1016,8 @@ class ProposalService:
     """Submit, decide, approve, reject and expire proposals over one store and one task registry.
 
     ``typical_durations`` tells the overlap check how long tasks run; ``rules`` are the
-    policy's bundles and limits. Time comes from ``clock`` (default: the store's).
+    policy's bundles and limits; ``approvers`` the humans who may approve or reject (default:
+    nobody). Time comes from ``clock`` (default: the store's).
     """
 
     def __init__(
@@ -1016,12 +1028,14 @@ class ProposalService:
         *,
         rules: ProposalRules = DEFAULT_RULES,
         typical_durations: Mapping[str, timedelta] | None = None,
+        approvers: Approvers | None = None,
     ) -> None:
         self.store = store
         self.tasks = tasks
         self.clock = clock or store.clock
         self.rules = rules
         self.typical_durations = dict(typical_durations or {})
+        self.approvers = approvers or Approvers()
 
     def validate(self, data: Any, *, proposal_id: str | None = None) -> ValidationReport:
         """The report for ``data`` now; writes nothing."""
@@ -1035,12 +1049,18 @@ class ProposalService:
             proposal_id=proposal_id,
         )
 
-    def submit(self, data: Any) -> ProposalRecord:
+    def submit(self, data: Any, *, by: Caller | None = None) -> ProposalRecord:
         """Validate ``data``, store it with its report, then reject, hold or approve and activate it.
 
-        Every submission is stored, the invalid ones too (as ``rejected``, with the report that
-        says why). Returns the record in its final status.
+        ``by`` is the caller as its door established it, and the proposer: ``proposed_by`` may be
+        left out, and any other identity is refused (InvalidProposal naming ``proposed_by``, nothing
+        stored), since nobody may approve their own proposal. Without ``by`` (host code using the
+        Python API) the payload's ``proposed_by`` is taken as given. Every other submission is
+        stored, the invalid ones too (as ``rejected``, with the report that says why). Returns the
+        record in its final status.
         """
+        if by is not None:
+            data = self._as_proposed_by(data, by)
         report = self.validate(data)
         raw = data if isinstance(data, Mapping) else {}
         record = self.store.save_proposal(
@@ -1048,13 +1068,32 @@ class ProposalService:
                 id=new_proposal_id(),
                 name=_label(raw.get("name"), "(unnamed)"),
                 status=ProposalStatus.SUBMITTED.value,
-                proposed_by=_label(raw.get("proposed_by"), "(unknown)"),
+                proposed_by=report.proposal.proposed_by
+                if report.proposal is not None
+                else _label(raw.get("proposed_by"), "(unknown)"),
                 payload=_payload(data, report),
                 report=report.to_dict(),
                 created_at=report.checked_at,
             )
         )
         return self._apply(record, report)
+
+    @staticmethod
+    def _as_proposed_by(data: Any, by: Caller) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        claimed = data.get("proposed_by")
+        if claimed is not None and not same_identity(claimed, by.id):
+            raise InvalidProposal(
+                [
+                    Finding(
+                        rule=Rule.WRONG_TYPE,
+                        field="proposed_by",
+                        message=f"{short(claimed)} is not the caller {by.id!r}; leave it out: the caller proposes",
+                    )
+                ]
+            )
+        return {**data, "proposed_by": by.id}
 
     def decide(self, proposal_id: str) -> ProposalRecord:
         """Decide a proposal left ``submitted`` (a crash between storing and deciding): validate it again and apply."""
@@ -1072,7 +1111,7 @@ class ProposalService:
         log.info("proposal %s (%s by %s): %s", record.id, record.name, record.proposed_by, report.decision_reason)
         if report.decision is Outcome.REJECT:
             return self.store.transition_proposal(
-                record, "reject", now=now, decided_by=POLICY_ACTOR, decision_reason=report.decision_reason, **extra
+                record, "reject", now=now, **_decided(POLICY, now), decision_reason=report.decision_reason, **extra
             )
         if report.decision is Outcome.HOLD:
             return self.store.transition_proposal(
@@ -1084,7 +1123,7 @@ class ProposalService:
                 **extra,
             )
         approved = self.store.transition_proposal(
-            record, "approve", now=now, decided_by=POLICY_ACTOR, decision_reason=report.decision_reason, **extra
+            record, "approve", now=now, **_decided(POLICY, now), decision_reason=report.decision_reason, **extra
         )
         assert report.definition is not None
         return self._activate(approved, report.definition)
@@ -1102,18 +1141,19 @@ class ProposalService:
         log.info("proposal %s active as schedule %s (%s)", record.id, schedule.name, schedule.id)
         return self.get(record.id)
 
-    def approve(self, proposal_id: str, *, by: str, reason: str = "") -> ProposalRecord:
-        """A human approves a proposal waiting for approval; its schedule is created at once.
+    def approve(self, proposal_id: str, *, by: Caller, reason: str = "") -> ProposalRecord:
+        """A configured human approves a proposal waiting for approval; its schedule is created at once.
 
-        Refused (DecisionRefused, nothing changed) when ``by`` is its proposer, when a
-        high-risk proposal is approved by an identity that proposes schedules itself, when the
-        proposal no longer validates (a name taken meanwhile, a quota reached), and when it is
-        not awaiting approval. An overdue one is expired and refused.
+        Refused (DecisionRefused, nothing changed, one WARNING line) when ``by`` is not one of the
+        ``approvers`` (an agent never is), when ``by`` proposed it (identities compared
+        normalised), when a high-risk proposal is approved by an identity that proposes schedules
+        itself, when the proposal no longer validates (a name taken meanwhile, a quota reached), and
+        when it is not awaiting approval. An overdue one is expired and refused. The record names
+        the approver, the door and the time.
         """
+        self._entitled(proposal_id, by, "approve")
         record = self.get(proposal_id)
         now = self.clock.now()
-        if not isinstance(by, str) or not by.strip():
-            raise DecisionRefused(proposal_id, "name who approves (by)")
         if is_overdue(record, now):
             self._expire(record, now)
             raise DecisionRefused(proposal_id, f"it expired at {_iso(record.expires_at)}: propose it again")
@@ -1121,21 +1161,32 @@ class ProposalService:
             raise DecisionRefused(
                 proposal_id, f"only a proposal awaiting approval can be approved; it is {record.status}"
             )
-        if by == record.proposed_by:
-            raise DecisionRefused(proposal_id, f"{by} proposed it and cannot approve it: it needs a human")
+        if same_identity(by.id, record.proposed_by):
+            self._refused(proposal_id, by, "approve", f"{by.id} proposed it and cannot approve it: it needs a human")
         report = self.validate(record.payload, proposal_id=record.id)
         high = RiskTier.HIGH in (report.risk_tier, (record.report or {}).get("risk_tier"))
-        if high and self.store.proposals(proposed_by=by):
-            raise DecisionRefused(
-                proposal_id, f"{by} proposes schedules itself: a high-risk proposal needs a human approver"
+        if high and any(same_identity(r.proposed_by, by.id) for r in self.store.proposals()):
+            self._refused(
+                proposal_id, by, "approve", f"{by.id} proposes schedules itself: a high-risk proposal needs a human"
             )
         if report.definition is None:
             raise DecisionRefused(proposal_id, "it no longer validates: " + _listed(report.findings))
         approved = self.store.transition_proposal(
-            record, "approve", now=now, decided_by=by, decision_reason=reason or f"approved by {by}"
+            record, "approve", now=now, **_decided(by, now), decision_reason=reason or f"approved by {by.id}"
         )
-        log.info("proposal %s approved by %s: %s", record.id, by, reason or "no reason given")
+        log.info("proposal %s approved by %s via %s: %s", record.id, by.id, by.door, reason or "no reason given")
         return self._activate(approved, report.definition)
+
+    def _entitled(self, proposal_id: str, by: Caller, action: str) -> None:
+        refusal = self.approvers.refusal(by)
+        if refusal is not None:
+            self._refused(proposal_id, by, action, refusal)
+
+    def _refused(self, proposal_id: str, by: Caller, action: str, why: str) -> None:
+        who = by.id if isinstance(by, Caller) else short(by)
+        door = by.door.value if isinstance(by, Caller) else "?"
+        log.warning("%s of proposal %s by %s via %s refused: %s", action, short(proposal_id), who, door, why)
+        raise DecisionRefused(proposal_id, why)
 
     def activate(self, proposal_id: str) -> ProposalRecord:
         """Create the schedule of an approved proposal whose activation failed (a name taken meanwhile)."""
@@ -1147,17 +1198,21 @@ class ProposalService:
             raise DecisionRefused(proposal_id, "it no longer validates: " + _listed(report.findings))
         return self._activate(record, report.definition)
 
-    def reject(self, proposal_id: str, *, by: str, reason: str) -> ProposalRecord:
-        """Refuse a proposal that is submitted or awaiting approval, recording who and why."""
+    def reject(self, proposal_id: str, *, by: Caller, reason: str) -> ProposalRecord:
+        """A configured human refuses a proposal that is submitted or awaiting approval, saying why.
+
+        Refused like :meth:`approve` when ``by`` is not one of the approvers. The record names
+        who rejected it, the door and the time.
+        """
         if not isinstance(reason, str) or not reason.strip():
             raise DecisionRefused(proposal_id, "say why it is rejected (reason)")
-        if not isinstance(by, str) or not by.strip():
-            raise DecisionRefused(proposal_id, "name who rejects (by)")
+        self._entitled(proposal_id, by, "reject")
         record = self.get(proposal_id)
+        now = self.clock.now()
         rejected = self.store.transition_proposal(
-            record, "reject", now=self.clock.now(), decided_by=by, decision_reason=reason
+            record, "reject", now=now, **_decided(by, now), decision_reason=reason
         )
-        log.info("proposal %s rejected by %s: %s", record.id, by, reason)
+        log.info("proposal %s rejected by %s via %s: %s", record.id, by.id, by.door, reason)
         return rejected
 
     def expire_overdue(self, now: datetime | None = None) -> builtins.list[ProposalRecord]:
@@ -1177,7 +1232,7 @@ class ProposalService:
                 record,
                 "expire",
                 now=now,
-                decided_by=POLICY_ACTOR,
+                **_decided(POLICY, now),
                 decision_reason=f"expired: not approved by {_iso(record.expires_at)}",
             )
         except StaleState:
@@ -1195,6 +1250,11 @@ class ProposalService:
     def list(self, status: str | None = None, *, proposed_by: str | None = None) -> builtins.list[ProposalRecord]:
         """Stored proposals, oldest first."""
         return self.store.proposals(status, proposed_by=proposed_by)
+
+
+def _decided(by: Caller, now: datetime) -> dict[str, Any]:
+    """The fields a decision records: who, through which door, when."""
+    return {"decided_by": by.id, "decided_via": by.door.value, "decided_at": now}
 
 
 def _iso(instant: datetime | None) -> str:

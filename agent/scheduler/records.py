@@ -67,6 +67,11 @@ class ProposalRecord:
     payload: dict[str, Any]
     report: dict[str, Any] | None = None
     decided_by: str | None = None
+    """The normalised identity that decided it (``policy`` when the policy did)."""
+    decided_via: str | None = None
+    """The door the decision came through: registry, telegram, cli, api or policy (a Door value)."""
+    decided_at: datetime | None = None
+    """When it was decided."""
     decision_reason: str | None = None
     schedule_id: str | None = None
     expires_at: datetime | None = None

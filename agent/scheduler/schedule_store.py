@@ -1763,6 +1763,8 @@ class ScheduleStore:
             "payload": record.payload,
             "report": record.report,
             "decided_by": record.decided_by,
+            "decided_via": record.decided_via,
+            "decided_at": _to_db(record.decided_at),
             "decision_reason": record.decision_reason,
             "schedule_id": record.schedule_id,
             "expires_at": _to_db(record.expires_at),

@@ -6,7 +6,7 @@ from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, M
 from sqlalchemy.dialects.postgresql import JSONB
 
 #: Bumped when a table or column changes; stored in ``meta`` under ``schema_version``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 ID = 64
@@ -125,6 +125,9 @@ proposals = Table(
     Column("payload", _JSON, nullable=False),
     Column("report", _JSON),
     Column("decided_by", String(NAME)),
+    # Version 3: the door a decision came through, and when it was made.
+    Column("decided_via", String(ENUM)),
+    Column("decided_at", DateTime),
     Column("decision_reason", Text),
     Column("schedule_id", String(ID)),
     Column("expires_at", DateTime),
@@ -181,5 +184,12 @@ UPGRADES: dict[int, list[str]] = {
         "UPDATE scheduled_runs SET starts = attempt WHERE heartbeat_at IS NOT NULL",
         "UPDATE scheduled_runs SET prepared = TRUE WHERE status = 'pending' AND heartbeat_at IS NULL"
         " AND origin = 'schedule' AND created_at < intended_run_at",
+    ],
+    2: [
+        "ALTER TABLE proposals ADD COLUMN decided_via VARCHAR(32)",
+        "ALTER TABLE proposals ADD COLUMN decided_at TIMESTAMP",
+        # Decisions of version 2: the policy's are known; a person's door was not recorded.
+        "UPDATE proposals SET decided_via = 'policy' WHERE decided_by = 'policy'",
+        "UPDATE proposals SET decided_at = updated_at WHERE decided_by IS NOT NULL",
     ],
 }

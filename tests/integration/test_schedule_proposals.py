@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.cli import main
+from agent.scheduler.cli import main, operator_caller
 from agent.scheduler.enums import ProposalStatus, RiskTier, ScheduleSource
 from agent.scheduler.errors import InvalidTransition, ScheduleNotFound
+from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import DecisionRefused, ProposalNotFound, ProposalService
 from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
@@ -56,8 +57,14 @@ def registry() -> TaskRegistry:
     return tasks
 
 
+#: The humans these tests configure as approvers: an operator at the command line and a Telegram chat.
+ALICE = Caller.operator("alice")
+BOB = Caller.operator("bob")
+APPROVERS = Approvers.of(telegram_chats=[42], operators=["alice", "bob"])
+
+
 def service(store: ScheduleStore) -> ProposalService:
-    return ProposalService(store, registry())
+    return ProposalService(store, registry(), approvers=APPROVERS)
 
 
 def engine(store: ScheduleStore, clock: FakeClock) -> ScheduleEngine:
@@ -133,12 +140,13 @@ async def test_a_medium_proposal_outside_the_stricter_limits_waits_for_a_human_t
     await e.start()
     await e.run_until(T0 + timedelta(hours=1))
     assert CALLS == []  # nothing runs while it waits
-    approved = svc.approve(held.id, by="alice", reason="standup needs it")
+    approved = svc.approve(held.id, by=ALICE, reason="standup needs it")
     assert (approved.status, approved.decided_by, approved.decision_reason) == (
         "active",
-        "alice",
+        "cli:alice",
         "standup needs it",
     )
+    assert (approved.decided_via, approved.decided_at) == ("cli", T0 + timedelta(hours=1))
     schedule = store.get("standup_ping")
     assert schedule.proposal_id == held.id and schedule.max_retries == 1
     await e.run_until(T0 + timedelta(hours=1, minutes=40))
@@ -156,17 +164,22 @@ def test_a_high_risk_proposal_waits_and_its_own_proposer_cannot_approve_it(store
     assert held.status == "awaiting_approval"
     assert held.report is not None and held.report["risk_tier"] == "high"
     assert held.decision_reason == "waits for a human: high_risk (risk_tier): high risk always waits for a human"
-    with pytest.raises(DecisionRefused, match="agent-7 proposed it and cannot approve it"):
-        svc.approve(held.id, by="agent-7")
-    svc.submit(proposal(name="other_sweep", proposed_by="agent-8"))
-    with pytest.raises(DecisionRefused, match="agent-8 proposes schedules itself"):
-        svc.approve(held.id, by="agent-8")
-    with pytest.raises(DecisionRefused, match="name who approves"):
-        svc.approve(held.id, by=" ")
+    with pytest.raises(DecisionRefused, match="agent-7 is an agent: agents may propose schedules"):
+        svc.approve(held.id, by=Caller.agent("agent-7"))
+    # A configured human who proposed something else may not approve a high-risk proposal.
+    svc.submit(proposal(name="other_sweep", proposed_by=None), by=BOB)
+    with pytest.raises(DecisionRefused, match="cli:bob proposes schedules itself"):
+        svc.approve(held.id, by=BOB)
+    with pytest.raises(DecisionRefused, match="str is not a caller identity"):
+        svc.approve(held.id, by="alice")  # type: ignore[arg-type]
     assert store.get_proposal(held.id).status == "awaiting_approval"
     assert [s.name for s in store.list()] == ["other_sweep"]
-    active = svc.approve(held.id, by="alice")
-    assert (active.status, active.decided_by, active.decision_reason) == ("active", "alice", "approved by alice")
+    active = svc.approve(held.id, by=ALICE)
+    assert (active.status, active.decided_by, active.decision_reason) == (
+        "active",
+        "cli:alice",
+        "approved by cli:alice",
+    )
     assert store.get("weekly_payout").risk_tier is RiskTier.HIGH
 
 
@@ -179,7 +192,7 @@ def test_an_expired_approval_never_activates(store: ScheduleStore, clock: FakeCl
     clock.advance(timedelta(minutes=1))
     # payout_a is overdue but nobody swept it yet: approving it expires it and refuses.
     with pytest.raises(DecisionRefused, match="it expired at 2027-03-14T12:00:00"):
-        svc.approve(late.id, by="alice")
+        svc.approve(late.id, by=ALICE)
     expired = store.get_proposal(late.id)
     assert (expired.status, expired.decided_by) == ("expired", "policy")
     assert expired.decision_reason == "expired: not approved by 2027-03-14T12:00:00+00:00"
@@ -187,9 +200,9 @@ def test_an_expired_approval_never_activates(store: ScheduleStore, clock: FakeCl
     assert (b.id, b.status) == (swept.id, "expired")
     for pid in (late.id, swept.id):
         with pytest.raises(DecisionRefused, match="only a proposal awaiting approval can be approved; it is expired"):
-            svc.approve(pid, by="alice")
+            svc.approve(pid, by=ALICE)
         with pytest.raises(InvalidTransition):
-            store.transition_proposal(store.get_proposal(pid), "approve", decided_by="alice")
+            store.transition_proposal(store.get_proposal(pid), "approve", decided_by="cli:alice")
     assert store.list() == []
     assert [p.status for p in store.proposals()] == ["expired", "expired"]
 
@@ -197,7 +210,7 @@ def test_an_expired_approval_never_activates(store: ScheduleStore, clock: FakeCl
 def test_rejections_are_stored_with_their_report_and_write_no_schedule(store: ScheduleStore) -> None:
     svc = service(store)
     bad = svc.submit(proposal(name="fast_sweep", expression="10s", target="os.system", junk=True))
-    assert (bad.status, bad.decided_by) == ("rejected", "policy")
+    assert (bad.status, bad.decided_by, bad.decided_via) == ("rejected", "policy", "policy")
     assert bad.decision_reason is not None and "unknown_field (junk)" in bad.decision_reason
     assert bad.report is not None and bad.report["schema_valid"] is False
     semantic = svc.submit(proposal(name="fast_sweep", expression="10s", target="os.system"))
@@ -212,17 +225,17 @@ def test_rejections_are_stored_with_their_report_and_write_no_schedule(store: Sc
     assert store.list() == []
     held = svc.submit(proposal(name="payout_x", target="payout", expression="1d"))
     with pytest.raises(DecisionRefused, match="say why"):
-        svc.reject(held.id, by="alice", reason="")
-    rejected = svc.reject(held.id, by="alice", reason="we do not pay on a schedule")
+        svc.reject(held.id, by=ALICE, reason="")
+    rejected = svc.reject(held.id, by=ALICE, reason="we do not pay on a schedule")
     assert (rejected.status, rejected.decided_by, rejected.decision_reason) == (
         "rejected",
-        "alice",
+        "cli:alice",
         "we do not pay on a schedule",
     )
     with pytest.raises(InvalidTransition):
-        svc.reject(held.id, by="alice", reason="again")
+        svc.reject(held.id, by=ALICE, reason="again")
     with pytest.raises(ProposalNotFound):
-        svc.approve("prop_nope", by="alice")
+        svc.approve("prop_nope", by=ALICE)
     assert store.list() == []
 
 
@@ -232,7 +245,7 @@ def test_a_name_taken_while_waiting_refuses_the_approval_and_changes_nothing(sto
     assert svc.submit(proposal(name="payout_y")).status == "rejected"  # pending proposals claim their name
     store.add(ScheduleDefinition(name="payout_y", trigger_type="interval", expression="1h", target="sweep"))
     with pytest.raises(DecisionRefused, match=r"no longer validates: name_free \(name\)"):
-        svc.approve(held.id, by="alice")
+        svc.approve(held.id, by=ALICE)
     assert store.get_proposal(held.id).status == "awaiting_approval"
 
 
@@ -260,7 +273,7 @@ def test_a_submission_left_submitted_is_decided_later(store: ScheduleStore) -> N
     )
     svc = service(store)
     with pytest.raises(DecisionRefused, match="only a proposal awaiting approval"):
-        svc.approve(stuck.id, by="alice")  # a human cannot skip the policy
+        svc.approve(stuck.id, by=ALICE)  # a human cannot skip the policy
     decided = svc.decide(stuck.id)
     assert (decided.status, decided.schedule_id) == ("active", store.get("tmp_sweep").id)
     assert decided.report is not None and decided.report["decision"] == "approve"
@@ -271,7 +284,7 @@ def test_a_python_proposal_with_timedeltas_is_stored_as_json_and_can_still_be_ap
     held = svc.submit(proposal(name="pay_td", target="payout", timeout_s=timedelta(minutes=5)))
     assert held.status == "awaiting_approval"
     assert held.payload["timeout_s"] == 300.0 and held.payload["name"] == "pay_td"
-    active = svc.approve(held.id, by="alice")
+    active = svc.approve(held.id, by=ALICE)
     assert active.status == "active" and store.get("pay_td").timeout == timedelta(minutes=5)
 
 
@@ -303,9 +316,16 @@ def cli(db: Path, clock: FakeClock, *args: str) -> tuple[int, str]:
 
 
 def test_cli_propose_list_approve_and_reject(
-    store: ScheduleStore, db_path: Path, clock: FakeClock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: ScheduleStore,
+    db_path: Path,
+    clock: FakeClock,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def write(name: str, data: Any) -> str:
+    def write(name: str, data: Any, *, claim: bool = False) -> str:
+        if not claim:
+            data = {k: v for k, v in data.items() if k != "proposed_by"}  # the user running it proposes
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(data))
         return str(path)
@@ -338,15 +358,31 @@ def test_cli_propose_list_approve_and_reject(
         "awaiting_approval": 1,
     }
     pid = held["proposal"]["id"]
-    code, _ = cli(db_path, clock, "approve", pid, "--by", "agent-7", "--tasks", MODULE)
-    assert code == 2 and "agent-7 proposed it and cannot approve it" in capsys.readouterr().err
-    code, text = cli(db_path, clock, "approve", pid, "--by", "alice", "--tasks", MODULE)
-    assert code == 0 and text.startswith(f"proposal {pid} (pay) approved by alice: active as schedule sch_")
-    assert store.get("pay").proposal_id == pid
-    code, raw = cli(db_path, clock, "propose", write("x", proposal(name="pay2", target="payout")), "--tasks", MODULE)
-    pid2 = store.proposals(status="awaiting_approval")[0].id
-    code, raw = cli(db_path, clock, "reject", pid2, "--reason", "no", "--by", "bob", "--json")
-    assert code == 0 and json.loads(raw)["status"] == "rejected" and json.loads(raw)["decided_by"] == "bob"
+    me = operator_caller().id
+    assert held["proposal"]["proposed_by"] == me  # the proposer is the user running the command
+    monkeypatch.delenv("ACTP_APPROVER_OPERATORS", raising=False)
+    code, _ = cli(db_path, clock, "approve", pid, "--tasks", MODULE)
+    assert code == 2 and "is not an approver (ACTP_APPROVER_OPERATORS)" in capsys.readouterr().err
+    monkeypatch.setenv("ACTP_APPROVER_OPERATORS", me.removeprefix("cli:"))
+    code, _ = cli(db_path, clock, "approve", pid, "--tasks", MODULE)
+    assert code == 2 and f"{me} proposed it and cannot approve it" in capsys.readouterr().err
+    # Proposed by an agent through its registry handle, approved by the operator at the command line (a
+    # medium one: the operator proposes schedules too, and may not approve a high-risk one).
+    pay = service(store).submit(
+        proposal(name="pay_agent", target="notify", expression="20m", proposed_by=None), by=Caller.agent("A-7")
+    )
+    assert pay.status == "awaiting_approval"
+    assert pay.proposed_by == "a-7"
+    code, text = cli(db_path, clock, "approve", pay.id, "--tasks", MODULE)
+    assert code == 0 and text.startswith(f"proposal {pay.id} (pay_agent) approved by {me}: active as schedule sch_")
+    assert store.get("pay_agent").proposal_id == pay.id
+    assert (store.get_proposal(pay.id).decided_by, store.get_proposal(pay.id).decided_via) == (me, "cli")
+    claimed = write("x", proposal(name="pay2", target="payout"), claim=True)
+    code, raw = cli(db_path, clock, "propose", claimed, "--tasks", MODULE)
+    assert code == 2 and "proposed_by" in capsys.readouterr().err  # agent-7 is not the user running it
+    pid2 = service(store).submit(proposal(name="pay2", target="payout")).id
+    code, raw = cli(db_path, clock, "reject", pid2, "--reason", "no", "--json")
+    assert code == 0 and json.loads(raw)["status"] == "rejected" and json.loads(raw)["decided_by"] == me
     code, _ = cli(db_path, clock, "approve", "prop_missing", "--tasks", MODULE)
     assert code == 2 and "no proposal with id 'prop_missing'" in capsys.readouterr().err
     bad = tmp_path / "bad.json"

@@ -58,7 +58,7 @@ def test_schema_has_every_table_and_a_version(store: ScheduleStore) -> None:
     assert store.schema_version() == SCHEMA_VERSION
 
 
-def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs(
+def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs_and_decisions(
     any_url: str, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:
     from sqlalchemy import text
@@ -71,16 +71,26 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs(
         # Version 1 prepared a run ahead of its time by storing it before it (never started).
         ahead = store.create_run(schedule, T0 + timedelta(seconds=1), occurrence_key="ahead")
         assert ahead is not None
+        for pid, decided_by in (("prop_auto", "policy"), ("prop_human", "alice"), ("prop_open", None)):
+            store.save_proposal(
+                ProposalRecord(
+                    id=pid, name=pid, status="submitted", proposed_by="agent-7", payload={}, decided_by=decided_by
+                )
+            )
         with store.db.engine.begin() as conn:  # type: ignore[union-attr]
-            # Version 1 had neither ``prepared`` nor ``starts``.
+            # Version 1 had neither ``prepared`` nor ``starts``; nor did it record a decision's door and time.
             conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN prepared"))
             conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN starts"))
+            conn.execute(text("ALTER TABLE proposals DROP COLUMN decided_via"))
+            conn.execute(text("ALTER TABLE proposals DROP COLUMN decided_at"))
             conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     with ScheduleStore(any_url, clock=clock) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         run, ahead = store.runs(schedule="old")
         assert (run.occurrence_key, run.prepared, run.starts) == ("manual:1", False, 1)  # it had started
         assert (ahead.occurrence_key, ahead.prepared, ahead.starts) == ("ahead", True, 0)
+        decisions = {p.id: (p.decided_via, p.decided_at) for p in store.proposals()}
+        assert decisions == {"prop_auto": ("policy", T0), "prop_human": (None, T0), "prop_open": (None, None)}
 
 
 def test_sqlite_runs_in_wal_mode_with_the_tables_and_unique_index(sqlite_store: ScheduleStore, db_path: Path) -> None:

@@ -15,6 +15,7 @@ from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleSt
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.enums import BreakerState, ProposalStatus, ScheduleSource
 from agent.scheduler.errors import TaskNotConfigured
+from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import ProposalService
 from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
@@ -23,6 +24,9 @@ from tests.conftest import T0, run_async
 
 MakeSchedule = Callable[..., ScheduleDefinition]
 CALLER = "agent:ops-7"
+#: The human these tests configure as an approver: Telegram chat 42, as the operator bot calls.
+APPROVER_CHAT = 42
+APPROVER = Caller.telegram(APPROVER_CHAT)
 MIN = timedelta(minutes=1)
 
 #: Every topic the adapter must register.
@@ -85,16 +89,16 @@ class World:
     registry: ServiceRegistry
     work: Work
 
-    async def call(self, topic: str, payload: Any = None, caller: str = CALLER) -> dict[str, Any]:
+    async def call(self, topic: str, payload: Any = None, caller: Caller | str = CALLER) -> dict[str, Any]:
         return await self.registry.call(topic, payload, caller=caller)
 
-    async def ok(self, topic: str, payload: Any = None, caller: str = CALLER) -> dict[str, Any]:
+    async def ok(self, topic: str, payload: Any = None, caller: Caller | str = CALLER) -> dict[str, Any]:
         answer = await self.call(topic, payload, caller)
         assert answer["ok"] is True, answer
         result: dict[str, Any] = answer["result"]
         return result
 
-    async def error(self, topic: str, payload: Any = None, caller: str = CALLER) -> dict[str, Any]:
+    async def error(self, topic: str, payload: Any = None, caller: Caller | str = CALLER) -> dict[str, Any]:
         answer = await self.call(topic, payload, caller)
         assert answer["ok"] is False, answer
         error: dict[str, Any] = answer["error"]
@@ -122,7 +126,7 @@ async def make_world(store: ScheduleStore, clock: FakeClock, make: MakeSchedule,
     work = Work()
     tasks = work.registry()
     engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w1")
-    proposals = ProposalService(store, tasks, clock)
+    proposals = ProposalService(store, tasks, clock, approvers=Approvers.of(telegram_chats=[APPROVER_CHAT]))
     registry = ServiceRegistry()
     register_scheduler_topics(registry, store=store, engine=engine, tasks=tasks, proposals=proposals)
     world = World(store, clock, engine, tasks, proposals, registry, work)
@@ -254,7 +258,7 @@ async def test_unknown_schedules_runs_and_proposals_are_not_found_and_change_not
         assert (error["code"], error["field"]) == ("not_found", "name"), topic
         assert "no schedule named 'nope'" in error["message"]
     for topic, payload in UNKNOWN_ID:
-        error = await world.error(topic, payload)
+        error = await world.error(topic, payload, caller=APPROVER)  # an agent is refused before any lookup
         assert (error["code"], error["field"]) == ("not_found", "id"), topic
         assert payload["id"] in error["message"]
     assert snapshot(store) == before
@@ -502,20 +506,25 @@ async def test_approve_and_reject_record_the_caller_and_self_approval_is_refused
     assert waiting["proposals"][0]["target"] == "payout"
 
     own = await world.error("scheduler.approve_proposal", {"id": held["id"]}, caller="agent-7")
-    assert own["code"] == "refused" and "cannot approve it" in own["message"]
+    assert own["code"] == "refused" and "agent-7 is an agent" in own["message"]
+    posing = await world.error("scheduler.approve_proposal", {"id": held["id"]}, caller="telegram:42")
+    assert posing["code"] == "refused" and "telegram:42 is an agent" in posing["message"]
     assert store.get_proposal(held["id"]).status == "awaiting_approval"
 
-    approved = await world.ok("scheduler.approve_proposal", {"id": held["id"], "reason": "ok'd"}, caller="telegram:42")
+    approved = await world.ok("scheduler.approve_proposal", {"id": held["id"], "reason": "ok'd"}, caller=APPROVER)
     assert approved["proposal"]["status"] == "active"
     record = store.get_proposal(held["id"])
-    assert (record.decided_by, record.decision_reason) == ("telegram:42", "ok'd")
+    assert (record.decided_by, record.decided_via, record.decision_reason) == ("telegram:42", "telegram", "ok'd")
+    assert record.decided_at == clock.now()
     assert store.get("weekly_payout").source is ScheduleSource.AGENT
 
-    blank = await world.error("scheduler.reject_proposal", {"id": other["id"], "reason": "   "})
+    blank = await world.error("scheduler.reject_proposal", {"id": other["id"], "reason": "   "}, caller=APPROVER)
     assert (blank["code"], blank["field"]) == ("invalid", "reason")
-    rejected = await world.ok("scheduler.reject_proposal", {"id": other["id"], "reason": "too risky"})
+    by_agent = await world.error("scheduler.reject_proposal", {"id": other["id"], "reason": "mine"})
+    assert by_agent["code"] == "refused" and store.get_proposal(other["id"]).status == "awaiting_approval"
+    rejected = await world.ok("scheduler.reject_proposal", {"id": other["id"], "reason": "too risky"}, caller=APPROVER)
     assert rejected["proposal"]["status"] == "rejected"
     record = store.get_proposal(other["id"])
-    assert (record.decided_by, record.decision_reason) == (CALLER, "too risky")
-    twice = await world.error("scheduler.reject_proposal", {"id": other["id"], "reason": "again"})
+    assert (record.decided_by, record.decided_via, record.decision_reason) == ("telegram:42", "telegram", "too risky")
+    twice = await world.error("scheduler.reject_proposal", {"id": other["id"], "reason": "again"}, caller=APPROVER)
     assert twice["code"] == "refused"

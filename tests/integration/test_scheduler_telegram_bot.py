@@ -24,7 +24,7 @@ from service_registry import ServiceRegistry
 from telegram_bot import MAX_MESSAGE_CHARS, OperatorBot, describe_cron, pack, parse_command
 from tests.conftest import run_async
 from tests.fixtures.telegram_api import TOKEN, FakeBotApi
-from tests.integration.test_scheduler_registry_topics import World, make_world, proposal
+from tests.integration.test_scheduler_registry_topics import APPROVER_CHAT, World, make_world, proposal
 
 MakeSchedule = Callable[..., ScheduleDefinition]
 CHAT = 4242
@@ -416,19 +416,28 @@ async def test_proposals_approve_and_reject(world_factory: Callable[..., Any], b
     held = world.proposals.submit(payout)
     world.clock.advance(timedelta(seconds=1))
     other = world.proposals.submit({**payout, "name": "payout_b"})
-    async with chatting(bot_api, world.registry) as chat:
+    async with chatting(bot_api, world.registry, approver_chat_ids=[APPROVER_CHAT]) as chat:
         listed = await chat.one("/proposals")
-        approved = await chat.one(f"/approve {held.id} needed for payroll")
-        rejected = await chat.one(f"/reject {other.id} too risky for now")
+        not_approver = await chat.one(f"/approve {held.id} looks fine")
+        not_rejecter = await chat.one(f"/reject {other.id} looks bad")
+        [approved] = await chat.ask(f"/approve {held.id} needed for payroll", chat=APPROVER_CHAT)
+        [rejected] = await chat.ask(f"/reject {other.id} too risky for now", chat=APPROVER_CHAT)
         none_left = await chat.one("/proposals")
         everything = await chat.one("/proposals all")
         bad_status = await chat.one("/proposals someday")
     assert listed.startswith("/approve ID [reason] or /reject ID reason\n\n— awaiting approval (2) —\n")
     assert f"• {held.id} · weekly_payout · awaiting_approval · by agent-7 · risk high\n  interval 7d → payout" in listed
-    assert approved.startswith(f"Proposal {held.id} (weekly_payout) approved by telegram:{CHAT}: schedule ")
+    # A chat the bot answers is not thereby an approver: TELEGRAM_APPROVER_CHAT_IDS names those.
+    assert (
+        not_approver
+        == f"✖ refused: proposal {held.id}: Telegram chat {CHAT} is not an approver (TELEGRAM_APPROVER_CHAT_IDS)"
+    )
+    assert not_rejecter.startswith("✖ refused:") and "is not an approver" in not_rejecter
+    assert approved.startswith(f"Proposal {held.id} (weekly_payout) approved by telegram:{APPROVER_CHAT}: schedule ")
     assert world.store.get("weekly_payout").enabled
-    assert world.store.get_proposal(held.id).decision_reason == "needed for payroll"
-    assert rejected == f"Proposal {other.id} (payout_b) rejected by telegram:{CHAT}: too risky for now"
+    decided = world.store.get_proposal(held.id)
+    assert (decided.decision_reason, decided.decided_via) == ("needed for payroll", "telegram")
+    assert rejected == f"Proposal {other.id} (payout_b) rejected by telegram:{APPROVER_CHAT}: too risky for now"
     assert none_left == "No proposals awaiting approval."
     assert "— all (2) —" in everything and "decision: too risky for now" in everything
     assert bad_status.startswith("✖ invalid: status: 'someday' is not allowed; one of: submitted")
@@ -483,7 +492,10 @@ async def test_a_chat_not_on_the_allow_list_gets_no_reply_changes_nothing_and_is
                 assert await chat.ask(text, chat=STRANGER) == []
     assert bot_api.texts(STRANGER) == []
     assert (world.store.list(), world.store.runs()) == before
-    assert "ignored '/disable' from chat 9999 (not in TELEGRAM_ALLOWED_CHAT_IDS)" in caplog.text
+    assert (
+        "ignored '/disable' from chat 9999 (not in TELEGRAM_ALLOWED_CHAT_IDS or TELEGRAM_APPROVER_CHAT_IDS)"
+        in caplog.text
+    )
     assert "sweep" not in caplog.text  # only the command word is logged
 
 
@@ -509,6 +521,8 @@ def test_from_env_reads_chats_base_url_and_the_operator_timezone(caplog: pytest.
     bot = OperatorBot.from_env(ServiceRegistry(), env)
     assert bot is not None
     assert bot.allowed_chat_ids == {42, -100123}
+    approving = OperatorBot.from_env(ServiceRegistry(), {**env, "TELEGRAM_APPROVER_CHAT_IDS": "7"})
+    assert approving is not None and approving.allowed_chat_ids == {42, -100123, 7}  # approvers are answered too
     assert (bot.operator_timezone, bot.zone) == ("America/New_York", ZoneInfo("America/New_York"))
     assert bot.app.bot.base_url == f"http://127.0.0.1:1/bot{TOKEN}"
     chosen = OperatorBot.from_env(ServiceRegistry(), {**env, "ACTP_OPERATOR_TIMEZONE": "Asia/Tokyo"})

@@ -19,6 +19,7 @@ from agent.scheduler.errors import (
     StaleRun,
     StoreError,
 )
+from agent.scheduler.identity import Caller
 from agent.scheduler.proposals import DecisionRefused, InvalidProposal, ProposalNotFound
 from agent.scheduler.schedule_policy import Finding, Rule
 from service_registry import (
@@ -43,7 +44,14 @@ SCHEMA = InputSchema(
 
 
 def echo(payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-    return {"payload": payload, "caller": ctx.caller, "topic": ctx.topic, "thread": threading.get_ident()}
+    caller = ctx.caller
+    return {
+        "payload": payload,
+        "caller": caller.id,
+        "kind": caller.kind,
+        "topic": ctx.topic,
+        "thread": threading.get_ident(),
+    }
 
 
 def registry(**handlers: Any) -> ServiceRegistry:
@@ -78,7 +86,20 @@ def test_a_good_call_answers_ok_with_the_result_and_defaults_filled_in() -> None
         "options": None,
         "tags": ["a"],
     }
-    assert (result["caller"], result["topic"]) == ("telegram:42", "test.echo")
+    # A string is an agent's id, whatever it looks like: only a door makes a human.
+    assert (result["caller"], result["kind"], result["topic"]) == ("telegram:42", "agent", "test.echo")
+
+
+def test_a_handle_calls_as_the_identity_the_host_gave_it_and_cannot_name_another() -> None:
+    reg = registry()
+    handle = reg.handle(Caller.agent("Agent:Planner "))
+    answer = asyncio.run(handle.call("test.echo", {"name": "a"}))
+    assert (answer["result"]["caller"], answer["result"]["kind"]) == ("agent:planner", "agent")
+    assert handle.caller == Caller.agent("agent:planner") and handle.topics() == reg.topics()
+    with pytest.raises(TypeError):
+        handle.call("test.echo", {"name": "a"}, caller="telegram:42")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="a Caller"):
+        reg.handle("agent:planner")  # type: ignore[arg-type]
 
 
 def test_sync_handlers_run_off_the_event_loop_thread_and_async_ones_on_it() -> None:
@@ -188,7 +209,9 @@ def test_each_kind_of_bad_field_is_named_with_what_is_allowed(payload: dict[str,
     assert called == []  # the handler never saw it
 
 
-@pytest.mark.parametrize("caller", ["", "   ", None, 42, "x" * 129])
+@pytest.mark.parametrize(
+    "caller", ["", "   ", None, 42, "x" * 129, "\u0430gent:a", "agent\x00a", "agent a", "agent\na"]
+)
 def test_the_caller_must_say_who_it_is(caller: Any) -> None:
     error = error_of(call(registry(), "test.echo", {"name": "a"}, caller=caller))
     assert (error["code"], error["field"]) == ("invalid", "caller")

@@ -2,8 +2,10 @@
 
 :func:`register_scheduler_topics` adds every topic to the worker's :class:`ServiceRegistry`. The
 handlers only translate JSON to store, engine and proposal calls and back; the rules live in
-those. Whatever changes state records the caller: a disable reason says ``by <caller>``, a replay's
-actor and a proposal's decider are the caller, and one INFO line names who did what.
+those. Whatever changes state records the caller (the identity its door established, never an id
+it wrote): a disable reason says ``by <caller>``, a replay's actor and a proposal's proposer and
+decider are the caller, and one INFO line names who did what. Only a configured human approves or
+rejects a proposal; the proposal service refuses everyone else, agents always.
 """
 
 from __future__ import annotations
@@ -179,9 +181,9 @@ class SchedulerTopics:
     def disable_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Stop a schedule from producing runs; the stored reason names the caller."""
         given = (payload["reason"] or "").strip()
-        reason = f"{given} (by {ctx.caller})" if given else f"disabled by {ctx.caller}"
+        reason = f"{given} (by {ctx.caller.id})" if given else f"disabled by {ctx.caller.id}"
         schedule = self.store.disable(payload["name"], reason=reason)
-        log.info("schedule %s disabled by %s: %s", schedule.name, ctx.caller, reason)
+        log.info("schedule %s disabled by %s: %s", schedule.name, ctx.caller.id, reason)
         return {"name": schedule.name, "enabled": schedule.enabled, "disabled_reason": schedule.disabled_reason}
 
     def enable_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
@@ -189,20 +191,20 @@ class SchedulerTopics:
         before = self.store.get(payload["name"])
         schedule = self.store.enable(before.id)
         if not before.enabled:
-            log.info("schedule %s enabled by %s", schedule.name, ctx.caller)
-        return {"name": schedule.name, "enabled": schedule.enabled, "was_enabled": before.enabled, "by": ctx.caller}
+            log.info("schedule %s enabled by %s", schedule.name, ctx.caller.id)
+        return {"name": schedule.name, "enabled": schedule.enabled, "was_enabled": before.enabled, "by": ctx.caller.id}
 
     async def run_now(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Queue a manual run through the engine (the run machine as for every run) and wake its loop."""
         run = await self.engine.run_now(payload["name"])
-        log.info("manual run %s of %s queued by %s", run.run_id, run.schedule_name, ctx.caller)
-        return {**_run_item(run), "by": ctx.caller}
+        log.info("manual run %s of %s queued by %s", run.run_id, run.schedule_name, ctx.caller.id)
+        return {**_run_item(run), "by": ctx.caller.id}
 
     def reset_breaker(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Close an open (or half-open) breaker; refused when it is closed."""
         schedule = self.store.transition_breaker(payload["name"], "reset")
-        log.info("breaker of %s reset by %s", schedule.name, ctx.caller)
-        return {"name": schedule.name, "breaker_state": schedule.breaker_state.value, "by": ctx.caller}
+        log.info("breaker of %s reset by %s", schedule.name, ctx.caller.id)
+        return {"name": schedule.name, "breaker_state": schedule.breaker_state.value, "by": ctx.caller.id}
 
     # ------------------------------------------------------------------ runs and the engine
 
@@ -258,32 +260,24 @@ class SchedulerTopics:
 
     def replay_dead_letter(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Send a dead letter back to pending with a fresh retry budget; the caller is its recorded actor."""
-        run = self.store.replay_dead_letter(payload["id"], actor=ctx.caller, force=payload["force"])
+        run = self.store.replay_dead_letter(payload["id"], actor=ctx.caller.id, force=payload["force"])
         self.engine.wake()
-        return {**_run_item(run), "replayed_by": ctx.caller}
+        return {**_run_item(run), "replayed_by": ctx.caller.id}
 
     # ------------------------------------------------------------------ proposals
 
     def propose_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Submit a proposal: stored with its validation report, then rejected, held or activated.
 
-        The proposer is the caller: ``proposed_by`` may be left out, and any other value is refused,
-        since nobody may approve their own proposal and a claimed proposer would get round that. A
-        proposal that fails validation is still an answer (``status: rejected`` with the report
-        naming each rule).
+        The proposer is the caller: ``proposed_by`` may be left out, and any other identity is
+        refused, since nobody may approve their own proposal and a claimed proposer would get round
+        that. A proposal that fails validation is still an answer (``status: rejected`` with the
+        report naming each rule).
         """
-        proposal = dict(payload["proposal"])
-        claimed = proposal.setdefault("proposed_by", ctx.caller)
-        if claimed != ctx.caller:
-            raise ServiceError(
-                ErrorCode.INVALID,
-                f"proposed_by: {claimed!r} is not the caller {ctx.caller!r}; leave it out, the caller is the proposer",
-                "proposed_by",
-            )
         self.proposals.expire_overdue()
-        record = self.proposals.submit(proposal)
-        log.info("proposal %s (%s) submitted by %s: %s", record.id, record.name, ctx.caller, record.status)
-        return {"proposal": _proposal_dict(record), "report": record.report, "submitted_by": ctx.caller}
+        record = self.proposals.submit(payload["proposal"], by=ctx.caller)
+        log.info("proposal %s (%s) submitted by %s: %s", record.id, record.name, ctx.caller.id, record.status)
+        return {"proposal": _proposal_dict(record), "report": record.report, "submitted_by": ctx.caller.id}
 
     def list_proposals(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Proposals, newest first, optionally of one status (overdue ones are expired first)."""
@@ -292,12 +286,12 @@ class SchedulerTopics:
         return {"proposals": [_proposal_item(r) for r in records]}
 
     def approve_proposal(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-        """A human approves a held proposal as the caller; its schedule is created at once."""
+        """A configured human approves a held proposal as the caller; its schedule is created at once."""
         record = self.proposals.approve(payload["id"], by=ctx.caller, reason=payload["reason"] or "")
         return {"proposal": _proposal_dict(record)}
 
     def reject_proposal(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-        """Refuse a proposal as the caller, saying why."""
+        """A configured human refuses a proposal as the caller, saying why."""
         reason = payload["reason"].strip()
         if not reason:
             raise ServiceError(ErrorCode.INVALID, "reason: say why it is rejected", "reason")

@@ -1,0 +1,155 @@
+"""Who may decide a proposal, through every door, on SQLite and on PostgreSQL: only a configured human,
+never the proposer, and each decision records approver, door and time."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from agent.scheduler import FakeClock, ScheduleStore
+from agent.scheduler.adapters.service_registry import register_scheduler_topics
+from agent.scheduler.identity import Approvers, Caller
+from agent.scheduler.proposals import DecisionRefused, ProposalService
+from agent.scheduler.schedule_engine import ScheduleEngine
+from service_registry import ServiceRegistry
+from tests.conftest import T0, run_async
+from tests.integration.test_schedule_proposals import proposal, registry
+
+APPROVERS = Approvers.of(telegram_chats=[42], operators=["alice"])
+
+
+@pytest.fixture
+def shared_store(any_url: str, clock: FakeClock) -> Iterator[ScheduleStore]:
+    with ScheduleStore(any_url, clock=clock) as s:
+        yield s
+
+
+def held_payout(svc: ProposalService, name: str = "payout", **kwargs: Any) -> str:
+    record = svc.submit(proposal(name=name, target="payout", expression="7d", **kwargs))
+    assert record.status == "awaiting_approval"
+    return record.id
+
+
+#: Ids an agent's handle might carry: its own in other spacing, case and width, a homoglyph of
+#: it, a fresh one, and ones that look like the configured humans'.
+AGENT_VARIANTS = [
+    "agent-7",
+    "agent-7 ",
+    "AGENT-7",
+    "\uff41gent-7",
+    "\u0430gent-7",
+    "agent-9-never-proposed",
+    "telegram:42",
+    "cli:alice",
+    "alice",
+    "policy",
+]
+
+
+@run_async
+async def test_an_agent_through_the_registry_never_decides_whatever_id_the_host_gave_it(
+    shared_store: ScheduleStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tasks = registry()
+    svc = ProposalService(shared_store, tasks, clock, approvers=APPROVERS)
+    reg = ServiceRegistry()
+    engine = ScheduleEngine(shared_store, tasks, clock=clock, worker_id="w")
+    register_scheduler_topics(reg, store=shared_store, engine=engine, tasks=tasks, proposals=svc)
+    agent = reg.handle(Caller.agent("agent-7"))
+    submitted = await agent.call("scheduler.propose_schedule", {"proposal": proposal(name="payout", target="payout")})
+    pid = submitted["result"]["proposal"]["id"]
+    assert submitted["result"]["proposal"]["proposed_by"] == "agent-7"
+    with caplog.at_level(logging.WARNING, logger="agent.scheduler.proposals"):
+        for variant in AGENT_VARIANTS:
+            for topic, payload in (
+                ("scheduler.approve_proposal", {"id": pid}),
+                ("scheduler.reject_proposal", {"id": pid, "reason": "mine"}),
+            ):
+                answers = [await reg.call(topic, payload, caller=variant)]
+                with contextlib.suppress(ValueError):  # a homoglyph: the host cannot even name an agent so
+                    answers.append(await reg.handle(Caller.agent(variant)).call(topic, payload))
+                for answer in answers:
+                    assert answer["ok"] is False, (variant, topic)
+                    assert answer["error"]["code"] in ("refused", "invalid"), answer
+    assert shared_store.get_proposal(pid).status == "awaiting_approval"
+    assert shared_store.list() == []
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals and all("via registry refused" in m and "is an agent" in m for m in refusals)
+
+    approved = await reg.call(
+        "scheduler.approve_proposal", {"id": pid, "reason": "payroll"}, caller=Caller.telegram(42)
+    )
+    assert approved["ok"] is True, approved
+    record = shared_store.get_proposal(pid)
+    assert (record.status, record.decided_by, record.decided_via, record.decided_at) == (
+        "active",
+        "telegram:42",
+        "telegram",
+        T0,
+    )
+    assert record.decision_reason == "payroll"
+    reg.close()
+
+
+def test_nobody_approves_their_own_proposal_compared_normalised(
+    shared_store: ScheduleStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = ProposalService(shared_store, registry(), clock, approvers=APPROVERS)
+    # Host code (the Python API door) may submit on behalf of a named proposer, spelled any way.
+    for n, spelling in enumerate(["cli:alice", "CLI:Alice", " cli:ALICE ", "\uff43li:alice"]):
+        pid = held_payout(svc, name=f"payout_{n}", proposed_by=spelling)
+        assert shared_store.get_proposal(pid).proposed_by == "cli:alice"
+        with (
+            caplog.at_level(logging.WARNING, logger="agent.scheduler.proposals"),
+            pytest.raises(DecisionRefused, match="cli:alice proposed it and cannot approve it"),
+        ):
+            svc.approve(pid, by=Caller.operator("Alice"))
+        assert shared_store.get_proposal(pid).status == "awaiting_approval"
+    assert "approve of proposal" in caplog.text and "by cli:alice via cli refused" in caplog.text
+    # The same person through another door is another identity: the Telegram chat approves.
+    approved = svc.approve(pid, by=Caller.telegram(42), reason="second pair of eyes")
+    assert (approved.status, approved.decided_by, approved.decided_via) == ("active", "telegram:42", "telegram")
+
+
+def test_a_configured_human_decides_and_the_record_names_approver_door_and_time(
+    shared_store: ScheduleStore, clock: FakeClock
+) -> None:
+    svc = ProposalService(shared_store, registry(), clock, approvers=APPROVERS)
+    first, second, third = (held_payout(svc, name=f"payout_{n}") for n in range(3))
+    clock.advance(timedelta(minutes=5))
+    with pytest.raises(DecisionRefused, match="operator 'bob' is not an approver"):
+        svc.approve(first, by=Caller.operator("bob"))
+    with pytest.raises(DecisionRefused, match="Telegram chat 7 is not an approver"):
+        svc.reject(first, by=Caller.telegram(7), reason="no")
+    with pytest.raises(DecisionRefused, match="not a human approver"):
+        svc.approve(first, by=Caller.host())
+    approved = svc.approve(first, by=Caller.operator("ALICE"))
+    rejected = svc.reject(second, by=Caller.telegram(42), reason="not this quarter")
+    assert [
+        (r.status, r.decided_by, r.decided_via, r.decided_at)
+        for r in (shared_store.get_proposal(first), shared_store.get_proposal(second))
+    ] == [
+        ("active", "cli:alice", "cli", T0 + timedelta(minutes=5)),
+        ("rejected", "telegram:42", "telegram", T0 + timedelta(minutes=5)),
+    ]
+    assert approved.decision_reason == "approved by cli:alice" and rejected.decision_reason == "not this quarter"
+    clock.advance(timedelta(days=2))
+    [expired] = svc.expire_overdue()
+    assert (expired.id, expired.decided_by, expired.decided_via, expired.decided_at) == (
+        third,
+        "policy",
+        "policy",
+        clock.now(),
+    )
+    auto = svc.submit(proposal(name="sweep_tmp"))
+    assert (auto.status, auto.decided_by, auto.decided_via, auto.decided_at) == (
+        "active",
+        "policy",
+        "policy",
+        clock.now(),
+    )

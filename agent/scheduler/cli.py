@@ -17,14 +17,13 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TextIO, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
 from . import schema, service_files, triggers
-from .arguments import OneLineParser, database, module_name, name_commands, text_up_to, whole_number
+from .arguments import DB_CHARS, OneLineParser, database, module_name, name_commands, text_up_to, whole_number
 from .clock import Clock, SystemClock
 from .config import GROUPS, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
@@ -65,6 +64,10 @@ REASON_CHARS = 500
 EXPRESSION_CHARS = 256
 #: Longest ``--timezone`` name, in characters (the store's timezone column).
 TIMEZONE_CHARS = 64
+#: Largest proposal ``propose`` reads, in bytes (the registry takes 256 Ki characters); more is refused unread.
+PROPOSAL_BYTES = 256 * 1024
+#: Deepest nesting of JSON objects and arrays a proposal may have.
+PROPOSAL_DEPTH = 64
 #: ``timeline`` lists this many upcoming fire times, plus each schedule's first (it counts them all).
 TIMELINE_LIST_MAX = 30
 #: An hour of the timeline strip with more runs than this shows counts (``[.356 x2]``) instead of one mark per run.
@@ -360,14 +363,7 @@ class Commands:
         return ProposalService(self.store, tasks, self.clock)
 
     def propose(self, args: argparse.Namespace) -> None:
-        try:
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read {args.file}: {exc}") from exc
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise CliError(f"{args.file} is not JSON: {exc}") from exc
+        data = read_proposal(args.file)
         service = self._proposal_service(args.tasks)
         service.expire_overdue()
         record = service.submit(data)
@@ -584,6 +580,54 @@ class Commands:
         if where.db is not None and "://" in where.db and mask_url(where.db) != where.db:
             lines.append("note: the --db URL's password is in the service file; ACTP_SCHEDULER_DB in .env keeps it out")
         self.emit(data, "\n".join(lines))
+
+
+def read_proposal(name: str) -> Any:
+    """The proposal in file ``name`` (``-``: stdin), parsed; at most PROPOSAL_BYTES are read, whatever the source.
+
+    A FIFO, a device such as ``/dev/zero`` or a pipe that never ends costs one bounded read. Anything
+    that is not a readable file of UTF-8 JSON within the size and PROPOSAL_DEPTH is refused with
+    one line naming the file.
+    """
+    try:
+        if name == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise CliError("propose -: there is no standard input to read the proposal from")
+            raw = stdin.read(PROPOSAL_BYTES + 1)
+        else:
+            with open(name, "rb") as source:
+                raw = source.read(PROPOSAL_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"propose {name}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(raw) > PROPOSAL_BYTES:
+        raise CliError(f"propose {name}: bigger than {PROPOSAL_BYTES // 1024} KiB, the most a proposal may be")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"propose {name}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise CliError(f"propose {name}: JSON nested deeper than {PROPOSAL_DEPTH} levels") from None
+    except ValueError as exc:
+        raise CliError(f"propose {name}: not JSON: {exc}") from None
+    if _depth(data) > PROPOSAL_DEPTH:
+        raise CliError(f"propose {name}: JSON nested deeper than {PROPOSAL_DEPTH} levels")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deep objects and arrays nest in ``data`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:
@@ -990,7 +1034,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--worker-id", type=_actor, default=None)
     p = sub.add_parser("propose", parents=[common], help="submit an agent's schedule proposal (JSON file)")
-    p.add_argument("file", metavar="FILE.json", help="the proposal as a JSON object; - reads stdin")
+    p.add_argument(
+        "file",
+        type=text_up_to(DB_CHARS),
+        metavar="FILE.json",
+        help=f"the proposal as a JSON object, at most {PROPOSAL_BYTES // 1024} KiB; - reads stdin",
+    )
     p.add_argument("--tasks", type=module_name, action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
     p = sub.add_parser("proposals", parents=[common], help="agent proposals and their status")
     p.add_argument("--status", default=None, choices=[s.value for s in ProposalStatus])

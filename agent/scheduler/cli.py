@@ -233,7 +233,7 @@ class Commands:
         now = self.clock.now()
         try:
             schedule = self.store.get(args.target)
-            trigger, zone = schedule.trigger(schedule.anchor_at or now), schedule.timezone
+            trigger, zone = schedule.trigger(schedule.anchor_at or schedule.created_at or now), schedule.timezone
         except SchedulerError:
             kind = args.type or (
                 "calendar" if " " in args.target.strip() or args.target.startswith("@") else "interval"

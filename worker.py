@@ -23,7 +23,14 @@ from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.adapters.telegram import TelegramNotifier
 from agent.scheduler.adapters.telemetry import TelemetryExporter
-from agent.scheduler.arguments import OneLineParser, database, module_name, seconds_between, text_up_to
+from agent.scheduler.arguments import (
+    OneLineParser,
+    database,
+    database_from_environment,
+    module_name,
+    seconds_between,
+    text_up_to,
+)
 from agent.scheduler.config import ConfigError, apply_env_file, load_config
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
@@ -203,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_env_file(REPO_ROOT / ".env")  # optional; the real environment wins
         config = load_config()  # every variable checked at once; one error lists each bad one
-    except ConfigError as exc:
+        if args.db is None:  # the environment's database, checked as --db is
+            args.db = database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIGURATION
     configure_from(config, level=args.log_level)

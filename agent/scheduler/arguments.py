@@ -144,3 +144,11 @@ def database(text: str) -> str:
         if is_directory:
             raise argparse.ArgumentTypeError(f"{shown(text)}: is a directory; give a SQLite file path in it")
     return text
+
+
+def database_from_environment(value: str, variable: str) -> str:
+    """``value`` of ``variable`` (``ACTP_SCHEDULER_DB``) checked as ``--db`` is; ValueError names the variable."""
+    try:
+        return database(value)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"{variable}: {exc}") from None

@@ -23,7 +23,16 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from . import schema, service_files, triggers
-from .arguments import DB_CHARS, OneLineParser, database, module_name, name_commands, text_up_to, whole_number
+from .arguments import (
+    DB_CHARS,
+    OneLineParser,
+    database,
+    database_from_environment,
+    module_name,
+    name_commands,
+    text_up_to,
+    whole_number,
+)
 from .clock import Clock, SystemClock
 from .config import GROUPS, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
@@ -1102,6 +1111,14 @@ class _NoStore:
         raise RuntimeError(f"this command reads no database (it used store.{name})")
 
 
+def _environment_db() -> str:
+    """The worker's database when no ``--db`` is given, checked as ``--db`` is (``ACTP_SCHEDULER_DB`` may be bad)."""
+    try:
+        return database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock: Clock | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input)."""
     stream = out or sys.stdout
@@ -1112,7 +1129,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
             commands = Commands(cast(ScheduleStore, _NoStore()), clock or SystemClock(), stream, args.json)
         else:
-            store = ScheduleStore(args.db or default_url(), clock=clock or SystemClock())
+            store = ScheduleStore(args.db or _environment_db(), clock=clock or SystemClock())
             commands = Commands(store, store.clock, stream, args.json)
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0

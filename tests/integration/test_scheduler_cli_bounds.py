@@ -254,6 +254,15 @@ def test_a_directory_as_db_is_one_line(tmp_path: Path, clock: FakeClock, capsys:
         one_error_line(capsys, "--db", "is a directory")
 
 
+@pytest.mark.parametrize("value", ["sqlite://", "directory"])
+def test_a_bad_database_in_the_environment_is_one_line(
+    tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("ACTP_SCHEDULER_DB", str(tmp_path) if value == "directory" else value)
+    assert main(["status"], out=StringIO(), clock=clock) == 2
+    one_error_line(capsys, "ACTP_SCHEDULER_DB", "is a directory" if value == "directory" else "in-memory")
+
+
 def test_a_bad_tasks_module_in_the_environment_is_one_line(
     seeded: ScheduleStore,
     db_path: Path,
@@ -535,6 +544,23 @@ def test_a_worker_text_option_is_checked(capsys: pytest.CaptureFixture[str], arg
         worker.parse_args(args)
     assert exc.value.code == 2
     one_error_line(capsys, *names)
+
+
+def test_the_worker_refuses_a_directory_as_its_database_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "ACTP_SCHEDULER_DB": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), "--no-legacy"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ACTP_SCHEDULER_DB: ") and done.stderr.count("\n") == 1
+    assert done.stderr.endswith(": is a directory; give a SQLite file path in it\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_worker_refuses_a_bad_option_before_opening_anything(tmp_path: Path) -> None:

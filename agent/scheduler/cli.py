@@ -598,6 +598,7 @@ def read_proposal(name: str) -> Any:
     that is not a readable file of UTF-8 JSON within the size and PROPOSAL_DEPTH is refused with
     one line naming the file.
     """
+    label = f"propose {name if name.isprintable() else repr(name)}"
     try:
         if name == "-":
             stdin = getattr(sys.stdin, "buffer", None)
@@ -608,21 +609,21 @@ def read_proposal(name: str) -> Any:
             with open(name, "rb") as source:
                 raw = source.read(PROPOSAL_BYTES + 1)
     except (OSError, ValueError) as exc:
-        raise CliError(f"propose {name}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+        raise CliError(f"{label}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
     if len(raw) > PROPOSAL_BYTES:
-        raise CliError(f"propose {name}: bigger than {PROPOSAL_BYTES // 1024} KiB, the most a proposal may be")
+        raise CliError(f"{label}: bigger than {PROPOSAL_BYTES // 1024} KiB, the most a proposal may be")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CliError(f"propose {name}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+        raise CliError(f"{label}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
     try:
         data = json.loads(text)
     except RecursionError:
-        raise CliError(f"propose {name}: JSON nested deeper than {PROPOSAL_DEPTH} levels") from None
+        raise CliError(f"{label}: JSON nested deeper than {PROPOSAL_DEPTH} levels") from None
     except ValueError as exc:
-        raise CliError(f"propose {name}: not JSON: {exc}") from None
+        raise CliError(f"{label}: not JSON: {exc}") from None
     if _depth(data) > PROPOSAL_DEPTH:
-        raise CliError(f"propose {name}: JSON nested deeper than {PROPOSAL_DEPTH} levels")
+        raise CliError(f"{label}: JSON nested deeper than {PROPOSAL_DEPTH} levels")
     return data
 
 

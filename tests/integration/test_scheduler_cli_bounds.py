@@ -476,13 +476,14 @@ def test_propose_takes_a_proposal_nested_to_the_limit_and_refuses_one_level_more
     assert [p.status for p in store.proposals()] == ["active"]
 
 
-@pytest.mark.parametrize("what", ["missing", "directory"])
+@pytest.mark.parametrize("what", ["missing", "directory", "newline in its name"])
 def test_propose_of_a_missing_file_or_a_directory_is_one_line(
     store: ScheduleStore, db_path: Path, tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str], what: str
 ) -> None:
-    path = tmp_path / "nothing.json" if what == "missing" else tmp_path
+    path = {"missing": tmp_path / "nothing.json", "directory": tmp_path}.get(what, tmp_path / "a\nb.json")
     assert cli(db_path, clock, "propose", str(path), "--tasks", MODULE) == 2
-    one_error_line(capsys, f"propose {path}: cannot read it")
+    shown = str(path) if str(path).isprintable() else repr(str(path))
+    one_error_line(capsys, f"propose {shown}: cannot read it")
     assert store.proposals() == []
 
 

@@ -23,6 +23,14 @@ from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.adapters.telegram import TelegramNotifier
 from agent.scheduler.adapters.telemetry import TelemetryExporter
+from agent.scheduler.arguments import (
+    OneLineParser,
+    database,
+    database_from_environment,
+    module_name,
+    seconds_between,
+    text_up_to,
+)
 from agent.scheduler.config import Config, ConfigError, apply_env_file, approvers, load_config
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
@@ -48,37 +56,54 @@ EXIT_CONFIGURATION = 2
 EXIT_DATABASE_REPLACED = 3
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number of seconds above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
-    return value
+#: ``--tick``: the shortest and longest sleep between database looks, in seconds (below the
+#: shortest the loop would spin; above the longest a missed wake-up costs more than an hour).
+TICK_MIN_SECONDS = 0.1
+TICK_MAX_SECONDS = 3600.0
+#: ``--lease``: the shortest and longest claim on a run, in seconds (it is renewed every third of it;
+#: a worker that dies holds its runs this long before others take them over).
+LEASE_MIN_SECONDS = 1.0
+LEASE_MAX_SECONDS = 3600.0
+#: Longest ``--worker-id``, in characters (the store's column for a run's owner).
+WORKER_ID_CHARS = 128
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="worker.py", description="Run the ACTP worker's durable scheduler.")
+    """The options, each checked (range, length) here: a bad one is one line on stderr and exit status 2."""
+    parser = OneLineParser(prog="worker.py", description="Run the ACTP worker's durable scheduler.")
     parser.add_argument(
-        "--db", default=None, help="SQLite path or SQLAlchemy URL (default: $ACTP_SCHEDULER_DB or ~/.actp/scheduler.db)"
+        "--db",
+        type=database,
+        default=None,
+        help="SQLite path or SQLAlchemy URL (default: $ACTP_SCHEDULER_DB or ~/.actp/scheduler.db)",
     )
     parser.add_argument(
-        "--tick", type=positive_float, default=10.0, help="longest sleep between database looks, seconds (default 10)"
+        "--tick",
+        type=seconds_between(TICK_MIN_SECONDS, TICK_MAX_SECONDS),
+        default=10.0,
+        help=f"longest sleep between database looks, {TICK_MIN_SECONDS:g} to {TICK_MAX_SECONDS:g} seconds (default 10)",
     )
     parser.add_argument(
-        "--tasks", action="append", default=[], metavar="MODULE", help="module with register(tasks, store); repeatable"
+        "--tasks",
+        type=module_name,
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module with register(tasks, store); repeatable",
     )
     parser.add_argument("--no-legacy", action="store_true", help="do not migrate or run the legacy cron table")
     parser.add_argument(
-        "--worker-id", default=None, help="this worker's id (default: $ACTP_WORKER_ID or the host name)"
+        "--worker-id",
+        type=text_up_to(WORKER_ID_CHARS),
+        default=None,
+        help=f"this worker's id, at most {WORKER_ID_CHARS} characters (default: $ACTP_WORKER_ID or the host name)",
     )
     parser.add_argument(
         "--lease",
-        type=positive_float,
+        type=seconds_between(LEASE_MIN_SECONDS, LEASE_MAX_SECONDS),
         default=LEASE_SECONDS,
-        help=f"seconds a run's claim lasts unless renewed, then others take it over (default {LEASE_SECONDS:g})",
+        help=f"seconds a run's claim lasts unless renewed, then others take it over, {LEASE_MIN_SECONDS:g} to "
+        f"{LEASE_MAX_SECONDS:g} (default {LEASE_SECONDS:g})",
     )
     parser.add_argument(
         "--log-level",
@@ -191,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_env_file(REPO_ROOT / ".env")  # optional; the real environment wins
         config = load_config()  # every variable checked at once; one error lists each bad one
-    except ConfigError as exc:
+        if args.db is None:  # the environment's database, checked as --db is
+            args.db = database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIGURATION
     configure_from(config, level=args.log_level)

@@ -17,13 +17,22 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TextIO, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
 from . import schema, service_files, triggers
+from .arguments import (
+    DB_CHARS,
+    OneLineParser,
+    database,
+    database_from_environment,
+    module_name,
+    name_commands,
+    text_up_to,
+    whole_number,
+)
 from .clock import Clock, SystemClock
 from .config import GROUPS, approvers, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
@@ -47,8 +56,28 @@ TASKS_ENV = "ACTP_SCHEDULER_TASKS"
 UP_AFTER_HEARTBEATS = 3
 #: How many upcoming runs ``status`` lists.
 STATUS_NEXT_RUNS = 5
-#: The longest window ``timeline --hours`` takes (31 days).
+#: ``runs --limit``: the most runs one listing shows.
+MAX_RUNS_LIMIT = 10_000
+#: ``simulate --count``: the most fire times one simulation lists.
+MAX_SIMULATE_COUNT = 1000
+#: ``dlq purge --older-than-days``: the oldest cut-off, in days (100 years).
+MAX_PURGE_DAYS = 36_500
+#: The longest window ``timeline --hours`` takes, in hours (31 days).
 MAX_TIMELINE_HOURS = 744
+#: Longest schedule name, run id, dead-letter id or proposal id taken, in characters (the store's name column).
+NAME_CHARS = schema.NAME
+#: Longest ``--worker-id``, in characters (the store's column for it).
+WORKER_ID_CHARS = schema.NAME
+#: Longest ``--reason`` recorded, in characters (as the registry's topics take).
+REASON_CHARS = 500
+#: Longest expression ``simulate`` takes, in characters (the store's expression column).
+EXPRESSION_CHARS = 256
+#: Longest ``--timezone`` name, in characters (the store's timezone column).
+TIMEZONE_CHARS = 64
+#: Largest proposal ``propose`` reads, in bytes (the registry takes 256 Ki characters); more is refused unread.
+PROPOSAL_BYTES = 256 * 1024
+#: Deepest nesting of JSON objects and arrays a proposal may have.
+PROPOSAL_DEPTH = 64
 #: ``timeline`` lists this many upcoming fire times, plus each schedule's first (it counts them all).
 TIMELINE_LIST_MAX = 30
 #: An hour of the timeline strip with more runs than this shows counts (``[.356 x2]``) instead of one mark per run.
@@ -214,7 +243,7 @@ class Commands:
         now = self.clock.now()
         try:
             schedule = self.store.get(args.target)
-            trigger, zone = schedule.trigger(schedule.anchor_at or now), schedule.timezone
+            trigger, zone = schedule.trigger(schedule.anchor_at or schedule.created_at or now), schedule.timezone
         except SchedulerError:
             kind = args.type or (
                 "calendar" if " " in args.target.strip() or args.target.startswith("@") else "interval"
@@ -267,7 +296,7 @@ class Commands:
             text = "\n".join(f"{k}: {v}" for k, v in data.items() if k != "error_traceback")
             self.emit(data, text + f"\n{letter.error_traceback or ''}".rstrip())
         elif action == "replay":
-            run = self.store.replay_dead_letter(self._one(args), actor=args.actor, force=args.force)
+            run = self.store.replay_dead_letter(self._one(args), actor=operator_caller().id, force=args.force)
             self.emit(_run_dict(run), f"run {run.run_id} of {run.schedule_name} replayed: pending, attempt 1")
         else:
             if args.older_than_days is None:
@@ -327,6 +356,11 @@ class Commands:
             raise CliError(
                 f"the worker's tasks are needed to check a proposal's target: pass --tasks MODULE or set {TASKS_ENV}"
             )
+        if not modules:
+            try:
+                names = [module_name(name) for name in names]
+            except argparse.ArgumentTypeError as exc:
+                raise CliError(f"{TASKS_ENV}: {exc}") from None
         for name in names:
             try:
                 module = importlib.import_module(name.strip())
@@ -339,14 +373,7 @@ class Commands:
         return ProposalService(self.store, tasks, self.clock, approvers=_approvers())
 
     def propose(self, args: argparse.Namespace) -> None:
-        try:
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read {args.file}: {exc}") from exc
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise CliError(f"{args.file} is not JSON: {exc}") from exc
+        data = read_proposal(args.file)
         service = self._proposal_service(args.tasks)
         service.expire_overdue()
         record = service.submit(data, by=operator_caller())
@@ -472,10 +499,10 @@ class Commands:
         zone = triggers.parse_timezone(args.timezone)
         now = self.clock.now()
         window = timedelta(hours=args.hours)
-        schedules = [self.store.get(args.name)] if args.name else self.store.list()
+        schedules = [self.store.get(args.name)] if args.name is not None else self.store.list()
         upcoming, totals, notes = _upcoming(schedules, now, now + window)
         since = now - window
-        past = _runs_since(self.store, since, now, schedules[0].id if args.name else None)
+        past = _runs_since(self.store, since, now, schedules[0].id if args.name is not None else None)
         counts: dict[str, Counter[str]] = defaultdict(Counter)
         marks: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
         for name, status, at in past:
@@ -566,6 +593,55 @@ class Commands:
         if where.db is not None and "://" in where.db and mask_url(where.db) != where.db:
             lines.append("note: the --db URL's password is in the service file; ACTP_SCHEDULER_DB in .env keeps it out")
         self.emit(data, "\n".join(lines))
+
+
+def read_proposal(name: str) -> Any:
+    """The proposal in file ``name`` (``-``: stdin), parsed; at most PROPOSAL_BYTES are read, whatever the source.
+
+    A FIFO, a device such as ``/dev/zero`` or a pipe that never ends costs one bounded read. Anything
+    that is not a readable file of UTF-8 JSON within the size and PROPOSAL_DEPTH is refused with
+    one line naming the file.
+    """
+    label = f"propose {name if name.isprintable() else repr(name)}"
+    try:
+        if name == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise CliError("propose -: there is no standard input to read the proposal from")
+            raw = stdin.read(PROPOSAL_BYTES + 1)
+        else:
+            with open(name, "rb") as source:
+                raw = source.read(PROPOSAL_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{label}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(raw) > PROPOSAL_BYTES:
+        raise CliError(f"{label}: bigger than {PROPOSAL_BYTES // 1024} KiB, the most a proposal may be")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{label}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise CliError(f"{label}: JSON nested deeper than {PROPOSAL_DEPTH} levels") from None
+    except ValueError as exc:
+        raise CliError(f"{label}: not JSON: {exc}") from None
+    if _depth(data) > PROPOSAL_DEPTH:
+        raise CliError(f"{label}: JSON nested deeper than {PROPOSAL_DEPTH} levels")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deep objects and arrays nest in ``data`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:
@@ -915,75 +991,115 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    """Every command and option; each value is checked here (range, length), before any database is opened."""
+    common = OneLineParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="python -m agent.scheduler", description="Operate the ACTP scheduler.")
-    parser.add_argument("--db", default=None, help="SQLite path or SQLAlchemy URL (default: the worker's)")
+    parser = OneLineParser(prog="python -m agent.scheduler", description="Operate the ACTP scheduler.")
+    parser.add_argument(
+        "--db", type=database, default=None, help="SQLite path or SQLAlchemy URL (default: the worker's)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("list", parents=[common], help="schedules with their next run, last outcome and breaker")
     p.add_argument("--all", action="store_true", help="include disabled schedules")
     p = sub.add_parser("runs", parents=[common], help="recent runs, newest first")
-    p.add_argument("--schedule", default=None)
+    p.add_argument("--schedule", type=_name, default=None)
     p.add_argument("--status", default=None, choices=[s.value for s in RunStatus])
-    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument(
+        "--limit", type=whole_number(1, MAX_RUNS_LIMIT), default=20, help=f"1 to {MAX_RUNS_LIMIT} (default 20)"
+    )
     p = sub.add_parser("disable", parents=[common], help="stop a schedule from producing runs")
-    p.add_argument("name")
-    p.add_argument("--reason", default="disabled from the command line")
+    p.add_argument("name", type=_name, metavar="NAME")
+    p.add_argument("--reason", type=_reason, default="disabled from the command line")
     p = sub.add_parser("enable", parents=[common], help="let a disabled schedule run again")
-    p.add_argument("name")
+    p.add_argument("name", type=_name, metavar="NAME")
     p = sub.add_parser("run-now", parents=[common], help="queue a manual run of a schedule")
-    p.add_argument("name")
+    p.add_argument("name", type=_name, metavar="NAME")
     p = sub.add_parser("simulate", parents=[common], help="the next fire times of a schedule or an expression")
-    p.add_argument("target", metavar="EXPR|NAME")
-    p.add_argument("--count", type=_positive_int, default=10)
-    p.add_argument("--timezone", default="UTC")
+    p.add_argument("target", type=text_up_to(EXPRESSION_CHARS), metavar="EXPR|NAME")
+    p.add_argument(
+        "--count",
+        type=whole_number(1, MAX_SIMULATE_COUNT),
+        default=10,
+        help=f"how many fire times, 1 to {MAX_SIMULATE_COUNT} (default 10)",
+    )
+    p.add_argument("--timezone", type=_zone_name, default="UTC")
     p.add_argument("--type", choices=[TriggerType.CALENDAR.value, TriggerType.INTERVAL.value], default=None)
     p = sub.add_parser("diagram", parents=[common], help="the state machines as Mermaid diagrams")
     p.add_argument("--machine", default="all", choices=["all", *MACHINES])
     p.add_argument("--format", default="mermaid", choices=["mermaid"])
     p = sub.add_parser("reset", parents=[common], help="close a schedule's open circuit breaker")
-    p.add_argument("name")
+    p.add_argument("name", type=_name, metavar="NAME")
     p = sub.add_parser("dlq", parents=[common], help="the dead-letter queue: list, show, replay, purge")
     p.add_argument("action", choices=["list", "show", "replay", "purge"])
-    p.add_argument("id", nargs="?", default=None, help="run id or dead-letter id (show, replay)")
-    p.add_argument("--schedule", default=None)
+    p.add_argument(
+        "id", type=_name, nargs="?", default=None, metavar="ID", help="run id or dead-letter id (show, replay)"
+    )
+    p.add_argument("--schedule", type=_name, default=None)
     p.add_argument("--all", action="store_true", help="list replayed ones too")
     p.add_argument("--force", action="store_true", help="replay even while the schedule's breaker is open")
-    p.add_argument("--actor", default="cli", help="who replays (recorded)")
-    p.add_argument("--older-than-days", type=_positive_int, default=None)
+    p.add_argument(
+        "--older-than-days",
+        type=whole_number(1, MAX_PURGE_DAYS, "days"),
+        default=None,
+        help=f"purge: dead letters older than this, 1 to {MAX_PURGE_DAYS} days",
+    )
     p = sub.add_parser("alerts", parents=[common], help="the alert outbox")
     p.add_argument("--status", default=None, choices=["pending", "sending", "sent", "undeliverable"])
     p = sub.add_parser("reconcile", parents=[common], help="what a start would reconcile (--dry-run)")
     p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--worker-id", default=None)
+    p.add_argument("--worker-id", type=_worker_id, default=None)
     p = sub.add_parser("propose", parents=[common], help="submit an agent's schedule proposal (JSON file)")
-    p.add_argument("file", metavar="FILE.json", help="the proposal as a JSON object; - reads stdin")
-    p.add_argument("--tasks", action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
+    p.add_argument(
+        "file",
+        type=text_up_to(DB_CHARS),
+        metavar="FILE.json",
+        help=f"the proposal as a JSON object, at most {PROPOSAL_BYTES // 1024} KiB; - reads stdin",
+    )
+    p.add_argument("--tasks", type=module_name, action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
     p = sub.add_parser("proposals", parents=[common], help="agent proposals and their status")
     p.add_argument("--status", default=None, choices=[s.value for s in ProposalStatus])
     p = sub.add_parser("approve", parents=[common], help="approve a proposal awaiting a human")
-    p.add_argument("id")
-    p.add_argument("--reason", default="", help="why (recorded with you, the user running it, as approver)")
-    p.add_argument("--tasks", action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
+    p.add_argument("id", type=_name, metavar="ID")
+    p.add_argument(
+        "--reason", type=_optional_reason, default="", help="why (recorded with you, the user running it, as approver)"
+    )
+    p.add_argument("--tasks", type=module_name, action="append", default=[], metavar="MODULE", help=_TASKS_HELP)
     p = sub.add_parser("reject", parents=[common], help="reject a proposal, saying why")
-    p.add_argument("id")
-    p.add_argument("--reason", required=True, help="why (recorded with you, the user running it)")
+    p.add_argument("id", type=_name, metavar="ID")
+    p.add_argument("--reason", type=_reason, required=True, help="why (recorded with you, the user running it)")
     p = sub.add_parser("status", parents=[common], help="engine up or down, runs in flight, breakers, dead letters")
     p = sub.add_parser("timeline", parents=[common], help="upcoming fire times and the past hours' runs by outcome")
-    p.add_argument("name", nargs="?", default=None, metavar="NAME", help="a schedule (or --all)")
+    p.add_argument("name", type=_name, nargs="?", default=None, metavar="NAME", help="a schedule (or --all)")
     p.add_argument("--all", action="store_true", help="every schedule, merged")
-    p.add_argument("--hours", type=_timeline_hours, default=24, help="window either side of now (default 24)")
-    p.add_argument("--timezone", default="UTC", help="show times in this IANA zone (default UTC)")
+    p.add_argument(
+        "--hours",
+        type=whole_number(1, MAX_TIMELINE_HOURS, "hours"),
+        default=24,
+        help=f"window either side of now, 1 to {MAX_TIMELINE_HOURS} (default 24)",
+    )
+    p.add_argument("--timezone", type=_zone_name, default="UTC", help="show times in this IANA zone (default UTC)")
     p = sub.add_parser("config", parents=[common], help="the effective configuration, secrets masked")
     p.add_argument("--all", action="store_true", help="every variable, service ones included")
     p.add_argument("--env-example", action="store_true", help="print .env.example (generated from the table)")
     p = sub.add_parser("install-service", parents=[common], help="write the launchd agent or systemd user unit")
     p.add_argument("--print", action="store_true", help="print the file instead of writing it")
     p.add_argument("--system", choices=list(service_files.SYSTEMS), default=None, help="default: this machine's")
-    p.add_argument("--db", dest="service_db", default=None, help="the worker's --db in the service (default: none)")
+    p.add_argument(
+        "--db",
+        dest="service_db",
+        type=database,
+        default=None,
+        help="the worker's --db in the service (default: none)",
+    )
+    name_commands(parser, sub)
     return parser
 
 
+_name = text_up_to(NAME_CHARS)
+_worker_id = text_up_to(WORKER_ID_CHARS)
+_reason = text_up_to(REASON_CHARS)
+_optional_reason = text_up_to(REASON_CHARS, empty=True)
+_zone_name = text_up_to(TIMEZONE_CHARS)
 _TASKS_HELP = f"module with register(tasks, store), as for the worker; repeatable (default: ${TASKS_ENV})"
 
 
@@ -1016,13 +1132,6 @@ def _approvers() -> Approvers:
     return approvers(config)
 
 
-def _timeline_hours(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_TIMELINE_HOURS:
-        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_TIMELINE_HOURS} hours")
-    return value
-
-
 class _NoStore:
     """Stands in for the store in the commands that read no database (OFFLINE_COMMANDS)."""
 
@@ -1030,14 +1139,12 @@ class _NoStore:
         raise RuntimeError(f"this command reads no database (it used store.{name})")
 
 
-def _positive_int(text: str) -> int:
+def _environment_db() -> str:
+    """The worker's database when no ``--db`` is given, checked as ``--db`` is (``ACTP_SCHEDULER_DB`` may be bad)."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
-    return value
+        return database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock: Clock | None = None) -> int:
@@ -1050,7 +1157,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
             commands = Commands(cast(ScheduleStore, _NoStore()), clock or SystemClock(), stream, args.json)
         else:
-            store = ScheduleStore(args.db or default_url(), clock=clock or SystemClock())
+            store = ScheduleStore(args.db or _environment_db(), clock=clock or SystemClock())
             commands = Commands(store, store.clock, stream, args.json)
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0

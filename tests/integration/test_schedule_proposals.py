@@ -388,7 +388,7 @@ def test_cli_propose_list_approve_and_reject(
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     code, _ = cli(db_path, clock, "propose", str(bad))
-    assert code == 2 and "is not JSON" in capsys.readouterr().err
+    assert code == 2 and f"propose {bad}: not JSON" in capsys.readouterr().err
 
 
 def test_cli_proposals_expires_overdue_ones(store: ScheduleStore, db_path: Path, clock: FakeClock) -> None:

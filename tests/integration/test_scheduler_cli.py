@@ -94,6 +94,17 @@ def test_simulate_an_expression_or_a_schedule(seeded: ScheduleStore, db_path: Pa
     assert text.startswith("2027-03-14T06:00:00+01:00")
 
 
+def test_simulate_a_schedule_counts_from_its_anchor_as_list_does(
+    seeded: ScheduleStore, db_path: Path, clock: FakeClock
+) -> None:
+    clock.advance(timedelta(minutes=5))  # poll (every 15m) was added at T0: it fires at T0 + 15m, in 10m
+    listed = {item["name"]: item for item in json.loads(cli(db_path, clock, "list", "--json")[1])}
+    code, raw = cli(db_path, clock, "simulate", "poll", "--count", "2", "--json")
+    assert code == 0
+    assert [d["in"] for d in json.loads(raw)] == ["in 10m", "in 25m"]
+    assert json.loads(raw)[0]["utc"] == listed["poll"]["next_run_at"]
+
+
 def test_diagram_prints_the_real_machines(db_path: Path, clock: FakeClock, store: ScheduleStore) -> None:
     code, raw = cli(db_path, clock, "diagram", "--json")
     assert code == 0 and json.loads(raw) == {name: mermaid(name) for name in ("run", "breaker", "proposal")}

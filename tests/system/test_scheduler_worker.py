@@ -75,4 +75,4 @@ def test_worker_refuses_a_bad_tick_with_exit_status_2(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "--tick: '0': must be more than 0 seconds" in done.stderr
+    assert done.stderr == "error: argument --tick: '0': must be a number of seconds from 0.1 to 3600\n"

@@ -30,7 +30,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from . import schema
+from . import limits, schema
 from .clock import Clock, SystemClock
 from .db_faults import Fault, classify, is_transient
 from .definition import TIME_BASED, ScheduleDefinition
@@ -188,6 +188,13 @@ def _turn_key(schedule_id: str) -> int:
 def _listen(listeners: list[Callable[[], None]], listener: Callable[[], None]) -> Callable[[], None]:
     listeners.append(listener)
     return lambda: listeners.remove(listener) if listener in listeners else None
+
+
+def _key(argument: str, value: Any) -> str:
+    """A name or id to look up, refused (InvalidSchedule naming ``argument``) before the database when
+    no row can hold it: not a string, longer than a name, or with control characters or lone surrogates."""
+    text: str = limits.check_text(argument, value, limits.NAME_CHARS, single_line=True)
+    return text
 
 
 def _new_id(prefix: str) -> str:
@@ -569,6 +576,7 @@ class ScheduleStore:
             raise InvalidSchedule("name", "<batch>", "names and ids not already used") from exc
 
     def _find_schedule(self, name_or_id: str) -> ScheduleDefinition | None:
+        _key("name_or_id", name_or_id)
         s = schema.schedules
         row = self._tx(
             lambda c: c.execute(select(s).where(or_(s.c.name == name_or_id, s.c.id == name_or_id))).mappings().first()
@@ -624,6 +632,7 @@ class ScheduleStore:
 
     def disable(self, name_or_id: str, reason: str = "") -> ScheduleDefinition:
         """Stop a schedule from producing runs, recording why."""
+        limits.check_text("reason", reason, limits.REASON_CHARS)
         return self.update(name_or_id, enabled=False, disabled_reason=reason or "disabled")
 
     def enable(self, name_or_id: str) -> ScheduleDefinition:
@@ -738,6 +747,7 @@ class ScheduleStore:
 
     def get_run(self, run_id: str) -> ScheduledRun:
         """The run with this id; RunNotFound when there is none."""
+        _key("run_id", run_id)
         r = schema.scheduled_runs
         row = self._tx(lambda c: c.execute(select(r).where(r.c.run_id == run_id)).mappings().first())
         if row is None:
@@ -753,6 +763,8 @@ class ScheduleStore:
         newest_first: bool = False,
     ) -> builtins.list[ScheduledRun]:
         """Runs, oldest intended time first (or newest); ``schedule`` is a name or id, ``status`` one or several."""
+        if schedule is not None:
+            _key("schedule", schedule)
         r = schema.scheduled_runs
         order = (r.c.intended_run_at, r.c.created_at, r.c.run_id)
         stmt = select(r).order_by(*(c.desc() for c in order) if newest_first else order)
@@ -787,6 +799,8 @@ class ScheduleStore:
 
     def count_runs(self, schedule: str | None = None, status: RunStatus | str | None = None) -> int:
         """How many runs match."""
+        if schedule is not None:
+            _key("schedule", schedule)
         r = schema.scheduled_runs
         stmt = select(func.count()).select_from(r)
         if schedule is not None:
@@ -817,6 +831,8 @@ class ScheduleStore:
         unknown = set(changes) - _RUN_CHANGE_FIELDS
         if unknown:
             raise ValueError(f"not run fields a transition can set: {', '.join(sorted(unknown))}")
+        if actor is not None:
+            limits.check_text("actor", actor, limits.NAME_CHARS, single_line=True)
         at = now or self.clock.now()
         if schedule is None and trigger in _GUARDED_TRIGGERS:
             schedule = self.get(run.schedule_id)
@@ -1536,6 +1552,8 @@ class ScheduleStore:
 
     def dead_letters(self, schedule: str | None = None, *, include_replayed: bool = True) -> builtins.list[DeadLetter]:
         """Dead-lettered runs, oldest first."""
+        if schedule is not None:
+            _key("schedule", schedule)
         d = schema.dead_letters
         stmt = select(d).order_by(d.c.created_at, d.c.id)
         if schedule is not None:
@@ -1547,6 +1565,7 @@ class ScheduleStore:
 
     def dead_letter(self, letter_or_run_id: str) -> DeadLetter:
         """One dead letter, by its id or its run's id (the newest for that run)."""
+        _key("letter_or_run_id", letter_or_run_id)
         d = schema.dead_letters
         stmt = (
             select(d)
@@ -1565,6 +1584,7 @@ class ScheduleStore:
 
         Refused (GuardRejected) while the schedule's breaker is open, unless ``force``.
         """
+        limits.check_text("actor", actor, limits.NAME_CHARS, single_line=True)
         letter = self.dead_letter(letter_or_run_id)
         run = self.get_run(letter.run_id)
         return self.transition(run, "replay", now=now, actor=actor, force=force, reason=f"replayed by {actor}")
@@ -1779,6 +1799,8 @@ class ScheduleStore:
 
     def proposals(self, status: str | None = None, *, proposed_by: str | None = None) -> builtins.list[ProposalRecord]:
         """Stored proposals, oldest first, optionally by status and proposer."""
+        if proposed_by is not None:
+            _key("proposed_by", proposed_by)
         p = schema.proposals
         stmt = select(p).order_by(p.c.created_at, p.c.id)
         if status is not None:
@@ -1831,6 +1853,7 @@ class ScheduleStore:
 
     def get_proposal(self, proposal_id: str) -> ProposalRecord:
         """A stored proposal; LookupError when there is none."""
+        _key("proposal_id", proposal_id)
         p = schema.proposals
         r = self._tx(lambda c: c.execute(select(p).where(p.c.id == proposal_id)).mappings().first())
         if r is None:

@@ -163,6 +163,23 @@ def storable(text: str) -> bool:
     return _UNSTORABLE.search(text) is None
 
 
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates written as escapes (``\\x00``, ``\\udc80``): text both stores hold."""
+    return _UNSTORABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def check_json(field: str, value: Any) -> Any:
+    """``value`` if it is JSON both stores hold: finite numbers, strings and keys without NUL or lone surrogates."""
+    allowed = "JSON: string keys, finite numbers, strings without NUL or lone surrogates, lists and objects"
+    try:
+        loaded = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidSchedule(field, value, allowed) from None
+    if not json_storable(loaded):
+        raise InvalidSchedule(field, value, allowed)
+    return value
+
+
 def escaped(text: str, chars: int) -> str:
     """``text`` with control characters and lone surrogates escaped (Python notation), at most ``chars`` long."""
     return repr(text[:chars])[1:-1][:chars]

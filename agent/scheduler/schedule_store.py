@@ -1155,7 +1155,11 @@ class ScheduleStore:
         return fire_run(run, trigger, now=now, persist=persist, schedule=schedule, changes=changes)
 
     def save_checkpoint(self, run_id: str, data: Any, *, owner: str | None = None) -> None:
-        """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner)."""
+        """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner).
+
+        Data no store holds (not JSON, NaN, NUL or lone surrogates in a string) raises InvalidSchedule.
+        """
+        limits.check_json("checkpoint", data)
         r = schema.scheduled_runs
         cond = and_(r.c.run_id == run_id, r.c.status == RunStatus.RUNNING.value)
         if owner is not None:

@@ -306,10 +306,17 @@ def params_bytes(field: str, value: Any, *, limit: int = MAX_PARAMS_BYTES) -> in
 
 
 def check_params(field: str, value: Any) -> dict[str, Any]:
-    """``value`` as a plain JSON object (lists for tuples, plain str/int/float) if it is storable params."""
+    """``value`` as a plain JSON object (lists for tuples, plain str/int/float) if it is storable params.
+
+    -0.0 becomes 0.0, as PostgreSQL gives it back: the definition holds what the store will hold.
+    """
     params_bytes(field, value)
-    loaded: dict[str, Any] = json.loads(_compact(value))
+    loaded: dict[str, Any] = json.loads(_compact(value), parse_float=_plain_float)
     return loaded
+
+
+def _plain_float(text: str) -> float:
+    return float(text) + 0.0  # -0.0 + 0.0 is 0.0
 
 
 def _compact(value: Any) -> str:

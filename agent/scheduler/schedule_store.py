@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -190,6 +191,10 @@ def _listen(listeners: list[Callable[[], None]], listener: Callable[[], None]) -
     return lambda: listeners.remove(listener) if listener in listeners else None
 
 
+def _execute(statement: Any, conn: Connection) -> None:
+    conn.execute(statement)
+
+
 def _key(argument: str, value: Any) -> str:
     """A name or id to look up, refused (InvalidSchedule naming ``argument``) before the database when
     no row can hold it: not a string, longer than a name, or with control characters or lone surrogates."""
@@ -260,6 +265,7 @@ class ScheduleStore:
         self._statements: dict[Any, Any] = {}
         try:
             self._migrate()
+            self._disable_out_of_bounds()
         except BaseException:
             self.db.close()
             raise
@@ -470,6 +476,23 @@ class ScheduleStore:
                 f"the database at {self.url} has schema version {version}, newer than this code's "
                 f"{schema.SCHEMA_VERSION}: upgrade the scheduler before opening it"
             )
+
+    def _disable_out_of_bounds(self) -> None:
+        """Disable the enabled schedules an earlier version stored with a value the limits now refuse
+        (a sub-second interval, a name ending in a newline...), each with the reason, so that none of
+        them stops the engine; fixing the field (``update``) and ``enable`` bring it back."""
+        s = schema.schedules
+        rows = self._tx(lambda c: c.execute(select(s).where(s.c.enabled.is_(True))).mappings().all())
+        for row in rows:
+            stored = _schedule_from(row)
+            try:
+                stored.with_changes()
+            except InvalidSchedule as exc:
+                reason = limits.storable_text(f"disabled when opened: {exc}")[: limits.REASON_CHARS]
+                values = {"enabled": False, "disabled_reason": reason, "updated_at": _to_db(self.clock.now())}
+                still_enabled = and_(s.c.id == stored.id, s.c.enabled.is_(True))  # another process may be first
+                self._tx(partial(_execute, update(s).where(still_enabled).values(**values)))
+                log.warning("schedule %s disabled: it holds a value no longer allowed: %s", stored.name, exc)
 
     def schema_version(self) -> int:
         """The schema version recorded in ``meta``."""

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from sqlalchemy import update
 
-from agent.scheduler import FakeClock, InvalidSchedule, RunStatus, ScheduleDefinition, ScheduleStore
+from agent.scheduler import FakeClock, InvalidSchedule, RunStatus, ScheduleDefinition, ScheduleStore, schema
 from agent.scheduler.limits import json_storable, storable
 from agent.scheduler.proposals import ProposalService
 from agent.scheduler.schedule_engine import ScheduleEngine
@@ -126,6 +127,43 @@ def test_a_checkpoint_no_store_holds_is_refused_and_the_run_keeps_running(
         assert err.value.field == "checkpoint"
     store.save_checkpoint(started.run_id, {"cursor": "a\u00e9"}, owner="w")
     assert store.get_run(started.run_id).checkpoint == {"cursor": "a\u00e9"}
+
+
+async def succeed(ctx: RunContext) -> str:
+    return "ok"
+
+
+@run_async
+async def test_a_schedule_stored_before_the_limits_is_disabled_with_the_reason_and_the_rest_run(
+    any_url: str, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    with ScheduleStore(any_url, clock=clock) as first:
+        first.add(make_schedule("fast", expression="5m", target="succeed"))
+        first.add(make_schedule("fine", expression="1m", target="succeed"))
+        s = schema.schedules
+        with first.db.engine.begin() as conn:  # type: ignore[union-attr]  # as an earlier version wrote it
+            conn.execute(update(s).where(s.c.name == "fast").values(expression="0.5s", retry_backoff_s=7200.0))
+    tasks = TaskRegistry()
+    tasks.add("succeed", succeed)
+    with ScheduleStore(any_url, clock=clock) as store:
+        fast = store.get("fast")
+        assert not fast.enabled and fast.disabled_reason is not None
+        assert fast.disabled_reason.startswith("disabled when opened: invalid expression='0.5s': an interval from 1")
+        assert store.get("fine").enabled
+        engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=10, worker_id="w")
+        await engine.start()
+        try:
+            await engine.run_until(clock.now() + timedelta(minutes=2))
+            await engine.wait_idle()
+        finally:
+            await engine.stop()
+        assert [r.status for r in store.runs(schedule="fine")] == [RunStatus.SUCCEEDED] * 2
+        assert store.runs(schedule="fast") == []
+        with pytest.raises(InvalidSchedule) as err:
+            store.enable("fast")
+        assert err.value.field == "expression"
+        store.update("fast", expression="1s", retry_backoff=60)
+        assert store.enable("fast").enabled
 
 
 async def unprintable(ctx: RunContext) -> str:

@@ -39,6 +39,7 @@ from .definition import ScheduleDefinition
 from .enums import ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .identity import Approvers, Caller, InvalidIdentity
+from .limits import MAX_PARAMS_DEPTH
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
@@ -76,8 +77,9 @@ EXPRESSION_CHARS = 256
 TIMEZONE_CHARS = 64
 #: Largest proposal ``propose`` reads, in bytes (the registry takes 256 Ki characters); more is refused unread.
 PROPOSAL_BYTES = 256 * 1024
-#: Deepest nesting of JSON objects and arrays a proposal may have.
-PROPOSAL_DEPTH = 64
+#: Deepest nesting of JSON objects and arrays a proposal file may have: the proposal object around
+#: its params, which may nest MAX_PARAMS_DEPTH deep (counting the params object itself).
+PROPOSAL_DEPTH = MAX_PARAMS_DEPTH + 1
 #: ``timeline`` lists this many upcoming fire times, plus each schedule's first (it counts them all).
 TIMELINE_LIST_MAX = 30
 #: An hour of the timeline strip with more runs than this shows counts (``[.356 x2]``) instead of one mark per run.

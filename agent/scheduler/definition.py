@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
-import re
 import uuid
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from . import triggers
+from . import limits, triggers
 from .enums import (
     BreakerState,
     ConcurrencyPolicy,
@@ -22,12 +20,6 @@ from .enums import (
     TriggerType,
 )
 from .errors import InvalidSchedule
-
-#: Names of schedules and tasks: letters, digits and ``_ . : -``, starting with a letter or digit.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-NAME_HELP = "1-128 characters: letters, digits and _ . : -, starting with a letter or digit"
-#: The largest ``params`` object a schedule may carry, as JSON.
-MAX_PARAMS_BYTES = 64 * 1024
 
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BACKOFF = timedelta(seconds=30)
@@ -48,57 +40,14 @@ def _enum(cls: type[E], name: str, value: Any) -> E:
         raise InvalidSchedule(name, value, f"one of: {allowed}") from None
 
 
-def _span(name: str, value: Any, *, optional: bool = False, zero_ok: bool = True) -> timedelta | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            value = timedelta(seconds=value)
-        except (OverflowError, ValueError):
-            raise InvalidSchedule(
-                name, value, "a timedelta or a number of seconds within about 2.7 million years"
-            ) from None
-    low = "0 or more" if zero_ok else "more than 0"
-    allowed = f"a timedelta or a number of seconds, {low}" + (", or None" if optional else "")
-    if not isinstance(value, timedelta) or value < timedelta(0) or (not zero_ok and not value):
-        raise InvalidSchedule(name, value, allowed)
-    return value
-
-
-def _count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidSchedule(name, value, f"a whole number, {low} or more")
-    return value
-
-
-def _instant(name: str, value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidSchedule(name, value, "a timezone-aware datetime or None")
-    return triggers.utc(value)
-
-
 def check_name(field_name: str, value: Any) -> str:
-    """``value`` if it is a valid schedule or task name, else InvalidSchedule naming ``field_name``."""
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise InvalidSchedule(field_name, value, NAME_HELP)
-    return value
+    """``value`` if it is a valid schedule or task name (matched whole), else InvalidSchedule naming ``field_name``."""
+    return limits.check_name(field_name, value)
 
 
 def check_params(field_name: str, value: Any) -> dict[str, Any]:
-    """A JSON object of at most MAX_PARAMS_BYTES, returned as a plain dict."""
-    allowed = f"a JSON object (dict with string keys) of at most {MAX_PARAMS_BYTES} bytes"
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise InvalidSchedule(field_name, value, allowed)
-    try:
-        encoded = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        raise InvalidSchedule(field_name, "<not JSON>", allowed) from None
-    if len(encoded.encode()) > MAX_PARAMS_BYTES:
-        raise InvalidSchedule(field_name, f"<{len(encoded)} bytes>", allowed)
-    loaded: dict[str, Any] = json.loads(encoded)
-    return loaded
+    """``value`` as a plain JSON object if both stores hold it (see ``limits.PARAMS_HELP``)."""
+    return limits.check_params(field_name, value)
 
 
 def new_schedule_id() -> str:
@@ -187,20 +136,18 @@ class ScheduleDefinition:
         check_name("name", self.name)
         check_name("target", self.target)
         put(self, "trigger_type", _enum(TriggerType, "trigger_type", self.trigger_type))
-        if not isinstance(self.timezone, str):
-            raise InvalidSchedule("timezone", self.timezone, 'an IANA timezone name such as "UTC"')
-        triggers.parse_timezone(self.timezone)
-        if not isinstance(self.expression, str):
-            if self.trigger_type in (TriggerType.INTERVAL, TriggerType.RECONCILIATION) and isinstance(
-                self.expression, int | float
-            ):
-                put(self, "expression", str(self.expression))
-            else:
-                raise InvalidSchedule("expression", self.expression, "a string")
+        triggers.parse_timezone(self.timezone)  # one of the IANA names, which are short plain ASCII
+        expression = self.expression
+        if self.trigger_type in (TriggerType.INTERVAL, TriggerType.RECONCILIATION) and isinstance(
+            expression, int | float
+        ):
+            triggers.validate_expression(self.trigger_type, expression)  # in range before it is written out
+            put(self, "expression", repr(float(expression)) if isinstance(expression, float) else str(int(expression)))
+        elif not isinstance(expression, str):
+            raise InvalidSchedule("expression", expression, "a string")
         triggers.validate_expression(self.trigger_type, self.expression, self.timezone)
         put(self, "params", check_params("params", self.params))
-        if not isinstance(self.description, str):
-            raise InvalidSchedule("description", self.description, "a string")
+        limits.check_text("description", self.description, limits.DESCRIPTION_CHARS)
         put(self, "missed_run_policy", _enum(MissedRunPolicy, "missed_run_policy", self.missed_run_policy))
         put(self, "concurrency_policy", _enum(ConcurrencyPolicy, "concurrency_policy", self.concurrency_policy))
         put(self, "shutdown_policy", _enum(ShutdownPolicy, "shutdown_policy", self.shutdown_policy))
@@ -209,19 +156,25 @@ class ScheduleDefinition:
         put(self, "breaker_state", _enum(BreakerState, "breaker_state", self.breaker_state))
         if not isinstance(self.enabled, bool):
             raise InvalidSchedule("enabled", self.enabled, "true or false")
-        _count("max_retries", self.max_retries, 0)
-        _count("catch_up_limit", self.catch_up_limit, 1)
-        _count("breaker_threshold", self.breaker_threshold, 1)
-        _count("consecutive_failures", self.consecutive_failures, 0)
-        put(self, "retry_backoff", _span("retry_backoff", self.retry_backoff))
-        put(self, "timeout", _span("timeout", self.timeout, optional=True, zero_ok=False))
-        put(self, "grace", _span("grace", self.grace))
-        put(self, "shutdown_timeout", _span("shutdown_timeout", self.shutdown_timeout))
-        put(self, "breaker_cooldown", _span("breaker_cooldown", self.breaker_cooldown, optional=True))
-        if not isinstance(self.id, str) or not NAME_PATTERN.match(self.id):
-            raise InvalidSchedule("id", self.id, NAME_HELP)
+        limits.check_count("max_retries", self.max_retries, 0, limits.MAX_RETRIES)
+        limits.check_count("catch_up_limit", self.catch_up_limit, 1, limits.MAX_CATCH_UP_LIMIT)
+        limits.check_count("breaker_threshold", self.breaker_threshold, 1, limits.MAX_BREAKER_THRESHOLD)
+        limits.check_count("consecutive_failures", self.consecutive_failures, 0, limits.MAX_STORED_INT)
+        span = limits.check_span
+        put(self, "retry_backoff", span("retry_backoff", self.retry_backoff, high=limits.MAX_RETRY_BACKOFF))
+        put(self, "timeout", span("timeout", self.timeout, high=limits.MAX_TIMEOUT, zero_ok=False, optional=True))
+        put(self, "grace", span("grace", self.grace, high=limits.MAX_GRACE))
+        put(self, "shutdown_timeout", span("shutdown_timeout", self.shutdown_timeout, high=limits.MAX_SHUTDOWN_TIMEOUT))
+        put(
+            self,
+            "breaker_cooldown",
+            span("breaker_cooldown", self.breaker_cooldown, high=limits.MAX_BREAKER_COOLDOWN, optional=True),
+        )
+        limits.check_id("id", self.id)
+        limits.check_id("proposal_id", self.proposal_id, optional=True)
+        limits.check_text("disabled_reason", self.disabled_reason, limits.REASON_CHARS, optional=True)
         for name in ("next_run_at", "last_run_at", "anchor_at", "breaker_opened_at", "created_at", "updated_at"):
-            put(self, name, _instant(name, getattr(self, name)))
+            put(self, name, limits.check_instant(name, getattr(self, name)))
 
     @classmethod
     def from_trusted(cls, **values: Any) -> ScheduleDefinition:

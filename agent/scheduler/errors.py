@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+#: The longest a value is shown in an error message, in characters.
+SHORT_CHARS = 160
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 60
+_short_repr.maxother = 60
+_short_repr.maxlevel = 3
+_short_repr.maxdict = _short_repr.maxlist = _short_repr.maxtuple = _short_repr.maxset = 6
+
+
+def short(value: Any) -> str:
+    """A bounded repr, safe on huge, deeply nested and unprintable values (control characters are escaped)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        text = _short_repr.repr(value)
+    except Exception:  # a repr may raise anything; the message only needs to say what it was
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= SHORT_CHARS else text[: SHORT_CHARS - 3] + "..."
 
 
 class SchedulerError(Exception):
@@ -12,14 +33,19 @@ class SchedulerError(Exception):
 class InvalidSchedule(SchedulerError, ValueError):
     """A schedule field has a value that is not allowed; nothing was written.
 
-    Fix the field named in ``field`` to one of the values described in ``allowed``.
+    Fix the field named in ``field`` to one of the values described in ``allowed``. The message
+    shows the value shortened (a huge value is never printed whole); ``value`` holds it as given.
     """
 
     def __init__(self, field: str, value: Any, allowed: str) -> None:
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"invalid {field}={value!r}: {allowed}")
+        super().__init__(f"invalid {field}={short(value)}: {allowed}")
+
+
+class TooLong(InvalidSchedule):
+    """A text, a list or the params are longer than the field allows; shorten the field named in ``field``."""
 
 
 class DuplicateSchedule(InvalidSchedule):
@@ -35,7 +61,7 @@ class ScheduleNotFound(SchedulerError, LookupError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"no schedule named {name!r}; list the schedules to see the names")
+        super().__init__(f"no schedule named {short(name)}; list the schedules to see the names")
 
 
 class RunNotFound(SchedulerError, LookupError):
@@ -43,7 +69,7 @@ class RunNotFound(SchedulerError, LookupError):
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        super().__init__(f"no run with id {run_id!r}")
+        super().__init__(f"no run with id {short(run_id)}")
 
 
 class InvalidTransition(SchedulerError):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import TaskNotConfigured
+from .limits import NAME_CHARS, storable_text
 
 T = TypeVar("T")
 #: A run trigger and the row fields it sets, e.g. ``("succeed", {"outcome": "3 synced"})``.
@@ -22,17 +23,23 @@ Outcome = tuple[str, dict[str, Any]]
 
 
 def ended(value: Any = None, error: BaseException | None = None) -> Outcome:
-    """What a task that returned ``value`` or raised ``error`` becomes: succeed, skip or fail."""
+    """What a task that returned ``value`` or raised ``error`` becomes: succeed, skip or fail.
+
+    Its text is kept as the task wrote it, except NUL and lone surrogates, which no store holds:
+    they are written as escapes.
+    """
+    text = storable_text
     if error is None:
-        return ("succeed", {"outcome": None if value is None else str(value)[:4000]})
+        return ("succeed", {"outcome": None if value is None else text(str(value)[:4000])})
     if isinstance(error, TaskNotConfigured):
-        return ("skip", {"reason": str(error)})
+        return ("skip", {"reason": text(str(error))})
+    kind = text(type(error).__name__)[:NAME_CHARS]
     return (
         "fail",
         {
-            "error_type": type(error).__name__,
-            "error": f"{type(error).__name__}: {error}"[:4000],
-            "error_traceback": "".join(traceback.format_exception(error))[-16000:],
+            "error_type": kind,
+            "error": text(f"{kind}: {error}"[:4000]),
+            "error_traceback": text("".join(traceback.format_exception(error))[-16000:]),
             "reason": "task raised",
         },
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-import reprlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -23,7 +22,7 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import Any, Protocol, TypeVar
 
-from . import triggers
+from . import limits, triggers
 from .clock import Clock
 from .definition import (
     DEFAULT_BREAKER_THRESHOLD,
@@ -40,7 +39,7 @@ from .enums import (
     ShutdownPolicy,
     TriggerType,
 )
-from .errors import DuplicateSchedule, InvalidSchedule, SchedulerError, StaleState
+from .errors import DuplicateSchedule, InvalidSchedule, SchedulerError, StaleState, TooLong, short
 from .identity import (
     IDENTITY_HELP,
     POLICY,
@@ -79,15 +78,15 @@ GAP_SAMPLE = 2000
 #: The simulation's windows.
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
-#: Longest text fields, in characters (the store's columns are no wider).
-NAME_CHARS = 128
-EXPRESSION_CHARS = 256
-TIMEZONE_CHARS = 64
+#: Longest text fields, in characters (the store's columns are no wider; see limits.py).
+NAME_CHARS = limits.NAME_CHARS
+EXPRESSION_CHARS = limits.EXPRESSION_CHARS
+TIMEZONE_CHARS = limits.TIMEZONE_CHARS
 OBJECTIVE_CHARS = 2000
 #: The most capability scopes a proposal may ask for.
 MAX_CAPABILITIES = 32
 #: Counts (retries, breaker threshold) above this are refused by the schema, before any policy.
-MAX_COUNT = 1000
+MAX_COUNT = min(limits.MAX_RETRIES, limits.MAX_BREAKER_THRESHOLD)
 #: The most of a raw proposal kept in its record, as JSON; a bigger one is kept as an excerpt.
 MAX_STORED_PAYLOAD_BYTES = 256 * 1024
 STORED_EXCERPT_CHARS = 4096
@@ -108,26 +107,6 @@ _SEMANTIC_RULES = frozenset(
         Rule.BUNDLE_KNOWN,
     }
 )
-
-#: The longest a value is shown in a finding, in characters.
-SHORT_CHARS = 160
-
-_short_repr = reprlib.Repr()
-_short_repr.maxstring = 60
-_short_repr.maxother = 60
-_short_repr.maxlevel = 3
-_short_repr.maxdict = _short_repr.maxlist = _short_repr.maxtuple = _short_repr.maxset = 6
-
-
-def short(value: Any) -> str:
-    """A bounded repr, safe on huge, deeply nested and unprintable values."""
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"<an integer of {value.bit_length()} bits>"
-    try:
-        text = _short_repr.repr(value)
-    except Exception:  # a repr may raise anything; the report only needs to say what it was
-        return f"<a {type(value).__name__}>"
-    return text if len(text) <= SHORT_CHARS else text[: SHORT_CHARS - 3] + "..."
 
 
 class InvalidProposal(SchedulerError, ValueError):
@@ -167,13 +146,25 @@ class _Bad(Exception):
         self.allowed = allowed
 
 
-def _text(limit: int, *, blank_ok: bool = True) -> Callable[[Any], str]:
+T = TypeVar("T")
+
+
+def _checked(check: Callable[[], T]) -> T:
+    """The value a ``limits`` check returns; its refusal as a schema finding (too long, or wrong)."""
+    try:
+        return check()
+    except TooLong as exc:
+        raise _Bad(Rule.TOO_LONG, exc.allowed) from None
+    except InvalidSchedule as exc:
+        raise _Bad(Rule.WRONG_TYPE, exc.allowed) from None
+
+
+def _text(limit: int, *, single_line: bool = True, blank_ok: bool = True) -> Callable[[Any], str]:
     def coerce(value: Any) -> str:
-        if not isinstance(value, str) or (not blank_ok and not value.strip()):
-            raise _Bad(Rule.WRONG_TYPE, "a string" if blank_ok else "a string that says something")
-        if len(value) > limit:
-            raise _Bad(Rule.TOO_LONG, f"at most {limit} characters, got {len(value)}")
-        return value
+        text: str = _checked(lambda: limits.check_text("", value, limit, single_line=single_line))
+        if not blank_ok and not text.strip():
+            raise _Bad(Rule.WRONG_TYPE, "a string that says something")
+        return text
 
     return coerce
 
@@ -214,36 +205,42 @@ def _object(value: Any) -> dict[str, Any]:
     return value
 
 
-def _duration(value: Any) -> timedelta:
-    allowed = 'a duration above 0: seconds as a number, or "90s", "15m", "2h", "1d"'
-    if isinstance(value, str) and len(value) > 32:
-        raise _Bad(Rule.TOO_LONG, f"at most 32 characters: {allowed}")
-    if not isinstance(value, str | int | float | timedelta) or isinstance(value, bool):
-        raise _Bad(Rule.WRONG_TYPE, allowed)
-    try:
-        return triggers.parse_duration(value)
-    except (ValueError, OverflowError):  # InvalidSchedule is a ValueError
-        raise _Bad(Rule.WRONG_TYPE, allowed) from None
+def _duration(high: timedelta) -> Callable[[Any], timedelta]:
+    allowed = (
+        f'a duration above 0 and at most {limits.describe(high)}: seconds as a number, or "90s", "15m", "2h", "1d"'
+    )
+
+    def coerce(value: Any) -> timedelta:
+        if isinstance(value, str) and len(value) > 32:
+            raise _Bad(Rule.TOO_LONG, f"at most 32 characters: {allowed}")
+        if not isinstance(value, str | int | float | timedelta) or isinstance(value, bool):
+            raise _Bad(Rule.WRONG_TYPE, allowed)
+        try:
+            span = triggers.parse_duration(value)
+        except InvalidSchedule:
+            raise _Bad(Rule.WRONG_TYPE, allowed) from None
+        if span > high:
+            raise _Bad(Rule.WRONG_TYPE, allowed)
+        return span
+
+    return coerce
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise _Bad(Rule.WRONG_TYPE, f"a whole number from 0 to {MAX_COUNT}")
-    return value
+def _count(low: int) -> Callable[[Any], int]:
+    def coerce(value: Any) -> int:
+        return _checked(lambda: limits.check_count("", value, low, MAX_COUNT))
 
-
-def _positive_count(value: Any) -> int:
-    if _count(value) < 1:
-        raise _Bad(Rule.WRONG_TYPE, f"a whole number from 1 to {MAX_COUNT}")
-    return int(value)
+    return coerce
 
 
 def _capabilities(value: Any) -> tuple[str, ...]:
-    allowed = f"a list of at most {MAX_CAPABILITIES} strings of at most {NAME_CHARS} characters"
+    allowed = f"a list of at most {MAX_CAPABILITIES} scopes, each {limits.text_help(NAME_CHARS, single_line=True)}"
     if not isinstance(value, list | tuple) or len(value) > MAX_CAPABILITIES:
         raise _Bad(Rule.WRONG_TYPE, allowed)
-    if not all(isinstance(c, str) and 0 < len(c) <= NAME_CHARS for c in value):
-        raise _Bad(Rule.WRONG_TYPE, allowed)
+    for scope in value:
+        if not isinstance(scope, str) or not scope:
+            raise _Bad(Rule.WRONG_TYPE, allowed)
+        _text(NAME_CHARS)(scope)
     return tuple(dict.fromkeys(value))
 
 
@@ -263,21 +260,21 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("trigger_type", "trigger_type", _enum(TriggerType), required=True),
     _Field("expression", "expression", _expression, required=True),
     _Field("target", "target", _text(NAME_CHARS), required=True),
-    _Field("objective", "objective", _text(OBJECTIVE_CHARS, blank_ok=False), required=True),
+    _Field("objective", "objective", _text(OBJECTIVE_CHARS, single_line=False, blank_ok=False), required=True),
     _Field("proposed_by", "proposed_by", _proposer, required=True),
     _Field("timezone", "timezone", _text(TIMEZONE_CHARS)),
     _Field("params", "params", _object),
     _Field("missed_run_policy", "missed_run_policy", _enum(MissedRunPolicy)),
     _Field("concurrency_policy", "concurrency_policy", _enum(ConcurrencyPolicy)),
     _Field("shutdown_policy", "shutdown_policy", _enum(ShutdownPolicy)),
-    _Field("timeout_s", "timeout", _duration),
-    _Field("max_retries", "max_retries", _count),
-    _Field("retry_backoff_s", "retry_backoff", _duration),
-    _Field("breaker_threshold", "breaker_threshold", _positive_count),
+    _Field("timeout_s", "timeout", _duration(limits.MAX_TIMEOUT)),
+    _Field("max_retries", "max_retries", _count(0)),
+    _Field("retry_backoff_s", "retry_backoff", _duration(limits.MAX_RETRY_BACKOFF)),
+    _Field("breaker_threshold", "breaker_threshold", _count(1)),
     _Field("risk_estimate", "risk_estimate", _enum(RiskTier)),
     _Field("capabilities", "capabilities", _capabilities),
     _Field("bundle", "bundle", _text(NAME_CHARS)),
-    _Field("typical_duration_s", "typical_duration", _duration),
+    _Field("typical_duration_s", "typical_duration", _duration(limits.MAX_TIMEOUT)),
 )
 _BY_KEY = {f.key: f for f in _FIELDS}
 
@@ -396,7 +393,7 @@ def parse_proposal(data: Any) -> tuple[ScheduleProposal | None, list[Finding], d
             problems.append(
                 Finding(
                     rule=Rule.UNKNOWN_FIELD,
-                    field=key[:NAME_CHARS] if isinstance(key, str) else short(key),
+                    field=limits.escaped(key, NAME_CHARS) if isinstance(key, str) else short(key),
                     message=f"not a proposal field; known: {known}",
                 )
             )
@@ -648,17 +645,6 @@ def _first(*values: int | None) -> int:
     return next(v for v in values if v is not None)
 
 
-def _params_size(params: dict[str, Any]) -> int | Finding:
-    """The params' JSON size in bytes, or the finding that they are not JSON."""
-    allowed = "a JSON object: string keys; strings, finite numbers, booleans, null, lists and objects"
-    if not all(isinstance(k, str) for k in params):
-        return Finding(rule=Rule.PARAMS_JSON, field="params", message=f"{short(params)}: {allowed}")
-    try:
-        return len(json.dumps(params, allow_nan=False).encode())
-    except (TypeError, ValueError, RecursionError):
-        return Finding(rule=Rule.PARAMS_JSON, field="params", message=f"{short(params)}: {allowed}")
-
-
 def _pending(reads: ProposalReads, *, exclude: str | None) -> builtins.list[ProposalRecord]:
     return [r for status in PENDING_STATUSES for r in reads.proposals(status.value) if r.id != exclude]
 
@@ -831,13 +817,14 @@ def _check_task(proposal: ScheduleProposal, spec: TaskSpec | None, tasks: TaskRe
 
 
 def _check_params(proposal: ScheduleProposal, rules: ProposalRules) -> list[Finding]:
-    """The params must be a JSON object within the size limit."""
-    size = _params_size(proposal.params)
-    if isinstance(size, Finding):
-        return [size]
-    if size > rules.max_params_bytes:
-        message = f"{size} bytes as JSON; at most {rules.max_params_bytes}"
-        return [Finding(rule=Rule.PARAMS_SIZE, field="params", message=message)]
+    """The params must be a JSON object both stores hold, within the size limit."""
+    limit = min(rules.max_params_bytes, limits.MAX_PARAMS_BYTES)
+    try:
+        limits.params_bytes("params", proposal.params, limit=limit)
+    except TooLong as exc:
+        return [Finding(rule=Rule.PARAMS_SIZE, field="params", message=exc.allowed)]
+    except InvalidSchedule as exc:
+        return [Finding(rule=Rule.PARAMS_JSON, field="params", message=f"{short(proposal.params)}: {exc.allowed}")]
     return []
 
 
@@ -977,16 +964,21 @@ def new_proposal_id() -> str:
 
 
 def storable_payload(data: Any) -> dict[str, Any]:
-    """The raw proposal as kept in its record: itself when it is a small JSON object, else a bounded stand-in."""
+    """The raw proposal as kept in its record: itself when it is a small JSON object both stores hold,
+    else a bounded stand-in whose excerpt is escaped text (no NUL, no lone surrogate reaches the store)."""
     try:
         text = json.dumps(data, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return {"unstorable": True, "excerpt": short(data)}
     if len(text.encode()) > MAX_STORED_PAYLOAD_BYTES:
+        # ASCII JSON: NUL and surrogates are escapes in it, plain text to the store.
         return {"truncated": True, "bytes": len(text.encode()), "excerpt": text[:STORED_EXCERPT_CHARS]}
+    loaded = json.loads(text)
+    if not limits.json_storable(loaded):
+        return {"unstorable": True, "excerpt": short(data)}
     if not isinstance(data, dict):
-        return {"not_an_object": json.loads(text)}
-    stored: dict[str, Any] = json.loads(text)
+        return {"not_an_object": loaded}
+    stored: dict[str, Any] = loaded
     return stored
 
 
@@ -1000,7 +992,7 @@ def _payload(data: Any, report: ValidationReport) -> dict[str, Any]:
 
 
 def _label(value: Any, fallback: str) -> str:
-    return value[:NAME_CHARS] if isinstance(value, str) and value else fallback
+    return limits.escaped(value, NAME_CHARS) if isinstance(value, str) and value else fallback
 
 
 def is_overdue(record: ProposalRecord, now: datetime) -> bool:
@@ -1151,6 +1143,7 @@ class ProposalService:
         when it is not awaiting approval. An overdue one is expired and refused. The record names
         the approver, the door and the time.
         """
+        _check_reason(reason)
         self._entitled(proposal_id, by, "approve")
         record = self.get(proposal_id)
         now = self.clock.now()
@@ -1204,6 +1197,7 @@ class ProposalService:
         Refused like :meth:`approve` when ``by`` is not one of the approvers. The record names
         who rejected it, the door and the time.
         """
+        _check_reason(reason)
         if not isinstance(reason, str) or not reason.strip():
             raise DecisionRefused(proposal_id, "say why it is rejected (reason)")
         self._entitled(proposal_id, by, "reject")
@@ -1255,6 +1249,13 @@ class ProposalService:
 def _decided(by: Caller, now: datetime) -> dict[str, Any]:
     """The fields a decision records: who, through which door, when."""
     return {"decided_by": by.id, "decided_via": by.door.value, "decided_at": now}
+
+
+def _check_reason(reason: Any) -> None:
+    """InvalidSchedule naming ``reason`` when a given string cannot be stored (too long, control
+    characters, NUL, lone surrogates); a missing or blank one is DecisionRefused's to say."""
+    if isinstance(reason, str):
+        limits.check_text("reason", reason, limits.REASON_CHARS)
 
 
 def _iso(instant: datetime | None) -> str:

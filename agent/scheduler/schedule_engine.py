@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from . import limits
 from .alerts import AlertDispatcher, Notifier, dead_letter_text
 from .clock import Clock
 from .db_health import DatabaseHealth, Outage, outage_wait, report_replaced_database
@@ -537,10 +538,13 @@ class ScheduleEngine:
     def emit(self, name: str, payload: dict[str, Any] | None = None) -> str:
         """Fire event ``name``: every enabled event schedule on it gets one run with ``payload`` in its params.
 
-        Returns the event id. Runs are created on the next tick, which this wakes at once.
+        Returns the event id. Runs are created on the next tick, which this wakes at once. A name or
+        payload no store could hold raises InvalidSchedule here, before anything is queued.
         """
+        limits.check_text("name", name, limits.NAME_CHARS, single_line=True)
+        payload = limits.check_params("payload", dict(payload or {}))
         event_id = uuid.uuid4().hex
-        self._events.append((name, dict(payload or {}), event_id))
+        self._events.append((name, payload, event_id))
         self.wake()
         return event_id
 

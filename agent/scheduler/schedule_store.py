@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +31,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from . import schema
+from . import limits, schema
 from .clock import Clock, SystemClock
 from .db_faults import Fault, classify, is_transient
 from .definition import TIME_BASED, ScheduleDefinition
@@ -190,6 +191,17 @@ def _listen(listeners: list[Callable[[], None]], listener: Callable[[], None]) -
     return lambda: listeners.remove(listener) if listener in listeners else None
 
 
+def _execute(statement: Any, conn: Connection) -> None:
+    conn.execute(statement)
+
+
+def _key(argument: str, value: Any) -> str:
+    """A name or id to look up, refused (InvalidSchedule naming ``argument``) before the database when
+    no row can hold it: not a string, longer than a name, or with control characters or lone surrogates."""
+    text: str = limits.check_text(argument, value, limits.NAME_CHARS, single_line=True)
+    return text
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
@@ -253,6 +265,7 @@ class ScheduleStore:
         self._statements: dict[Any, Any] = {}
         try:
             self._migrate()
+            self._disable_out_of_bounds()
         except BaseException:
             self.db.close()
             raise
@@ -464,6 +477,23 @@ class ScheduleStore:
                 f"{schema.SCHEMA_VERSION}: upgrade the scheduler before opening it"
             )
 
+    def _disable_out_of_bounds(self) -> None:
+        """Disable the enabled schedules an earlier version stored with a value the limits now refuse
+        (a sub-second interval, a name ending in a newline...), each with the reason, so that none of
+        them stops the engine; fixing the field (``update``) and ``enable`` bring it back."""
+        s = schema.schedules
+        rows = self._tx(lambda c: c.execute(select(s).where(s.c.enabled.is_(True))).mappings().all())
+        for row in rows:
+            stored = _schedule_from(row)
+            try:
+                stored.with_changes()
+            except InvalidSchedule as exc:
+                reason = limits.storable_text(f"disabled when opened: {exc}")[: limits.REASON_CHARS]
+                values = {"enabled": False, "disabled_reason": reason, "updated_at": _to_db(self.clock.now())}
+                still_enabled = and_(s.c.id == stored.id, s.c.enabled.is_(True))  # another process may be first
+                self._tx(partial(_execute, update(s).where(still_enabled).values(**values)))
+                log.warning("schedule %s disabled: it holds a value no longer allowed: %s", stored.name, exc)
+
     def schema_version(self) -> int:
         """The schema version recorded in ``meta``."""
         value = self._tx(
@@ -569,6 +599,7 @@ class ScheduleStore:
             raise InvalidSchedule("name", "<batch>", "names and ids not already used") from exc
 
     def _find_schedule(self, name_or_id: str) -> ScheduleDefinition | None:
+        _key("name_or_id", name_or_id)
         s = schema.schedules
         row = self._tx(
             lambda c: c.execute(select(s).where(or_(s.c.name == name_or_id, s.c.id == name_or_id))).mappings().first()
@@ -624,6 +655,7 @@ class ScheduleStore:
 
     def disable(self, name_or_id: str, reason: str = "") -> ScheduleDefinition:
         """Stop a schedule from producing runs, recording why."""
+        limits.check_text("reason", reason, limits.REASON_CHARS)
         return self.update(name_or_id, enabled=False, disabled_reason=reason or "disabled")
 
     def enable(self, name_or_id: str) -> ScheduleDefinition:
@@ -738,6 +770,7 @@ class ScheduleStore:
 
     def get_run(self, run_id: str) -> ScheduledRun:
         """The run with this id; RunNotFound when there is none."""
+        _key("run_id", run_id)
         r = schema.scheduled_runs
         row = self._tx(lambda c: c.execute(select(r).where(r.c.run_id == run_id)).mappings().first())
         if row is None:
@@ -753,6 +786,8 @@ class ScheduleStore:
         newest_first: bool = False,
     ) -> builtins.list[ScheduledRun]:
         """Runs, oldest intended time first (or newest); ``schedule`` is a name or id, ``status`` one or several."""
+        if schedule is not None:
+            _key("schedule", schedule)
         r = schema.scheduled_runs
         order = (r.c.intended_run_at, r.c.created_at, r.c.run_id)
         stmt = select(r).order_by(*(c.desc() for c in order) if newest_first else order)
@@ -787,6 +822,8 @@ class ScheduleStore:
 
     def count_runs(self, schedule: str | None = None, status: RunStatus | str | None = None) -> int:
         """How many runs match."""
+        if schedule is not None:
+            _key("schedule", schedule)
         r = schema.scheduled_runs
         stmt = select(func.count()).select_from(r)
         if schedule is not None:
@@ -817,6 +854,8 @@ class ScheduleStore:
         unknown = set(changes) - _RUN_CHANGE_FIELDS
         if unknown:
             raise ValueError(f"not run fields a transition can set: {', '.join(sorted(unknown))}")
+        if actor is not None:
+            limits.check_text("actor", actor, limits.NAME_CHARS, single_line=True)
         at = now or self.clock.now()
         if schedule is None and trigger in _GUARDED_TRIGGERS:
             schedule = self.get(run.schedule_id)
@@ -1139,7 +1178,11 @@ class ScheduleStore:
         return fire_run(run, trigger, now=now, persist=persist, schedule=schedule, changes=changes)
 
     def save_checkpoint(self, run_id: str, data: Any, *, owner: str | None = None) -> None:
-        """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner)."""
+        """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner).
+
+        Data no store holds (not JSON, NaN, NUL or lone surrogates in a string) raises InvalidSchedule.
+        """
+        limits.check_json("checkpoint", data)
         r = schema.scheduled_runs
         cond = and_(r.c.run_id == run_id, r.c.status == RunStatus.RUNNING.value)
         if owner is not None:
@@ -1536,6 +1579,8 @@ class ScheduleStore:
 
     def dead_letters(self, schedule: str | None = None, *, include_replayed: bool = True) -> builtins.list[DeadLetter]:
         """Dead-lettered runs, oldest first."""
+        if schedule is not None:
+            _key("schedule", schedule)
         d = schema.dead_letters
         stmt = select(d).order_by(d.c.created_at, d.c.id)
         if schedule is not None:
@@ -1547,6 +1592,7 @@ class ScheduleStore:
 
     def dead_letter(self, letter_or_run_id: str) -> DeadLetter:
         """One dead letter, by its id or its run's id (the newest for that run)."""
+        _key("letter_or_run_id", letter_or_run_id)
         d = schema.dead_letters
         stmt = (
             select(d)
@@ -1565,6 +1611,7 @@ class ScheduleStore:
 
         Refused (GuardRejected) while the schedule's breaker is open, unless ``force``.
         """
+        limits.check_text("actor", actor, limits.NAME_CHARS, single_line=True)
         letter = self.dead_letter(letter_or_run_id)
         run = self.get_run(letter.run_id)
         return self.transition(run, "replay", now=now, actor=actor, force=force, reason=f"replayed by {actor}")
@@ -1781,6 +1828,8 @@ class ScheduleStore:
 
     def proposals(self, status: str | None = None, *, proposed_by: str | None = None) -> builtins.list[ProposalRecord]:
         """Stored proposals, oldest first, optionally by status and proposer."""
+        if proposed_by is not None:
+            _key("proposed_by", proposed_by)
         p = schema.proposals
         stmt = select(p).order_by(p.c.created_at, p.c.id)
         if status is not None:
@@ -1833,6 +1882,7 @@ class ScheduleStore:
 
     def get_proposal(self, proposal_id: str) -> ProposalRecord:
         """A stored proposal; LookupError when there is none."""
+        _key("proposal_id", proposal_id)
         p = schema.proposals
         r = self._tx(lambda c: c.execute(select(p).where(p.c.id == proposal_id)).mappings().first())
         if r is None:

@@ -15,39 +15,59 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterError, croniter
 
+from . import limits
 from .enums import TriggerType
 from .errors import InvalidSchedule
 
-#: Accepted interval spellings: a number of seconds, or a number followed by s, m, h or d.
+#: Accepted duration spellings: a number of seconds, or a number followed by s, m, h or d.
 DURATION_HELP = 'a positive duration: seconds as a number, or "90s", "15m", "2h", "1d"'
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+#: What an interval (or reconciliation) expression allows.
+INTERVAL_HELP = (
+    f"an interval from {limits.describe(limits.MIN_INTERVAL)} to {limits.describe(limits.MAX_INTERVAL)}: "
+    'seconds as a number, or "90s", "15m", "2h", "1d"'
+)
+_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(value: str | float | timedelta, *, field: str = "expression") -> timedelta:
     """Parse ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``, a number of seconds or a timedelta; must be > 0."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise InvalidSchedule(field, value, DURATION_HELP)
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
-        raise InvalidSchedule(field, value, DURATION_HELP)
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise InvalidSchedule(field, value, DURATION_HELP)
+    seconds: float
     try:
+        if isinstance(value, timedelta):
+            seconds = value.total_seconds()
+        elif isinstance(value, bool):
+            raise InvalidSchedule(field, value, DURATION_HELP)
+        elif isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and len(value) <= limits.EXPRESSION_CHARS and (m := _DURATION_RE.fullmatch(value)):
+            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        else:
+            raise InvalidSchedule(field, value, DURATION_HELP)
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise InvalidSchedule(field, value, DURATION_HELP)
         return timedelta(seconds=seconds)
-    except OverflowError as exc:
+    except OverflowError as exc:  # an int too big for a float, or seconds beyond timedelta's range
         raise InvalidSchedule(field, value, DURATION_HELP) from exc
+
+
+def parse_interval(value: object, *, field: str = "expression") -> timedelta:
+    """An interval: a duration (as :func:`parse_duration` reads it) from MIN_INTERVAL to MAX_INTERVAL."""
+    if not isinstance(value, str | int | float | timedelta):
+        raise InvalidSchedule(field, value, INTERVAL_HELP)
+    try:
+        period = parse_duration(value, field=field)
+    except InvalidSchedule:
+        raise InvalidSchedule(field, value, INTERVAL_HELP) from None
+    if not limits.MIN_INTERVAL <= period <= limits.MAX_INTERVAL:
+        raise InvalidSchedule(field, value, INTERVAL_HELP)
+    return period
 
 
 def parse_timezone(name: str) -> ZoneInfo:
     """The ``ZoneInfo`` for an IANA name such as ``"Europe/Berlin"``."""
     allowed = 'an IANA timezone name such as "UTC" or "Europe/Berlin"'
-    if not isinstance(name, str) or not name or name not in _timezones():
+    if not isinstance(name, str) or not 0 < len(name) <= limits.TIMEZONE_CHARS or name not in _timezones():
         raise InvalidSchedule("timezone", name, allowed)
     try:
         return ZoneInfo(name)
@@ -703,8 +723,8 @@ class IntervalTrigger:
     anchor: datetime
 
     def __post_init__(self) -> None:
-        if not isinstance(self.period, timedelta) or self.period <= timedelta(0):
-            raise InvalidSchedule("expression", self.period, DURATION_HELP)
+        if not isinstance(self.period, timedelta) or not limits.MIN_INTERVAL <= self.period <= limits.MAX_INTERVAL:
+            raise InvalidSchedule("expression", self.period, INTERVAL_HELP)
         object.__setattr__(self, "anchor", utc(self.anchor))
 
     def next_after(self, instant: datetime) -> datetime | None:
@@ -834,7 +854,8 @@ class LifecycleTrigger(_OffTheClock):
 TRIGGER_TYPE_HELP = "one of: " + ", ".join(t.value for t in TriggerType)
 DELAY_HELP = (
     'an ISO-8601 instant that includes a UTC offset, such as "2027-03-13T09:00:00Z" or '
-    '"2027-03-13T09:00:00+01:00", or "+<duration>" after creation such as "+90s", "+15m", "+2h", "+1d"'
+    '"2027-03-13T09:00:00+01:00", or "+<duration>" after creation such as "+90s", "+15m", "+2h", "+1d" '
+    f"(at most {limits.describe(limits.MAX_INTERVAL)})"
 )
 
 
@@ -846,12 +867,6 @@ def _trigger_type(value: object) -> TriggerType:
     raise InvalidSchedule("trigger_type", value, TRIGGER_TYPE_HELP)
 
 
-def _duration(expression: object) -> timedelta:
-    if isinstance(expression, str | int | float | timedelta):
-        return parse_duration(expression)
-    raise InvalidSchedule("expression", expression, DURATION_HELP)
-
-
 def _delay(expression: object) -> datetime | timedelta:
     """An aware UTC instant, or the delay after the schedule's anchor for ``"+15m"``."""
     if not isinstance(expression, str):
@@ -859,13 +874,19 @@ def _delay(expression: object) -> datetime | timedelta:
     text = expression.strip()
     try:
         if text.startswith("+"):
-            return parse_duration(text[1:])
+            delay = parse_duration(text[1:])
+            if delay > limits.MAX_INTERVAL:
+                raise ValueError(text)
+            return delay
         at = datetime.fromisoformat(text)
     except ValueError as exc:  # InvalidSchedule is a ValueError too
         raise InvalidSchedule("expression", expression, DELAY_HELP) from exc
     if at.tzinfo is None:
         raise InvalidSchedule("expression", expression, f"include a UTC offset (Z or +01:00): {DELAY_HELP}")
-    return at.astimezone(UTC)
+    moved = limits.in_range(at)
+    if moved is None:
+        raise InvalidSchedule("expression", expression, f"an instant from 1970-01-01 to 8999-12-31 (UTC): {DELAY_HELP}")
+    return moved
 
 
 def validate_expression(trigger_type: TriggerType | str, expression: object, timezone: str = "UTC") -> None:
@@ -875,11 +896,13 @@ def validate_expression(trigger_type: TriggerType | str, expression: object, tim
     schedules, the only type that uses it, ``"timezone"``) and ``.allowed`` lists the accepted forms.
     """
     kind = _trigger_type(trigger_type)
+    if isinstance(expression, str):
+        limits.check_text("expression", expression, limits.EXPRESSION_CHARS, single_line=True)
     if kind is TriggerType.CALENDAR:
         _parse_cron(expression)
         parse_timezone(timezone)
     elif kind in (TriggerType.INTERVAL, TriggerType.RECONCILIATION):
-        _duration(expression)
+        parse_interval(expression)
     elif kind is TriggerType.DELAY:
         _delay(expression)
     elif kind is TriggerType.EVENT:
@@ -914,7 +937,7 @@ def build_trigger(
         if isinstance(at, datetime):
             return DelayTrigger(at)
         return DelayTrigger(_require_anchor(anchor, kind) + at)
-    return IntervalTrigger(_duration(expression), _require_anchor(anchor, kind))
+    return IntervalTrigger(parse_interval(expression), _require_anchor(anchor, kind))
 
 
 def _require_anchor(anchor: datetime | None, kind: TriggerType) -> datetime:

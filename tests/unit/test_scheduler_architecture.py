@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "agent" / "scheduler"
 
 #: Modules that must stay free of I/O, and the pure modules they may lean on.
-CORE = ["triggers.py", "clock.py", "errors.py", "identity.py", "policies", "machines"]
+CORE = ["triggers.py", "clock.py", "errors.py", "identity.py", "limits.py", "policies", "machines"]
 PURE_SUPPORT = {
     "enums",
     "errors",
+    "limits",
     "definition",
     "scheduled_run",
     "records",
@@ -41,6 +42,7 @@ ALLOWED = {
     "json",
     "math",
     "re",
+    "reprlib",
     "typing",
     "unicodedata",
     "uuid",

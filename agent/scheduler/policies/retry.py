@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 MAX_BACKOFF = timedelta(hours=1)
 #: Up to this fraction of the delay is added as jitter, so retries of many runs spread out.
 JITTER_FRACTION = 0.1
+_MICROSECOND = timedelta(microseconds=1)
 #: ``error_type`` of a run whose worker died under it: it was interrupted, not failed by its task.
 ORPHANED = "Orphaned"
 
@@ -28,7 +29,9 @@ def backoff_delay(attempt: int, base: timedelta, *, key: str) -> timedelta:
     """
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, got {attempt}")
-    raw: timedelta = min(base * (1 << min(attempt - 1, 30)), MAX_BACKOFF)
+    # In whole microseconds, as integers: no base and no attempt can overflow timedelta here.
+    micro = min((base // _MICROSECOND) << min(attempt - 1, 30), MAX_BACKOFF // _MICROSECOND)
+    raw = timedelta(microseconds=micro)
     digest = hashlib.blake2b(f"{key}:{attempt}".encode(), digest_size=4).digest()
     fraction = int.from_bytes(digest, "big") / 2**32
     return raw + raw * (JITTER_FRACTION * fraction)

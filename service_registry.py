@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from agent.scheduler.errors import InvalidSchedule, SchedulerError, StoreError
 from agent.scheduler.identity import Caller, InvalidIdentity
+from agent.scheduler.limits import text_problem
 from agent.scheduler.proposals import InvalidProposal
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ class Field:
     allowed: tuple[Any, ...] = ()
     """The only values accepted; empty: any value of the type."""
     max_length: int | None = None
+    single_line: bool = False
+    """A string field refuses every control character and line separator (names, ids); otherwise tab,
+    newline and carriage return are allowed. NUL and lone surrogates are refused either way."""
     minimum: float | None = None
     """Smallest accepted number (integer and number fields)."""
     maximum: float | None = None
@@ -149,6 +153,14 @@ class Field:
             raise self._bad(f"must be {article} {self.type.value}, got {_json_type(value)}")
         if self.type is FieldType.NUMBER and not math.isfinite(value):
             raise self._bad("must be a finite number")
+        problem = text_problem(value, single_line=self.single_line) if self.type is FieldType.STRING else None
+        if problem is not None:
+            allowed = (
+                "one line, without control characters or lone surrogates"
+                if self.single_line
+                else "text without NUL, lone surrogates or control characters other than tab, newline and return"
+            )
+            raise self._bad(f"{allowed}; found {problem}")
         if self.allowed and value not in self.allowed:
             raise self._bad(f"{_short(value)} is not allowed; one of: " + ", ".join(str(a) for a in self.allowed))
         if self.max_length is not None:
@@ -169,6 +181,8 @@ class Field:
             value = getattr(self, key)
             if value not in (None, (), ""):
                 out[key] = list(value) if isinstance(value, tuple) else value
+        if self.single_line:
+            out["single_line"] = True
         return out
 
     def _bad(self, message: str) -> ServiceError:
@@ -398,14 +412,29 @@ def _json_object(payload: Any) -> dict[str, Any]:
         raise ServiceError(ErrorCode.INVALID, f"the payload must be a JSON object, got {_json_type(payload)}")
     try:
         text = json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ServiceError(ErrorCode.INVALID, f"the payload is not JSON: {exc}") from None
+    except (TypeError, ValueError, RecursionError):
+        raise _not_json(payload) from None
     if len(text) > MAX_PAYLOAD_CHARS:
         raise ServiceError(
             ErrorCode.INVALID, f"the payload is {len(text)} characters of JSON; at most {MAX_PAYLOAD_CHARS}"
         )
     loaded: dict[str, Any] = json.loads(text)  # a copy: handlers never share the caller's objects
     return loaded
+
+
+def _not_json(payload: dict[Any, Any]) -> ServiceError:
+    """The error naming the first field whose value (or name) is not JSON."""
+    allowed = "JSON: strings, finite numbers, true/false, null, arrays and objects with string keys, nested at most"
+    for key, value in payload.items():
+        try:
+            if not isinstance(key, str):
+                raise TypeError(key)
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            field = str(key)[:64]
+            why = "it is too deeply nested" if isinstance(exc, RecursionError) else _short(str(exc))
+            return ServiceError(ErrorCode.INVALID, f"{field}: not JSON ({why}); {allowed} a few hundred levels", field)
+    return ServiceError(ErrorCode.INVALID, "the payload is not JSON")
 
 
 def _json_result(topic: str, outcome: Any) -> dict[str, Any]:

@@ -152,10 +152,16 @@ def check_text(field: str, value: Any, chars: int, *, single_line: bool = False,
         raise InvalidSchedule(field, value, allowed)
     if len(value) > chars:
         raise TooLong(field, value, f"{allowed}; got {len(value)} characters")
-    bad = (_BAD_IN_LINE if single_line else _BAD_IN_TEXT).search(value)
-    if bad is not None:
-        raise InvalidSchedule(field, value, f"{allowed}; found {bad.group()!a} at position {bad.start()}")
+    problem = text_problem(value, single_line=single_line)
+    if problem is not None:
+        raise InvalidSchedule(field, value, f"{allowed}; found {problem}")
     return value
+
+
+def text_problem(value: str, *, single_line: bool = False) -> str | None:
+    """The first character of ``value`` that check_text refuses, and where (``'\\x00' at position 2``), or None."""
+    bad = (_BAD_IN_LINE if single_line else _BAD_IN_TEXT).search(value)
+    return None if bad is None else f"{bad.group()!a} at position {bad.start()}"
 
 
 def storable(text: str) -> bool:

@@ -311,3 +311,28 @@ def test_the_schema_describes_itself_for_callers_that_discover_topics() -> None:
         "maximum": 10,
         "default": 3,
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "single_line", "found"),
+    [
+        ("sw\x00eep", False, "'\\x00' at position 2"),
+        ("sweep\udc80", False, "'\\udc80' at position 5"),
+        ("\x1b[31m", False, "'\\x1b' at position 0"),
+        ("sweep\n", True, "'\\n' at position 5"),
+        ("a\u2028b", True, "'\\u2028' at position 1"),
+    ],
+)
+def test_a_string_no_store_holds_is_refused_naming_the_field(value: str, single_line: bool, found: str) -> None:
+    reg = ServiceRegistry()
+    reg.register("test.text", echo, InputSchema(Field(name="text", type=FieldType.STRING, single_line=single_line)))
+    error = error_of(call(reg, "test.text", {"text": value}))
+    assert (error["code"], error["field"]) == ("invalid", "text")
+    assert error["message"].endswith(f"; found {found}")
+
+
+def test_tab_and_newline_are_text_but_not_one_line() -> None:
+    reg = ServiceRegistry()
+    reg.register("test.text", echo, InputSchema(Field(name="text", type=FieldType.STRING)))
+    assert call(reg, "test.text", {"text": "two\nlines\tand a tab"})["ok"] is True
+    assert Field(name="n", type=FieldType.STRING, single_line=True).describe()["single_line"] is True

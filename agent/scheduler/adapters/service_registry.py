@@ -48,8 +48,15 @@ PERIOD_WINDOW = timedelta(days=7)
 #: A run's reason that means its task is missing configuration (TaskNotConfigured).
 NOT_CONFIGURED_PREFIX = "not configured"
 
-_NAME = Field(name="name", type=FieldType.STRING, required=True, max_length=ID_CHARS, description="schedule name or id")
-_ID = Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS)
+_NAME = Field(
+    name="name",
+    type=FieldType.STRING,
+    required=True,
+    max_length=ID_CHARS,
+    single_line=True,
+    description="schedule name or id",
+)
+_ID = Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS, single_line=True)
 
 
 def _limit(default: int) -> Field:
@@ -93,7 +100,7 @@ class SchedulerTopics:
                     Field(name="enabled", type=FieldType.BOOLEAN, description="only enabled (true) or disabled"),
                     Field(name="source", type=FieldType.STRING, allowed=_values(ScheduleSource)),
                     Field(name="trigger_type", type=FieldType.STRING, allowed=_values(TriggerType)),
-                    Field(name="name_contains", type=FieldType.STRING, max_length=FILTER_CHARS),
+                    Field(name="name_contains", type=FieldType.STRING, max_length=FILTER_CHARS, single_line=True),
                 ),
             ),
             (
@@ -113,7 +120,7 @@ class SchedulerTopics:
                 "scheduler.list_runs",
                 self.list_runs,
                 InputSchema(
-                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS),
+                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS, single_line=True),
                     Field(name="status", type=FieldType.STRING, allowed=_values(RunStatus)),
                     _limit(20),
                 ),
@@ -122,7 +129,7 @@ class SchedulerTopics:
                 "scheduler.dead_letters",
                 self.dead_letters,
                 InputSchema(
-                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS),
+                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS, single_line=True),
                     Field(name="include_replayed", type=FieldType.BOOLEAN, default=False),
                     Field(name="with_traceback", type=FieldType.BOOLEAN, default=False),
                     _limit(50),
@@ -132,7 +139,7 @@ class SchedulerTopics:
                 "scheduler.replay_dead_letter",
                 self.replay_dead_letter,
                 InputSchema(
-                    Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS),
+                    Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS, single_line=True),
                     Field(name="force", type=FieldType.BOOLEAN, default=False, description="even into an open breaker"),
                 ),
             ),

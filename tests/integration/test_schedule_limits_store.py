@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from agent.scheduler import FakeClock, InvalidSchedule, RunStatus, ScheduleDefinition, ScheduleStore, schema
 from agent.scheduler.limits import json_storable, storable
-from agent.scheduler.proposals import ProposalService
+from agent.scheduler.proposals import ProposalService, ScheduleProposal, parse_proposal
 from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
@@ -226,6 +226,10 @@ def test_any_proposal_is_stored_with_its_decision_on_both_stores(store: Schedule
     record = ProposalService(store, registry()).submit(data)
     again = store.get_proposal(record.id)
     assert again.status in ("rejected", "awaiting_approval", "active") and again.report is not None
+    assert again == record
+    parsed, problems, _ = parse_proposal(data)
+    if parsed is not None:  # a valid proposal reads back as the same proposal
+        assert not problems and ScheduleProposal.from_dict(again.payload) == parsed
     if again.schedule_id is not None:
         assert store.get(again.schedule_id).proposal_id == again.id
 

@@ -1202,6 +1202,7 @@ class ScheduleEngine:
     async def _execute(self, run: ScheduledRun, spec: TaskSpec, ctx: RunContext) -> None:
         outcome: Outcome
         thread: asyncio.Future[Any] | None = None
+        cut = False
         try:
             missing = spec.missing_configuration()
             if missing:
@@ -1215,6 +1216,7 @@ class ScheduleEngine:
                 value = await asyncio.shield(thread)  # a cancel stops the wait, never the thread
             outcome = ended(value)
         except asyncio.CancelledError:
+            cut = True
             outcome = ("requeue", {"reason": "cancelled"})
         except Exception as exc:
             outcome = ended(error=exc)
@@ -1224,8 +1226,9 @@ class ScheduleEngine:
             outcome = thread_ended(thread)
         flight = self._in_flight.pop(run.run_id, None)
         if flight is not None:
-            held = self._held_since_beat() if spec.is_async and outcome[0] != "requeue" else None
-            outcome = self._decide_outcome(flight, outcome, held=held, thread_done=thread_done)
+            held = self._held_since_beat() if spec.is_async and not cut else None
+            on_its_own = thread_done if thread is not None else not cut
+            outcome = self._decide_outcome(flight, outcome, held=held, on_its_own=on_its_own)
         trigger, changes = outcome
         if trigger in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
             changes = {**changes, "checkpoint": ctx.checkpoint}
@@ -1237,13 +1240,14 @@ class ScheduleEngine:
         else:
             self._wake.set()
 
-    def _decide_outcome(self, flight: _InFlight, outcome: Outcome, *, held: float | None, thread_done: bool) -> Outcome:
+    def _decide_outcome(self, flight: _InFlight, outcome: Outcome, *, held: float | None, on_its_own: bool) -> Outcome:
         """The outcome to record for a run that ended with ``outcome``, given what happened around it.
 
-        Whoever interrupted the run (timeout, replace, shutdown) decides, except that a thread that
-        ended before it was requeued or cancelled, or without a checkpoint to pause at, did its
-        work: that is its outcome. An async task that held the loop past its deadline failed by
-        timeout.
+        Whoever interrupted the run (timeout, replace, shutdown) decides, except that a task that
+        ended ``on_its_own`` (its thread ended, or its coroutine returned or raised without being
+        cut) before it was requeued or cancelled, or without a checkpoint to pause at, did its
+        work: that is its outcome, whether or not it saw the stop request. An async task that held
+        the loop past its deadline failed by timeout.
         """
         if held is not None and held >= LOOP_STALL_SECONDS:
             outcome = self._held_the_loop(flight, held, outcome)
@@ -1251,8 +1255,11 @@ class ScheduleEngine:
         if interruption is None:
             return outcome
         unsaved_checkpoint = interruption[0] == "checkpoint" and not flight.checkpoint_saved
-        if thread_done and (interruption[0] in ("requeue", "cancel") or unsaved_checkpoint):
-            return outcome
+        if on_its_own and (interruption[0] in ("requeue", "cancel") or unsaved_checkpoint):
+            trigger, changes = outcome
+            if trigger == "succeed" and interruption[0] == "cancel" and (why := interruption[1].get("reason")):
+                changes = {**changes, "reason": f"asked to stop ({why}); ended on its own"}
+            return trigger, changes
         if unsaved_checkpoint:
             return ("requeue", {"reason": "shutdown: no checkpoint saved, requeued"})
         return interruption

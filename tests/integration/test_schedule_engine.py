@@ -181,10 +181,41 @@ async def test_replace_stops_the_running_run_then_starts_the_new_one(
     await engine.start()
     await engine.run_until(clock.now() + timedelta(minutes=2, seconds=30))
     first, second = store.runs(schedule="latest_only")
-    assert (first.status, first.reason) == (RunStatus.CANCELLED, "replaced by a newer occurrence")
+    # The task stopped when asked and returned: it ended on its own, and that is its outcome.
+    assert (first.status, first.outcome) == (RunStatus.SUCCEEDED, "finished")
+    assert first.reason == "asked to stop (replaced by a newer occurrence); ended on its own"
     assert second.status is RunStatus.RUNNING
     assert probe.stopped == [first.run_id]
     probe.gate.set()
+    await engine.wait_idle()
+    assert store.get_run(second.run_id).status is RunStatus.SUCCEEDED
+    await engine.stop()
+
+
+@run_async
+async def test_replace_cancels_an_async_run_that_ignores_the_stop_request_past_the_grace(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    gate = asyncio.Event()
+    ended: list[str] = []
+
+    async def stubborn(ctx: RunContext) -> str:
+        await gate.wait()
+        ended.append(ctx.run_id)
+        return "all done"
+
+    store.add(make_schedule("latest_only", expression="1m", target="stubborn", concurrency_policy="replace"))
+    tasks = TaskRegistry()
+    tasks.add("stubborn", stubborn)
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="test-worker")
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=2, seconds=30))
+    first, second = store.runs(schedule="latest_only")
+    assert (first.status, first.reason) == (RunStatus.CANCELLED, "replaced by a newer occurrence")
+    assert second.status is RunStatus.RUNNING
+    assert second.started_at == first.completed_at
+    assert ended == []
+    gate.set()
     await engine.wait_idle()
     assert store.get_run(second.run_id).status is RunStatus.SUCCEEDED
     await engine.stop()

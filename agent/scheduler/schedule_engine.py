@@ -1350,6 +1350,17 @@ class ScheduleEngine:
                 flight.task.cancel()
                 log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)
             elif flight.kill_at is not None and now >= flight.kill_at and not flight.task.done():
+                if flight.in_thread:
+                    # A thread cannot be cut: its run stays in flight, so that the run replacing it
+                    # waits instead of running beside it, and is recorded for what it did when it ends.
+                    flight.kill_at = None
+                    log.warning(
+                        "run %s of %s was asked to stop and is still running; its thread cannot be "
+                        "cancelled: the run is recorded when it ends, and the newer run waits until then",
+                        flight.run.run_id,
+                        flight.schedule.name,
+                    )
+                    continue
                 flight.task.cancel()
 
     def _request_stop(self, schedule_id: str, now: datetime) -> None:

@@ -222,6 +222,41 @@ async def test_replace_cancels_an_async_run_that_ignores_the_stop_request_past_t
 
 
 @run_async
+async def test_replace_waits_for_a_thread_that_ignores_the_stop_request_and_records_what_it_did(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    release = threading.Event()
+    ended: list[str] = []
+
+    def stubborn(ctx: RunContext) -> str:
+        release.wait(30)
+        ended.append(ctx.run_id)
+        return "all done"
+
+    store.add(make_schedule("latest_only", expression="1m", target="stubborn", concurrency_policy="replace"))
+    tasks = TaskRegistry()
+    tasks.add("stubborn", stubborn)
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="test-worker")
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=3, seconds=30))
+    # A thread cannot be cut: its run stays running, and the newest occurrence waits for it
+    # instead of running beside it (the one before was superseded meanwhile).
+    first, superseded, newest = store.runs(schedule="latest_only")
+    assert first.status is RunStatus.RUNNING
+    assert (superseded.status, superseded.reason) == (RunStatus.SKIPPED, "replace: superseded by a newer occurrence")
+    assert newest.status is RunStatus.PENDING
+    assert [r.run_id for r in engine.in_flight] == [first.run_id]
+    release.set()
+    await engine.wait_idle()
+    done = store.get_run(first.run_id)
+    assert (done.status, done.outcome) == (RunStatus.SUCCEEDED, "all done")
+    assert done.reason == "asked to stop (replaced by a newer occurrence); ended on its own"
+    assert store.get_run(newest.run_id).status is RunStatus.SUCCEEDED
+    assert ended == [first.run_id, newest.run_id]
+    await engine.stop()
+
+
+@run_async
 async def test_failures_retry_with_backoff_then_dead_letter_with_the_error(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

@@ -506,7 +506,11 @@ class ScheduleEngine:
         runner = self._runner
         if runner is not None and runner is not asyncio.current_task() and not runner.done():
             await asyncio.wait([runner])
-        await self._run_shutdown_schedules()
+        # Every shutdown timeout counts from here, the shutdown schedules' runs' too: the stop takes
+        # the longest of them, not their sum.
+        began = self.clock.now()
+        self._apply_shutdown_policies(began)
+        await self._run_shutdown_schedules(began)
         await self._drain()
         await self.tick()
         try:
@@ -1152,6 +1156,7 @@ class ScheduleEngine:
         started = run.started_at or self.clock.now()
         deadline = started + schedule.timeout if schedule.timeout else None
         self._in_flight[run.run_id] = _InFlight(run=run, schedule=schedule, ctx=ctx, task=task, deadline=deadline)
+        task.add_done_callback(partial(self._cut_before_it_began, run.run_id))
         log.info("run %s of %s started (attempt %d) -> task %s", run.run_id, schedule.name, run.attempt, spec.name)
 
     def _spec(self, target: str) -> TaskSpec:
@@ -1239,6 +1244,21 @@ class ScheduleEngine:
             self._record_soon()
         else:
             self._wake.set()
+
+    def _cut_before_it_began(self, run_id: str, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never ran ``_execute``: its run is recorded here.
+
+        A stop that requeues a run dispatched moments before cancels a task that has not begun.
+        """
+        flight = self._in_flight.pop(run_id, None)
+        if flight is None:
+            return  # _execute recorded it
+        cut: Outcome = ("requeue", {"reason": "cancelled before it began"})
+        trigger, changes = self._decide_outcome(flight, cut, held=None, on_its_own=False)
+        if trigger in _ENDINGS:
+            changes = {**changes, "completed_at": self.clock.now()}
+        self._finished.append((flight.run, trigger, changes))
+        self._wake.set()
 
     def _decide_outcome(self, flight: _InFlight, outcome: Outcome, *, held: float | None, on_its_own: bool) -> Outcome:
         """The outcome to record for a run that ended with ``outcome``, given what happened around it.
@@ -1372,7 +1392,8 @@ class ScheduleEngine:
 
     # ------------------------------------------------------------------ shutdown
 
-    async def _run_shutdown_schedules(self) -> None:
+    async def _run_shutdown_schedules(self, began: datetime) -> None:
+        """Start the shutdown schedules' runs; each may finish until its shutdown timeout after ``began``."""
         now = self.clock.now()
         runs = await self._db(self._create_lifecycle_runs, "shutdown", now)
         if not runs:
@@ -1390,13 +1411,11 @@ class ScheduleEngine:
         for moved in await self._db(self.store.transition_many, items, now=now):
             if isinstance(moved, ScheduledRun) and moved.status is RunStatus.RUNNING:
                 self._dispatch(moved, schedules[moved.schedule_id])
-        flights = [f for f in self._in_flight.values() if f.run.origin == "lifecycle"]
-        limit = max((f.schedule.shutdown_timeout.total_seconds() for f in flights), default=0.0)
-        await self._wait_tasks([f.task for f in flights], limit)
+                # Started by the stop itself, it is not stopped by a policy: it has its timeout.
+                self._in_flight[moved.run_id].kill_at = began + schedules[moved.schedule_id].shutdown_timeout
 
-    async def _drain(self) -> None:
-        """Apply each running run's shutdown policy, then wait for the tasks to end or be cut off."""
-        began = self.clock.now()
+    def _apply_shutdown_policies(self, began: datetime) -> None:
+        """Apply each running run's shutdown policy: requeue at once, or a cutoff counted from ``began``."""
         for flight in self._in_flight.values():
             policy = flight.schedule.shutdown_policy
             timeout = flight.schedule.shutdown_timeout
@@ -1414,6 +1433,9 @@ class ScheduleEngine:
             else:
                 # graceful_finish: the run may complete normally until the timeout; then it is requeued.
                 flight.kill_at = began + timeout
+
+    async def _drain(self) -> None:
+        """Wait for every run in flight to end, or cut it off at its cutoff (see _apply_shutdown_policies)."""
         while self._in_flight:
             await self._renew_while_draining()
             cutoffs = [f.kill_at for f in self._in_flight.values() if f.kill_at is not None and not f.task.done()]

@@ -354,6 +354,50 @@ async def test_lifecycle_schedules_run_at_start_and_at_stop(
 
 
 @run_async
+async def test_stop_ends_within_the_longest_shutdown_timeout_while_shutdown_schedules_run(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    never = asyncio.Event()
+    cut_at: dict[str, datetime] = {}
+
+    async def stubborn(ctx: RunContext) -> None:
+        try:
+            await never.wait()
+        finally:
+            cut_at[ctx.schedule.name] = clock.now()
+
+    tasks = TaskRegistry()
+    tasks.add("stubborn", stubborn)
+    for name, policy in [("finisher", "graceful_finish"), ("requeuer", "requeue")]:
+        store.add(make_schedule(name, expression="1h", target="stubborn", shutdown_policy=policy, shutdown_timeout=30))
+    store.add(
+        make_schedule(
+            "goodbye", trigger_type="lifecycle", expression="shutdown", target="stubborn", shutdown_timeout=20
+        )
+    )
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w")
+    await engine.start()
+    for name in ("finisher", "requeuer"):
+        await engine.run_now(name)
+    await engine.tick()
+    await asyncio.sleep(0)
+    began = clock.now()
+    await engine.stop()
+    # Each run has its shutdown timeout from the stop on, the shutdown schedule's run included:
+    # the stop takes the longest of them, not their sum, and requeue cuts its run at once.
+    assert clock.now() - began <= timedelta(seconds=31)
+    assert cut_at["requeuer"] == began
+    assert cut_at["goodbye"] - began == timedelta(seconds=20)
+    assert cut_at["finisher"] - began == timedelta(seconds=30)
+    reasons = {r.schedule_name: (r.status, r.reason) for r in store.runs()}
+    assert reasons == {
+        "finisher": (RunStatus.PENDING, "shutdown: still running at the shutdown timeout"),
+        "requeuer": (RunStatus.PENDING, "shutdown: requeued (policy requeue)"),
+        "goodbye": (RunStatus.PENDING, "shutdown: still running at the shutdown timeout"),
+    }
+
+
+@run_async
 async def test_lifecycle_schedules_whose_task_is_missing_are_skipped_and_stop_completes(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

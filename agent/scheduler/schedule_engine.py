@@ -60,6 +60,9 @@ CHECKPOINT_WAIT_SECONDS = 10.0
 WAIT_STEP_SECONDS = 0.05
 #: While draining, cutoffs (shutdown timeouts, hurry()) are re-checked at least this often.
 DRAIN_POLL_SECONDS = 0.25
+#: A task cancelled at its shutdown cutoff that has not ended this long after (it swallowed the
+#: cancel) is left behind: its run is recorded, and the stop goes on without it.
+CUT_GRACE_SECONDS = 1.0
 #: An outbox pass that left alerts behind (Telegram down) is repeated after this long (clock time).
 ALERT_RETRY = timedelta(seconds=60)
 #: The outbox is looked at this often even when this process queued nothing: alerts that
@@ -124,6 +127,8 @@ class _InFlight:
     outcome: tuple[str, dict[str, Any]] | None = None
     """Decided by whoever interrupts the task (timeout, replace, shutdown) before it ends."""
     kill_at: datetime | None = None
+    cut: bool = False
+    """Cancelled at its shutdown cutoff; at ``kill_at`` again it is left behind."""
     checkpoint_saved: bool = False
     thread: asyncio.Future[Any] | None = None
     """A sync task's thread (``run_in_thread``): done only once the thread has ended."""
@@ -1230,20 +1235,25 @@ class ScheduleEngine:
         if thread is not None and thread_done:
             outcome = thread_ended(thread)
         flight = self._in_flight.pop(run.run_id, None)
-        if flight is not None:
-            held = self._held_since_beat() if spec.is_async and not cut else None
-            on_its_own = thread_done if thread is not None else not cut
-            outcome = self._decide_outcome(flight, outcome, held=held, on_its_own=on_its_own)
-        trigger, changes = outcome
-        if trigger in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
-            changes = {**changes, "checkpoint": ctx.checkpoint}
-        if trigger in _ENDINGS:
-            changes = {**changes, "completed_at": self.clock.now()}
-        self._finished.append((run, trigger, changes))
+        if flight is None:
+            return  # left behind at shutdown, and recorded then
+        held = self._held_since_beat() if spec.is_async and not cut else None
+        on_its_own = thread_done if thread is not None else not cut
+        trigger = self._note_finished(flight, self._decide_outcome(flight, outcome, held=held, on_its_own=on_its_own))
         if trigger == "succeed" and run.schedule_id not in self._waiting and not self._draining:
             self._record_soon()
         else:
             self._wake.set()
+
+    def _note_finished(self, flight: _InFlight, outcome: Outcome) -> str:
+        """Queue ``outcome`` of a run no longer in flight for the next tick to record; returns its trigger."""
+        trigger, changes = outcome
+        if trigger in ("checkpoint", "requeue") and flight.checkpoint_saved:
+            changes = {**changes, "checkpoint": flight.ctx.checkpoint}
+        if trigger in _ENDINGS:
+            changes = {**changes, "completed_at": self.clock.now()}
+        self._finished.append((flight.run, trigger, changes))
+        return trigger
 
     def _cut_before_it_began(self, run_id: str, task: asyncio.Task[None]) -> None:
         """A task cancelled before its first step never ran ``_execute``: its run is recorded here.
@@ -1254,10 +1264,7 @@ class ScheduleEngine:
         if flight is None:
             return  # _execute recorded it
         cut: Outcome = ("requeue", {"reason": "cancelled before it began"})
-        trigger, changes = self._decide_outcome(flight, cut, held=None, on_its_own=False)
-        if trigger in _ENDINGS:
-            changes = {**changes, "completed_at": self.clock.now()}
-        self._finished.append((flight.run, trigger, changes))
+        self._note_finished(flight, self._decide_outcome(flight, cut, held=None, on_its_own=False))
         self._wake.set()
 
     def _decide_outcome(self, flight: _InFlight, outcome: Outcome, *, held: float | None, on_its_own: bool) -> Outcome:
@@ -1447,14 +1454,35 @@ class ScheduleEngine:
             for flight in list(self._in_flight.values()):
                 if flight.task.done() or (flight.kill_at is not None and now < flight.kill_at):
                     continue
+                if flight.cut:
+                    self._leave_behind(flight)
+                    continue
                 if flight.outcome is None:
                     why = "shutdown: still running at the shutdown timeout"
                     if flight.in_thread:
                         why += "; its thread ends with the process, and what it did may be done again"
                     flight.outcome = ("requeue", {"reason": why})
                 flight.task.cancel()
+                flight.cut = True
+                flight.kill_at = now + timedelta(seconds=CUT_GRACE_SECONDS)
             await asyncio.wait([f.task for f in self._in_flight.values()], timeout=0) if self._in_flight else None
             await asyncio.sleep(0)
+
+    def _leave_behind(self, flight: _InFlight) -> None:
+        """Record a run whose task was cancelled at its cutoff and did not end: the stop goes on without it."""
+        del self._in_flight[flight.run.run_id]
+        trigger, changes = self._decide_outcome(flight, ("requeue", {}), held=None, on_its_own=False)
+        why = changes.get("reason") or "shutdown"
+        changes = {**changes, "reason": f"{why}; it did not end when cancelled and is left to end with the process"}
+        self._note_finished(flight, (trigger, changes))
+        log.warning(
+            "run %s of %s did not end %gs after it was cancelled (the task swallows cancellation); "
+            "recorded %s, and left to end with the process",
+            flight.run.run_id,
+            flight.schedule.name,
+            CUT_GRACE_SECONDS,
+            trigger,
+        )
 
     # ------------------------------------------------------------------ engine state
 

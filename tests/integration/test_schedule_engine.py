@@ -27,6 +27,8 @@ from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 
 MakeSchedule = Callable[..., ScheduleDefinition]
+#: Longest a test waits in real seconds for something that must not hang.
+PATIENCE = 10.0
 WEEK_START = datetime(2027, 3, 25, 0, 0, tzinfo=UTC)  # Europe/Berlin springs forward on 2027-03-28
 
 
@@ -395,6 +397,44 @@ async def test_stop_ends_within_the_longest_shutdown_timeout_while_shutdown_sche
         "requeuer": (RunStatus.PENDING, "shutdown: requeued (policy requeue)"),
         "goodbye": (RunStatus.PENDING, "shutdown: still running at the shutdown timeout"),
     }
+
+
+@run_async
+async def test_stop_leaves_behind_a_task_that_swallows_its_cancel(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    released = False
+    swallowed = 0
+
+    async def deaf(ctx: RunContext) -> str:
+        nonlocal swallowed
+        while not released:
+            try:
+                await asyncio.sleep(0.001)
+            except asyncio.CancelledError:
+                swallowed += 1
+        return "ended at last"
+
+    tasks = TaskRegistry()
+    tasks.add("deaf", deaf)
+    store.add(make_schedule("deaf", expression="1h", target="deaf", shutdown_timeout=30))
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w")
+    await engine.start()
+    run = await engine.run_now("deaf")
+    await engine.tick()
+    began = clock.now()
+    await asyncio.wait_for(engine.stop(), timeout=PATIENCE)
+    assert swallowed >= 1
+    assert clock.now() - began <= timedelta(seconds=32)
+    left = store.get_run(run.run_id)
+    assert left.status is RunStatus.PENDING
+    assert left.reason == (
+        "shutdown: still running at the shutdown timeout; it did not end when cancelled and is left to end "
+        "with the process"
+    )
+    released = True
+    await asyncio.sleep(0.05)  # it ends now; nothing more is written
+    assert store.get_run(run.run_id) == left
 
 
 @run_async

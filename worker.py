@@ -15,8 +15,10 @@ import contextlib
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
@@ -54,6 +56,11 @@ EXIT_CONFIGURATION = 2
 #: The SQLite file was deleted or replaced under the worker: it stopped without writing into the lost
 #: file; a restart opens the file now at the path.
 EXIT_DATABASE_REPLACED = 3
+
+#: Once the worker is done (every run recorded, the store closed), the process ends within this many
+#: seconds even if code that tasks started is still running: a thread of ``asyncio.to_thread`` that
+#: ignores the stop, or a task that swallows its cancel, would otherwise hold the interpreter's exit.
+EXIT_GRACE_SECONDS = 2.0
 
 
 #: ``--tick``: the shortest and longest sleep between database looks, in seconds (below the
@@ -211,7 +218,52 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def exit_status(exc: BaseException) -> int:
+    """The exit status of a worker that ``exc`` ended."""
+    if isinstance(exc, DatabaseReplaced):
+        return EXIT_DATABASE_REPLACED
+    if isinstance(exc, OperatorActionRequired):
+        return EXIT_CONFIGURATION
+    return EXIT_FAILURE
+
+
+def exit_within(seconds: float, status: int) -> threading.Timer:
+    """End the process with ``status`` after ``seconds`` unless it has ended by then (a daemon timer)."""
+
+    def force() -> None:
+        held = sorted(t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread())
+        log.warning(
+            "the exit was held %gs after the worker stopped by code its tasks left running (threads: %s); "
+            "exiting without it",
+            seconds,
+            ", ".join(held) or "none",
+        )
+        logging.shutdown()
+        os._exit(status)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def run_then_exit(args: argparse.Namespace, config: Config, grace: float) -> int:
+    """``run``; then whatever tasks left running has ``grace`` seconds before the process ends without it."""
+    try:
+        status = await run(args, config)
+    except BaseException as exc:
+        exit_within(grace, exit_status(exc))
+        raise
+    exit_within(grace, status)
+    return status
+
+
+def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) -> int:
+    """Run the worker; its exit status.
+
+    With ``exit_grace`` (the script's), the process ends that many seconds after the worker is done
+    even if threads or tasks that task code started are still running.
+    """
     args = parse_args(argv)
     try:
         apply_env_file(REPO_ROOT / ".env")  # optional; the real environment wins
@@ -223,16 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIGURATION
     configure_from(config, level=args.log_level)
     try:
-        return asyncio.run(run(args, config))
-    except DatabaseReplaced:
-        return EXIT_DATABASE_REPLACED  # the engine logged it, in one ERROR line
-    except OperatorActionRequired as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIGURATION
+        return asyncio.run(run(args, config) if exit_grace is None else run_then_exit(args, config, exit_grace))
     except SchedulerError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILURE
+        if not isinstance(exc, DatabaseReplaced):  # the engine logged that one, in one ERROR line
+            log.error("%s", exc)
+        return exit_status(exc)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exit_grace=EXIT_GRACE_SECONDS))

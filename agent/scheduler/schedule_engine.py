@@ -61,6 +61,9 @@ CHECKPOINT_WAIT_SECONDS = 10.0
 WAIT_STEP_SECONDS = 0.05
 #: While draining, cutoffs (shutdown timeouts, hurry()) are re-checked at least this often.
 DRAIN_POLL_SECONDS = 0.25
+#: A task cancelled at its shutdown cutoff that has not ended this long after (it swallowed the
+#: cancel) is left behind: its run is recorded, and the stop goes on without it.
+CUT_GRACE_SECONDS = 1.0
 #: An outbox pass that left alerts behind (Telegram down) is repeated after this long (clock time).
 ALERT_RETRY = timedelta(seconds=60)
 #: The outbox is looked at this often even when this process queued nothing: alerts that
@@ -125,6 +128,8 @@ class _InFlight:
     outcome: tuple[str, dict[str, Any]] | None = None
     """Decided by whoever interrupts the task (timeout, replace, shutdown) before it ends."""
     kill_at: datetime | None = None
+    cut: bool = False
+    """Cancelled at its shutdown cutoff; at ``kill_at`` again it is left behind."""
     checkpoint_saved: bool = False
     thread: asyncio.Future[Any] | None = None
     """A sync task's thread (``run_in_thread``): done only once the thread has ended."""
@@ -507,7 +512,11 @@ class ScheduleEngine:
         runner = self._runner
         if runner is not None and runner is not asyncio.current_task() and not runner.done():
             await asyncio.wait([runner])
-        await self._run_shutdown_schedules()
+        # Every shutdown timeout counts from here, the shutdown schedules' runs' too: the stop takes
+        # the longest of them, not their sum.
+        began = self.clock.now()
+        self._apply_shutdown_policies(began)
+        await self._run_shutdown_schedules(began)
         await self._drain()
         await self.tick()
         try:
@@ -1156,6 +1165,7 @@ class ScheduleEngine:
         started = run.started_at or self.clock.now()
         deadline = started + schedule.timeout if schedule.timeout else None
         self._in_flight[run.run_id] = _InFlight(run=run, schedule=schedule, ctx=ctx, task=task, deadline=deadline)
+        task.add_done_callback(partial(self._cut_before_it_began, run.run_id))
         log.info("run %s of %s started (attempt %d) -> task %s", run.run_id, schedule.name, run.attempt, spec.name)
 
     def _spec(self, target: str) -> TaskSpec:
@@ -1206,6 +1216,7 @@ class ScheduleEngine:
     async def _execute(self, run: ScheduledRun, spec: TaskSpec, ctx: RunContext) -> None:
         outcome: Outcome
         thread: asyncio.Future[Any] | None = None
+        cut = False
         try:
             missing = spec.missing_configuration()
             if missing:
@@ -1219,6 +1230,7 @@ class ScheduleEngine:
                 value = await asyncio.shield(thread)  # a cancel stops the wait, never the thread
             outcome = ended(value)
         except asyncio.CancelledError:
+            cut = True
             outcome = ("requeue", {"reason": "cancelled"})
         except Exception as exc:
             outcome = ended(error=exc)
@@ -1227,27 +1239,46 @@ class ScheduleEngine:
         if thread is not None and thread_done:
             outcome = thread_ended(thread)
         flight = self._in_flight.pop(run.run_id, None)
-        if flight is not None:
-            held = self._held_since_beat() if spec.is_async and outcome[0] != "requeue" else None
-            outcome = self._decide_outcome(flight, outcome, held=held, thread_done=thread_done)
-        trigger, changes = outcome
-        if trigger in ("checkpoint", "requeue") and flight is not None and flight.checkpoint_saved:
-            changes = {**changes, "checkpoint": ctx.checkpoint}
-        if trigger in _ENDINGS:
-            changes = {**changes, "completed_at": self.clock.now()}
-        self._finished.append((run, trigger, changes))
+        if flight is None:
+            return  # left behind at shutdown, and recorded then
+        held = self._held_since_beat() if spec.is_async and not cut else None
+        on_its_own = thread_done if thread is not None else not cut
+        trigger = self._note_finished(flight, self._decide_outcome(flight, outcome, held=held, on_its_own=on_its_own))
         if trigger == "succeed" and run.schedule_id not in self._waiting and not self._draining:
             self._record_soon()
         else:
             self._wake.set()
 
-    def _decide_outcome(self, flight: _InFlight, outcome: Outcome, *, held: float | None, thread_done: bool) -> Outcome:
+    def _note_finished(self, flight: _InFlight, outcome: Outcome) -> str:
+        """Queue ``outcome`` of a run no longer in flight for the next tick to record; returns its trigger."""
+        trigger, changes = outcome
+        if trigger in ("checkpoint", "requeue") and flight.checkpoint_saved:
+            changes = {**changes, "checkpoint": flight.ctx.checkpoint}
+        if trigger in _ENDINGS:
+            changes = {**changes, "completed_at": self.clock.now()}
+        self._finished.append((flight.run, trigger, changes))
+        return trigger
+
+    def _cut_before_it_began(self, run_id: str, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never ran ``_execute``: its run is recorded here.
+
+        A stop that requeues a run dispatched moments before cancels a task that has not begun.
+        """
+        flight = self._in_flight.pop(run_id, None)
+        if flight is None:
+            return  # _execute recorded it
+        cut: Outcome = ("requeue", {"reason": "cancelled before it began"})
+        self._note_finished(flight, self._decide_outcome(flight, cut, held=None, on_its_own=False))
+        self._wake.set()
+
+    def _decide_outcome(self, flight: _InFlight, outcome: Outcome, *, held: float | None, on_its_own: bool) -> Outcome:
         """The outcome to record for a run that ended with ``outcome``, given what happened around it.
 
-        Whoever interrupted the run (timeout, replace, shutdown) decides, except that a thread that
-        ended before it was requeued or cancelled, or without a checkpoint to pause at, did its
-        work: that is its outcome. An async task that held the loop past its deadline failed by
-        timeout.
+        Whoever interrupted the run (timeout, replace, shutdown) decides, except that a task that
+        ended ``on_its_own`` (its thread ended, or its coroutine returned or raised without being
+        cut) before it was requeued or cancelled, or without a checkpoint to pause at, did its
+        work: that is its outcome, whether or not it saw the stop request. An async task that held
+        the loop past its deadline failed by timeout.
         """
         if held is not None and held >= LOOP_STALL_SECONDS:
             outcome = self._held_the_loop(flight, held, outcome)
@@ -1255,8 +1286,11 @@ class ScheduleEngine:
         if interruption is None:
             return outcome
         unsaved_checkpoint = interruption[0] == "checkpoint" and not flight.checkpoint_saved
-        if thread_done and (interruption[0] in ("requeue", "cancel") or unsaved_checkpoint):
-            return outcome
+        if on_its_own and (interruption[0] in ("requeue", "cancel") or unsaved_checkpoint):
+            trigger, changes = outcome
+            if trigger == "succeed" and interruption[0] == "cancel" and (why := interruption[1].get("reason")):
+                changes = {**changes, "reason": f"asked to stop ({why}); ended on its own"}
+            return trigger, changes
         if unsaved_checkpoint:
             return ("requeue", {"reason": "shutdown: no checkpoint saved, requeued"})
         return interruption
@@ -1347,6 +1381,17 @@ class ScheduleEngine:
                 flight.task.cancel()
                 log.warning("run %s of %s timed out after %gs", flight.run.run_id, flight.schedule.name, limit)
             elif flight.kill_at is not None and now >= flight.kill_at and not flight.task.done():
+                if flight.in_thread:
+                    # A thread cannot be cut: its run stays in flight, so that the run replacing it
+                    # waits instead of running beside it, and is recorded for what it did when it ends.
+                    flight.kill_at = None
+                    log.warning(
+                        "run %s of %s was asked to stop and is still running; its thread cannot be "
+                        "cancelled: the run is recorded when it ends, and the newer run waits until then",
+                        flight.run.run_id,
+                        flight.schedule.name,
+                    )
+                    continue
                 flight.task.cancel()
 
     def _request_stop(self, schedule_id: str, now: datetime) -> None:
@@ -1358,7 +1403,8 @@ class ScheduleEngine:
 
     # ------------------------------------------------------------------ shutdown
 
-    async def _run_shutdown_schedules(self) -> None:
+    async def _run_shutdown_schedules(self, began: datetime) -> None:
+        """Start the shutdown schedules' runs; each may finish until its shutdown timeout after ``began``."""
         now = self.clock.now()
         runs = await self._db(self._create_lifecycle_runs, "shutdown", now)
         if not runs:
@@ -1376,13 +1422,11 @@ class ScheduleEngine:
         for moved in await self._db(self.store.transition_many, items, now=now):
             if isinstance(moved, ScheduledRun) and moved.status is RunStatus.RUNNING:
                 self._dispatch(moved, schedules[moved.schedule_id])
-        flights = [f for f in self._in_flight.values() if f.run.origin == "lifecycle"]
-        limit = max((f.schedule.shutdown_timeout.total_seconds() for f in flights), default=0.0)
-        await self._wait_tasks([f.task for f in flights], limit)
+                # Started by the stop itself, it is not stopped by a policy: it has its timeout.
+                self._in_flight[moved.run_id].kill_at = began + schedules[moved.schedule_id].shutdown_timeout
 
-    async def _drain(self) -> None:
-        """Apply each running run's shutdown policy, then wait for the tasks to end or be cut off."""
-        began = self.clock.now()
+    def _apply_shutdown_policies(self, began: datetime) -> None:
+        """Apply each running run's shutdown policy: requeue at once, or a cutoff counted from ``began``."""
         for flight in self._in_flight.values():
             policy = flight.schedule.shutdown_policy
             timeout = flight.schedule.shutdown_timeout
@@ -1400,6 +1444,9 @@ class ScheduleEngine:
             else:
                 # graceful_finish: the run may complete normally until the timeout; then it is requeued.
                 flight.kill_at = began + timeout
+
+    async def _drain(self) -> None:
+        """Wait for every run in flight to end, or cut it off at its cutoff (see _apply_shutdown_policies)."""
         while self._in_flight:
             await self._renew_while_draining()
             cutoffs = [f.kill_at for f in self._in_flight.values() if f.kill_at is not None and not f.task.done()]
@@ -1411,14 +1458,35 @@ class ScheduleEngine:
             for flight in list(self._in_flight.values()):
                 if flight.task.done() or (flight.kill_at is not None and now < flight.kill_at):
                     continue
+                if flight.cut:
+                    self._leave_behind(flight)
+                    continue
                 if flight.outcome is None:
                     why = "shutdown: still running at the shutdown timeout"
                     if flight.in_thread:
                         why += "; its thread ends with the process, and what it did may be done again"
                     flight.outcome = ("requeue", {"reason": why})
                 flight.task.cancel()
+                flight.cut = True
+                flight.kill_at = now + timedelta(seconds=CUT_GRACE_SECONDS)
             await asyncio.wait([f.task for f in self._in_flight.values()], timeout=0) if self._in_flight else None
             await asyncio.sleep(0)
+
+    def _leave_behind(self, flight: _InFlight) -> None:
+        """Record a run whose task was cancelled at its cutoff and did not end: the stop goes on without it."""
+        del self._in_flight[flight.run.run_id]
+        trigger, changes = self._decide_outcome(flight, ("requeue", {}), held=None, on_its_own=False)
+        why = changes.get("reason") or "shutdown"
+        changes = {**changes, "reason": f"{why}; it did not end when cancelled and is left to end with the process"}
+        self._note_finished(flight, (trigger, changes))
+        log.warning(
+            "run %s of %s did not end %gs after it was cancelled (the task swallows cancellation); "
+            "recorded %s, and left to end with the process",
+            flight.run.run_id,
+            flight.schedule.name,
+            CUT_GRACE_SECONDS,
+            trigger,
+        )
 
     # ------------------------------------------------------------------ engine state
 

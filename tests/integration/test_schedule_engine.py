@@ -27,6 +27,8 @@ from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 
 MakeSchedule = Callable[..., ScheduleDefinition]
+#: Longest a test waits in real seconds for something that must not hang.
+PATIENCE = 10.0
 WEEK_START = datetime(2027, 3, 25, 0, 0, tzinfo=UTC)  # Europe/Berlin springs forward on 2027-03-28
 
 
@@ -181,12 +183,78 @@ async def test_replace_stops_the_running_run_then_starts_the_new_one(
     await engine.start()
     await engine.run_until(clock.now() + timedelta(minutes=2, seconds=30))
     first, second = store.runs(schedule="latest_only")
-    assert (first.status, first.reason) == (RunStatus.CANCELLED, "replaced by a newer occurrence")
+    # The task stopped when asked and returned: it ended on its own, and that is its outcome.
+    assert (first.status, first.outcome) == (RunStatus.SUCCEEDED, "finished")
+    assert first.reason == "asked to stop (replaced by a newer occurrence); ended on its own"
     assert second.status is RunStatus.RUNNING
     assert probe.stopped == [first.run_id]
     probe.gate.set()
     await engine.wait_idle()
     assert store.get_run(second.run_id).status is RunStatus.SUCCEEDED
+    await engine.stop()
+
+
+@run_async
+async def test_replace_cancels_an_async_run_that_ignores_the_stop_request_past_the_grace(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    gate = asyncio.Event()
+    ended: list[str] = []
+
+    async def stubborn(ctx: RunContext) -> str:
+        await gate.wait()
+        ended.append(ctx.run_id)
+        return "all done"
+
+    store.add(make_schedule("latest_only", expression="1m", target="stubborn", concurrency_policy="replace"))
+    tasks = TaskRegistry()
+    tasks.add("stubborn", stubborn)
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="test-worker")
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=2, seconds=30))
+    first, second = store.runs(schedule="latest_only")
+    assert (first.status, first.reason) == (RunStatus.CANCELLED, "replaced by a newer occurrence")
+    assert second.status is RunStatus.RUNNING
+    assert second.started_at == first.completed_at
+    assert ended == []
+    gate.set()
+    await engine.wait_idle()
+    assert store.get_run(second.run_id).status is RunStatus.SUCCEEDED
+    await engine.stop()
+
+
+@run_async
+async def test_replace_waits_for_a_thread_that_ignores_the_stop_request_and_records_what_it_did(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    release = threading.Event()
+    ended: list[str] = []
+
+    def stubborn(ctx: RunContext) -> str:
+        release.wait(30)
+        ended.append(ctx.run_id)
+        return "all done"
+
+    store.add(make_schedule("latest_only", expression="1m", target="stubborn", concurrency_policy="replace"))
+    tasks = TaskRegistry()
+    tasks.add("stubborn", stubborn)
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="test-worker")
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=3, seconds=30))
+    # A thread cannot be cut: its run stays running, and the newest occurrence waits for it
+    # instead of running beside it (the one before was superseded meanwhile).
+    first, superseded, newest = store.runs(schedule="latest_only")
+    assert first.status is RunStatus.RUNNING
+    assert (superseded.status, superseded.reason) == (RunStatus.SKIPPED, "replace: superseded by a newer occurrence")
+    assert newest.status is RunStatus.PENDING
+    assert [r.run_id for r in engine.in_flight] == [first.run_id]
+    release.set()
+    await engine.wait_idle()
+    done = store.get_run(first.run_id)
+    assert (done.status, done.outcome) == (RunStatus.SUCCEEDED, "all done")
+    assert done.reason == "asked to stop (replaced by a newer occurrence); ended on its own"
+    assert store.get_run(newest.run_id).status is RunStatus.SUCCEEDED
+    assert ended == [first.run_id, newest.run_id]
     await engine.stop()
 
 
@@ -285,6 +353,88 @@ async def test_lifecycle_schedules_run_at_start_and_at_stop(
     await engine.stop()
     assert statuses(store, "goodbye") == {RunStatus.SUCCEEDED: 1}
     assert store.get_state("worker:test-worker") is not None
+
+
+@run_async
+async def test_stop_ends_within_the_longest_shutdown_timeout_while_shutdown_schedules_run(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    never = asyncio.Event()
+    cut_at: dict[str, datetime] = {}
+
+    async def stubborn(ctx: RunContext) -> None:
+        try:
+            await never.wait()
+        finally:
+            cut_at[ctx.schedule.name] = clock.now()
+
+    tasks = TaskRegistry()
+    tasks.add("stubborn", stubborn)
+    for name, policy in [("finisher", "graceful_finish"), ("requeuer", "requeue")]:
+        store.add(make_schedule(name, expression="1h", target="stubborn", shutdown_policy=policy, shutdown_timeout=30))
+    store.add(
+        make_schedule(
+            "goodbye", trigger_type="lifecycle", expression="shutdown", target="stubborn", shutdown_timeout=20
+        )
+    )
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w")
+    await engine.start()
+    for name in ("finisher", "requeuer"):
+        await engine.run_now(name)
+    await engine.tick()
+    await asyncio.sleep(0)
+    began = clock.now()
+    await engine.stop()
+    # Each run has its shutdown timeout from the stop on, the shutdown schedule's run included:
+    # the stop takes the longest of them, not their sum, and requeue cuts its run at once.
+    assert clock.now() - began <= timedelta(seconds=31)
+    assert cut_at["requeuer"] == began
+    assert cut_at["goodbye"] - began == timedelta(seconds=20)
+    assert cut_at["finisher"] - began == timedelta(seconds=30)
+    reasons = {r.schedule_name: (r.status, r.reason) for r in store.runs()}
+    assert reasons == {
+        "finisher": (RunStatus.PENDING, "shutdown: still running at the shutdown timeout"),
+        "requeuer": (RunStatus.PENDING, "shutdown: requeued (policy requeue)"),
+        "goodbye": (RunStatus.PENDING, "shutdown: still running at the shutdown timeout"),
+    }
+
+
+@run_async
+async def test_stop_leaves_behind_a_task_that_swallows_its_cancel(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    released = False
+    swallowed = 0
+
+    async def deaf(ctx: RunContext) -> str:
+        nonlocal swallowed
+        while not released:
+            try:
+                await asyncio.sleep(0.001)
+            except asyncio.CancelledError:
+                swallowed += 1
+        return "ended at last"
+
+    tasks = TaskRegistry()
+    tasks.add("deaf", deaf)
+    store.add(make_schedule("deaf", expression="1h", target="deaf", shutdown_timeout=30))
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w")
+    await engine.start()
+    run = await engine.run_now("deaf")
+    await engine.tick()
+    began = clock.now()
+    await asyncio.wait_for(engine.stop(), timeout=PATIENCE)
+    assert swallowed >= 1
+    assert clock.now() - began <= timedelta(seconds=32)
+    left = store.get_run(run.run_id)
+    assert left.status is RunStatus.PENDING
+    assert left.reason == (
+        "shutdown: still running at the shutdown timeout; it did not end when cancelled and is left to end "
+        "with the process"
+    )
+    released = True
+    await asyncio.sleep(0.05)  # it ends now; nothing more is written
+    assert store.get_run(run.run_id) == left
 
 
 @run_async

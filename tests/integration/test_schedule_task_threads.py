@@ -55,6 +55,21 @@ class Held:
         return "did all its work"
 
 
+def held_async(held: Held) -> Callable[[RunContext], Any]:
+    """``held`` as an async task: it yields while it waits, and likewise never stops when asked."""
+
+    async def task(ctx: RunContext) -> str:
+        held.began.set()
+        while not held.release.is_set():
+            if ctx.stop_requested.is_set():
+                held.saw_stop.set()
+            await asyncio.sleep(0.01)
+        held.ended.set()
+        return "did all its work"
+
+    return task
+
+
 def start_engine(store: ScheduleStore, **tasks: Any) -> ScheduleEngine:
     registry = TaskRegistry()
     for name, fn in tasks.items():
@@ -91,6 +106,26 @@ async def test_a_thread_that_ends_within_the_shutdown_timeout_is_recorded_for_it
     held.release.set()
     await stopping
     done = live_store.get_run(run.run_id)
+    assert (done.status, done.outcome) == (RunStatus.SUCCEEDED, "did all its work")
+
+
+# An async task is cut at once under requeue; under the other policies it may end on its own.
+@pytest.mark.parametrize("policy", ["graceful_finish", "checkpoint_and_stop"])
+@run_async
+async def test_an_async_task_that_ends_on_its_own_within_the_shutdown_timeout_is_recorded_for_its_outcome(
+    live_store: ScheduleStore, make_schedule: MakeSchedule, policy: str
+) -> None:
+    held = Held()
+    live_store.add(make_schedule("tardy", expression="1h", target="held", shutdown_policy=policy, shutdown_timeout=30))
+    engine = start_engine(live_store, held=held_async(held))
+    run = await run_one(engine, "tardy")
+    await until(held.began.is_set, "the task to begin")
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.sleep(0.2)  # the stop is under way, waiting for the task
+    held.release.set()
+    await stopping
+    done = live_store.get_run(run.run_id)
+    # It saved no checkpoint, and did all its work: requeued, it would run again after the restart.
     assert (done.status, done.outcome) == (RunStatus.SUCCEEDED, "did all its work")
 
 

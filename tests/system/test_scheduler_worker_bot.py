@@ -105,7 +105,7 @@ def test_the_worker_answers_schedules_and_disable_stops_the_schedule(tmp_path: P
         worker.kill()
     log = worker.log()
     assert "Telegram bot @actp_test_bot answering 1 chat(s), times in Europe/Berlin" in log
-    assert "ignored '/disable' from chat 9999 (not in TELEGRAM_ALLOWED_CHAT_IDS)" in log
+    assert "ignored '/disable' from chat 9999 (not in TELEGRAM_ALLOWED_CHAT_IDS or TELEGRAM_APPROVER_CHAT_IDS)" in log
     assert "Telegram bot stopped" in log
     assert TOKEN not in log
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import timedelta
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.scheduler import RunStatus, ScheduleStore
-from tests.system.worker_process import ROOT, WorkerProcess, wait_for
+from tests.system.worker_process import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -63,16 +61,3 @@ def test_worker_runs_stops_on_sigterm_and_restarts_without_rerunning(tmp_path: P
     keys = ledger_keys(ledger)
     assert Counter(keys).most_common(1)[0][1] == 1
     assert set(keys) == {r.idempotency_key for r in runs if r.status is RunStatus.SUCCEEDED}
-
-
-def test_worker_refuses_a_bad_tick_with_exit_status_2(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--db", str(tmp_path / "x.db"), "--tick", "0", "--no-legacy"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert done.stderr == "error: argument --tick: '0': must be a number of seconds from 0.1 to 3600\n"

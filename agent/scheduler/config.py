@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidSchedule, OperatorActionRequired
-from .identity import Approvers, InvalidIdentity, normalize_identity
+from .identity import Approvers, InvalidIdentity, operator_name
 from .triggers import parse_timezone
 
 #: The cloud services the legacy jobs call (``cron_definitions``); a test keeps this equal to that table.
@@ -251,16 +251,16 @@ def modules_check() -> Check:
 
 
 def operators_check() -> Check:
-    """Comma-separated user names on this machine, as identities (compared without case)."""
+    """Comma-separated user names on this machine, as operator identities (lower-case ASCII)."""
 
     def parse(value: str) -> list[str]:
         names = [n.strip() for n in value.split(",") if n.strip()]
         try:
-            return sorted({normalize_identity(n) for n in names})
+            return sorted({operator_name(n) for n in names})
         except InvalidIdentity:
             raise BadValue(value) from None
 
-    return Check('user names on this machine, comma-separated, such as "alice,bob"', parse)
+    return Check('user names on this machine in lower case, comma-separated, such as "alice,bob"', parse)
 
 
 def worker_id_check() -> Check:

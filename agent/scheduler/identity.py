@@ -30,16 +30,21 @@ IDENTITY_HELP = (
 POLICY_ID = "policy"
 
 
-class InvalidIdentity(ValueError):
-    """A caller identity that is not allowed (empty, too long, control or non-ASCII characters)."""
+#: Ids only a door gives: an agent's id never starts with these, nor is it the policy's.
+HUMAN_PREFIXES = ("telegram:", "cli:")
 
-    def __init__(self, value: Any) -> None:
+
+class InvalidIdentity(ValueError):
+    """A caller identity that is not allowed (empty, too long, control or non-ASCII characters, or an
+    agent id in a human's or the policy's namespace)."""
+
+    def __init__(self, value: Any, allowed: str = IDENTITY_HELP) -> None:
         self.value = value
         if not isinstance(value, str):
             shown = f"<a {type(value).__name__}>"  # never the repr of a caller's object: it may be huge
         else:
             shown = repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
-        super().__init__(f"identity {shown}: {IDENTITY_HELP}")
+        super().__init__(f"identity {shown}: {allowed}")
 
 
 class CallerKind(StrEnum):
@@ -83,6 +88,14 @@ def normalize_identity(value: Any) -> str:
     return text
 
 
+def operator_name(user: Any) -> str:
+    """``user`` if it is a user name as an operator identity: already in its normalised form, since two
+    accounts whose names differ only in case or width are two people; InvalidIdentity otherwise."""
+    if normalize_identity(user) != user:
+        raise InvalidIdentity(user, f"a user name that is its own normal form: {IDENTITY_HELP}, in lower case")
+    return str(user)
+
+
 def same_identity(a: str, b: str) -> bool:
     """True when ``a`` and ``b`` normalise to one identity; a value that does not normalise matches nothing."""
     try:
@@ -107,6 +120,10 @@ class Caller:
         object.__setattr__(self, "kind", CallerKind(self.kind))
         object.__setattr__(self, "door", Door(self.door))
         object.__setattr__(self, "id", normalize_identity(self.id))
+        if self.kind is CallerKind.AGENT and (self.id.startswith(HUMAN_PREFIXES) or self.id == POLICY_ID):
+            # Else an agent could pose as a human in the records, or poison a human's proposer history.
+            reserved = ", ".join(f"{p}..." for p in HUMAN_PREFIXES)
+            raise InvalidIdentity(self.id, f"an agent's id cannot be {POLICY_ID!r} or start with {reserved}")
 
     @classmethod
     def agent(cls, name: str) -> Caller:
@@ -122,8 +139,9 @@ class Caller:
 
     @classmethod
     def operator(cls, user: str) -> Caller:
-        """The operating-system user ``user`` at the local command line."""
-        return cls(CallerKind.HUMAN, f"cli:{normalize_identity(user)}", Door.CLI)
+        """The operating-system user ``user`` at the local command line; its name must already be
+        canonical (user names are case-sensitive: ``Alice`` is another account than ``alice``)."""
+        return cls(CallerKind.HUMAN, f"cli:{operator_name(user)}", Door.CLI)
 
     @classmethod
     def host(cls, name: str = "host") -> Caller:
@@ -160,7 +178,7 @@ class Approvers:
         if any(isinstance(c, bool) or not isinstance(c, int) for c in chats):
             raise ValueError(f"Approvers.telegram_chats: whole-number chat ids, got {sorted(map(repr, chats))}")
         object.__setattr__(self, "telegram_chats", chats)
-        object.__setattr__(self, "operators", frozenset(normalize_identity(u) for u in self.operators))
+        object.__setattr__(self, "operators", frozenset(operator_name(u) for u in self.operators))
 
     @classmethod
     def of(cls, *, telegram_chats: Iterable[int] = (), operators: Iterable[str] = ()) -> Approvers:

@@ -40,7 +40,7 @@ CASES: dict[str, tuple[str, str | None]] = {
     "TELEGRAM_ALERT_CHAT_IDS": ("42, -1001234567890", "42,@channel"),
     "TELEGRAM_ALLOWED_CHAT_IDS": ("42", "forty-two"),
     "TELEGRAM_APPROVER_CHAT_IDS": ("42,-1001234567890", "@alice"),
-    "ACTP_APPROVER_OPERATORS": ("alice, Bob", "\u0430lice"),
+    "ACTP_APPROVER_OPERATORS": ("alice, bob", "Alice"),
     "TELEGRAM_API_BASE_URL": ("http://127.0.0.1:8081/bot", "127.0.0.1:8081"),
     "ACTP_OPERATOR_TIMEZONE": ("America/New_York", "EST5EDT,M3.2.0"),
     "SUPABASE_DB_URL": ("postgresql://postgres:s3cretpw@db.abc.supabase.co:5432/postgres", "https://abc.supabase.co"),

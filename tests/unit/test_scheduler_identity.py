@@ -66,22 +66,22 @@ def test_an_identity_that_does_not_normalise_is_refused_with_what_is_allowed(bad
     assert not same_identity(bad, "agent:a")  # type: ignore[arg-type]
 
 
-#: Every id an agent might present: its own with other spacing and case, a homoglyph, a fresh one,
-#: one that looks like a human's, the policy's, a configured operator's.
+#: Every id an agent might present: its own with other spacing and case, a fresh one, ones that
+#: look like a person's, a configured operator's name.
 AGENT_IDS = [
     "agent-7",
     "agent-7 ",
     " AGENT-7",
     "\uff41gent-7",
     "agent-8-fresh",
-    "telegram:42",
-    "cli:alice",
     "alice",
     "root",
-    "policy",
     "human:alice",
     "operator",
+    "telegram-42",
 ]
+#: Ids only a door gives (a Telegram chat, an operator) or the policy has: no agent may be named so.
+HUMAN_OR_POLICY_IDS = ["telegram:42", "Telegram:42", "cli:alice", "CLI:root", "\uff43li:alice", "policy", " POLICY "]
 
 
 @pytest.mark.parametrize("agent_id", AGENT_IDS)
@@ -90,6 +90,12 @@ def test_an_agent_never_approves_whatever_its_id(agent_id: str) -> None:
     assert caller.kind is CallerKind.AGENT and caller.door is Door.REGISTRY
     refusal = EVERYONE.refusal(caller)
     assert refusal is not None and "is an agent" in refusal
+
+
+@pytest.mark.parametrize("taken", HUMAN_OR_POLICY_IDS)
+def test_an_agent_cannot_take_a_human_or_the_policy_id(taken: str) -> None:
+    with pytest.raises(InvalidIdentity, match="an agent's id cannot be 'policy' or start with telegram:"):
+        Caller.agent(taken)
 
 
 @settings(max_examples=200, deadline=None, database=None)
@@ -106,7 +112,10 @@ def test_a_configured_telegram_chat_and_a_configured_operator_approve_and_nobody
     assert EVERYONE.refusal(Caller.telegram(42)) is None
     assert EVERYONE.refusal(Caller.telegram(-100123)) is None
     assert EVERYONE.refusal(Caller.operator("alice")) is None
-    assert EVERYONE.refusal(Caller.operator(" Alice ")) is None  # the same user name, normalised
+    # User names are case-sensitive: "Alice" is another account, and no operator identity at all.
+    for other_account in ("Alice", " alice", "\uff41lice"):
+        with pytest.raises(InvalidIdentity, match="its own normal form"):
+            Caller.operator(other_account)
     assert EVERYONE.refusal(Caller.telegram(43)) == "Telegram chat 43 is not an approver (TELEGRAM_APPROVER_CHAT_IDS)"
     assert EVERYONE.refusal(Caller.operator("bob")) == "operator 'bob' is not an approver (ACTP_APPROVER_OPERATORS)"
     # An operator entry that looks like an agent's id entitles the operator of that name, not the agent.
@@ -124,7 +133,7 @@ def test_a_configured_telegram_chat_and_a_configured_operator_approve_and_nobody
 
 def test_doors_name_their_callers_and_refuse_what_they_cannot_name() -> None:
     assert Caller.telegram(42) == Caller(CallerKind.HUMAN, "telegram:42", Door.TELEGRAM)
-    assert str(Caller.operator("Alice")) == "cli:alice"
+    assert str(Caller.operator("alice")) == "cli:alice"
     assert Caller.agent(" Planner ").id == "planner"
     for bad_chat in (True, "42", 4.2):
         with pytest.raises(InvalidIdentity):
@@ -133,5 +142,6 @@ def test_doors_name_their_callers_and_refuse_what_they_cannot_name() -> None:
         Caller.operator("\u0430lice")
     with pytest.raises(ValueError, match="whole-number chat ids"):
         Approvers.of(telegram_chats=["42"])  # type: ignore[list-item]
-    with pytest.raises(InvalidIdentity):
-        Approvers.of(operators=["al ice"])
+    for bad in ("al ice", "Alice"):
+        with pytest.raises(InvalidIdentity):
+            Approvers.of(operators=[bad])

@@ -653,8 +653,10 @@ def check_name_free(
     name: str, reads: ProposalReads, *, exclude: str | None = None, pending: Iterable[ProposalRecord] | None = None
 ) -> list[Finding]:
     """A finding when a schedule or another pending proposal already uses ``name``."""
-    if any(s.name == name for s in reads.list()):
-        return [Finding(rule=Rule.NAME_FREE, field="name", message=f"a schedule named {name!r} exists")]
+    for s in reads.list():
+        if name in (s.name, s.id):
+            what = "named" if s.name == name else f"({s.name}) has the id"
+            return [Finding(rule=Rule.NAME_FREE, field="name", message=f"a schedule {what} {name!r} exists")]
     for r in pending if pending is not None else _pending(reads, exclude=exclude):
         if r.name == name:
             return [

@@ -561,8 +561,13 @@ class ScheduleStore:
         now = self.clock.now()
         stored = definition.with_changes(created_at=definition.created_at or now, updated_at=now)
         row = _schedule_row(stored)
+
+        def work(conn: Connection) -> None:
+            self._refuse_crossed(conn, stored)
+            conn.execute(schema.schedules.insert().values(**row))
+
         try:
-            self._tx(lambda c: c.execute(schema.schedules.insert().values(**row)))
+            self._tx(work)
         except IntegrityError as exc:
             if self._find_schedule(stored.name) is not None:
                 raise DuplicateSchedule(stored.name) from exc
@@ -601,10 +606,19 @@ class ScheduleStore:
     def _find_schedule(self, name_or_id: str) -> ScheduleDefinition | None:
         _key("name_or_id", name_or_id)
         s = schema.schedules
-        row = self._tx(
-            lambda c: c.execute(select(s).where(or_(s.c.name == name_or_id, s.c.id == name_or_id))).mappings().first()
-        )
+        # A name is looked up before an id, so the answer never depends on which row the database reads first.
+        stmt = select(s).where(or_(s.c.name == name_or_id, s.c.id == name_or_id)).order_by(s.c.name != name_or_id)
+        row = self._tx(lambda c: c.execute(stmt).mappings().first())
         return None if row is None else _schedule_from(row)
+
+    @staticmethod
+    def _refuse_crossed(conn: Connection, d: ScheduleDefinition) -> None:
+        """DuplicateSchedule when ``d``'s name is another schedule's id, or its id another's name: either
+        would make one of them answer to the other's name."""
+        s = schema.schedules
+        crossed = select(s.c.id).where(or_(s.c.id == d.name, s.c.name == d.id), s.c.id != d.id).limit(1)
+        if conn.execute(crossed).first() is not None:
+            raise DuplicateSchedule(d.name)
 
     def get(self, name_or_id: str) -> ScheduleDefinition:
         """The schedule with this name (or id); ScheduleNotFound when there is none."""
@@ -644,8 +658,14 @@ class ScheduleStore:
         columns = {_SPAN_COLUMNS.get(name, name) for name in (*changes, "updated_at")}
         row = {k: v for k, v in _schedule_row(changed).items() if k in columns}
         s = schema.schedules
+
+        def work(conn: Connection) -> int:
+            if "name" in changes:
+                self._refuse_crossed(conn, changed)
+            return int(conn.execute(update(s).where(s.c.id == current.id).values(**row)).rowcount)
+
         try:
-            count = self._tx(lambda c: c.execute(update(s).where(s.c.id == current.id).values(**row)).rowcount)
+            count = self._tx(work)
         except IntegrityError as exc:
             raise DuplicateSchedule(changed.name) from exc
         if count != 1:
@@ -1857,8 +1877,12 @@ class ScheduleStore:
         now = self.clock.now()
         stored = definition.with_changes(created_at=now, updated_at=now, proposal_id=record.id)
 
+        def insert(conn: Connection) -> None:
+            self._refuse_crossed(conn, stored)
+            conn.execute(schema.schedules.insert().values(**_schedule_row(stored)))
+
         def work() -> ScheduleDefinition:
-            self._tx(lambda c: c.execute(schema.schedules.insert().values(**_schedule_row(stored))))
+            self._tx(insert)
             self.transition_proposal(record, "activate", now=now, schedule_id=stored.id)
             return stored
 

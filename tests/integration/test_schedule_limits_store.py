@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy import update
 
 from agent.scheduler import FakeClock, InvalidSchedule, RunStatus, ScheduleDefinition, ScheduleStore, schema
+from agent.scheduler.errors import DuplicateSchedule
 from agent.scheduler.limits import json_storable, storable
 from agent.scheduler.proposals import ProposalService, ScheduleProposal, parse_proposal
 from agent.scheduler.schedule_engine import ScheduleEngine
@@ -247,3 +248,17 @@ def test_a_valid_proposal_at_the_limits_becomes_a_schedule_both_stores_hold(stor
     assert record.status == "active", record.report
     schedule = store.get(str(record.schedule_id))
     assert schedule.description == "\u00e9\n" * 1000 and schedule.params["i"] == 2**63 - 1
+
+
+def test_a_name_never_crosses_another_schedules_id(store: ScheduleStore, make_schedule: MakeSchedule) -> None:
+    critical = store.add(make_schedule("critical"))
+    with pytest.raises(DuplicateSchedule):
+        store.add(make_schedule(critical.id))  # its name would be critical's id
+    with pytest.raises(DuplicateSchedule):
+        store.add(make_schedule("other", id="critical"))  # its id would be critical's name
+    other = store.add(make_schedule("other"))
+    with pytest.raises(DuplicateSchedule):
+        store.update("other", name=critical.id)
+    assert store.get(critical.id) == store.get("critical") and store.get("other") == other
+    report = ProposalService(store, registry()).validate(proposal(name=critical.id))
+    assert any(f.rule == "name_free" and "has the id" in f.message for f in report.findings)

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from agent.scheduler.errors import InvalidSchedule, SchedulerError, StoreError
 from agent.scheduler.identity import Caller, InvalidIdentity
-from agent.scheduler.limits import text_problem
+from agent.scheduler.limits import MAX_JSON_DEPTH, json_depth, text_problem
 from agent.scheduler.proposals import InvalidProposal
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Field:
         if not _has_type(value, self.type):
             article = _ARTICLE.get(self.type, "a")
             raise self._bad(f"must be {article} {self.type.value}, got {_json_type(value)}")
-        if self.type is FieldType.NUMBER and not math.isfinite(value):
+        if self.type is FieldType.NUMBER and isinstance(value, float) and not math.isfinite(value):
             raise self._bad("must be a finite number")
         problem = text_problem(value, single_line=self.single_line) if self.type is FieldType.STRING else None
         if problem is not None:
@@ -414,6 +414,9 @@ def _json_object(payload: Any) -> dict[str, Any]:
         text = json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         raise _not_json(payload) from None
+    for key, value in payload.items():
+        if json_depth(value) >= MAX_JSON_DEPTH:
+            raise ServiceError(ErrorCode.INVALID, f"{key}: nested more than {MAX_JSON_DEPTH} deep", key)
     if len(text) > MAX_PAYLOAD_CHARS:
         raise ServiceError(
             ErrorCode.INVALID, f"the payload is {len(text)} characters of JSON; at most {MAX_PAYLOAD_CHARS}"

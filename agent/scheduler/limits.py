@@ -89,6 +89,9 @@ INSTANT_HELP = "a timezone-aware datetime from 1970-01-01 to 8999-12-31 (UTC)"
 MAX_PARAMS_BYTES = 64 * 1024
 #: Deepest nesting of objects and lists in ``params`` (the object itself is level 1).
 MAX_PARAMS_DEPTH = 32
+#: Deepest nesting of any JSON a caller hands in (a registry payload, a stored proposal): a proposal
+#: around params at their deepest, with room to spare; far below what a JSON encoder recurses into.
+MAX_JSON_DEPTH = 64
 #: Integers in params: 64-bit signed, what SQLite's JSON functions and most JSON readers hold exactly.
 PARAMS_INT_MIN, PARAMS_INT_MAX = -(2**63), 2**63 - 1
 #: Floats in params are below this in magnitude: PostgreSQL's JSONB gives larger ones back as whole numbers.
@@ -330,16 +333,28 @@ def _compact(value: Any) -> str:
 
 
 def json_storable(value: Any) -> bool:
-    """True when no string or key in ``value`` (parsed JSON: dicts, lists, scalars) holds NUL or a lone surrogate."""
-    stack = [value]
+    """True when ``value`` (parsed JSON: dicts, lists, scalars) nests at most MAX_JSON_DEPTH deep and no
+    string or key in it holds NUL or a lone surrogate."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
         if isinstance(node, str):
             if not storable(node):
                 return False
-        elif isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+        elif isinstance(node, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return False
+            items = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            stack.extend((item, depth + 1) for item in items)
     return True
+
+
+def json_depth(value: Any) -> int:
+    """How deep ``value``'s dicts and lists nest (a scalar: 0), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((item, depth + 1) for item in (node.values() if isinstance(node, dict) else node))
+    return deepest

@@ -20,6 +20,7 @@ from agent.scheduler.errors import (
     StoreError,
 )
 from agent.scheduler.identity import Caller
+from agent.scheduler.limits import MAX_JSON_DEPTH
 from agent.scheduler.proposals import DecisionRefused, InvalidProposal, ProposalNotFound
 from agent.scheduler.schedule_policy import Finding, Rule
 from service_registry import (
@@ -74,7 +75,7 @@ def error_of(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_good_call_answers_ok_with_the_result_and_defaults_filled_in() -> None:
-    answer = call(registry(), "test.echo", {"name": "sweep", "tags": ["a"]}, caller="telegram:42")
+    answer = call(registry(), "test.echo", {"name": "sweep", "tags": ["a"]}, caller="human:alice")
     assert answer["ok"] is True
     result = answer["result"]
     assert result["payload"] == {
@@ -87,7 +88,7 @@ def test_a_good_call_answers_ok_with_the_result_and_defaults_filled_in() -> None
         "tags": ["a"],
     }
     # A string is an agent's id, whatever it looks like: only a door makes a human.
-    assert (result["caller"], result["kind"], result["topic"]) == ("telegram:42", "agent", "test.echo")
+    assert (result["caller"], result["kind"], result["topic"]) == ("human:alice", "agent", "test.echo")
 
 
 def test_a_handle_calls_as_the_identity_the_host_gave_it_and_cannot_name_another() -> None:
@@ -336,3 +337,24 @@ def test_tab_and_newline_are_text_but_not_one_line() -> None:
     reg.register("test.text", echo, InputSchema(Field(name="text", type=FieldType.STRING)))
     assert call(reg, "test.text", {"text": "two\nlines\tand a tab"})["ok"] is True
     assert Field(name="n", type=FieldType.STRING, single_line=True).describe()["single_line"] is True
+
+
+def test_a_payload_nested_too_deep_or_a_number_too_big_for_a_float_is_refused_naming_the_field() -> None:
+    reg = ServiceRegistry()
+    reg.register(
+        "test.shape",
+        echo,
+        InputSchema(Field(name="o", type=FieldType.OBJECT), Field(name="n", type=FieldType.NUMBER, maximum=10)),
+    )
+    nested: Any = 1
+    for _ in range(MAX_JSON_DEPTH):
+        nested = {"a": nested}
+    error = error_of(call(reg, "test.shape", {"o": nested}))
+    assert (error["code"], error["field"], error["message"]) == (
+        "invalid",
+        "o",
+        f"o: nested more than {MAX_JSON_DEPTH} deep",
+    )
+    assert call(reg, "test.shape", {"o": nested["a"]})["ok"] is True
+    error = error_of(call(reg, "test.shape", {"n": 10**400}))
+    assert (error["code"], error["field"]) == ("invalid", "n") and "above the maximum 10" in error["message"]

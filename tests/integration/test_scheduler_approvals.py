@@ -108,7 +108,7 @@ def test_nobody_approves_their_own_proposal_compared_normalised(
             caplog.at_level(logging.WARNING, logger="agent.scheduler.proposals"),
             pytest.raises(DecisionRefused, match="cli:alice proposed it and cannot approve it"),
         ):
-            svc.approve(pid, by=Caller.operator("Alice"))
+            svc.approve(pid, by=Caller.operator("alice"))
         assert shared_store.get_proposal(pid).status == "awaiting_approval"
     assert "approve of proposal" in caplog.text and "by cli:alice via cli refused" in caplog.text
     # The same person through another door is another identity: the Telegram chat approves.
@@ -128,7 +128,7 @@ def test_a_configured_human_decides_and_the_record_names_approver_door_and_time(
         svc.reject(first, by=Caller.telegram(7), reason="no")
     with pytest.raises(DecisionRefused, match="not a human approver"):
         svc.approve(first, by=Caller.host())
-    approved = svc.approve(first, by=Caller.operator("ALICE"))
+    approved = svc.approve(first, by=Caller.operator("alice"))
     rejected = svc.reject(second, by=Caller.telegram(42), reason="not this quarter")
     assert [
         (r.status, r.decided_by, r.decided_via, r.decided_at)
@@ -153,3 +153,26 @@ def test_a_configured_human_decides_and_the_record_names_approver_door_and_time(
         "policy",
         clock.now(),
     )
+
+
+@run_async
+async def test_an_agent_cannot_start_resume_or_retry_a_high_risk_schedule_a_human_can(
+    shared_store: ScheduleStore, clock: FakeClock
+) -> None:
+    tasks = registry()
+    svc = ProposalService(shared_store, tasks, clock, approvers=APPROVERS)
+    reg = ServiceRegistry()
+    engine = ScheduleEngine(shared_store, tasks, clock=clock, worker_id="w")
+    register_scheduler_topics(reg, store=shared_store, engine=engine, tasks=tasks, proposals=svc)
+    svc.approve(held_payout(svc), by=Caller.operator("alice"))
+    shared_store.disable("payout", reason="paused by a human")
+    agent = reg.handle(Caller.agent("agent-7"))
+    for topic in ("scheduler.enable_schedule", "scheduler.run_now", "scheduler.reset_breaker"):
+        answer = await agent.call(topic, {"name": "payout"})
+        assert answer["ok"] is False and answer["error"]["code"] == "refused", answer
+        assert "agent-7 is an agent: only a human may" in answer["error"]["message"]
+    assert not shared_store.get("payout").enabled and shared_store.runs(schedule="payout") == []
+    assert (await agent.call("scheduler.disable_schedule", {"name": "payout"}))["ok"] is True  # stopping stays open
+    human = await reg.call("scheduler.enable_schedule", {"name": "payout"}, caller=Caller.telegram(42))
+    assert human["ok"] is True and shared_store.get("payout").enabled
+    reg.close()

@@ -10,6 +10,7 @@ rejects a proposal; the proposal service refuses everyone else, agents always.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import fields
 from datetime import datetime, timedelta
@@ -20,8 +21,8 @@ from service_registry import CallContext, ErrorCode, Field, FieldType, InputSche
 
 from ..cli import _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
 from ..definition import ScheduleDefinition
-from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
-from ..errors import InvalidSchedule
+from ..enums import BreakerState, ProposalStatus, RiskTier, RunStatus, ScheduleSource, TriggerType
+from ..errors import InvalidSchedule, ScheduleNotFound
 from ..proposals import ProposalService
 from ..reconciliation import ReconciliationReport
 from ..records import DeadLetter, ProposalRecord
@@ -196,6 +197,7 @@ class SchedulerTopics:
     def enable_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Let a disabled schedule run again from its next occurrence (the disabled period is not caught up)."""
         before = self.store.get(payload["name"])
+        _human_for_high_risk(before, ctx, "enable")
         schedule = self.store.enable(before.id)
         if not before.enabled:
             log.info("schedule %s enabled by %s", schedule.name, ctx.caller.id)
@@ -203,12 +205,15 @@ class SchedulerTopics:
 
     async def run_now(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Queue a manual run through the engine (the run machine as for every run) and wake its loop."""
-        run = await self.engine.run_now(payload["name"])
+        schedule = await ctx.run_sync(self.store.get, payload["name"])
+        _human_for_high_risk(schedule, ctx, "run")
+        run = await self.engine.run_now(schedule.id)
         log.info("manual run %s of %s queued by %s", run.run_id, run.schedule_name, ctx.caller.id)
         return {**_run_item(run), "by": ctx.caller.id}
 
     def reset_breaker(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Close an open (or half-open) breaker; refused when it is closed."""
+        _human_for_high_risk(self.store.get(payload["name"]), ctx, "reset the breaker of")
         schedule = self.store.transition_breaker(payload["name"], "reset")
         log.info("breaker of %s reset by %s", schedule.name, ctx.caller.id)
         return {"name": schedule.name, "breaker_state": schedule.breaker_state.value, "by": ctx.caller.id}
@@ -267,7 +272,10 @@ class SchedulerTopics:
 
     def replay_dead_letter(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Send a dead letter back to pending with a fresh retry budget; the caller is its recorded actor."""
-        run = self.store.replay_dead_letter(payload["id"], actor=ctx.caller.id, force=payload["force"])
+        letter = self.store.dead_letter(payload["id"])
+        with contextlib.suppress(ScheduleNotFound):  # a letter outlives its schedule; replay says so
+            _human_for_high_risk(self.store.get(letter.schedule_id), ctx, "replay a dead letter of")
+        run = self.store.replay_dead_letter(letter.id, actor=ctx.caller.id, force=payload["force"])
         self.engine.wake()
         return {**_run_item(run), "replayed_by": ctx.caller.id}
 
@@ -343,6 +351,17 @@ class SchedulerTopics:
             "breaker_state": s.breaker_state.value,
             "consecutive_failures": s.consecutive_failures,
         }
+
+
+def _human_for_high_risk(schedule: ScheduleDefinition, ctx: CallContext, action: str) -> None:
+    """REFUSED when an agent would start, resume or retry a high-risk schedule's work: like approving
+    it, that takes a human (disabling and reading stay open to agents)."""
+    if ctx.caller.is_agent and schedule.risk_tier is RiskTier.HIGH:
+        log.warning("%s by %s refused: %s is high risk", ctx.topic, ctx.caller.id, schedule.name)
+        raise ServiceError(
+            ErrorCode.REFUSED,
+            f"{ctx.caller.id} is an agent: only a human may {action} high-risk schedule {schedule.name}",
+        )
 
 
 def register_scheduler_topics(

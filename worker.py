@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-legacy", action="store_true", help="do not migrate or run the legacy cron table")
     parser.add_argument(
         "--worker-id",
-        type=text_up_to(WORKER_ID_CHARS),
+        type=text_up_to(WORKER_ID_CHARS, single_line=True),
         default=None,
         help=f"this worker's id, at most {WORKER_ID_CHARS} characters (default: $ACTP_WORKER_ID or the host name)",
     )

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from .limits import text_help, text_problem
+
 #: Exit status for bad arguments (argparse's, and the CLI's EXIT_USAGE).
 EXIT_ARGUMENTS = 2
 #: A bad value is echoed in an error message up to this many characters, then cut with "...".
@@ -97,14 +99,19 @@ def seconds_between(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-def text_up_to(max_chars: int, *, empty: bool = False) -> Callable[[str], str]:
-    """argparse type: text of at most ``max_chars`` characters; not empty unless ``empty``."""
+def text_up_to(max_chars: int, *, empty: bool = False, single_line: bool = False) -> Callable[[str], str]:
+    """argparse type: text of at most ``max_chars`` characters that the stores hold; not empty unless
+    ``empty``; with ``single_line``, no control character at all (ids that go into log lines)."""
 
     def parse(text: str) -> str:
         if not empty and not text.strip():
             raise argparse.ArgumentTypeError(f"{shown(text)}: must not be empty")
         if len(text) > max_chars:
             raise argparse.ArgumentTypeError(f"{shown(text)}: at most {max_chars} characters")
+        problem = text_problem(text, single_line=single_line)
+        if problem is not None:  # bytes that are not UTF-8 arrive as lone surrogates
+            allowed = text_help(max_chars, single_line=single_line)
+            raise argparse.ArgumentTypeError(f"{shown(text)}: found {problem}; {allowed}")
         return text
 
     parse.__name__ = "text"
@@ -131,14 +138,21 @@ def database(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{shown(text)}: must be a SQLite file path or a database URL")
     if len(text) > DB_CHARS:
         raise argparse.ArgumentTypeError(f"{shown(text)}: at most {DB_CHARS} characters")
-    if text.strip() in _IN_MEMORY:
+    problem = text_problem(text, single_line=True) or ("an encoded NUL (%00)" if "%00" in text else None)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: found {problem}; a path or URL is one line of text")
+    if text.strip() in _IN_MEMORY or "mode=memory" in text or ":memory:" in text:
         raise argparse.ArgumentTypeError(
             f"{shown(text)}: an in-memory database is lost when the program ends; give a SQLite file path or a URL"
         )
     path = text.split(":///", 1)[1] if text.startswith("sqlite:///") else None if "://" in text else text
-    if path is not None and not path.startswith("file:") and "?" not in path:
+    if path is not None and path.startswith("file:"):
+        raise argparse.ArgumentTypeError(f"{shown(text)}: give a plain SQLite file path (file: URIs are not taken)")
+    if path is not None and "?" not in path:
         try:
             is_directory = Path(path).expanduser().is_dir()
+        except RuntimeError:  # ~user of no such user
+            raise argparse.ArgumentTypeError(f"{shown(text)}: no such user's home directory") from None
         except (OSError, ValueError):
             is_directory = False  # the store says what is wrong with it
         if is_directory:

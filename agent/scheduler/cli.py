@@ -1017,7 +1017,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-now", parents=[common], help="queue a manual run of a schedule")
     p.add_argument("name", type=_name, metavar="NAME")
     p = sub.add_parser("simulate", parents=[common], help="the next fire times of a schedule or an expression")
-    p.add_argument("target", type=text_up_to(EXPRESSION_CHARS), metavar="EXPR|NAME")
+    p.add_argument("target", type=text_up_to(EXPRESSION_CHARS, single_line=True), metavar="EXPR|NAME")
     p.add_argument(
         "--count",
         type=whole_number(1, MAX_SIMULATE_COUNT),
@@ -1097,11 +1097,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_name = text_up_to(NAME_CHARS)
-_worker_id = text_up_to(WORKER_ID_CHARS)
+_name = text_up_to(NAME_CHARS, single_line=True)
+_worker_id = text_up_to(WORKER_ID_CHARS, single_line=True)
 _reason = text_up_to(REASON_CHARS)
 _optional_reason = text_up_to(REASON_CHARS, empty=True)
-_zone_name = text_up_to(TIMEZONE_CHARS)
+_zone_name = text_up_to(TIMEZONE_CHARS, single_line=True)
 _TASKS_HELP = f"module with register(tasks, store), as for the worker; repeatable (default: ${TASKS_ENV})"
 
 

@@ -775,7 +775,11 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         return {}
     values: dict[str, str] = {}
     problems: list[Problem] = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text_of_file = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(file), "(unreadable)", f"a readable UTF-8 text file ({exc})")]) from None
+    for number, line in enumerate(text_of_file.splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -786,6 +790,9 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
             continue
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
+        if "\x00" in value:  # no environment variable can hold it
+            problems.append(Problem(f"{file.name} line {number}", name, "a value without NUL"))
+            continue
         values[name] = value
     if problems:
         raise ConfigError(problems)

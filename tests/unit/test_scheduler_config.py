@@ -341,3 +341,14 @@ def test_an_env_file_fills_what_the_environment_lacks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="line 1"):
         cfg.read_env_file(env_file)
     assert cfg.read_env_file(ROOT / ".env.example") == {}  # everything in it is commented out
+
+
+def test_an_env_file_that_cannot_be_read_or_holds_nul_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / ".env"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"\.env"):
+        cfg.read_env_file(folder)
+    nul = tmp_path / "nul.env"
+    nul.write_text("ACTP_LOG_LEVEL=de\x00bug\n")
+    with pytest.raises(ConfigError, match=r"nul\.env line 1"):
+        cfg.read_env_file(nul)

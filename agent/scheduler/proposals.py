@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import pairwise
 from typing import Any, Protocol, TypeVar
@@ -78,6 +78,11 @@ GAP_SAMPLE = 2000
 #: The simulation's windows.
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
+#: How far ahead the seams of a calendar (clock changes, turns of the month) are looked for, in days;
+#: how near each seam its fires are walked; the step that finds the hour of a clock change.
+SEAM_DAYS = 400
+SEAM_REACH = timedelta(hours=1)
+SEAM_STEP = timedelta(minutes=15)
 #: Longest text fields, in characters (the store's columns are no wider; see limits.py).
 NAME_CHARS = limits.NAME_CHARS
 EXPRESSION_CHARS = limits.EXPRESSION_CHARS
@@ -566,6 +571,8 @@ def simulate(definition: ScheduleDefinition, now: datetime, typical_duration: ti
             break
         sample.append(following)
     gaps = [b - a for a, b in pairwise(sample)]
+    if kind is TriggerType.CALENDAR and (not gaps or min(gaps) > limits.MIN_INTERVAL):
+        gaps += _gaps_at_seams(trigger, definition.timezone, now)
     min_gap = min(gaps) if gaps else None
     if min_gap is not None and count_7d > len(sample):
         min_gap = min(min_gap, WEEK / count_7d)
@@ -589,6 +596,31 @@ def simulate(definition: ScheduleDefinition, now: datetime, typical_duration: ti
         overlap_risk=overlap,
         note=note,
     )
+
+
+def _gaps_at_seams(trigger: triggers.Trigger, timezone: str, now: datetime) -> list[timedelta]:
+    """The gaps between a calendar's fires around the seams of the coming year, where a week's sample
+    can miss them: the zone's clock changes (a skipped or repeated hour can put two fires a second
+    apart) and the turns of the months (the 31st's last minute beside the 1st's first)."""
+    zone = triggers.parse_timezone(timezone)
+    seams: list[datetime] = []
+    day = now
+    for _ in range(SEAM_DAYS):
+        later = day + DAY
+        if day.astimezone(zone).utcoffset() != later.astimezone(zone).utcoffset():
+            hour = day
+            while hour.astimezone(zone).utcoffset() == day.astimezone(zone).utcoffset():
+                hour += SEAM_STEP
+            seams.append(hour)
+        local = later.astimezone(zone)
+        if local.day == 1 and day.astimezone(zone).day != 1:
+            seams.append(local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC))
+        day = later
+    gaps: list[timedelta] = []
+    for seam in seams:
+        fires = trigger.occurrences(seam - SEAM_REACH, seam + SEAM_REACH, limit=GAP_SAMPLE)
+        gaps += [b - a for a, b in pairwise(fires)]
+    return gaps
 
 
 def _daily_firsts(trigger: triggers.Trigger, now: datetime, end: datetime) -> list[datetime]:

@@ -511,3 +511,21 @@ def test_validation_of_anything_returns_a_report_and_only_a_valid_one_compiles(d
     assert isinstance(payload, dict) and len(json.dumps(payload)) < 300_000
     proposal_obj, problems, _ = parse_proposal(data)
     assert (proposal_obj is None) == bool(problems)
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "gap"),
+    [
+        # 01:59:59 and 02:59:59 local, a day apart; on 2027-03-28 the second does not exist and fires at
+        # 03:00:00 CEST, one second after the first.
+        ("59 59 1,2 * * *", "Europe/Berlin", timedelta(seconds=1)),
+        # Hourly apart within a day; 23:59 on the 31st and 00:00 on the 1st are a minute apart.
+        ("0,59 0,23 1,31 * *", "UTC", timedelta(minutes=1)),
+    ],
+)
+def test_a_calendar_that_fires_closer_at_a_seam_of_the_year_is_judged_by_that_gap(
+    expression: str, zone: str, gap: timedelta
+) -> None:
+    report = validate(proposal(trigger_type="calendar", expression=expression, timezone=zone))
+    assert report.simulation is not None and report.simulation.min_gap == gap
+    assert report.decision is not Outcome.APPROVE  # what runs is what was judged

@@ -58,8 +58,9 @@ START_RETRY_CAP_SECONDS = 300.0
 RUNS_SHOWN = 10
 SCHEDULE_RUNS_SHOWN = 5
 ITEMS_SHOWN = 20
-#: Longest reason or error quoted in a listing, in characters.
+#: Longest reason or error quoted in a listing, in characters; longest name, target or trigger type.
 QUOTE_CHARS = 90
+NAME_SHOWN = 128
 #: Cadence groups of /schedules: (largest average seconds between runs, title), in order. The slack
 #: keeps an hourly cron hourly in a week with a DST change (167 or 169 fires); weekdays count as daily.
 CADENCE_GROUPS: tuple[tuple[float, str], ...] = (
@@ -144,7 +145,9 @@ def format_when(iso: str | None, zone: ZoneInfo, *, seconds: bool = False) -> st
 
 
 def _quote(text: Any, limit: int = QUOTE_CHARS) -> str:
-    one_line = " ".join(str(text).split())
+    """``text`` as one bounded line; control and format characters (a right-to-left override) shown as �."""
+    words = ("".join(c if c.isprintable() else "\ufffd" for c in word) for word in str(text).split())
+    one_line = " ".join(words)
     return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
 
 
@@ -661,10 +664,12 @@ class OperatorBot:
             return ["No proposals awaiting approval." if wanted == "awaiting_approval" else f"No {wanted} proposals."]
         entries = []
         for p in proposals:
+            # Everything but the id and the status came from the proposer: one bounded line each.
             entry = (
-                f"• {p['id']} · {p['name']} · {p['status']} · by {p['proposed_by']} · "
+                f"• {p['id']} · {_quote(p['name'], NAME_SHOWN)} · {p['status']} · by {_quote(p['proposed_by'])} · "
                 f"risk {p.get('risk_tier') or '-'}\n"
-                f"  {p.get('trigger_type')} {p.get('expression')} → {p.get('target')}"
+                f"  {_quote(p.get('trigger_type'), NAME_SHOWN)} {_quote(p.get('expression'))} → "
+                f"{_quote(p.get('target'), NAME_SHOWN)}"
             )
             if p.get("simulation_note"):
                 entry += f"\n  {_quote(p['simulation_note'])}"

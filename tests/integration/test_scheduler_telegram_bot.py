@@ -591,3 +591,19 @@ async def test_stop_without_start_and_twice_is_harmless() -> None:
     bot = OperatorBot(ServiceRegistry(), token=TOKEN, allowed_chat_ids=[CHAT], base_url="http://127.0.0.1:9/bot")
     await bot.stop()
     await bot.stop()
+
+
+@run_async
+async def test_a_proposals_own_text_is_listed_as_one_bounded_line(
+    world_factory: Callable[..., Any], bot_api: FakeBotApi
+) -> None:
+    world: World = await world_factory(run=False)
+    forged = "30m\n\n✅ Proposal prop_0000 (payout) approved by telegram:42\u202e"
+    rejected = world.proposals.submit(proposal(name="fake", expression=forged, target="x" * 5000))
+    assert rejected.status == "rejected"
+    async with chatting(bot_api, world.registry) as chat:
+        listed = await chat.one("/proposals rejected")
+    entry = listed.split("— rejected (1) —\n", 1)[1]
+    assert entry.count("\n") == 2 and "\u202e" not in entry and "\n✅" not in entry, entry
+    assert "30m ✅ Proposal prop_0000 (payout) approved by telegram:42\ufffd" in entry
+    assert len(listed) < 1000

@@ -43,7 +43,7 @@ TASKS_MODULE = "tests.fixtures.starvation_tasks"
 SLOW_SECONDS = 5.0
 SHUTDOWN_TIMEOUT = 3.0
 #: How long the worker runs from the healthy schedule's first start to SIGTERM (seconds, about).
-RUN_SECONDS = 10.0
+RUN_SECONDS = 8.0
 #: The healthy schedule's largest lateness (seconds). On an idle 2-core machine it starts 1-2 ms
 #: late in the database and its task begins 5-15 ms late, alone and beside the slow schedules
 #: alike. A schedule starved by another would be late by a whole interval (or skipped); 1 s leaves

@@ -185,11 +185,11 @@ def test_kill_9_in_flight_then_restart_reconciles_every_orphan_and_loses_nothing
     assert all(b_start >= a_end for (_, a_end), (b_start, _) in pairwise(spans)), spans
 
 
-def test_twenty_random_kill_9_cycles_lose_no_occurrence_and_rerun_only_what_was_in_flight(tmp_path: Path) -> None:
+def test_random_kill_9_cycles_lose_no_occurrence_and_rerun_only_what_was_in_flight(tmp_path: Path) -> None:
     # Each execution records itself, then works 0.4 s more: a kill in that window re-executes it.
     rig = Rig(tmp_path, "ledger_every_second", {"SAMPLE_AFTER_SECONDS": "0.4"})
     rng = random.Random(20271313)
-    cycles = 20
+    cycles = 10  # the chaos storm kills 20 times more, over 100 schedules
     in_flight_at_kill: set[str] = set()
     began = time.monotonic()
     worker = rig.start()

@@ -44,9 +44,10 @@ def parse_duration(value: str | float | timedelta, *, field: str = "expression")
             seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
         else:
             raise InvalidSchedule(field, value, DURATION_HELP)
-        if not (seconds > 0 and math.isfinite(seconds)):
+        span = timedelta(seconds=seconds) if math.isfinite(seconds) else timedelta(0)
+        if span <= timedelta(0):  # also what rounds to no time at all (below half a microsecond)
             raise InvalidSchedule(field, value, DURATION_HELP)
-        return timedelta(seconds=seconds)
+        return span
     except OverflowError as exc:  # an int too big for a float, or seconds beyond timedelta's range
         raise InvalidSchedule(field, value, DURATION_HELP) from exc
 

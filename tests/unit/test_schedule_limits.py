@@ -28,9 +28,9 @@ from agent.scheduler.proposals import (
     storable_payload,
     validate_proposal,
 )
-from agent.scheduler.schedule_policy import Finding, Rule
+from agent.scheduler.schedule_policy import Finding, Outcome, Rule
 from agent.scheduler.tasks import TaskRegistry
-from agent.scheduler.triggers import CalendarTrigger, IntervalTrigger, validate_expression
+from agent.scheduler.triggers import CalendarTrigger, IntervalTrigger, parse_duration, validate_expression
 from tests.unit.test_schedule_proposals_validation import FakeReads, proposal, registry
 
 BASE: dict[str, Any] = {"name": "sweep", "trigger_type": "interval", "expression": "5m", "target": "sweep"}
@@ -514,3 +514,13 @@ def test_a_proposal_of_anything_is_reported_on_never_raised_and_never_unstorable
 
 def test_known_timezones_fit_the_column() -> None:
     assert max(len(z) for z in available_timezones()) <= lim.TIMEZONE_CHARS
+
+
+def test_a_duration_that_rounds_to_no_time_is_refused_and_a_proposal_reports_it() -> None:
+    for tiny in (1e-9, "0.0000001s", 4e-7):
+        with pytest.raises(InvalidSchedule):
+            parse_duration(tiny)
+    report = validate_proposal(
+        {**proposal(), "timeout_s": 1e-9}, tasks=registry(), reads=FakeReads(), now=datetime(2027, 3, 13, tzinfo=UTC)
+    )
+    assert report.decision is Outcome.REJECT and [f.field for f in report.findings] == ["timeout_s"]

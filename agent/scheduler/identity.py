@@ -120,6 +120,12 @@ class Caller:
         object.__setattr__(self, "kind", CallerKind(self.kind))
         object.__setattr__(self, "door", Door(self.door))
         object.__setattr__(self, "id", normalize_identity(self.id))
+        prefix = f"{self.door.value}:"
+        if self.kind is CallerKind.HUMAN and (self.door not in HUMAN_DOORS or not _human_id(self.id, prefix)):
+            # A person is named by the door that vouches for them, in its one spelling.
+            raise InvalidIdentity(
+                self.id, f"a person at the {self.door.value} door is {prefix}<who>, as that door names them"
+            )
         if self.kind is CallerKind.AGENT and (self.id.startswith(HUMAN_PREFIXES) or self.id == POLICY_ID):
             # Else an agent could pose as a human in the records, or poison a human's proposer history.
             reserved = ", ".join(f"{p}..." for p in HUMAN_PREFIXES)
@@ -155,6 +161,21 @@ class Caller:
 
     def __str__(self) -> str:
         return self.id
+
+
+#: The doors that vouch for a person.
+HUMAN_DOORS = frozenset({Door.TELEGRAM, Door.CLI})
+
+
+def _human_id(text: str, prefix: str) -> bool:
+    """True when ``text`` is ``prefix`` and a name as its door spells it: a chat id's decimal digits
+    (no leading zeros), or a user name in its normal form."""
+    if not text.startswith(prefix):
+        return False
+    who = text.removeprefix(prefix)
+    if prefix == "telegram:":
+        return who == str(int(who)) if re.fullmatch(r"-?\d+", who) else False
+    return bool(who)
 
 
 #: The proposal policy as a caller (auto-approval, expiry).

@@ -1177,8 +1177,8 @@ class ProposalService:
         when it is not awaiting approval. An overdue one is expired and refused. The record names
         the approver, the door and the time.
         """
-        _check_reason(reason)
         self._entitled(proposal_id, by, "approve")
+        _check_reason(reason)
         record = self.get(proposal_id)
         now = self.clock.now()
         if is_overdue(record, now):
@@ -1192,7 +1192,7 @@ class ProposalService:
             self._refused(proposal_id, by, "approve", f"{by.id} proposed it and cannot approve it: it needs a human")
         report = self.validate(record.payload, proposal_id=record.id)
         high = RiskTier.HIGH in (report.risk_tier, (record.report or {}).get("risk_tier"))
-        if high and any(same_identity(r.proposed_by, by.id) for r in self.store.proposals()):
+        if high and self.store.proposals(proposed_by=by.id):  # stored proposers are normalised
             self._refused(
                 proposal_id, by, "approve", f"{by.id} proposes schedules itself: a high-risk proposal needs a human"
             )
@@ -1231,10 +1231,10 @@ class ProposalService:
         Refused like :meth:`approve` when ``by`` is not one of the approvers. The record names
         who rejected it, the door and the time.
         """
+        self._entitled(proposal_id, by, "reject")
         _check_reason(reason)
         if not isinstance(reason, str) or not reason.strip():
             raise DecisionRefused(proposal_id, "say why it is rejected (reason)")
-        self._entitled(proposal_id, by, "reject")
         record = self.get(proposal_id)
         now = self.clock.now()
         rejected = self.store.transition_proposal(

@@ -145,3 +145,18 @@ def test_doors_name_their_callers_and_refuse_what_they_cannot_name() -> None:
     for bad in ("al ice", "Alice"):
         with pytest.raises(InvalidIdentity):
             Approvers.of(operators=[bad])
+
+
+@pytest.mark.parametrize(
+    ("kind", "given_id", "door"),
+    [
+        (CallerKind.HUMAN, "alice", Door.CLI),  # a person without the door that names them
+        (CallerKind.HUMAN, "telegram:0042", Door.TELEGRAM),  # chat 42 spelled another way
+        (CallerKind.HUMAN, "cli:alice", Door.TELEGRAM),  # one door's person at another door
+        (CallerKind.HUMAN, "api:x", Door.API),  # no door that vouches for a person
+        (CallerKind.HUMAN, "telegram:", Door.TELEGRAM),
+    ],
+)
+def test_a_person_is_named_only_as_their_door_names_them(kind: CallerKind, given_id: str, door: Door) -> None:
+    with pytest.raises(InvalidIdentity, match="as that door names them"):
+        Caller(kind, given_id, door)

@@ -257,6 +257,7 @@ class ScheduleEngine:
         now = self.clock.now()
         self._started_at = now
         await self._db(self.store.defer_checkpoints)
+        await self._db(self.store.disable_out_of_bounds)
         # The report is written in the same transaction as the first changes it counts, brought up
         # to date by the startup tick's, and closed at the end: a start cut short leaves it true.
         report: ReconciliationReport = await self._db(self.store.atomic_kept, self._reconcile_db, now, False)

@@ -265,7 +265,6 @@ class ScheduleStore:
         self._statements: dict[Any, Any] = {}
         try:
             self._migrate()
-            self._disable_out_of_bounds()
         except BaseException:
             self.db.close()
             raise
@@ -477,10 +476,11 @@ class ScheduleStore:
                 f"{schema.SCHEMA_VERSION}: upgrade the scheduler before opening it"
             )
 
-    def _disable_out_of_bounds(self) -> None:
+    def disable_out_of_bounds(self) -> None:
         """Disable the enabled schedules an earlier version stored with a value the limits now refuse
         (a sub-second interval, a name ending in a newline...), each with the reason, so that none of
-        them stops the engine; fixing the field (``update``) and ``enable`` bring it back."""
+        them stops the engine; fixing the field (``update``) and ``enable`` bring it back. The engine
+        does this when it starts; reading a store never changes it."""
         s = schema.schedules
         rows = self._tx(lambda c: c.execute(select(s).where(s.c.enabled.is_(True))).mappings().all())
         for row in rows:
@@ -488,7 +488,7 @@ class ScheduleStore:
             try:
                 stored.with_changes()
             except InvalidSchedule as exc:
-                reason = limits.storable_text(f"disabled when opened: {exc}")[: limits.REASON_CHARS]
+                reason = limits.storable_text(f"disabled at start: {exc}")[: limits.REASON_CHARS]
                 values = {"enabled": False, "disabled_reason": reason, "updated_at": _to_db(self.clock.now())}
                 still_enabled = and_(s.c.id == stored.id, s.c.enabled.is_(True))  # another process may be first
                 self._tx(partial(_execute, update(s).where(still_enabled).values(**values)))

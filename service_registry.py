@@ -38,7 +38,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
-from agent.scheduler.errors import InvalidSchedule, SchedulerError, StoreError
+from agent.scheduler.errors import InvalidSchedule, SchedulerError, StoreError, short
 from agent.scheduler.identity import Caller, InvalidIdentity
 from agent.scheduler.limits import MAX_JSON_DEPTH, json_depth, text_problem
 from agent.scheduler.proposals import InvalidProposal
@@ -162,7 +162,7 @@ class Field:
             )
             raise self._bad(f"{allowed}; found {problem}")
         if self.allowed and value not in self.allowed:
-            raise self._bad(f"{_short(value)} is not allowed; one of: " + ", ".join(str(a) for a in self.allowed))
+            raise self._bad(f"{short(value)} is not allowed; one of: " + ", ".join(str(a) for a in self.allowed))
         if self.max_length is not None:
             length = len(json.dumps(value)) if self.type is FieldType.OBJECT else len(value)
             if length > self.max_length:
@@ -207,7 +207,7 @@ class InputSchema:
             if key not in self.fields:
                 known = ", ".join(self.fields) or "(none)"
                 raise ServiceError(
-                    ErrorCode.INVALID, f"{_short(key)} is not a field of this topic; fields: {known}", str(key)[:64]
+                    ErrorCode.INVALID, f"{short(key)} is not a field of this topic; fields: {known}", str(key)[:64]
                 )
         out: dict[str, Any] = {}
         for name, spec in self.fields.items():
@@ -323,7 +323,7 @@ class ServiceRegistry:
         entry = self._topics.get(topic) if isinstance(topic, str) else None
         if entry is None:
             known = ", ".join(self.topics()) or "(none)"
-            raise ServiceError(ErrorCode.UNKNOWN_TOPIC, f"no topic named {_short(topic)}; topics: {known}")
+            raise ServiceError(ErrorCode.UNKNOWN_TOPIC, f"no topic named {short(topic)}; topics: {known}")
         data = _json_object(payload)
         checked = entry.schema.validate(data)
         context = CallContext(topic=topic, caller=caller, _executor=self._executor)
@@ -434,8 +434,8 @@ def _not_json(payload: dict[Any, Any]) -> ServiceError:
                 raise TypeError(key)
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
-            field = str(key)[:64]
-            why = "it is too deeply nested" if isinstance(exc, RecursionError) else _short(str(exc))
+            field = key[:64] if isinstance(key, str) else short(key)
+            why = "it is too deeply nested" if isinstance(exc, RecursionError) else short(str(exc))
             return ServiceError(ErrorCode.INVALID, f"{field}: not JSON ({why}); {allowed} a few hundred levels", field)
     return ServiceError(ErrorCode.INVALID, "the payload is not JSON")
 
@@ -467,11 +467,4 @@ def _number(value: float) -> str:
 
 
 def _who(caller: Any) -> str:
-    return (
-        f"{caller.id} ({caller.kind.value} via {caller.door.value})" if isinstance(caller, Caller) else _short(caller)
-    )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{caller.id} ({caller.kind.value} via {caller.door.value})" if isinstance(caller, Caller) else short(caller)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import pwd
 import sys
@@ -1153,6 +1154,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
     """Run one command; returns the exit status (0 ok, 2 bad input)."""
     stream = out or sys.stdout
     args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        # The command's answer is its output and one error line; the library's log lines (a refused
+        # approval, a retried connection) are the worker's to print, not this command's.
+        logging.getLogger().addHandler(logging.NullHandler())
     store = None
     try:
         if args.command in OFFLINE_COMMANDS:
@@ -1164,7 +1169,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0
     except (CliError, InvalidSchedule, SchedulerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the driver wrote
         return EXIT_USAGE
     finally:
         if store is not None:

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.scheduler import FakeClock, ScheduleStore
+from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import DecisionRefused, ProposalService
 from agent.scheduler.schedule_engine import ScheduleEngine
 from service_registry import ServiceRegistry
 from tests.conftest import T0, run_async
-from tests.integration.test_schedule_proposals import proposal, registry
+from tests.integration.test_schedule_proposals import MODULE, proposal, registry
+from tests.system.worker_process import ROOT
 
 APPROVERS = Approvers.of(telegram_chats=[42], operators=["alice"])
 
@@ -175,4 +180,27 @@ async def test_an_agent_cannot_start_resume_or_retry_a_high_risk_schedule_a_huma
     assert (await agent.call("scheduler.disable_schedule", {"name": "payout"}))["ok"] is True  # stopping stays open
     human = await reg.call("scheduler.enable_schedule", {"name": "payout"}, caller=Caller.telegram(42))
     assert human["ok"] is True and shared_store.get("payout").enabled
+    # A host's schedule left at the default tier is as high as its task.
+    shared_store.add(ScheduleDefinition(name="host_payout", trigger_type="interval", expression="1h", target="payout"))
+    answer = await agent.call("scheduler.run_now", {"name": "host_payout"})
+    assert answer["ok"] is False and answer["error"]["code"] == "refused", answer
+    assert shared_store.runs(schedule="host_payout") == []
     reg.close()
+
+
+def test_a_refused_approval_at_the_command_line_is_one_line_on_stderr(tmp_path: Path) -> None:
+    db = tmp_path / "scheduler.db"
+    with ScheduleStore(f"sqlite:///{db}") as store:
+        pid = held_payout(ProposalService(store, registry()))
+    env = {**os.environ, "ACTP_APPROVER_OPERATORS": "nobody-here"}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.scheduler", "--db", str(db), "approve", pid, "--tasks", MODULE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "is not an approver (ACTP_APPROVER_OPERATORS)" in done.stderr

@@ -197,7 +197,7 @@ class SchedulerTopics:
     def enable_schedule(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Let a disabled schedule run again from its next occurrence (the disabled period is not caught up)."""
         before = self.store.get(payload["name"])
-        _human_for_high_risk(before, ctx, "enable")
+        _human_for_high_risk(before, self.tasks, ctx, "enable")
         schedule = self.store.enable(before.id)
         if not before.enabled:
             log.info("schedule %s enabled by %s", schedule.name, ctx.caller.id)
@@ -206,14 +206,14 @@ class SchedulerTopics:
     async def run_now(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Queue a manual run through the engine (the run machine as for every run) and wake its loop."""
         schedule = await ctx.run_sync(self.store.get, payload["name"])
-        _human_for_high_risk(schedule, ctx, "run")
+        _human_for_high_risk(schedule, self.tasks, ctx, "run")
         run = await self.engine.run_now(schedule.id)
         log.info("manual run %s of %s queued by %s", run.run_id, run.schedule_name, ctx.caller.id)
         return {**_run_item(run), "by": ctx.caller.id}
 
     def reset_breaker(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Close an open (or half-open) breaker; refused when it is closed."""
-        _human_for_high_risk(self.store.get(payload["name"]), ctx, "reset the breaker of")
+        _human_for_high_risk(self.store.get(payload["name"]), self.tasks, ctx, "reset the breaker of")
         schedule = self.store.transition_breaker(payload["name"], "reset")
         log.info("breaker of %s reset by %s", schedule.name, ctx.caller.id)
         return {"name": schedule.name, "breaker_state": schedule.breaker_state.value, "by": ctx.caller.id}
@@ -274,7 +274,7 @@ class SchedulerTopics:
         """Send a dead letter back to pending with a fresh retry budget; the caller is its recorded actor."""
         letter = self.store.dead_letter(payload["id"])
         with contextlib.suppress(ScheduleNotFound):  # a letter outlives its schedule; replay says so
-            _human_for_high_risk(self.store.get(letter.schedule_id), ctx, "replay a dead letter of")
+            _human_for_high_risk(self.store.get(letter.schedule_id), self.tasks, ctx, "replay a dead letter of")
         run = self.store.replay_dead_letter(letter.id, actor=ctx.caller.id, force=payload["force"])
         self.engine.wake()
         return {**_run_item(run), "replayed_by": ctx.caller.id}
@@ -353,10 +353,11 @@ class SchedulerTopics:
         }
 
 
-def _human_for_high_risk(schedule: ScheduleDefinition, ctx: CallContext, action: str) -> None:
-    """REFUSED when an agent would start, resume or retry a high-risk schedule's work: like approving
-    it, that takes a human (disabling and reading stay open to agents)."""
-    if ctx.caller.is_agent and schedule.risk_tier is RiskTier.HIGH:
+def _human_for_high_risk(schedule: ScheduleDefinition, tasks: TaskRegistry, ctx: CallContext, action: str) -> None:
+    """REFUSED when an agent would start, resume or retry a high-risk schedule's work (the schedule's
+    tier or its task's): like approving it, that takes a human (disabling and reading stay open)."""
+    task_tier = tasks.get(schedule.target).risk_tier if schedule.target in tasks else None
+    if ctx.caller.is_agent and RiskTier.HIGH in (schedule.risk_tier, task_tier):
         log.warning("%s by %s refused: %s is high risk", ctx.topic, ctx.caller.id, schedule.name)
         raise ServiceError(
             ErrorCode.REFUSED,

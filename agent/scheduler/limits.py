@@ -31,7 +31,6 @@ def name_help(chars: int) -> str:
     return f"1-{chars} characters: ASCII letters, digits and _ . : -, starting with a letter or digit"
 
 
-NAME_HELP = name_help(NAME_CHARS)
 ID_HELP = name_help(ID_CHARS)
 
 # --- text ---------------------------------------------------------------------------------------

@@ -95,8 +95,6 @@ MAX_COUNT = min(limits.MAX_RETRIES, limits.MAX_BREAKER_THRESHOLD)
 #: The most of a raw proposal kept in its record, as JSON; a bigger one is kept as an excerpt.
 MAX_STORED_PAYLOAD_BYTES = 256 * 1024
 STORED_EXCERPT_CHARS = 4096
-#: Who is recorded as deciding what the policy decided by itself.
-POLICY_ACTOR = POLICY.id
 #: The proposal statuses that still claim their schedule name.
 PENDING_STATUSES = (ProposalStatus.SUBMITTED, ProposalStatus.AWAITING_APPROVAL, ProposalStatus.APPROVED)
 

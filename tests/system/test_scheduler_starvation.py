@@ -3,7 +3,7 @@
 The real worker runs a ``healthy`` 1 s schedule with an instant task beside four 1 s schedules
 whose task takes 5 s (7 s under replace) and ignores stop requests, one per concurrency policy:
 async tasks in one test, sync tasks on threads in the other (``tests.fixtures.starvation_tasks``).
-After about 10 s it gets SIGTERM. From the ``scheduled_runs`` rows, the task ledger and what the
+After about 8 s it gets SIGTERM. From the ``scheduled_runs`` rows, the task ledger and what the
 database showed while it ran:
 
 - the healthy schedule starts on time (``started_at - intended_run_at``, and the task's own first

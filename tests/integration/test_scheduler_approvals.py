@@ -34,6 +34,16 @@ def shared_store(any_url: str, clock: FakeClock) -> Iterator[ScheduleStore]:
         yield s
 
 
+def registry_over(store: ScheduleStore, clock: FakeClock) -> tuple[ProposalService, ServiceRegistry]:
+    """The proposal service (APPROVERS decide) and a registry with the scheduler's topics over ``store``."""
+    tasks = registry()
+    svc = ProposalService(store, tasks, clock, approvers=APPROVERS)
+    reg = ServiceRegistry()
+    engine = ScheduleEngine(store, tasks, clock=clock, worker_id="w")
+    register_scheduler_topics(reg, store=store, engine=engine, tasks=tasks, proposals=svc)
+    return svc, reg
+
+
 def held_payout(svc: ProposalService, name: str = "payout", **kwargs: Any) -> str:
     record = svc.submit(proposal(name=name, target="payout", expression="7d", **kwargs))
     assert record.status == "awaiting_approval"
@@ -60,11 +70,7 @@ AGENT_VARIANTS = [
 async def test_an_agent_through_the_registry_never_decides_whatever_id_the_host_gave_it(
     shared_store: ScheduleStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tasks = registry()
-    svc = ProposalService(shared_store, tasks, clock, approvers=APPROVERS)
-    reg = ServiceRegistry()
-    engine = ScheduleEngine(shared_store, tasks, clock=clock, worker_id="w")
-    register_scheduler_topics(reg, store=shared_store, engine=engine, tasks=tasks, proposals=svc)
+    _, reg = registry_over(shared_store, clock)
     agent = reg.handle(Caller.agent("agent-7"))
     submitted = await agent.call("scheduler.propose_schedule", {"proposal": proposal(name="payout", target="payout")})
     pid = submitted["result"]["proposal"]["id"]
@@ -164,11 +170,7 @@ def test_a_configured_human_decides_and_the_record_names_approver_door_and_time(
 async def test_an_agent_cannot_start_resume_or_retry_a_high_risk_schedule_a_human_can(
     shared_store: ScheduleStore, clock: FakeClock
 ) -> None:
-    tasks = registry()
-    svc = ProposalService(shared_store, tasks, clock, approvers=APPROVERS)
-    reg = ServiceRegistry()
-    engine = ScheduleEngine(shared_store, tasks, clock=clock, worker_id="w")
-    register_scheduler_topics(reg, store=shared_store, engine=engine, tasks=tasks, proposals=svc)
+    svc, reg = registry_over(shared_store, clock)
     svc.approve(held_payout(svc), by=Caller.operator("alice"))
     shared_store.disable("payout", reason="paused by a human")
     agent = reg.handle(Caller.agent("agent-7"))

@@ -40,7 +40,7 @@ from .definition import ScheduleDefinition
 from .enums import ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .identity import Approvers, Caller, InvalidIdentity
-from .limits import MAX_PARAMS_DEPTH
+from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
@@ -629,22 +629,9 @@ def read_proposal(name: str) -> Any:
         raise CliError(f"{label}: JSON nested deeper than {PROPOSAL_DEPTH} levels") from None
     except ValueError as exc:
         raise CliError(f"{label}: not JSON: {exc}") from None
-    if _depth(data) > PROPOSAL_DEPTH:
+    if json_depth(data) > PROPOSAL_DEPTH:
         raise CliError(f"{label}: JSON nested deeper than {PROPOSAL_DEPTH} levels")
     return data
-
-
-def _depth(data: Any) -> int:
-    """How deep objects and arrays nest in ``data`` (0 for a scalar), without recursion."""
-    deepest, stack = 0, [(data, 1)]
-    while stack:
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .enums import RiskTier
+from .errors import short
+
 #: An identity after normalisation: lower-case ASCII letters, digits and ``_ . : @ -``, starting with
 #: a letter or digit, at most IDENTITY_CHARS characters.
 IDENTITY_CHARS = 128
-IDENTITY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.:@-]{0,127}")
+IDENTITY_PATTERN = re.compile(rf"[a-z0-9][a-z0-9_.:@-]{{0,{IDENTITY_CHARS - 1}}}")
 IDENTITY_HELP = (
     f"1-{IDENTITY_CHARS} characters: ASCII letters, digits and _ . : @ -, starting with a letter or digit "
     "(compared without case and surrounding spaces)"
@@ -30,21 +33,13 @@ IDENTITY_HELP = (
 POLICY_ID = "policy"
 
 
-#: Ids only a door gives: an agent's id never starts with these, nor is it the policy's.
-HUMAN_PREFIXES = ("telegram:", "cli:")
-
-
 class InvalidIdentity(ValueError):
     """A caller identity that is not allowed (empty, too long, control or non-ASCII characters, or an
     agent id in a human's or the policy's namespace)."""
 
     def __init__(self, value: Any, allowed: str = IDENTITY_HELP) -> None:
         self.value = value
-        if not isinstance(value, str):
-            shown = f"<a {type(value).__name__}>"  # never the repr of a caller's object: it may be huge
-        else:
-            shown = repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
-        super().__init__(f"identity {shown}: {allowed}")
+        super().__init__(f"identity {short(value)}: {allowed}")
 
 
 class CallerKind(StrEnum):
@@ -71,6 +66,11 @@ class Door(StrEnum):
     POLICY = "policy"
     #: Host code calling the Python API in the worker's process.
     API = "api"
+
+
+#: The doors that vouch for a person; a person's id is ``<door>:<who>``, so no agent's id may start so.
+HUMAN_DOORS = (Door.TELEGRAM, Door.CLI)
+HUMAN_PREFIXES = tuple(f"{door.value}:" for door in HUMAN_DOORS)
 
 
 def normalize_identity(value: Any) -> str:
@@ -163,10 +163,6 @@ class Caller:
         return self.id
 
 
-#: The doors that vouch for a person.
-HUMAN_DOORS = frozenset({Door.TELEGRAM, Door.CLI})
-
-
 def _human_id(text: str, prefix: str) -> bool:
     """True when ``text`` is ``prefix`` and a name as its door spells it: a chat id's decimal digits
     (no leading zeros), or a user name in its normal form."""
@@ -229,3 +225,12 @@ class Approvers:
         chats = ", ".join(str(c) for c in sorted(self.telegram_chats)) or "none"
         users = ", ".join(sorted(self.operators)) or "none"
         return f"Telegram chats: {chats}; operators: {users}"
+
+
+def high_risk_refusal(caller: Caller, tiers: Iterable[RiskTier | None], action: str, schedule: str) -> str | None:
+    """Why ``caller`` may not ``action`` (enable, run, reset, replay) a schedule whose own or task's tier
+    is among ``tiers``, or None: an agent never starts, resumes or retries high-risk work, since that,
+    like approving it, takes a human."""
+    if caller.is_agent and RiskTier.HIGH in tiers:
+        return f"{caller.id} is an agent: only a human may {action} high-risk schedule {schedule}"
+    return None

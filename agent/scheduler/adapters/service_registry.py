@@ -21,8 +21,9 @@ from service_registry import CallContext, ErrorCode, Field, FieldType, InputSche
 
 from ..cli import _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
 from ..definition import ScheduleDefinition
-from ..enums import BreakerState, ProposalStatus, RiskTier, RunStatus, ScheduleSource, TriggerType
+from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
 from ..errors import InvalidSchedule, ScheduleNotFound
+from ..identity import high_risk_refusal
 from ..proposals import ProposalService
 from ..reconciliation import ReconciliationReport
 from ..records import DeadLetter, ProposalRecord
@@ -354,15 +355,12 @@ class SchedulerTopics:
 
 
 def _human_for_high_risk(schedule: ScheduleDefinition, tasks: TaskRegistry, ctx: CallContext, action: str) -> None:
-    """REFUSED when an agent would start, resume or retry a high-risk schedule's work (the schedule's
-    tier or its task's): like approving it, that takes a human (disabling and reading stay open)."""
+    """REFUSED, logged, when the identity rules keep ``ctx.caller`` from ``action`` on ``schedule``."""
     task_tier = tasks.get(schedule.target).risk_tier if schedule.target in tasks else None
-    if ctx.caller.is_agent and RiskTier.HIGH in (schedule.risk_tier, task_tier):
-        log.warning("%s by %s refused: %s is high risk", ctx.topic, ctx.caller.id, schedule.name)
-        raise ServiceError(
-            ErrorCode.REFUSED,
-            f"{ctx.caller.id} is an agent: only a human may {action} high-risk schedule {schedule.name}",
-        )
+    why = high_risk_refusal(ctx.caller, (schedule.risk_tier, task_tier), action, schedule.name)
+    if why is not None:
+        log.warning("%s by %s refused: %s", ctx.topic, ctx.caller.id, why)
+        raise ServiceError(ErrorCode.REFUSED, why)
 
 
 def register_scheduler_topics(

@@ -80,6 +80,9 @@ BATCH_MIN = 16
 TURN_LOCK_NAMESPACE = 0x41435450
 #: The embedded default database.
 DEFAULT_DB_PATH = Path("~/.actp/scheduler.db")
+#: The ``meta`` key, and its value, that say every stored schedule was checked against the limits.
+LIMITS_CHECKED_KEY = "limits_checked"
+LIMITS_CHECKED = "1"
 
 #: Duration fields of ScheduleDefinition and the columns that hold them in seconds.
 _SPAN_COLUMNS = {
@@ -446,6 +449,8 @@ class ScheduleStore:
             found = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")).scalar()
             if found is None:
                 conn.execute(schema.meta.insert().values(key="schema_version", value=str(schema.SCHEMA_VERSION)))
+                # A new database holds only what the limits let in: nothing for disable_out_of_bounds.
+                conn.execute(schema.meta.insert().values(key=LIMITS_CHECKED_KEY, value=LIMITS_CHECKED))
                 return None
             version = int(found)
             if version < schema.SCHEMA_VERSION:
@@ -480,7 +485,10 @@ class ScheduleStore:
         """Disable the enabled schedules an earlier version stored with a value the limits now refuse
         (a sub-second interval, a name ending in a newline...), each with the reason, so that none of
         them stops the engine; fixing the field (``update``) and ``enable`` bring it back. The engine
-        does this when it starts; reading a store never changes it."""
+        does this when it starts; reading a store never changes it. Once done, ``meta`` says so, and
+        later starts skip it (the schema version keeps older code, which knew no limits, out)."""
+        if self.meta_get(LIMITS_CHECKED_KEY) == LIMITS_CHECKED:
+            return
         s = schema.schedules
         rows = self._tx(lambda c: c.execute(select(s).where(s.c.enabled.is_(True))).mappings().all())
         for row in rows:
@@ -493,6 +501,7 @@ class ScheduleStore:
                 still_enabled = and_(s.c.id == stored.id, s.c.enabled.is_(True))  # another process may be first
                 self._tx(partial(_execute, update(s).where(still_enabled).values(**values)))
                 log.warning("schedule %s disabled: it holds a value no longer allowed: %s", stored.name, exc)
+        self.meta_set(LIMITS_CHECKED_KEY, LIMITS_CHECKED)
 
     def schema_version(self) -> int:
         """The schema version recorded in ``meta``."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from agent.scheduler import FakeClock, InvalidSchedule, RunStatus, ScheduleDefinition, ScheduleStore, schema
 from agent.scheduler.errors import DuplicateSchedule
@@ -19,6 +19,7 @@ from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.limits import json_storable, storable
 from agent.scheduler.proposals import ProposalService, ScheduleProposal, parse_proposal
 from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.schedule_store import LIMITS_CHECKED_KEY
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 from tests.unit.test_schedule_limits import hostile_proposals, valid_kwargs
@@ -145,6 +146,7 @@ async def test_a_schedule_stored_before_the_limits_is_disabled_with_the_reason_a
         s = schema.schedules
         with first.db.engine.begin() as conn:  # type: ignore[union-attr]  # as an earlier version wrote it
             conn.execute(update(s).where(s.c.name == "fast").values(expression="0.5s", retry_backoff_s=7200.0))
+            conn.execute(delete(schema.meta).where(schema.meta.c.key == LIMITS_CHECKED_KEY))  # nor knew the limits
     tasks = TaskRegistry()
     tasks.add("succeed", succeed)
     with ScheduleStore(any_url, clock=clock) as store:

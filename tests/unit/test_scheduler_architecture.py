@@ -120,26 +120,9 @@ def test_nothing_but_the_system_clock_reads_the_wall_clock() -> None:
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(agent.scheduler.__all__) == sorted(
-        [
-            "BreakerState",
-            "Clock",
-            "ConcurrencyPolicy",
-            "FakeClock",
-            "InvalidSchedule",
-            "MissedRunPolicy",
-            "RiskTier",
-            "RunStatus",
-            "ScheduleDefinition",
-            "ScheduleProposal",
-            "ScheduleStore",
-            "ScheduledRun",
-            "SchedulerError",
-            "ShutdownPolicy",
-            "SystemClock",
-            "TriggerType",
-        ]
-    )
+    from tests.integration.test_scheduler_public_api import PUBLIC_API
+
+    assert sorted(agent.scheduler.__all__) == sorted(PUBLIC_API)
     for name in agent.scheduler.__all__:
         assert getattr(agent.scheduler, name) is not None
 

@@ -828,7 +828,8 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     lines.append(f"open breakers: {shown or 'none'}" + (" (reset NAME closes one)" if breakers else ""))
     lines.append(f"dead letters: {data['dead_letters']}" + (" (dlq list)" if data["dead_letters"] else ""))
     alerts = data["alerts"]
-    lines.append(f"unsent alerts: {alerts['pending']} pending, {alerts['undeliverable']} undeliverable")
+    pending, undeliverable = alerts[AlertStatus.PENDING.value], alerts[AlertStatus.UNDELIVERABLE.value]
+    lines.append(f"unsent alerts: {pending} pending, {undeliverable} undeliverable")
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"

@@ -1,6 +1,7 @@
 """The durable scheduler of the ACTP worker: the public API, and nothing else."""
 
-from .clock import Clock, FakeClock, SystemClock
+from .clock import Clock as Clock
+from .clock import FakeClock, SystemClock
 from .definition import ScheduleDefinition
 from .enums import (
     BreakerState,
@@ -13,24 +14,30 @@ from .enums import (
 )
 from .errors import InvalidSchedule, SchedulerError
 from .proposals import ScheduleProposal
+from .schedule_engine import ScheduleEngine
 from .schedule_store import ScheduleStore
 from .scheduled_run import ScheduledRun
+from .tasks import RunContext, TaskRegistry
 
+# ``Clock``, the protocol a custom clock implements, stays importable from here for type hints;
+# the names below are the pinned public API.
 __all__ = [
     "BreakerState",
-    "Clock",
     "ConcurrencyPolicy",
     "FakeClock",
     "InvalidSchedule",
     "MissedRunPolicy",
     "RiskTier",
+    "RunContext",
     "RunStatus",
     "ScheduleDefinition",
+    "ScheduleEngine",
     "ScheduleProposal",
     "ScheduleStore",
     "ScheduledRun",
     "SchedulerError",
     "ShutdownPolicy",
     "SystemClock",
+    "TaskRegistry",
     "TriggerType",
 ]

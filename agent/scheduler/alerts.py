@@ -16,6 +16,7 @@ from typing import Protocol
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from .clock import Clock
+from .enums import AlertStatus
 from .records import Alert
 from .schedule_store import ScheduleStore
 
@@ -120,7 +121,9 @@ class AlertDispatcher:
         if self.notifier is None:
             for alert in claimed:
                 log.warning("alert (undeliverable: %s): %s", self.missing_reason, alert.text)
-            await self._db(self.store.mark_alerts, [a.id for a in claimed], "undeliverable", error=self.missing_reason)
+            await self._db(
+                self.store.mark_alerts, [a.id for a in claimed], AlertStatus.UNDELIVERABLE, error=self.missing_reason
+            )
             return 0
         # Dead letters arrive in bursts: one message for all that wait, not one per run.
         letters = [a for a in claimed if a.kind == "dead_letter"]
@@ -134,10 +137,10 @@ class AlertDispatcher:
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.warning("alert delivery failed, kept in the outbox: %s", reason)
-                await self._db(self.store.mark_alerts, ids, "pending", error=reason)
+                await self._db(self.store.mark_alerts, ids, AlertStatus.PENDING, error=reason)
                 self.left_over = True
                 continue
-            await self._db(self.store.mark_alerts, ids, "sent")
+            await self._db(self.store.mark_alerts, ids, AlertStatus.SENT)
             delivered += len(batch)
         return delivered
 

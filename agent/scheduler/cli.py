@@ -37,7 +37,7 @@ from .arguments import (
 from .clock import Clock, SystemClock
 from .config import GROUPS, approvers, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
-from .enums import ProposalStatus, RunStatus, TriggerType
+from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .identity import Approvers, Caller, InvalidIdentity
 from .limits import MAX_PARAMS_DEPTH, json_depth
@@ -434,7 +434,8 @@ class Commands:
         last = reports[0] if reports else None
         breakers = self.store.open_breakers()
         letters = self.store.dead_letters(include_replayed=False)
-        alerts = {s: len(self.store.alerts(status=s)) for s in ("pending", "sending", "undeliverable")}
+        unsent = (AlertStatus.PENDING, AlertStatus.SENDING, AlertStatus.UNDELIVERABLE)
+        alerts = {s.value: len(self.store.alerts(status=s)) for s in unsent}
         upcoming = sorted(
             ((nxt, s) for s in self.store.list() if (nxt := _next_run(s, now)) is not None), key=lambda p: p[0]
         )[:STATUS_NEXT_RUNS]
@@ -827,7 +828,8 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     lines.append(f"open breakers: {shown or 'none'}" + (" (reset NAME closes one)" if breakers else ""))
     lines.append(f"dead letters: {data['dead_letters']}" + (" (dlq list)" if data["dead_letters"] else ""))
     alerts = data["alerts"]
-    lines.append(f"unsent alerts: {alerts['pending']} pending, {alerts['undeliverable']} undeliverable")
+    pending, undeliverable = alerts[AlertStatus.PENDING.value], alerts[AlertStatus.UNDELIVERABLE.value]
+    lines.append(f"unsent alerts: {pending} pending, {undeliverable} undeliverable")
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"
@@ -1034,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"purge: dead letters older than this, 1 to {MAX_PURGE_DAYS} days",
     )
     p = sub.add_parser("alerts", parents=[common], help="the alert outbox")
-    p.add_argument("--status", default=None, choices=["pending", "sending", "sent", "undeliverable"])
+    p.add_argument("--status", default=None, choices=[s.value for s in AlertStatus])
     p = sub.add_parser("reconcile", parents=[common], help="what a start would reconcile (--dry-run)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--worker-id", type=_worker_id, default=None)

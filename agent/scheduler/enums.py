@@ -123,6 +123,19 @@ class ProposalStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class AlertStatus(StrEnum):
+    """An alert in the outbox; the outbox machine's states."""
+
+    #: Queued, waiting for a dispatcher (again, after a send that failed).
+    PENDING = "pending"
+    #: Claimed by one dispatcher that is sending it; a claim older than the lease may be taken again.
+    SENDING = "sending"
+    #: Delivered; kept as the record of what was said and when.
+    SENT = "sent"
+    #: Due while no notifier was configured; a dispatcher that has one sends it later.
+    UNDELIVERABLE = "undeliverable"
+
+
 class ScheduleSource(StrEnum):
     """Who created a schedule."""
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .enums import AlertStatus
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetter:
@@ -36,8 +38,8 @@ class Alert:
     kind: str
     text: str
     payload: dict[str, Any] = field(default_factory=dict)
-    status: str = "pending"
-    """pending, sent or undeliverable."""
+    status: AlertStatus = AlertStatus.PENDING
+    """Where it is in the outbox machine: pending, sending, sent or undeliverable."""
     attempts: int = 0
     last_error: str | None = None
     created_at: datetime | None = None

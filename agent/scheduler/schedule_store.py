@@ -35,12 +35,14 @@ from . import limits, schema
 from .clock import Clock, SystemClock
 from .db_faults import Fault, classify, is_transient
 from .definition import TIME_BASED, ScheduleDefinition
-from .enums import BreakerState, RunStatus, TriggerType
+from .enums import AlertStatus, BreakerState, RunStatus, TriggerType
 from .errors import (
     DatabaseReplaced,
     DatabaseUnavailable,
     DuplicateSchedule,
+    GuardRejected,
     InvalidSchedule,
+    InvalidTransition,
     RunNotFound,
     ScheduleNotFound,
     SchedulerError,
@@ -52,8 +54,10 @@ from .errors import (
 )
 from .machines.binding import Transition
 from .machines.breaker import fire_breaker
+from .machines.outbox import alert_status, fire_outbox, settle_trigger
 from .machines.proposal import fire_proposal
 from .machines.run_lifecycle import fire_run
+from .policies.outbox import claim_expires_before, claimable_statuses
 from .records import Alert, DeadLetter, ProposalRecord, StoredReport
 from .scheduled_run import ScheduledRun, time_occurrence_key
 
@@ -1660,7 +1664,7 @@ class ScheduleStore:
     # ------------------------------------------------------------------ alerts, reports, engine state, proposals
 
     def add_alert(self, kind: str, text: str, payload: dict[str, Any] | None = None) -> Alert:
-        """Queue an alert in the outbox."""
+        """Queue an alert in the outbox, in the outbox machine's first state (pending)."""
         now = self.clock.now()
         alert = Alert(id=_new_id("al"), kind=kind, text=text, payload=dict(payload or {}), created_at=now)
         row = {
@@ -1668,8 +1672,8 @@ class ScheduleStore:
             "kind": kind,
             "text": text,
             "payload": alert.payload,
-            "status": alert.status,
-            "attempts": 0,
+            "status": alert.status.value,
+            "attempts": alert.attempts,
             "created_at": _to_db(now),
             "updated_at": _to_db(now),
         }
@@ -1678,12 +1682,12 @@ class ScheduleStore:
             listener()
         return alert
 
-    def alerts(self, status: str | None = None) -> builtins.list[Alert]:
-        """Alerts in the outbox, oldest first."""
+    def alerts(self, status: AlertStatus | str | None = None) -> builtins.list[Alert]:
+        """Alerts in the outbox, oldest first; ``status`` one of pending, sending, sent, undeliverable."""
         a = schema.alerts_outbox
         stmt = select(a).order_by(a.c.created_at, a.c.id)
         if status is not None:
-            stmt = stmt.where(a.c.status == status)
+            stmt = stmt.where(a.c.status == alert_status(status).value)
         rows = self._tx(lambda c: c.execute(stmt).mappings().all())
         return [_alert_from(r) for r in rows]
 
@@ -1692,16 +1696,18 @@ class ScheduleStore:
     ) -> builtins.list[Alert]:
         """Take up to ``limit`` deliverable alerts (pending, undeliverable, or a claim older than ``lease``).
 
-        Each claim is a conditional UPDATE, so two dispatchers never send the same alert at once.
+        Each claim fires the outbox machine's ``claim``, written conditionally on the status, the
+        claim time and the attempts seen, so two dispatchers never send the same alert at once.
+        ``include_undeliverable`` says whether this dispatcher has a notifier to send them with.
         """
         a = schema.alerts_outbox
 
         def build() -> Any:
-            statuses = ["pending", "undeliverable"] if include_undeliverable else ["pending"]
-            stale = and_(a.c.status == "sending", a.c.updated_at < bindparam("cutoff", type_=DateTime))
+            free = claimable_statuses(include_undeliverable)
+            stale = and_(a.c.status == AlertStatus.SENDING.value, a.c.updated_at < bindparam("cutoff", type_=DateTime))
             return (
                 select(a)
-                .where(or_(*(a.c.status == s for s in statuses), stale))
+                .where(or_(*(a.c.status == s.value for s in free), stale))
                 .order_by(a.c.created_at, a.c.id)
                 .limit(bindparam("limit"))
             )
@@ -1716,37 +1722,96 @@ class ScheduleStore:
                         a.c.id == bindparam("w_id"),
                         a.c.status == bindparam("w_status"),
                         a.c.updated_at == bindparam("w_at", type_=DateTime),
+                        a.c.attempts == bindparam("w_attempts"),
                     )
                 )
-                .values(status="sending", attempts=a.c.attempts + 1, updated_at=bindparam("v_at", type_=DateTime))
+                .values(
+                    status=bindparam("v_status"),
+                    attempts=bindparam("v_attempts"),
+                    updated_at=bindparam("v_at", type_=DateTime),
+                )
             ),
         )
 
         def work(conn: Connection) -> builtins.list[Alert]:
-            rows = conn.execute(find, {"cutoff": _to_db(now - lease), "limit": limit}).mappings().all()
+            cutoff = claim_expires_before(now, lease)
+            rows = conn.execute(find, {"cutoff": _to_db(cutoff), "limit": limit}).mappings().all()
             claimed = []
             for r in rows:
-                params = {"w_id": r["id"], "w_status": r["status"], "w_at": r["updated_at"], "v_at": _to_db(now)}
-                if conn.execute(take, params).rowcount == 1:
-                    claimed.append(_alert_from({**r, "status": "sending", "attempts": r["attempts"] + 1}))
+
+                def persist(current: Alert, transition: Transition, fields: dict[str, Any], r: Any = r) -> None:
+                    params = {
+                        "w_id": current.id,
+                        "w_status": transition.source,
+                        "w_at": r["updated_at"],
+                        "w_attempts": current.attempts,
+                        "v_status": transition.dest,
+                        "v_attempts": fields["attempts"],
+                        "v_at": _to_db(now),
+                    }
+                    if conn.execute(take, params).rowcount != 1:
+                        self._stale_alert(conn, current, transition)
+
+                try:
+                    claimed.append(
+                        fire_outbox(
+                            _alert_from(r),
+                            "claim",
+                            now=now,
+                            persist=persist,
+                            lease=lease,
+                            claimed_at=_from_db(r["updated_at"]),
+                            notifier_configured=include_undeliverable,
+                        )
+                    )
+                except (StaleState, GuardRejected) as exc:
+                    log.debug("alert %s not claimed: %s", r["id"], exc)
             return claimed
 
         return self._tx(work)
 
     def mark_alerts(
-        self, ids: Iterable[str], status: str, *, error: str | None = None, now: datetime | None = None
+        self, ids: Iterable[str], status: AlertStatus | str, *, error: str | None = None, now: datetime | None = None
     ) -> int:
-        """Settle claimed alerts: ``sent`` (with the delivery time) or back to ``pending``/``undeliverable``."""
-        if status not in ("sent", "pending", "undeliverable"):
-            raise ValueError(f"alert status {status!r}: one of sent, pending, undeliverable")
-        at = _to_db(now or self.clock.now())
-        a = schema.alerts_outbox
-        values: dict[str, Any] = {"status": status, "last_error": error, "updated_at": at}
-        if status == "sent":
-            values["delivered_at"] = at
+        """Settle claimed alerts: ``sent`` (with the delivery time) or back to ``pending``/``undeliverable``.
+
+        Each alert fires the outbox machine's trigger for ``status`` from ``sending``, written
+        conditionally on that status; one no longer ``sending`` (settled by a dispatcher that took
+        over its expired claim) is left as it is. Returns how many were settled.
+        """
+        trigger = settle_trigger(status)
+        at = now or self.clock.now()
         wanted = list(ids)
-        stmt = update(a).where(and_(a.c.id.in_(wanted), a.c.status == "sending")).values(**values)
-        return int(self._tx(lambda c: c.execute(stmt).rowcount)) if wanted else 0
+        if not wanted:
+            return 0
+        a = schema.alerts_outbox
+
+        def work(conn: Connection) -> int:
+            settled = 0
+            for r in conn.execute(select(a).where(a.c.id.in_(wanted))).mappings().all():
+
+                def persist(current: Alert, transition: Transition, fields: dict[str, Any]) -> None:
+                    values = {"status": transition.dest, "updated_at": _to_db(at)}
+                    values.update({k: _to_db(v) if isinstance(v, datetime) else v for k, v in fields.items()})
+                    cond = and_(a.c.id == current.id, a.c.status == transition.source)
+                    if conn.execute(update(a).where(cond).values(**values)).rowcount != 1:
+                        self._stale_alert(conn, current, transition)
+
+                try:
+                    fire_outbox(_alert_from(r), trigger, now=at, persist=persist, error=error)
+                except (StaleState, InvalidTransition) as exc:
+                    log.info("alert %s left as it is: %s", r["id"], exc)
+                    continue
+                settled += 1
+            return settled
+
+        return self._tx(work)
+
+    @staticmethod
+    def _stale_alert(conn: Connection, alert: Alert, transition: Transition) -> None:
+        a = schema.alerts_outbox
+        actual = conn.execute(select(a.c.status).where(a.c.id == alert.id)).scalar()
+        raise StaleState(alert.id, transition.source, actual, transition.trigger)
 
     def save_report(
         self,
@@ -1999,7 +2064,9 @@ def _proposal_from(row: Any) -> ProposalRecord:
 
 
 def _alert_from(row: Any) -> Alert:
-    return Alert(**{name: conv(row[col]) for name, col, conv in _ALERT_READERS})
+    kwargs = {name: conv(row[col]) for name, col, conv in _ALERT_READERS}
+    kwargs["status"] = AlertStatus(kwargs["status"])
+    return Alert(**kwargs)
 
 
 def _dead_letter_from(row: Any) -> DeadLetter:

@@ -107,8 +107,9 @@ def test_simulate_a_schedule_counts_from_its_anchor_as_list_does(
 
 def test_diagram_prints_the_real_machines(db_path: Path, clock: FakeClock, store: ScheduleStore) -> None:
     code, raw = cli(db_path, clock, "diagram", "--json")
-    assert code == 0 and json.loads(raw) == {name: mermaid(name) for name in ("run", "breaker", "proposal")}
+    assert code == 0 and json.loads(raw) == {name: mermaid(name) for name in ("run", "breaker", "proposal", "outbox")}
     assert "failed --> pending: retry [may_retry]" in cli(db_path, clock, "diagram", "--machine", "run")[1]
+    assert "sending --> sending: claim [may_reclaim]" in cli(db_path, clock, "diagram", "--machine", "outbox")[1]
 
 
 @pytest.mark.parametrize(

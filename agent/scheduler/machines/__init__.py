@@ -1,1 +1,1 @@
-"""The state machines: runs, schedule breakers and proposals, each one shared `transitions` Machine."""
+"""The state machines: runs, schedule breakers, proposals and outbox alerts, each one shared `transitions` Machine."""

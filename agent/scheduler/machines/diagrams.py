@@ -7,6 +7,7 @@ from typing import Any
 from transitions.extensions import GraphMachine
 
 from .breaker import BREAKER_STATES, BREAKER_TRANSITIONS
+from .outbox import OUTBOX_STATES, OUTBOX_TRANSITIONS
 from .proposal import PROPOSAL_STATES, PROPOSAL_TRANSITIONS
 from .run_lifecycle import RUN_STATES, RUN_TRANSITIONS
 
@@ -15,6 +16,7 @@ MACHINES: dict[str, tuple[list[str], list[dict[str, Any]], str]] = {
     "run": (RUN_STATES, RUN_TRANSITIONS, "pending"),
     "breaker": (BREAKER_STATES, BREAKER_TRANSITIONS, "closed"),
     "proposal": (PROPOSAL_STATES, PROPOSAL_TRANSITIONS, "submitted"),
+    "outbox": (OUTBOX_STATES, OUTBOX_TRANSITIONS, "pending"),
 }
 
 
@@ -23,7 +25,7 @@ class _Model:
 
 
 def mermaid(name: str) -> str:
-    """The Mermaid ``stateDiagram-v2`` text of machine ``name`` (run, breaker or proposal), guards shown."""
+    """The Mermaid ``stateDiagram-v2`` text of machine ``name`` (a key of MACHINES), guards shown."""
     if name not in MACHINES:
         raise ValueError(f"unknown machine {name!r}; one of: {', '.join(MACHINES)}")
     states, transitions, initial = MACHINES[name]
@@ -64,6 +66,7 @@ def state_machines_markdown() -> str:
         "run": "Run: one occurrence of a schedule",
         "breaker": "Breaker: a schedule's circuit breaker",
         "proposal": "Proposal: an agent's schedule on its way to activation",
+        "outbox": "Outbox: an alert on its way to a human",
     }
     for name, text in all_mermaid().items():
         parts += [f"## {titles[name]}", "", "```mermaid", text.rstrip("\n"), "```", ""]

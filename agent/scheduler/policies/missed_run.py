@@ -264,10 +264,10 @@ def is_prepared(run: ScheduledRun) -> bool:
 
 
 def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
-    """Why a run prepared ahead of its time must not start at ``now``, or None.
+    """Why a run prepared ahead of its time must not start at ``now`` whatever its lateness, or None.
 
-    Disabling or changing a schedule after its next run was prepared takes that run back; a
-    prepared run found later than the grace is a missed occurrence (``decide_prepared``).
+    Disabling or changing a schedule after its next run was prepared takes that run back. How
+    late it is, is for the ``due`` guards (``due_fate``).
     ``current``: ``schedule`` is known unchanged since the run was prepared.
     """
     if not schedule.enabled:
@@ -275,4 +275,4 @@ def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datet
     # The schedule may have been edited since: is the run's time still one of its occurrences?
     if not current and schedule.trigger().next_after(run.intended_run_at - _TICK) != run.intended_run_at:
         return "schedule changed before this run's time: no longer one of its occurrences"
-    return decide_prepared(schedule, run.intended_run_at, now)
+    return None

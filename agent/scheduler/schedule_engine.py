@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from .alerts import AlertDispatcher, Notifier, dead_letter_text
 from .clock import Clock
 from .db_health import DatabaseHealth, Outage, outage_wait, report_replaced_database
 from .definition import ScheduleDefinition
-from .enums import BreakerState, ConcurrencyPolicy, MissedRunPolicy, RunStatus, ShutdownPolicy, TriggerType
+from .enums import BreakerState, ConcurrencyPolicy, MissedRunPolicy, RunStatus, TriggerType
 from .errors import (
     DatabaseReplaced,
     DatabaseUnavailable,
@@ -38,9 +38,11 @@ from .errors import (
     WorkerIdInUse,
 )
 from .execution import Outcome, ended, run_in_thread, thread_ended, timed_out
+from .machines.run_lifecycle import fire_run
 from .policies.concurrency import Action, decide_starts
-from .policies.missed_run import DuePlan, PlannedRun, is_prepared, plan_due, prepared_blocked
+from .policies.missed_run import DueFacts, DuePlan, PlannedRun, is_prepared, plan_due, prepared_blocked
 from .policies.retry import ORPHANED, retry_at
+from .policies.shutdown import CHECKPOINT_WAIT, STILL_RUNNING, Stopping, asks_the_task, cutoff
 from .reconciliation import ReconciliationReport
 from .schedule_store import BATCH_MIN, Materialization, ScheduleStore
 from .scheduled_run import ScheduledRun
@@ -56,7 +58,7 @@ HEARTBEAT_SECONDS = 10.0
 #: A run asked to stop (replace) that has not stopped after this long is cancelled.
 STOP_GRACE_SECONDS = 5.0
 #: checkpoint_and_stop waits at most this long (within the shutdown timeout) for the checkpoint.
-CHECKPOINT_WAIT_SECONDS = 10.0
+CHECKPOINT_WAIT_SECONDS = CHECKPOINT_WAIT.total_seconds()
 #: Granularity of clock-driven waits (shutdown drains, stop grace).
 WAIT_STEP_SECONDS = 0.05
 #: While draining, cutoffs (shutdown timeouts, hurry()) are re-checked at least this often.
@@ -135,6 +137,8 @@ class _InFlight:
     """A sync task's thread (``run_in_thread``): done only once the thread has ended."""
     overran: bool = False
     """A sync task passed its timeout: asked to stop, it is recorded failed when its thread ends."""
+    stopping: Stopping | None = None
+    """Set when the worker's stop reached this run: the facts its ``stop`` guards read."""
 
     @property
     def in_thread(self) -> bool:
@@ -185,6 +189,8 @@ class ScheduleEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-db")
         self._in_flight: dict[str, _InFlight] = {}
         self._finished: list[Finished] = []
+        self._stops: dict[str, tuple[Stopping, ScheduleDefinition]] = {}
+        """Runs a stop ended and not yet recorded: the facts and the schedule their ``stop`` guards read."""
         self._record_timer: asyncio.TimerHandle | None = None
         self._ticking: asyncio.Lock | None = None
         self._events: list[tuple[str, dict[str, Any], str]] = []
@@ -323,6 +329,8 @@ class ScheduleEngine:
             self._restore(before)
             self._requeue_tick(finished, events, prepared, renewed_before)
             raise
+        for run, _, _ in finished:
+            self._stops.pop(run.run_id, None)  # recorded
         for run, schedule in result.started:
             self._dispatch(run, schedule)
         self._disarm(p.run.run_id for p in prepared)  # due now but not started: skipped, or another's
@@ -537,11 +545,13 @@ class ScheduleEngine:
         log.info("engine %s stopped cleanly", self.worker_id)
 
     def hurry(self) -> None:
-        """Cut a running shutdown short: every run still in flight is requeued now (a second signal)."""
+        """Cut a running shutdown short (a second signal): ``stop`` is fired on every run still in flight
+        now, and its guards requeue it (or pause it, under checkpoint_and_stop with a checkpoint)."""
         now = self.clock.now()
         for flight in self._in_flight.values():
-            if flight.outcome is None or flight.outcome[0] != "checkpoint" or not flight.checkpoint_saved:
-                flight.outcome = ("requeue", {"reason": "shutdown forced: requeued"})
+            began = now if flight.stopping is None else flight.stopping.began
+            flight.stopping = Stopping(began=began, hurried=True, in_thread=flight.in_thread)
+            flight.outcome = ("stop", {})
             flight.kill_at = now
         self._wake.set()
 
@@ -762,9 +772,16 @@ class ScheduleEngine:
         return self._earliest_due()
 
     def _record_finished(self, finished: list[Finished], now: datetime) -> None:
-        results = self.store.finish_many(finished, now=now)
+        # Runs a stop ended go through ``stop`` with the facts its guards read; the rest as they ended.
+        stops = [f for f in finished if f[1] == "stop" and f[0].run_id in self._stops]
+        ended = [f for f in finished if not (f[1] == "stop" and f[0].run_id in self._stops)]
+        facts = {run.run_id: self._stops[run.run_id][0] for run, _, _ in stops}
+        schedules = {self._stops[run.run_id][1].id: self._stops[run.run_id][1] for run, _, _ in stops}
+        results = self.store.finish_many(ended, now=now)
+        if stops:
+            results += self.store.transition_many(stops, now=now, schedules=schedules, facts=facts)
         succeeded: set[str] = set()
-        for (run, trigger, _), moved in zip(finished, results, strict=True):
+        for (run, trigger, _), moved in zip(ended + stops, results, strict=True):
             if isinstance(moved, SchedulerError):
                 log.warning("could not record %s of run %s: %s", trigger, run.run_id, moved)
             elif moved.status is RunStatus.SUCCEEDED:
@@ -930,8 +947,14 @@ class ScheduleEngine:
         scan: bool,
         report: ReconciliationReport | None = None,
     ) -> None:
-        """Start what is due: ``known`` (this tick's new runs and the prepared ones due), or with
-        ``scan`` every pending due run in the database."""
+        """Fire ``due`` on what is due: ``known`` (this tick's new runs and the prepared ones due), or
+        with ``scan`` every pending due run in the database.
+
+        A run held back whatever its time (schedule removed or disabled, breaker open, task missing)
+        is skipped. For the others, the machine's ``due`` guards (the missed-run policy) give the
+        fate: skipped as missed or coalesced, written at once; or started, once the concurrency
+        policy lets it, by ``due`` again in the claim.
+        """
         # Without a reason to look for other pending runs, the due ones are those this engine knows.
         if scan:
             pending = self.store.pending_due(now)
@@ -956,15 +979,20 @@ class ScheduleEngine:
         schedules.update(self.store.schedules_by_id(wanted - set(schedules)))
         by_schedule: dict[str, list[ScheduledRun]] = {}
         skips: list[Finished] = []
+        facts = _due_facts(pending)
         for run in pending:
             schedule = schedules.get(run.schedule_id)
             blocked = self._blocked(run, schedule, now, current=run.schedule_id in verified)
-            if report is not None and schedule is not None and is_prepared(run):
-                _count_late_prepared(report, run, schedule, now, skipped=blocked is not None)
+            missed = False
             if blocked:
                 skips.append((run, "skip", {"reason": blocked}))
+            elif schedule is not None and _fate(run, schedule, now, facts.get(run.run_id)) is RunStatus.SKIPPED:
+                missed = True
+                skips.append((run, "due", {}))
             else:
                 by_schedule.setdefault(run.schedule_id, []).append(run)
+            if report is not None and schedule is not None and is_prepared(run):
+                _count_late_prepared(report, run, schedule, now, skipped=bool(blocked) or missed)
         # Another worker may be deciding for the same schedules: take turns, then count what runs.
         turns = [sid for sid, runs in by_schedule.items() if _needs_turns(schedules[sid], runs)]
         self.store.lock_schedules(turns)
@@ -985,12 +1013,20 @@ class ScheduleEngine:
                     if decision.action is Action.REPLACE:
                         result.replace.add(schedule_id)
         if skips:
-            for (run, _, changes), moved in zip(skips, self.store.transition_many(skips, now=now), strict=True):
+            moved_all = self.store.transition_many(skips, now=now, schedules=schedules, facts=facts)
+            for (run, _, _), moved in zip(skips, moved_all, strict=True):
                 if isinstance(moved, ScheduledRun):
-                    log.info("run %s of %s skipped: %s", run.run_id, run.schedule_name, changes["reason"])
+                    log.info("run %s of %s skipped: %s", run.run_id, run.schedule_name, moved.reason)
         if starts:
             won = self.store.start_many(
-                starts.values(), owner=self.worker_id, lease_until=now + self.lease, reasons=reasons, now=now
+                starts.values(),
+                owner=self.worker_id,
+                lease_until=now + self.lease,
+                reasons=reasons,
+                now=now,
+                trigger="due",
+                schedules=schedules,
+                facts=facts,
             )
             result.started.extend((moved, schedules[moved.schedule_id]) for moved in won)
             if len(won) < len(starts):
@@ -999,7 +1035,8 @@ class ScheduleEngine:
     def _blocked(
         self, run: ScheduledRun, schedule: ScheduleDefinition | None, now: datetime, *, current: bool = False
     ) -> str | None:
-        """Why a due pending run must not start at all, or None.
+        """Why a due pending run must not start at all, whatever its lateness, or None (lateness is for
+        the ``due`` guards).
 
         ``current``: ``schedule`` is the copy kept since this engine prepared ``run``, unchanged since.
         """
@@ -1253,10 +1290,13 @@ class ScheduleEngine:
     def _note_finished(self, flight: _InFlight, outcome: Outcome) -> str:
         """Queue ``outcome`` of a run no longer in flight for the next tick to record; returns its trigger."""
         trigger, changes = outcome
-        if trigger in ("checkpoint", "requeue") and flight.checkpoint_saved:
+        if trigger in ("checkpoint", "requeue", "stop") and flight.checkpoint_saved:
             changes = {**changes, "checkpoint": flight.ctx.checkpoint}
         if trigger in _ENDINGS:
             changes = {**changes, "completed_at": self.clock.now()}
+        if trigger == "stop" and flight.stopping is not None:
+            facts = replace(flight.stopping, checkpoint_saved=flight.checkpoint_saved)
+            self._stops[flight.run.run_id] = (facts, flight.schedule)
         self._finished.append((flight.run, trigger, changes))
         return trigger
 
@@ -1286,6 +1326,13 @@ class ScheduleEngine:
         interruption = flight.outcome
         if interruption is None:
             return outcome
+        if interruption[0] == "stop":
+            # The stop decides, through the machine's guards: paused with a checkpoint, whatever the
+            # task did; requeued if it was cut; a task that ended on its own otherwise did its work.
+            verdict = self._stop_verdict(flight, self.clock.now())
+            if verdict is None or (on_its_own and verdict.status is not RunStatus.PAUSED):
+                return outcome
+            return interruption
         unsaved_checkpoint = interruption[0] == "checkpoint" and not flight.checkpoint_saved
         if on_its_own and (interruption[0] in ("requeue", "cancel") or unsaved_checkpoint):
             trigger, changes = outcome
@@ -1419,32 +1466,42 @@ class ScheduleEngine:
                 items.append((run, "skip", {"reason": blocked}))
                 log.warning("shutdown run %s of %s skipped: %s", run.run_id, run.schedule_name, blocked)
             else:
-                items.append((run, "start", {"owner": self.worker_id, "lease_expires_at": now + self.lease}))
-        for moved in await self._db(self.store.transition_many, items, now=now):
+                items.append((run, "due", {"owner": self.worker_id, "lease_expires_at": now + self.lease}))
+        for moved in await self._db(self.store.transition_many, items, now=now, schedules=schedules):
             if isinstance(moved, ScheduledRun) and moved.status is RunStatus.RUNNING:
                 self._dispatch(moved, schedules[moved.schedule_id])
                 # Started by the stop itself, it is not stopped by a policy: it has its timeout.
                 self._in_flight[moved.run_id].kill_at = began + schedules[moved.schedule_id].shutdown_timeout
 
     def _apply_shutdown_policies(self, began: datetime) -> None:
-        """Apply each running run's shutdown policy: requeue at once, or a cutoff counted from ``began``."""
+        """Fire ``stop`` on every run in flight; its guards (the shutdown policy) requeue it at once, or
+        refuse, and the run keeps running until its cutoff (counted from ``began``), when ``stop`` is
+        fired again (``_drain``). Under checkpoint_and_stop the task is asked to stop meanwhile."""
         for flight in self._in_flight.values():
-            policy = flight.schedule.shutdown_policy
-            timeout = flight.schedule.shutdown_timeout
-            if policy is ShutdownPolicy.REQUEUE and flight.in_thread:
-                # A thread cannot be cut: it has the shutdown timeout to end, and its ending is the
-                # outcome; then the run is requeued and the thread left to end with the process.
-                flight.kill_at = began + timeout
-            elif policy is ShutdownPolicy.REQUEUE:
-                flight.outcome = ("requeue", {"reason": "shutdown: requeued (policy requeue)"})
-                flight.task.cancel()
-            elif policy is ShutdownPolicy.CHECKPOINT_AND_STOP:
-                flight.outcome = ("checkpoint", {"reason": "shutdown: checkpointed (policy checkpoint_and_stop)"})
+            flight.stopping = Stopping(began=began, in_thread=flight.in_thread)
+            if asks_the_task(flight.schedule):
+                # Whatever the task does next, the stop decides how the run ends (paused if it checkpoints).
+                flight.outcome = ("stop", {})
                 flight.ctx.stop_requested.set()
-                flight.kill_at = began + min(timedelta(seconds=CHECKPOINT_WAIT_SECONDS), timeout)
+            verdict = self._stop_verdict(flight, began)
+            if verdict is not None and verdict.status is RunStatus.PENDING:
+                flight.outcome = ("stop", {})
+                flight.task.cancel()
             else:
-                # graceful_finish: the run may complete normally until the timeout; then it is requeued.
-                flight.kill_at = began + timeout
+                # It may end on its own (or save a newer checkpoint) until its cutoff; a thread, which
+                # cannot be cut, has until then too, and its ending is the outcome.
+                flight.kill_at = cutoff(flight.schedule, flight.stopping)
+
+    def _stop_verdict(self, flight: _InFlight, now: datetime) -> ScheduledRun | None:
+        """What ``stop`` makes of ``flight``'s run at ``now``, as the machine's guards decide (nothing is
+        written), or None while they refuse: the run keeps running."""
+        if flight.stopping is None:
+            return None
+        facts = replace(flight.stopping, checkpoint_saved=flight.checkpoint_saved)
+        try:
+            return fire_run(flight.run, "stop", now=now, persist=_nowhere, schedule=flight.schedule, facts=facts)
+        except GuardRejected:
+            return None
 
     async def _drain(self) -> None:
         """Wait for every run in flight to end, or cut it off at its cutoff (see _apply_shutdown_policies)."""
@@ -1462,11 +1519,13 @@ class ScheduleEngine:
                 if flight.cut:
                     self._leave_behind(flight)
                     continue
-                if flight.outcome is None:
-                    why = "shutdown: still running at the shutdown timeout"
-                    if flight.in_thread:
-                        why += "; its thread ends with the process, and what it did may be done again"
-                    flight.outcome = ("requeue", {"reason": why})
+                if flight.outcome is None and flight.stopping is not None:
+                    # Its cutoff: ``stop`` again, the guards now let it go.
+                    flight.stopping = replace(flight.stopping, in_thread=flight.in_thread)
+                    flight.outcome = ("stop", {})
+                elif flight.outcome is None:
+                    # A shutdown schedule's run, started by the stop itself: no policy, its timeout.
+                    flight.outcome = ("requeue", {"reason": STILL_RUNNING})
                 flight.task.cancel()
                 flight.cut = True
                 flight.kill_at = now + timedelta(seconds=CUT_GRACE_SECONDS)
@@ -1477,7 +1536,8 @@ class ScheduleEngine:
         """Record a run whose task was cancelled at its cutoff and did not end: the stop goes on without it."""
         del self._in_flight[flight.run.run_id]
         trigger, changes = self._decide_outcome(flight, ("requeue", {}), held=None, on_its_own=False)
-        why = changes.get("reason") or "shutdown"
+        verdict = self._stop_verdict(flight, self.clock.now()) if trigger == "stop" else None
+        why = changes.get("reason") or (verdict.reason if verdict is not None else None) or "shutdown"
         changes = {**changes, "reason": f"{why}; it did not end when cancelled and is left to end with the process"}
         self._note_finished(flight, (trigger, changes))
         log.warning(
@@ -1539,6 +1599,29 @@ class _Prepared:
     run: ScheduledRun
     schedule: ScheduleDefinition
     changes: int
+
+
+def _due_facts(pending: list[ScheduledRun]) -> dict[str, DueFacts]:
+    """For each run, whether a later occurrence of its schedule is pending and due too (stored rows)."""
+    latest: dict[str, datetime] = {}
+    for run in pending:
+        if run.origin in ("schedule", "catch_up"):
+            at = latest.get(run.schedule_id)
+            latest[run.schedule_id] = run.intended_run_at if at is None else max(at, run.intended_run_at)
+    out: dict[str, DueFacts] = {}
+    for run in pending:
+        at = latest.get(run.schedule_id)
+        out[run.run_id] = DueFacts(later_due=at is not None and at > run.intended_run_at)
+    return out
+
+
+def _fate(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None) -> RunStatus:
+    """Where ``due`` takes ``run``, as the machine's guards decide, without writing anything."""
+    return fire_run(run, "due", now=now, persist=_nowhere, schedule=schedule, facts=facts).status
+
+
+def _nowhere(run: ScheduledRun, transition: Any, fields: dict[str, Any]) -> None:
+    """The persistence of a judgement only: the write comes later, through the store, by the same trigger."""
 
 
 def _needs_turns(schedule: ScheduleDefinition, due: list[ScheduledRun]) -> bool:

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -101,7 +101,7 @@ _GUARDED_SCHEDULE_FIELDS = frozenset(
     {"id", "breaker_state", "consecutive_failures", "breaker_opened_at", "created_at", "updated_at"}
 )
 #: Run triggers whose guards read the schedule.
-_GUARDED_TRIGGERS = frozenset({"retry", "dead_letter", "replay"})
+_GUARDED_TRIGGERS = frozenset({"retry", "dead_letter", "replay", "due", "stop"})
 #: Run fields a transition may set besides the status.
 _RUN_CHANGE_FIELDS = frozenset(f.name for f in fields(ScheduledRun)) - {
     "run_id",
@@ -159,6 +159,12 @@ def _begin_immediate(engine: Any) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _claimed_below(run: ScheduledRun, transition: Transition, values: dict[str, Any]) -> None:
+    """start_many's batches: the machine checks each start, one claim statement per chunk writes it."""
+    if transition.dest != RunStatus.RUNNING.value:
+        raise InvalidTransition(run.run_id, run.status.value, transition.trigger, f"it goes to {transition.dest}")
 
 
 def _to_db(instant: datetime | None) -> datetime | None:
@@ -970,13 +976,20 @@ class ScheduleStore:
         lease_until: datetime,
         reasons: dict[str, str] | None = None,
         now: datetime | None = None,
+        trigger: str = "start",
+        schedules: dict[str, ScheduleDefinition] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> builtins.list[ScheduledRun]:
-        """Fire ``start`` on many pending runs with a few statements; returns the runs this call won.
+        """Fire ``trigger`` (``start``, or ``due`` with its guards) on many pending runs with a few
+        statements; returns the runs this call started.
 
         Each run is checked by the machine, then claimed by one conditional UPDATE per chunk
         (``WHERE (run_id, attempt) IN (...) AND status = 'pending' RETURNING run_id``): a run
-        another worker took first is simply not returned.
+        another worker took first is simply not returned, nor is one the guards of ``due`` send
+        elsewhere (the engine gives only runs they start). ``schedules`` and ``facts`` (by run id)
+        go to those guards.
         """
+        given = facts or {}
         at = now or self.clock.now()
         why = reasons or {}
         runs_list = list(runs)
@@ -984,16 +997,25 @@ class ScheduleStore:
         position = {run.run_id: i for i, run in enumerate(runs_list)}
         if len(runs_list) < BATCH_MIN:
             items = [
-                (run, "start", {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)})
+                (run, trigger, {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)})
                 for run in sorted(runs_list, key=lambda r: r.run_id)
             ]
-            started = [m for m in self.transition_many(items, now=at) if isinstance(m, ScheduledRun)]
+            fired = self.transition_many(items, now=at, schedules=schedules, facts=given)
+            started = [m for m in fired if isinstance(m, ScheduledRun) and m.status is RunStatus.RUNNING]
             return sorted(started, key=lambda m: position[m.run_id])
         staged: dict[str, ScheduledRun] = {}
         for run in runs_list:
             changes = {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)}
             try:
-                staged[run.run_id] = fire_run(run, "start", now=at, persist=lambda *_: None, changes=changes)
+                staged[run.run_id] = fire_run(
+                    run,
+                    trigger,
+                    now=at,
+                    persist=_claimed_below,
+                    changes=changes,
+                    schedule=(schedules or {}).get(run.schedule_id),
+                    facts=given.get(run.run_id),
+                )
             except SchedulerError as exc:
                 log.debug("run %s not started: %s", run.run_id, exc)
         if not staged:
@@ -1167,12 +1189,15 @@ class ScheduleStore:
         *,
         now: datetime | None = None,
         schedules: dict[str, ScheduleDefinition] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> builtins.list[ScheduledRun | SchedulerError]:
         """Fire many ``(run, trigger, changes)`` in one transaction; each result is the new run or its error.
 
         Each item is still one conditional UPDATE through the machine: one that lost a race
         (StaleRun) or was refused (InvalidTransition, GuardRejected) does not stop the others.
+        ``facts`` (by run id) go to the guards of ``due`` and ``stop``.
         """
+        given = facts or {}
         at = now or self.clock.now()
         batch = list(items)
         known = dict(schedules or {})
@@ -1185,7 +1210,15 @@ class ScheduleStore:
             for run, trigger, changes in batch:
                 try:
                     out.append(
-                        self._fire_in(conn, run, trigger, now=at, changes=changes, schedule=known.get(run.schedule_id))
+                        self._fire_in(
+                            conn,
+                            run,
+                            trigger,
+                            now=at,
+                            changes=changes,
+                            schedule=known.get(run.schedule_id),
+                            facts=given.get(run.run_id),
+                        )
                     )
                 except SchedulerError as exc:
                     out.append(exc)
@@ -1202,13 +1235,14 @@ class ScheduleStore:
         now: datetime,
         changes: dict[str, Any],
         schedule: ScheduleDefinition | None,
+        facts: Any = None,
     ) -> ScheduledRun:
         """Fire one trigger inside an open transaction."""
 
         def persist(current: ScheduledRun, transition: Transition, values: dict[str, Any]) -> None:
             self._write_run(conn, current, transition, values, now=now, actor=None)
 
-        return fire_run(run, trigger, now=now, persist=persist, schedule=schedule, changes=changes)
+        return fire_run(run, trigger, now=now, persist=persist, schedule=schedule, changes=changes, facts=facts)
 
     def save_checkpoint(self, run_id: str, data: Any, *, owner: str | None = None) -> None:
         """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner).

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.policies.missed_run import PlannedRun, plan_due
+from agent.scheduler.policies.missed_run import PlannedRun, describe_span, plan_due
 from agent.scheduler.schedule_engine import PREPARE_AHEAD, ScheduleEngine
 from agent.scheduler.schedule_store import Materialization
 from agent.scheduler.tasks import RunContext, TaskRegistry
@@ -163,6 +163,28 @@ async def test_a_prepared_run_its_worker_left_behind_follows_the_missed_run_poli
     assert len(catch_ups) == 1 and catch_ups[0].status is RunStatus.SUCCEEDED
     assert by_time(store, "all")[left][0] is RunStatus.SUCCEEDED
     assert T0 + left in [c.intended_run_at for c in calls if c.schedule.name == "all"]
+    await second.stop()
+
+
+@run_async
+async def test_a_prepared_run_found_late_is_skipped_by_the_due_guard_saying_how_late(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record", missed_run_policy="skip"))
+    await _stop_with_a_prepared_run(store, clock)
+    clock.advance(timedelta(hours=3))
+    late = clock.now() - (T0 + 2 * SEC)
+    second = engine(store, clock, [])
+    await second.start()
+    await second.wait_idle()
+    [left] = [r for r in store.runs(schedule="fast") if r.intended_run_at == T0 + 2 * SEC]
+    grace = describe_span(store.get("fast").grace)
+    assert left.status is RunStatus.SKIPPED
+    assert left.reason == (
+        f"missed by {describe_span(late)}: prepared for {(T0 + 2 * SEC).isoformat()}, not started within the "
+        f"grace of {grace} (its worker stopped or stalled); policy skip"
+    )
+    assert left.completed_at == clock.now() and left.started_at is None  # skipped at its start, never run
     await second.stop()
 
 

@@ -58,8 +58,10 @@ def state_machines_markdown() -> str:
         "",
         "Generated from `agent/scheduler/machines/` by `python -m agent.scheduler diagram`; a test keeps",
         "this file equal to the code. Guards are shown in brackets: they are the policies of",
-        "`agent/scheduler/policies/`. A transition is applied only if its conditional write matched",
-        "one row, so the state on the row is always a state reached through these edges.",
+        "`agent/scheduler/policies/`. Where one trigger has several guarded edges from one state, they",
+        "are tried in the order listed and the first whose guard passes wins: `due` carries the missed-run",
+        "policy, `stop` the shutdown policy. A transition is applied only if its conditional write",
+        "matched one row, so the state on the row is always a state reached through these edges.",
         "",
     ]
     titles = {

@@ -1,4 +1,19 @@
-"""The run machine: every status change of a ScheduledRun, its guards and the row fields each edge sets."""
+"""The run machine: every status change of a ScheduledRun, its guards and the row fields each edge sets.
+
+Two triggers carry the engine's policies as conditional edges (transitions tries the edges of one
+trigger from one state in order; the first whose guards pass wins):
+
+- ``due`` is fired on a pending run whose time has come. Its edges are the missed-run policy
+  (``policies.missed_run``): skipped as missed (skip), skipped as coalesced into a later due
+  occurrence (catch_up_once), or running. ``start`` stays the plain claim, for runs no policy
+  judges (tests, tools); the engine starts due runs through ``due`` only.
+- ``stop`` is fired on a running run when the worker stops. Its edges are the shutdown policy
+  (``policies.shutdown``): paused with a checkpoint, or requeued to pending; refused while a run
+  may still end on its own.
+
+Neither adds a state: each edge of ``due`` and ``stop`` has the effects of the plain trigger with
+the same destination (``EFFECTS_OF``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +24,7 @@ from typing import Any
 
 from ..definition import ScheduleDefinition
 from ..enums import RunStatus
-from ..policies import Decision
+from ..policies import Decision, missed_run, shutdown
 from ..policies.breaker import may_replay
 from ..policies.retry import may_dead_letter, may_retry
 from ..scheduled_run import ScheduledRun
@@ -35,6 +50,8 @@ class RunBinding(Binding[ScheduledRun]):
         self.schedule = schedule
         self.now = now
         self.force = False
+        self.facts: Any = None
+        """What the engine passes to a trigger's guards beyond the run, its schedule and now."""
 
 
 def _run_guard(policy: Callable[[ScheduledRun, ScheduleDefinition, datetime], Decision]) -> Any:
@@ -55,12 +72,53 @@ def _may_replay(binding: RunBinding) -> Decision:
     return may_replay(binding.schedule, binding.now)
 
 
+def _facts_guard(policy: Callable[[ScheduledRun, ScheduleDefinition, datetime, Any], Decision]) -> Any:
+    def check(binding: RunBinding) -> Decision:
+        if binding.schedule is None:
+            raise ValueError(f"the {policy.__name__} guard needs the run's schedule")
+        return policy(binding.run, binding.schedule, binding.now, binding.facts)
+
+    check.__name__ = policy.__name__
+    return guard(check)
+
+
+def _stop_guard(policy: Callable[[ScheduledRun, ScheduleDefinition, datetime, shutdown.Stopping], Decision]) -> Any:
+    def check(binding: RunBinding) -> Decision:
+        if binding.schedule is None:
+            raise ValueError(f"the {policy.__name__} guard needs the run's schedule")
+        if not isinstance(binding.facts, shutdown.Stopping):
+            raise ValueError(f"the {policy.__name__} guard needs the stop's facts (Stopping)")
+        return policy(binding.run, binding.schedule, binding.now, binding.facts)
+
+    check.__name__ = policy.__name__
+    return guard(check)
+
+
 _may_replay.__name__ = "may_replay"
 _replay_guard = guard(_may_replay)
 
 #: The run machine's edges, exactly as in the architecture's diagram.
 RUN_TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "start", "source": S.PENDING, "dest": S.RUNNING},
+    # The missed-run policy, in this order: skipped as missed, skipped as coalesced, or started.
+    {
+        "trigger": "due",
+        "source": S.PENDING,
+        "dest": S.SKIPPED,
+        "conditions": [_facts_guard(missed_run.missed_under_skip)],
+    },
+    {
+        "trigger": "due",
+        "source": S.PENDING,
+        "dest": S.SKIPPED,
+        "conditions": [_facts_guard(missed_run.coalesced_into_later)],
+    },
+    {
+        "trigger": "due",
+        "source": S.PENDING,
+        "dest": S.RUNNING,
+        "conditions": [_facts_guard(missed_run.starts_when_due)],
+    },
     {"trigger": "succeed", "source": S.RUNNING, "dest": S.SUCCEEDED},
     {"trigger": "fail", "source": S.RUNNING, "dest": S.FAILED},
     {"trigger": "orphan", "source": S.RUNNING, "dest": S.FAILED},
@@ -75,6 +133,17 @@ RUN_TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "checkpoint", "source": S.RUNNING, "dest": S.PAUSED},
     {"trigger": "resume", "source": S.PAUSED, "dest": S.PENDING},
     {"trigger": "requeue", "source": S.RUNNING, "dest": S.PENDING},
+    # The shutdown policy, in this order: paused with a checkpoint, else requeued once a guard lets go.
+    {"trigger": "stop", "source": S.RUNNING, "dest": S.PAUSED, "conditions": [_stop_guard(shutdown.checkpoint_saved)]},
+    *(
+        {"trigger": "stop", "source": S.RUNNING, "dest": S.PENDING, "conditions": [_stop_guard(policy)]}
+        for policy in (
+            shutdown.forced_by_second_signal,
+            shutdown.requeue_policy,
+            shutdown.graceful_finish_timed_out,
+            shutdown.checkpoint_not_saved_in_time,
+        )
+    ),
     # A running task may find itself not configured (TaskNotConfigured): it did no work, so
     # the run ends skipped with that reason rather than failed; hence skip from running too.
     {"trigger": "skip", "source": [S.PENDING, S.RUNNING], "dest": S.SKIPPED},
@@ -86,6 +155,14 @@ for _edge in RUN_TRANSITIONS:
     _edge["dest"] = _edge["dest"].value
 
 RUN_MACHINE = build_machine("run", RUN_STATES, RUN_TRANSITIONS, initial=S.PENDING.value)
+
+#: (trigger, destination) -> the plain trigger whose effects an edge of ``due`` or ``stop`` has.
+EFFECTS_OF: dict[tuple[str, str], str] = {
+    ("due", S.RUNNING.value): "start",
+    ("due", S.SKIPPED.value): "skip",
+    ("stop", S.PAUSED.value): "checkpoint",
+    ("stop", S.PENDING.value): "requeue",
+}
 
 _RELEASE: dict[str, Any] = {"owner": None, "lease_expires_at": None}
 _UNLEASE: dict[str, Any] = {"lease_expires_at": None}
@@ -141,17 +218,20 @@ def fire_run(
     schedule: ScheduleDefinition | None = None,
     changes: dict[str, Any] | None = None,
     force: bool = False,
+    facts: Any = None,
 ) -> ScheduledRun:
     """Move ``run`` by ``trigger`` and return its new snapshot; ``run`` itself is never changed.
 
     ``persist(run, transition, fields)`` must write the row conditionally on ``run``'s status
     and raise (StaleRun) when it lost the race; then nothing changes. ``changes`` (outcome,
     error, reason, owner...) override the edge's default fields; the allowing guard's reason
-    becomes the row's reason unless ``changes`` gives one.
+    becomes the row's reason unless ``changes`` gives one. ``facts`` go to the guards of ``due``
+    (``DueFacts``) and ``stop`` (``Stopping``).
     """
 
     def write(transition: Transition) -> ScheduledRun:
-        fields = run_effects(run, transition.trigger, now)
+        effects = EFFECTS_OF.get((transition.trigger, transition.dest), transition.trigger)
+        fields = run_effects(run, effects, now)
         if transition.reason is not None:
             fields["reason"] = transition.reason
         fields.update(changes or {})
@@ -160,4 +240,5 @@ def fire_run(
 
     binding = RunBinding(run, schedule, now, write)
     binding.force = force
+    binding.facts = facts
     return fire(RUN_MACHINE, binding, trigger)

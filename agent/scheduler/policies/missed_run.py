@@ -1,18 +1,32 @@
 """Missed-run policy: what becomes of occurrences that were due longer ago than the schedule's grace.
 
 A crash, a sleeping laptop and a stalled loop all look the same from here: occurrences that
-were due but are later than ``grace`` by the time anyone looks. ``plan_due`` splits a
-schedule's due occurrences into on-time ones and missed ones, and ``decide_missed`` applies the
-schedule's policy to the missed ones.
+were due but are later than ``grace`` by the time anyone looks. The policy acts twice:
+
+- Planning (``plan_due``, ``decide_missed``): when a schedule's occurrences fall due, they are
+  split into on-time ones and missed ones and turned into rows. Missed ones are counted, never
+  walked, so a week of a per-second schedule becomes a few rows: one skipped row standing for
+  them all (skip), one catch-up run (catch_up_once), or up to the catch-up limit of runs
+  (catch_up_all).
+- At the start (``due_fate`` and the guards ``missed_under_skip``, ``coalesced_into_later`` and
+  ``starts_when_due``): the run machine's ``due`` trigger, fired on every pending run whose time
+  has come, has one edge per fate and these guards choose it. A run prepared ahead of its time
+  and found later than the grace (its worker stopped or stalled in between) is a missed
+  occurrence like any other: skipped under skip; under catch_up_once skipped as coalesced into
+  a later due occurrence of the schedule when there is one, else it is the one catch-up run;
+  run under catch_up_all. Every other run starts: its occurrence was judged when it was planned,
+  or it is work that started before (a retry, a requeue, a replay), or a manual or event run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from ..enums import MissedRunPolicy
+from .decision import Decision
 
 if TYPE_CHECKING:
     from ..definition import ScheduleDefinition
@@ -143,27 +157,104 @@ def _coalesce_into_latest(decision: MissedDecision, latest: datetime, on_time: i
     return MissedDecision([run], reason, detected=n, caught_up=1, coalesced=n)
 
 
-def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: datetime) -> str | None:
-    """A run prepared ahead of ``intended_at`` and still waiting at ``now``: None to run it, else why it is skipped.
+class Fate(StrEnum):
+    """What becomes of a pending run whose time has come, as far as the missed-run policy goes."""
 
-    Within the grace it runs as scheduled. Later than that, its worker stopped or stalled between
-    preparing and starting it, and it is a missed occurrence like any other: ``skip`` skips it;
-    ``catch_up_once`` lets it be the one catch-up run unless a later occurrence of the schedule is
-    due too (``schedule.next_run_at`` is not after ``now``: the run of the latest stands for it);
-    ``catch_up_all`` runs it.
-    """
-    if now - intended_at <= schedule.grace:
-        return None
+    #: It starts (the concurrency policy may still make it wait).
+    START = "start"
+    #: It is skipped: a missed occurrence under the skip policy.
+    SKIP = "skip"
+    #: It is skipped: under catch_up_once, a later due occurrence of the schedule runs for it.
+    COALESCE = "coalesce"
+
+
+@dataclass(frozen=True, slots=True)
+class DueFacts:
+    """What the engine passes to the ``due`` guards besides the run, its schedule and now."""
+
+    later_due: bool = False
+    """A later occurrence of the same schedule is pending and due too, so it can stand for this one."""
+
+
+def describe_span(delta: timedelta) -> str:
+    """A duration as ``3h``, ``2m30s`` or ``0.5s``: how late a run is, in reasons."""
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{seconds:g}s"
+    whole, parts = int(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)
+
+
+def _fate_of(
+    schedule: ScheduleDefinition, intended_at: datetime, now: datetime, *, later_due: bool
+) -> tuple[Fate, str]:
+    """The fate of an occurrence prepared for ``intended_at`` and not started by ``now``, and why."""
+    late = now - intended_at
+    if late <= schedule.grace:
+        return Fate.START, f"on time: {describe_span(late)} late, within the grace of {describe_span(schedule.grace)}"
     missed = (
-        f"missed: prepared for {intended_at.isoformat()}, not started within the grace (its worker stopped or stalled)"
+        f"missed by {describe_span(late)}: prepared for {intended_at.isoformat()}, not started within the grace "
+        f"of {describe_span(schedule.grace)} (its worker stopped or stalled)"
     )
     policy = schedule.missed_run_policy
     if policy is MissedRunPolicy.SKIP:
-        return f"{missed}; policy skip"
+        return Fate.SKIP, f"{missed}; policy skip"
+    if policy is MissedRunPolicy.CATCH_UP_ONCE and later_due:
+        return Fate.COALESCE, f"{missed}; policy catch_up_once: the run of a later due occurrence stands for it"
+    if policy is MissedRunPolicy.CATCH_UP_ONCE:
+        return Fate.START, f"{missed}; policy catch_up_once: it is the one catch-up run"
+    return Fate.START, f"{missed}; policy catch_up_all runs every missed occurrence"
+
+
+def due_fate(
+    run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None
+) -> tuple[Fate, str]:
+    """The fate of the pending ``run`` whose time has come at ``now``, and why (see the module docstring)."""
+    if not is_prepared(run):
+        if run.starts or run.attempt > 1:
+            return Fate.START, f"due: work that started before (attempt {run.attempt}), never a missed occurrence"
+        return Fate.START, f"due: a {run.origin} run, its occurrence judged when it was planned"
+    return _fate_of(schedule, run.intended_run_at, now, later_due=(facts or DueFacts()).later_due)
+
+
+def missed_under_skip(
+    run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None
+) -> Decision:
+    """Guard of ``pending -> skipped`` on ``due``: a prepared run found later than the grace, policy skip."""
+    fate, reason = due_fate(run, schedule, now, facts)
+    return Decision(fate is Fate.SKIP, reason)
+
+
+def coalesced_into_later(
+    run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None
+) -> Decision:
+    """Guard of ``pending -> skipped`` on ``due``: catch_up_once, and a later due occurrence stands for it."""
+    fate, reason = due_fate(run, schedule, now, facts)
+    return Decision(fate is Fate.COALESCE, reason)
+
+
+def starts_when_due(
+    run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None
+) -> Decision:
+    """Guard of ``pending -> running`` on ``due``: on time, a catch-up the policy runs, or not an occurrence
+    that could be missed at all."""
+    fate, reason = due_fate(run, schedule, now, facts)
+    return Decision(fate is Fate.START, reason)
+
+
+def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: datetime) -> str | None:
+    """A run prepared ahead of ``intended_at`` and still waiting at ``now``: None to run it, else why it is skipped.
+
+    The fate ``due_fate`` gives, with a later occurrence due when ``schedule.next_run_at`` is not
+    after ``now`` (the schedule as it was before that occurrence was planned).
+    """
     later = schedule.next_run_at
-    if policy is MissedRunPolicy.CATCH_UP_ONCE and later is not None and later <= now:
-        return f"{missed}; policy catch_up_once: the run of a later due occurrence stands for it"
-    return None
+    fate, reason = _fate_of(schedule, intended_at, now, later_due=later is not None and later <= now)
+    return None if fate is Fate.START else reason
 
 
 def is_prepared(run: ScheduledRun) -> bool:
@@ -173,10 +264,10 @@ def is_prepared(run: ScheduledRun) -> bool:
 
 
 def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
-    """Why a run prepared ahead of its time must not start at ``now``, or None.
+    """Why a run prepared ahead of its time must not start at ``now`` whatever its lateness, or None.
 
-    Disabling or changing a schedule after its next run was prepared takes that run back; a
-    prepared run found later than the grace is a missed occurrence (``decide_prepared``).
+    Disabling or changing a schedule after its next run was prepared takes that run back. How
+    late it is, is for the ``due`` guards (``due_fate``).
     ``current``: ``schedule`` is known unchanged since the run was prepared.
     """
     if not schedule.enabled:
@@ -184,4 +275,4 @@ def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datet
     # The schedule may have been edited since: is the run's time still one of its occurrences?
     if not current and schedule.trigger().next_after(run.intended_run_at - _TICK) != run.intended_run_at:
         return "schedule changed before this run's time: no longer one of its occurrences"
-    return decide_prepared(schedule, run.intended_run_at, now)
+    return None

@@ -16,6 +16,7 @@ thread and ignores its own store's notifications.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -31,7 +32,7 @@ from .schedule_store import NOTIFY_CHANNEL, ScheduleStore
 log = logging.getLogger(__name__)
 
 #: SQLite: ``PRAGMA data_version`` is checked this often (real seconds); one check costs microseconds.
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1
 #: PostgreSQL: the listening thread looks up from its connection this often (real seconds), so that
 #: ``stop()`` is noticed.
 LISTEN_SECONDS = 0.25
@@ -88,7 +89,11 @@ class NoFeed:
 
 
 class SqliteChangeFeed:
-    """``PRAGMA data_version`` on a dedicated connection, checked every POLL_SECONDS and on ``changed()``."""
+    """``PRAGMA data_version`` on a dedicated connection, checked every POLL_SECONDS and on ``changed()``.
+
+    Started inside a running event loop (the engine's), the check is a timer of that loop: a look
+    costs microseconds, less than waking a thread of its own; elsewhere a thread checks.
+    """
 
     def __init__(self, store: ScheduleStore, *, poll_seconds: float = POLL_SECONDS) -> None:
         if store.path is None:
@@ -104,6 +109,7 @@ class SqliteChangeFeed:
         self._seen = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._unwatch: Callable[[], None] | None = None
         self._on_change: Callable[[], None] = lambda: None
         self.live = False
@@ -114,11 +120,18 @@ class SqliteChangeFeed:
             self._look()
             self._seen = False  # the engine's first tick scans anyway
         self._unwatch = self._store.watch_transactions(self._began, self._ended)
-        self._thread = threading.Thread(target=self._run, name="scheduler-feed", daemon=True)
-        self._thread.start()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._thread = threading.Thread(target=self._run, name="scheduler-feed", daemon=True)
+            self._thread.start()
+        else:
+            self._timer = loop.call_later(self._poll, self._on_timer, loop)
 
     def stop(self) -> None:
         self._stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._unwatch is not None:
             self._unwatch()
         if self._thread is not None:
@@ -151,16 +164,25 @@ class SqliteChangeFeed:
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll):
-            with self._lock:
-                if not self._own:
-                    self._look()
-                seen = self._seen
-            try:
-                self._store.check_identity()
-            except DatabaseReplaced:
-                seen = True  # the engine's own check stops it
-            if seen:
-                self._on_change()
+            self._check()
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._stop.is_set() or loop.is_closed():
+            return
+        self._check()
+        self._timer = loop.call_later(self._poll, self._on_timer, loop)
+
+    def _check(self) -> None:
+        with self._lock:
+            if not self._own:
+                self._look()
+            seen = self._seen
+        try:
+            self._store.check_identity()
+        except DatabaseReplaced:
+            seen = True  # the engine's own check stops it
+        if seen:
+            self._on_change()
 
     def _look(self) -> None:
         """Compare data_version with the last one seen (under the lock)."""

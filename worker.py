@@ -63,7 +63,7 @@ EXIT_DATABASE_REPLACED = 3
 EXIT_GRACE_SECONDS = 2.0
 
 
-#: ``--tick``: the shortest and longest sleep between database looks, in seconds (below the
+#: ``--tick``: the shortest and longest time between the engine's own scans, in seconds (below the
 #: shortest the loop would spin; above the longest a missed wake-up costs more than an hour).
 TICK_MIN_SECONDS = 0.1
 TICK_MAX_SECONDS = 3600.0
@@ -88,7 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tick",
         type=seconds_between(TICK_MIN_SECONDS, TICK_MAX_SECONDS),
         default=10.0,
-        help=f"longest sleep between database looks, {TICK_MIN_SECONDS:g} to {TICK_MAX_SECONDS:g} seconds (default 10)",
+        help=f"seconds between the engine's own database scans while its change feed is lost, and at least "
+        f"the safety-net scan's period; {TICK_MIN_SECONDS:g} to {TICK_MAX_SECONDS:g} (default 10)",
     )
     parser.add_argument(
         "--tasks",

@@ -8,6 +8,7 @@ work of one tick runs as one call on a dedicated thread, so the event loop never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from . import limits
 from .alerts import AlertDispatcher, Notifier, dead_letter_text
+from .change_feed import ChangeFeed, open_feed
 from .clock import Clock
 from .db_health import DatabaseHealth, Outage, outage_wait, report_replaced_database
 from .definition import ScheduleDefinition
@@ -92,6 +94,16 @@ LOOP_STALL_SECONDS = 1.0
 #: While the engine runs, it notes this often that its event loop is running (real seconds): a late
 #: note means the loop was blocked, and a task that ends long after the last note blocked it.
 LOOP_BEAT_SECONDS = 0.1
+#: With a live change feed, a full scan still runs at least this often (real seconds; or every
+#: ``tick_seconds`` if that is longer). The feed reports every write made through a ScheduleStore;
+#: the safety net is for what it cannot see: a write made around the store, a PostgreSQL
+#: notification lost in the instant a connection drops, a SQLite commit by another process in the
+#: instant after one of this store's own. Rare enough to cost nothing while idle, frequent enough
+#: that such a change is not left waiting long.
+SAFETY_NET_SECONDS = 60.0
+#: The engine's loop sleeps at most this long of real time, so that its heartbeat is written on
+#: time whatever the clock does (a FakeClock that jumps ahead writes it at each wake instead).
+HEARTBEAT_WAKE_SECONDS = HEARTBEAT_SECONDS
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -100,6 +112,8 @@ Finished = tuple[ScheduledRun, str, dict[str, Any]]
 #: again (a lock, a deadlock, a dropped connection) starts from these as they were before it.
 _TICK_STATE = (
     "_last_full_scan",
+    "_last_full_scan_real",
+    "_lease_due",
     "_scan_postponed",
     "_maybe_pending",
     "_maybe_failed",
@@ -158,9 +172,13 @@ class ScheduleEngine:
     """Turns schedules into runs and runs into outcomes, through the machines.
 
     ``store`` and ``tasks`` are required; ``clock`` defaults to the store's clock (give both
-    the same FakeClock in simulations). ``tick_seconds`` bounds how long the loop sleeps
-    without looking at the database for changes made elsewhere (other workers, the CLI); due
-    runs wake it earlier, and ``emit()``, ``wake()`` and in-process schedule changes at once.
+    the same FakeClock in simulations). The loop sleeps until the next due instant (a run, a
+    retry, a breaker probe, a deadline, a lease to renew or to take over); changes made
+    elsewhere (other workers, the CLI) wake it within a fraction of a second through the change
+    feed, and ``emit()``, ``wake()`` and in-process schedule changes at once. ``tick_seconds``
+    is how often the engine scans the database on its own while the feed cannot see changes (its
+    connection is lost, or the database is in memory); with a live feed, a full scan runs on each
+    change and, as a safety net, at least every ``max(tick_seconds, SAFETY_NET_SECONDS)`` real seconds.
     """
 
     def __init__(
@@ -216,6 +234,11 @@ class ScheduleEngine:
         self._scan_postponed = False
         self._last_checkpoint = time.monotonic()
         self._last_full_scan: datetime | None = None
+        self._last_full_scan_real = 0.0
+        """``time.monotonic()`` at the last full scan (the safety net counts real time)."""
+        self._lease_due: datetime | None = None
+        """When the earliest lease of another worker's run lapses (seen by full scans): its owner may be gone."""
+        self._feed: ChangeFeed | None = None
         self._last_heartbeat: datetime | None = None
         self._last_renewal: datetime | None = None
         self._started_at: datetime | None = None
@@ -257,6 +280,9 @@ class ScheduleEngine:
         self._wake = asyncio.Event()
         self._ticking = asyncio.Lock()
         self._unsubscribe = self.store.subscribe(self.wake)
+        if self._feed is None:
+            self._feed = open_feed(self.store)
+            self._feed.start(self._changed_elsewhere)
         self._unsubscribe_alerts = self.store.subscribe_alerts(self._alert_queued)
         self._beat_at = time.monotonic()
         self._beat_handle = self._loop.call_later(LOOP_BEAT_SECONDS, self._beat)
@@ -308,6 +334,8 @@ class ScheduleEngine:
             renew = list(self._in_flight)
             self._last_renewal = now
         mine = frozenset(self._in_flight)
+        if self._feed is not None and self._feed.changed():
+            self._last_full_scan = None  # another process wrote: look at everything
         prepared = [p for p in self._prepared.values() if p.run.intended_run_at <= now]
         for p in prepared:
             del self._prepared[p.run.run_id]
@@ -514,6 +542,8 @@ class ScheduleEngine:
     async def stop(self) -> None:
         """Stop dispatching, run shutdown schedules, apply each running run's shutdown policy, mark a clean stop."""
         if self._stopped or self._draining:
+            if self._draining and self._runner is None:
+                self._stop_feed()  # the loop ended on its own (a replaced database)
             return
         self._draining = True
         self._wake.set()
@@ -536,6 +566,7 @@ class ScheduleEngine:
         await self._db(self.store.put_state, self._state_key, self._state_value(now, clean=True))
         await self._db(self.store.checkpoint)
         self._stopped = True
+        self._stop_feed()
         if self._beat_handle is not None:
             self._beat_handle.cancel()
         for unsubscribe in (self._unsubscribe, self._unsubscribe_alerts):
@@ -582,6 +613,18 @@ class ScheduleEngine:
         self.wake()
         return run
 
+    def _stop_feed(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.stop()
+
+    def _changed_elsewhere(self) -> None:
+        # Called by the change feed from its thread; the next tick asks it what changed.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake.set)
+
     def _alert_queued(self) -> None:
         # Called by the store from any thread; the next tick starts an outbox pass.
         self._alerts_due = True
@@ -604,9 +647,35 @@ class ScheduleEngine:
 
     # ------------------------------------------------------------------ the loop's waiting
 
-    def _wake_at(self, now: datetime) -> datetime:
-        candidates = [now + timedelta(seconds=self.tick_seconds)]
+    @property
+    def _polling(self) -> bool:
+        """Whether the engine must look for changes itself, every ``tick_seconds`` (no live change feed)."""
+        return self._feed is None or not self._feed.live
+
+    def _scan_due(self, now: datetime) -> bool:
+        """Whether this tick makes a full scan: asked for (a change, a wake), or the safety net is due."""
+        if self._last_full_scan is None:
+            return True
+        if self._polling:
+            return (now - self._last_full_scan).total_seconds() >= self.tick_seconds
+        if self._lease_due is not None and self._lease_due <= now and not self._sweep_quiet(now):
+            return True  # another worker's lease lapsed: take its run over if it is gone
+        return time.monotonic() - self._last_full_scan_real >= max(self.tick_seconds, SAFETY_NET_SECONDS)
+
+    def _real_wait(self) -> float:
+        """The longest real time the loop may sleep: until the heartbeat, or the safety-net scan."""
+        wait = HEARTBEAT_WAKE_SECONDS
+        if not self._polling:
+            net = max(self.tick_seconds, SAFETY_NET_SECONDS)
+            wait = min(wait, self._last_full_scan_real + net - time.monotonic())
+        return max(wait, 0.0)
+
+    def _wake_at(self, now: datetime) -> datetime | None:
+        """The next instant on the clock at which there is something to do; None if there is none."""
+        candidates = [now + timedelta(seconds=self.tick_seconds)] if self._polling else []
         candidates += [d for d in (self._next_due, self._pending_due) if d is not None]
+        if self._lease_due is not None:
+            candidates.append(max(self._lease_due, self._quiet_until or self._lease_due))
         if self._prepared:
             candidates.append(min(p.run.intended_run_at for p in self._prepared.values()))
         due = self._schedule_due
@@ -616,28 +685,37 @@ class ScheduleEngine:
             candidates += [t for t in (None if f.overran else f.deadline, f.kill_at) if t is not None]
         if self._in_flight:
             candidates.append((self._last_renewal or now) + self.lease / 3)
-        return max(min(candidates), now)
+        return max(min(candidates), now) if candidates else None
 
     async def _sleep(self, until: datetime | None = None) -> None:
-        """Wait for the next thing to do (a due run, a deadline, a wake), but not past ``until``."""
+        """Wait for the next thing to do (a due instant, a change elsewhere, a wake), but not past ``until``.
+
+        One wait, however far the next instant: on a FakeClock, whose sleep skips time, an idle
+        simulated day is a handful of steps.
+        """
         await asyncio.sleep(0)  # let dispatched tasks run at this instant before time moves on
         if self._events or self._wake.is_set():
             self._wake.clear()
             return
         now = self.clock.now()
-        instant = self._wake_at(now) if until is None else min(self._wake_at(now), until)
-        delay = (instant - now).total_seconds()
-        if delay > 0:
-            await self._nap(delay)
+        instant = self._wake_at(now)
+        if until is not None:
+            instant = until if instant is None else min(instant, until)
+        delay = None if instant is None else (instant - now).total_seconds()
+        if delay is None or delay > 0:
+            await self._nap(delay, real_limit=self._real_wait())
 
-    async def _nap(self, seconds: float) -> None:
-        """Sleep ``seconds`` of clock time, or until ``wake()``."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+    async def _nap(self, seconds: float | None, *, real_limit: float | None = None) -> None:
+        """Sleep ``seconds`` of clock time (None: no limit on the clock), or until ``wake()``, or
+        ``real_limit`` real seconds, whichever comes first."""
         waker = asyncio.ensure_future(self._wake.wait())
+        waits: set[asyncio.Future[Any]] = {waker}
+        if seconds is not None:
+            waits.add(asyncio.ensure_future(self.clock.sleep(seconds)))
         try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=real_limit, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (sleeper, waker):
+            for f in waits:
                 f.cancel()
             self._wake.clear()
 
@@ -684,12 +762,13 @@ class ScheduleEngine:
             # The whole transaction may run again (a lock, a lost connection): count from the start.
             report.restore()
         # A full scan looks at everything; between full scans only what this engine knows changed.
-        full = self._last_full_scan is None or (now - self._last_full_scan).total_seconds() >= self.tick_seconds
+        full = self._scan_due(now)
         if full and prepared and report is None and not self._scan_postponed:
             # Prepared runs are waiting for their start: the full scan waits for the next tick (once).
             full, self._scan_postponed = False, True
         if full:
             self._last_full_scan = now
+            self._last_full_scan_real = time.monotonic()
             self._scan_postponed = False
         if finished:
             self._record_finished(finished, now)
@@ -700,6 +779,8 @@ class ScheduleEngine:
             # A worker that died mid-run stops renewing its leases: its runs are taken over here.
             # Ours are excluded: those in flight, and those just recorded above.
             self._sweep_orphans(now, mine | {run.run_id for run, _, _ in finished})
+        if full or report is not None:
+            self._lease_due = self.store.next_lease_expiry(now, owner=self.worker_id)
         if events and not self._draining:
             self._create_event_runs(events, now)
             self._maybe_pending = True

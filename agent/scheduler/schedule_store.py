@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -87,6 +87,13 @@ DEFAULT_DB_PATH = Path("~/.actp/scheduler.db")
 #: The ``meta`` key, and its value, that say every stored schedule was checked against the limits.
 LIMITS_CHECKED_KEY = "limits_checked"
 LIMITS_CHECKED = "1"
+
+#: PostgreSQL channel on which every writing transaction announces itself (see change_feed).
+NOTIFY_CHANNEL = "actp_scheduler"
+#: Set on a connection's ``info`` by a statement that writes (PostgreSQL), until its transaction ends.
+_WROTE = "actp_wrote"
+#: Writes to these tables concern no other process's engine (a worker's heartbeat), so they announce nothing.
+_QUIET_TABLES = ("engine_state",)
 
 #: Duration fields of ScheduleDefinition and the columns that hold them in seconds.
 _SPAN_COLUMNS = {
@@ -165,6 +172,16 @@ def _claimed_below(run: ScheduledRun, transition: Transition, values: dict[str, 
     """start_many's batches: the machine checks each start, one claim statement per chunk writes it."""
     if transition.dest != RunStatus.RUNNING.value:
         raise InvalidTransition(run.run_id, run.status.value, transition.trigger, f"it goes to {transition.dest}")
+
+
+def _note_writes(engine: Any) -> None:
+    """Mark the connection of every statement that writes (INSERT, UPDATE, DELETE), for NOTIFY."""
+
+    @event.listens_for(engine, "before_cursor_execute", named=True)
+    def _mark(conn: Any, statement: str, **_: Any) -> None:
+        head = statement.lstrip()[:6].upper()
+        if head in ("INSERT", "UPDATE", "DELETE") and not any(t in statement for t in _QUIET_TABLES):
+            conn.info[_WROTE] = True
 
 
 def _to_db(instant: datetime | None) -> datetime | None:
@@ -262,6 +279,11 @@ class ScheduleStore:
         self.dialect = self.db.engine.dialect.name if self.db.engine else "unknown"
         if is_sqlite and self.db.engine is not None:
             _begin_immediate(self.db.engine)
+        if self.dialect == "postgresql" and self.db.engine is not None:
+            _note_writes(self.db.engine)
+        self.origin = uuid.uuid4().hex
+        """This store's name in its change notifications, so that a feed can tell its own apart."""
+        self._watchers: builtins.list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=_give_up,
@@ -293,6 +315,40 @@ class ScheduleStore:
         """Call ``listener()`` after this store queues an alert; returns an unsubscribe."""
         return _listen(self._alert_listeners, listener)
 
+    def watch_transactions(self, began: Callable[[], None], ended: Callable[[], None]) -> Callable[[], None]:
+        """Call ``began()`` inside each of this store's transactions, before its work (on SQLite it
+        then holds the write lock), and ``ended()`` once it committed or rolled back, both on the
+        transaction's thread; returns an unsubscribe. For the change feed, which must tell this
+        store's commits from other processes'."""
+        pair = (began, ended)
+        self._watchers.append(pair)
+        return lambda: self._watchers.remove(pair) if pair in self._watchers else None
+
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[Callable[[Connection, Callable[[Connection], T]], T]]:
+        """Wrap one outermost transaction: watchers are told, and on PostgreSQL a transaction that
+        wrote sends a notification with this store's origin, delivered if and only if it commits."""
+        watchers = builtins.list(self._watchers)
+        began = False
+
+        def run(conn: Connection, work: Callable[[Connection], T]) -> T:
+            nonlocal began
+            conn.info.pop(_WROTE, None)
+            for begin, _ in watchers:
+                begin()
+            began = True
+            result = work(conn)
+            if conn.info.pop(_WROTE, False):
+                conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, self.origin)))
+            return result
+
+        try:
+            yield run
+        finally:
+            if began:
+                for _, end in watchers:
+                    end()
+
     def _changed(self) -> None:
         for listener in list(self._listeners):
             listener()
@@ -308,8 +364,8 @@ class ScheduleStore:
         self.close()
 
     def _once(self, work: Callable[[Connection], T]) -> T:
-        with self.db as tx:
-            return work(tx.executable)
+        with self._watched() as watched, self.db as tx:
+            return watched(tx.executable, work)
 
     def atomic(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``work(*args, **kwargs)`` with every store call inside it in ONE transaction.
@@ -347,8 +403,8 @@ class ScheduleStore:
         # The engine's database thread runs a transaction per tick: keeping its connection
         # (dataset returns it to the pool after every commit) saves a checkout and a reset each time.
         conn = self.db.executable
-        with conn.begin():
-            return work(conn)
+        with self._watched() as watched, conn.begin():
+            return watched(conn, work)
 
     def _tx(self, work: Callable[[Connection], T], *, keep_connection: bool = False) -> T:
         """Run ``work`` in one transaction; the whole transaction is retried on a transient fault.
@@ -1329,6 +1385,22 @@ class ScheduleStore:
             ),
         )
         return _from_db(self._tx(lambda c: c.execute(stmt, {"now": _to_db(now)}).scalar()))
+
+    def next_lease_expiry(self, now: datetime, *, owner: str) -> datetime | None:
+        """When the earliest lease held by another owner than ``owner`` lapses, if after ``now``:
+        the moment its run may have to be taken over (its owner died)."""
+        r = schema.scheduled_runs
+        stmt = self._prepared(
+            "next_lease_expiry",
+            lambda: select(func.min(r.c.lease_expires_at)).where(
+                and_(
+                    r.c.status == RunStatus.RUNNING.value,
+                    r.c.lease_expires_at > bindparam("now", type_=DateTime),
+                    r.c.owner != bindparam("owner"),
+                )
+            ),
+        )
+        return _from_db(self._tx(lambda c: c.execute(stmt, {"now": _to_db(now), "owner": owner}).scalar()))
 
     def schedule_versions(self, ids: Iterable[str]) -> dict[str, datetime]:
         """``updated_at`` of these schedules (missing ones left out): whether a copy in memory is current."""

@@ -27,22 +27,30 @@ from agent.scheduler.errors import DuplicateSchedule, GuardRejected, RunNotFound
 from agent.scheduler.policies.retry import backoff_delay
 from agent.scheduler.records import ProposalRecord
 from agent.scheduler.schema import SCHEMA_VERSION, TABLES
+from tests.conftest import BATCH_THRESHOLDS
 
 MakeSchedule = Callable[..., ScheduleDefinition]
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
 
 
+@pytest.fixture(params=BATCH_THRESHOLDS)
+def batch_min(request: pytest.FixtureRequest) -> int:
+    """Every store test through the batch statements and through one statement per item."""
+    value: int = request.param
+    return value
+
+
 @pytest.fixture
-def store(any_url: str, clock: FakeClock) -> Iterator[ScheduleStore]:
+def store(any_url: str, clock: FakeClock, batch_min: int) -> Iterator[ScheduleStore]:
     """The same suite on SQLite and on PostgreSQL."""
-    s = ScheduleStore(any_url, clock=clock)
+    s = ScheduleStore(any_url, clock=clock, batch_min=batch_min)
     yield s
     s.close()
 
 
 @pytest.fixture
-def sqlite_store(db_path: Path, clock: FakeClock) -> Iterator[ScheduleStore]:
-    s = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
+def sqlite_store(db_path: Path, clock: FakeClock, batch_min: int) -> Iterator[ScheduleStore]:
+    s = ScheduleStore(f"sqlite:///{db_path}", clock=clock, batch_min=batch_min)
     yield s
     s.close()
 

@@ -20,6 +20,7 @@ from agent.scheduler import (
     InvalidSchedule,
     RunStatus,
     ScheduleDefinition,
+    ScheduledRun,
     ScheduleStore,
     TriggerType,
 )
@@ -318,6 +319,79 @@ def test_breaker_counts_and_trips_through_the_machine(store: ScheduleStore, make
         store.transition_breaker(after, "trip")
     closed = store.transition_breaker("sweep", "reset")
     assert (closed.breaker_state, store.get("sweep").consecutive_failures) == (BreakerState.CLOSED, 0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "16", True, None])
+def test_a_batch_threshold_that_is_not_a_whole_number_of_at_least_one_is_refused_before_opening(
+    db_path: Path, bad: Any
+) -> None:
+    with pytest.raises(ValueError, match=r"batch_min must be an int of at least 1, got"):
+        ScheduleStore(f"sqlite:///{db_path}", batch_min=bad)
+    assert not db_path.exists()
+
+
+class _Updates:
+    """Counts the statements that UPDATE scheduled_runs (an executemany counts once)."""
+
+    def __init__(self, store: ScheduleStore) -> None:
+        self.count = 0
+        from sqlalchemy import event
+
+        event.listen(store.db.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SCHEDULED_RUNS"):
+            self.count += 1
+
+
+def test_a_batch_moves_each_chunk_with_one_or_two_statements_and_names_the_runs_it_lost(
+    any_url: str, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    with ScheduleStore(any_url, clock=clock, batch_min=1) as store:
+        s = store.add(make_schedule())
+        runs = [store.create_run(s, T0 + timedelta(minutes=i)) for i in range(40)]
+        assert all(runs)
+        pending = [r for r in runs if r is not None]
+        theirs = store.transition(pending[7], "start", owner="worker-b")  # another worker was quicker
+        updates = _Updates(store)
+        at = T0 + timedelta(hours=1)
+        won = store.start_many(pending, owner="worker-a", lease_until=at + timedelta(minutes=5), now=at)
+        assert updates.count == 1  # the values all 39 share: one UPDATE ... RETURNING
+        assert [r.run_id for r in won] == [r.run_id for r in pending if r.run_id != theirs.run_id]
+        assert {(r.status, r.owner, r.started_at, r.starts) for r in won} == {(RunStatus.RUNNING, "worker-a", at, 1)}
+        # Worker b records its run's end at the very instant worker a records all of them.
+        done = at + timedelta(seconds=5)
+        store.transition(theirs, "succeed", now=done, outcome="by b")
+        updates.count = 0
+        items = [(r, "succeed", {"outcome": f"{i} synced"}) for i, r in enumerate([theirs, *won])]
+        finished = store.finish_many(items, now=done)
+        assert updates.count == 2  # the shared values with RETURNING, then each run's own outcome
+        lost, *succeeded = finished
+        assert isinstance(lost, StaleRun) and (lost.expected, lost.actual) == ("running", "succeeded")
+        assert store.get_run(theirs.run_id).outcome == "by b"
+        for i, (r, moved) in enumerate(zip(won, succeeded, strict=True), start=1):
+            assert isinstance(moved, ScheduledRun) and moved == store.get_run(r.run_id)
+            assert (moved.status, moved.outcome, moved.completed_at) == (RunStatus.SUCCEEDED, f"{i} synced", done)
+
+
+def test_failure_counts_reset_in_one_batch_and_the_breakers_not_closed_come_back(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    ids = [
+        store.add(make_schedule(f"s{i}", breaker_threshold=1, breaker_cooldown=timedelta(minutes=5))).id
+        for i in range(20)
+    ]
+    for schedule_id in ids[:12]:
+        store.record_outcome(schedule_id, failed=True)
+    store.transition_breaker(store.get("s3"), "trip")
+    opened = store.transition_breaker(store.get("s5"), "trip")
+    store.transition_breaker(opened, "probe", now=T0 + timedelta(days=1))
+    not_closed = store.reset_failures([*ids, ids[0]])
+    assert sorted((s.name, s.breaker_state) for s in not_closed) == [
+        ("s3", BreakerState.OPEN),
+        ("s5", BreakerState.HALF_OPEN),
+    ]
+    assert {s.consecutive_failures for s in store.list()} == {0}
 
 
 def test_records_round_trip(store: ScheduleStore, clock: FakeClock) -> None:

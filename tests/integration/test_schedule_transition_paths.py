@@ -1,9 +1,9 @@
 """The store's two ways of writing transitions agree: one UPDATE per run, or a few per batch.
 
 The same runs go through the same calls (start_many, finish_many, transition_many,
-reset_failures) on two fresh SQLite stores and one FakeClock: one store writes every item on its
-own (a threshold no batch reaches), the other writes every batch with its batch statements
-(threshold 1). Every column of every row, and every result (the runs moved, the refusals and
+reset_failures) on two fresh SQLite stores whose FakeClocks show the same times: one store writes
+every item on its own (a threshold no batch reaches), the other writes every batch with its batch
+statements (threshold 1). Every column of every row, and every result (the runs moved, the refusals and
 their reasons), must be the same.
 """
 

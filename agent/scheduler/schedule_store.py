@@ -1021,10 +1021,9 @@ class ScheduleStore:
                 winners = [m for m in chunk if m.run.run_id in won]
                 if varying and winners:
                     rows = [
-                        {"w_run_id": m.run.run_id, **{f"v_{c}": _db_value(m.fields[c]) for c in varying}}
-                        for m in winners
+                        {"w_key": m.run.run_id, **{f"v_{c}": _db_value(m.fields[c]) for c in varying}} for m in winners
                     ]
-                    conn.execute(self._fill_statement(varying), rows)
+                    conn.execute(self._fill_statement(schema.scheduled_runs, "run_id", varying), rows)
                 for m in chunk:
                     if m.run.run_id in won:
                         self._after_move(conn, m, now=now, actor=None)
@@ -1047,16 +1046,15 @@ class ScheduleStore:
 
         return self._prepared(("claim", columns), build)
 
-    def _fill_statement(self, columns: tuple[str, ...]) -> Any:
-        """``UPDATE scheduled_runs SET <columns> WHERE run_id = :w_run_id``, prepared: the per-run
-        values of runs this transaction has just moved."""
-        r = schema.scheduled_runs
+    def _fill_statement(self, table: Table, key: str, columns: tuple[str, ...]) -> Any:
+        """``UPDATE <table> SET <columns> WHERE <key> = :w_key``, prepared: the values of their own
+        that rows this transaction has just moved conditionally still need."""
 
         def build() -> Any:
-            values = {c: bindparam(f"v_{c}", type_=r.c[c].type) for c in columns}
-            return update(r).where(r.c.run_id == bindparam("w_run_id")).values(values)
+            values = {c: bindparam(f"v_{c}", type_=table.c[c].type) for c in columns}
+            return update(table).where(table.c[key] == bindparam("w_key")).values(values)
 
-        return self._prepared(("fill", columns), build)
+        return self._prepared(("fill", table.name, columns), build)
 
     def start_many(
         self,
@@ -1147,19 +1145,6 @@ class ScheduleStore:
         if not planned:
             return []
         return self._tx(lambda conn: self._write_moves(conn, planned, now=at))
-
-    def _ids_changed_at(self, table: Table, key: Any, status: str | None = None) -> Any:
-        """``SELECT key FROM table WHERE key IN :ids AND updated_at = :at [AND status = :status]``, prepared."""
-
-        def build() -> Any:
-            cond = and_(
-                key.in_(bindparam("ids", expanding=True)), table.c.updated_at == bindparam("at", type_=DateTime)
-            )
-            if status is not None:
-                cond = and_(cond, table.c.status == status)
-            return select(key).where(cond)
-
-        return self._prepared(("changed_at", table.name, status), build)
 
     def _fire_in(
         self,
@@ -1306,9 +1291,10 @@ class ScheduleStore:
     ) -> builtins.list[builtins.list[ScheduledRun] | None]:
         """``materialize`` for many schedules in one transaction and a few statements.
 
-        The conditional moves of ``next_run_at`` run as one executemany per shape; a read-back
-        says which this call made (only those schedules get runs); all their runs go in with one
-        executemany. Returns, per plan, the runs created, or None when another worker moved first.
+        The conditional moves of ``next_run_at`` run as one UPDATE ... RETURNING per shape and chunk
+        (``_advance_schedules``), which says which this call made (only those schedules get runs);
+        all their runs go in with one executemany. Returns, per plan, the runs created, or None when
+        another worker moved first.
         """
         at = now or self.clock.now()
         batch = list(plans)
@@ -1359,19 +1345,15 @@ class ScheduleStore:
                 out.append(created)
             return out
 
-        if len(batch) < self.batch_min:
+        if len(batch) < self.batch_min or len({m.schedule.id for m in batch}) < len(batch):
             return self._tx(one_by_one)
 
         def work(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
             self._lock_rows(conn, (m.schedule.id for m in batch))
+            moved: set[str] = set()
             for (unset, columns), rows in shapes.items():
                 for k in range(0, len(rows), CLAIM_CHUNK):
-                    conn.execute(advance(unset, columns), rows[k : k + CLAIM_CHUNK])
-            ids = [m.schedule.id for m in batch]
-            moved: set[str] = set()
-            check = self._ids_changed_at(s, s.c.id)
-            for k in range(0, len(ids), CLAIM_CHUNK):
-                moved |= {row[0] for row in conn.execute(check, {"ids": ids[k : k + CLAIM_CHUNK], "at": _to_db(at)})}
+                    moved |= self._advance_schedules(conn, unset, columns, rows[k : k + CLAIM_CHUNK])
             out: builtins.list[builtins.list[ScheduledRun] | None] = []
             staged: builtins.list[tuple[ScheduledRun, Any, ScheduleDefinition]] = []
             for m in batch:
@@ -1407,6 +1389,39 @@ class ScheduleStore:
             ]
 
         return self._tx(work)
+
+    def _advance_schedules(
+        self, conn: Connection, unset: bool, columns: tuple[str, ...], rows: builtins.list[dict[str, Any]]
+    ) -> set[str]:
+        """Move many schedules' ``next_run_at``, each only from the value it was read with; the ids moved.
+
+        The values every row shares go in one ``UPDATE ... WHERE (id, next_run_at) IN (...)
+        RETURNING id`` (``next_run_at IS NULL`` for the unset); the values of their own follow, for
+        the schedules moved, in one executemany.
+        """
+        s = schema.schedules
+        first = rows[0]
+        shared = tuple(c for c in columns if all(_equal(r[f"v_{c}"], first[f"v_{c}"]) for r in rows))
+        varying = tuple(c for c in columns if c not in shared)
+
+        def build() -> Any:
+            if unset:
+                cond = and_(s.c.id.in_(bindparam("ids", expanding=True)), s.c.next_run_at.is_(None))
+            else:
+                cond = tuple_(s.c.id, s.c.next_run_at).in_(bindparam("pairs", expanding=True))
+            values = {c: bindparam(f"v_{c}", type_=s.c[c].type) for c in shared}
+            return update(s).where(cond).values(values).returning(s.c.id)
+
+        params: dict[str, Any] = {f"v_{c}": first[f"v_{c}"] for c in shared}
+        if unset:
+            params["ids"] = [r["w_id"] for r in rows]
+        else:
+            params["pairs"] = [(r["w_id"], r["w_next"]) for r in rows]
+        won = {row[0] for row in conn.execute(self._prepared(("advance_many", unset, shared), build), params)}
+        if varying and won:
+            own = [{"w_key": r["w_id"], **{f"v_{c}": r[f"v_{c}"] for c in varying}} for r in rows if r["w_id"] in won]
+            conn.execute(self._fill_statement(s, "id", varying), own)
+        return won
 
     def _planned_run(
         self, schedule: ScheduleDefinition, plan: Any, now: datetime, *, prepared: bool = False

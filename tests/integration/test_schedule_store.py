@@ -25,8 +25,10 @@ from agent.scheduler import (
     TriggerType,
 )
 from agent.scheduler.errors import DuplicateSchedule, GuardRejected, RunNotFound, ScheduleNotFound, StaleRun, StoreError
+from agent.scheduler.policies.missed_run import PlannedRun
 from agent.scheduler.policies.retry import backoff_delay
 from agent.scheduler.records import ProposalRecord
+from agent.scheduler.schedule_store import Materialization
 from agent.scheduler.schema import SCHEMA_VERSION, TABLES
 from tests.conftest import BATCH_THRESHOLDS
 
@@ -577,6 +579,40 @@ def test_the_documented_move_from_sqlite_to_postgresql_copies_every_schedule(
         "Europe/Berlin",
     )
     assert copied["a"].id == old.get("a").id
+
+
+def test_many_schedules_advance_together_and_one_another_worker_advanced_first_gets_nothing(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    fresh = [store.add(make_schedule(f"fresh{i}")) for i in range(3)]  # never advanced: next_run_at unset
+    for i in range(4):
+        store.materialize(store.add(make_schedule(f"due{i}")), [], next_run_at=T0 + timedelta(minutes=i))
+    due = [store.get(f"due{i}") for i in range(4)]
+    at = T0 + timedelta(minutes=10)
+    # Another worker advances due1 at the very instant this one plans from what it read before.
+    store.materialize(store.get("due1"), [PlannedRun(T0 + timedelta(minutes=1))], next_run_at=at, now=at)
+    plans = [
+        Materialization(s, [PlannedRun(T0 + timedelta(minutes=i))], T0 + timedelta(hours=i + 1))
+        for i, s in enumerate(fresh + due)
+    ]
+    plans[-1] = Materialization(
+        due[3],
+        [PlannedRun(T0 + timedelta(minutes=3), skip_reason="missed: skip policy")],
+        None,
+        disable_reason="its last occurrence",
+    )
+    created = store.materialize_many(plans, now=at)
+    assert created[4] is None  # due1: not this worker's to advance
+    assert [len(runs or []) for runs in created] == [1, 1, 1, 1, 0, 1, 1]
+    for plan, runs in zip(plans, created, strict=True):
+        if runs is None:
+            continue
+        stored = store.get(plan.schedule.id)
+        assert (stored.next_run_at, stored.last_run_at) == (plan.next_run_at, plan.runs[0].intended_at)
+        assert runs == store.runs(schedule=plan.schedule.id)
+    assert store.get("due1").next_run_at == at
+    assert (store.get("due3").enabled, store.get("due3").disabled_reason) == (False, "its last occurrence")
+    assert [(r.status, r.reason) for r in created[6] or []] == [(RunStatus.SKIPPED, "missed: skip policy")]
 
 
 def test_an_operator_s_update_does_not_undo_what_the_engine_wrote_meanwhile(

@@ -923,24 +923,34 @@ class ScheduleStore:
         params: dict[str, Any] = {f"v_{k}": _db_value(v) for k, v in move.fields.items()}
         params.update(w_run_id=run.run_id, w_status=transition.source, w_attempt=run.attempt)
         if conn.execute(self._run_update(tuple(sorted(move.fields))), params).rowcount != 1:
-            raise self._stale_run(conn, move)
+            raise self._stale_runs(conn, [move])[run.run_id]
         self._after_move(conn, move, now=now, actor=actor)
 
-    def _stale_run(self, conn: Connection, move: RunMove) -> StaleRun:
-        """Why ``move``'s conditional write matched no row: who holds the run now, and its attempt."""
-        run, transition = move.run, move.transition
+    def _stale_runs(self, conn: Connection, moves: builtins.list[RunMove]) -> dict[str, StaleRun]:
+        """Why these moves' conditional writes matched no row: who holds each run now, and its attempt."""
         r = schema.scheduled_runs
-        found = conn.execute(select(r.c.status, r.c.owner, r.c.attempt).where(r.c.run_id == run.run_id)).first()
-        if found is None:
-            return StaleRun(run.run_id, transition.source, None, transition.trigger)
-        return StaleRun(
-            run.run_id,
-            transition.source,
-            found.status,
-            transition.trigger,
-            holder=found.owner,
-            attempts=(run.attempt, found.attempt),
+        stmt = self._prepared(
+            "holders",
+            lambda: select(r.c.run_id, r.c.status, r.c.owner, r.c.attempt).where(
+                r.c.run_id.in_(bindparam("ids", expanding=True))
+            ),
         )
+        found = {row.run_id: row for row in conn.execute(stmt, {"ids": [m.run.run_id for m in moves]})}
+        out: dict[str, StaleRun] = {}
+        for m in moves:
+            run, transition, row = m.run, m.transition, found.get(m.run.run_id)
+            if row is None:
+                out[run.run_id] = StaleRun(run.run_id, transition.source, None, transition.trigger)
+                continue
+            out[run.run_id] = StaleRun(
+                run.run_id,
+                transition.source,
+                row.status,
+                transition.trigger,
+                holder=row.owner,
+                attempts=(run.attempt, row.attempt),
+            )
+        return out
 
     def _after_move(self, conn: Connection, move: RunMove, *, now: datetime, actor: str | None) -> None:
         """The records a written move keeps beside the run: a dead letter, or its replay."""
@@ -1024,11 +1034,10 @@ class ScheduleStore:
                         {"w_key": m.run.run_id, **{f"v_{c}": _db_value(m.fields[c]) for c in varying}} for m in winners
                     ]
                     conn.execute(self._fill_statement(schema.scheduled_runs, "run_id", varying), rows)
-                for m in chunk:
-                    if m.run.run_id in won:
-                        self._after_move(conn, m, now=now, actor=None)
-                    else:
-                        lost[m.run.run_id] = self._stale_run(conn, m)
+                for m in winners:
+                    self._after_move(conn, m, now=now, actor=None)
+                if len(winners) < len(chunk):
+                    lost.update(self._stale_runs(conn, [m for m in chunk if m.run.run_id not in won]))
         return lost
 
     def _claim_statement(self, columns: tuple[str, ...]) -> Any:

@@ -1017,13 +1017,13 @@ class ScheduleStore:
         """
         groups: dict[tuple[str, str, tuple[str, ...]], builtins.list[RunMove]] = {}
         for m in sorted(moves, key=lambda m: m.run.run_id):
-            groups.setdefault((m.transition.source, m.transition.dest, tuple(sorted(m.fields))), []).append(m)
+            groups.setdefault((m.transition.source, m.transition.dest, tuple(m.fields)), []).append(m)
         lost: dict[str, StaleRun] = {}
         for (source, _, columns), group in groups.items():
             for i in range(0, len(group), CLAIM_CHUNK):
                 chunk = group[i : i + CLAIM_CHUNK]
                 first = chunk[0].fields
-                shared = tuple(c for c in columns if all(_equal(m.fields[c], first[c]) for m in chunk))
+                shared = tuple(c for c in columns if _all_same([m.fields[c] for m in chunk]))
                 varying = tuple(c for c in columns if c not in shared)
                 params: dict[str, Any] = {f"v_{c}": _db_value(first[c]) for c in shared}
                 params.update(pairs=[(m.run.run_id, m.run.attempt) for m in chunk], w_status=source)
@@ -1410,7 +1410,7 @@ class ScheduleStore:
         """
         s = schema.schedules
         first = rows[0]
-        shared = tuple(c for c in columns if all(_equal(r[f"v_{c}"], first[f"v_{c}"]) for r in rows))
+        shared = tuple(c for c in columns if _all_same([r[f"v_{c}"] for r in rows]))
         varying = tuple(c for c in columns if c not in shared)
 
         def build() -> Any:
@@ -1944,14 +1944,20 @@ def _db_value(value: Any) -> Any:
     return value
 
 
-def _equal(a: Any, b: Any) -> bool:
-    """Whether two field values are stored the same: equal and of one type (1 is not True, nor 1.0);
-    containers (JSON) compared as serialized, key order included."""
-    if type(a) is not type(b):
+def _all_same(values: builtins.list[Any]) -> bool:
+    """Whether a column's values (one per row) would all be stored the same: equal and of one type
+    (1 is not True, nor 1.0); containers (JSON) compared as serialized, key order included."""
+    first = values[0]
+    if values.count(first) != len(values):
         return False
-    if isinstance(a, dict | list):
-        return json.dumps(a, default=repr) == json.dumps(b, default=repr)
-    return bool(a == b)
+    kind = type(first)
+    if kind in (str, datetime) or first is None:
+        return True
+    if len({type(v) for v in values}) != 1:
+        return False
+    if kind in (dict, list):
+        return len({json.dumps(v, default=repr) for v in values}) == 1
+    return True
 
 
 def _span_from(seconds: float | None) -> timedelta | None:

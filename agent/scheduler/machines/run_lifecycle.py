@@ -177,10 +177,11 @@ def _destination(run: ScheduledRun, trigger: str) -> str:
 _RUN_FIELDS = tuple(f.name for f in fields(ScheduledRun))
 
 
-def _evolve(run: ScheduledRun, **changes: Any) -> ScheduledRun:
+def _evolve(run: ScheduledRun, fields: dict[str, Any], status: RunStatus) -> ScheduledRun:
     # dataclasses.replace, without looking the fields up again on every call (a hot path).
     values = {name: getattr(run, name) for name in _RUN_FIELDS}
-    values.update(changes)
+    values.update(fields)
+    values["status"] = status
     return ScheduledRun(**values)
 
 
@@ -203,7 +204,7 @@ def _move(run: ScheduledRun, transition: Transition, now: datetime, changes: dic
     if transition.reason is not None:
         fields["reason"] = transition.reason
     fields.update(changes or {})
-    return RunMove(run, transition, fields, _evolve(run, **{**fields, "status": RunStatus(transition.dest)}))
+    return RunMove(run, transition, fields, _evolve(run, fields, RunStatus(transition.dest)))
 
 
 def plan_run(

@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
+from agent.scheduler.schedule_store import BATCH_MIN
 from agent.scheduler.schema import TABLES
 
 #: The fake clock's start in every test that does not choose its own.
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
+#: Batch thresholds a suite runs its stores with: 1 sends every batch method through its
+#: batch statements, the production value sends small batches one item at a time.
+BATCH_THRESHOLDS = [pytest.param(1, id="batch_min=1"), pytest.param(BATCH_MIN, id=f"batch_min={BATCH_MIN}")]
 
 
 @pytest.fixture
@@ -30,8 +34,14 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path, clock: FakeClock) -> Iterator[ScheduleStore]:
-    s = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
+def batch_min() -> int:
+    """The stores' batch threshold; a module overrides it with BATCH_THRESHOLDS to run both paths."""
+    return BATCH_MIN
+
+
+@pytest.fixture
+def store(db_path: Path, clock: FakeClock, batch_min: int) -> Iterator[ScheduleStore]:
+    s = ScheduleStore(f"sqlite:///{db_path}", clock=clock, batch_min=batch_min)
     yield s
     s.close()
 

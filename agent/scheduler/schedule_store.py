@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -53,10 +54,10 @@ from .errors import (
     StoreError,
 )
 from .machines.binding import Transition
-from .machines.breaker import fire_breaker
+from .machines.breaker import FAILURE_COUNT, fire_breaker, success_effects
 from .machines.outbox import alert_status, fire_outbox, settle_trigger
 from .machines.proposal import fire_proposal
-from .machines.run_lifecycle import fire_run
+from .machines.run_lifecycle import RunMove, plan_run, plan_runs
 from .policies.outbox import claim_expires_before, claimable_statuses
 from .records import Alert, DeadLetter, ProposalRecord, StoredReport
 from .scheduled_run import ScheduledRun, time_occurrence_key
@@ -168,12 +169,6 @@ def _begin_immediate(engine: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _claimed_below(run: ScheduledRun, transition: Transition, values: dict[str, Any]) -> None:
-    """start_many's batches: the machine checks each start, one claim statement per chunk writes it."""
-    if transition.dest != RunStatus.RUNNING.value:
-        raise InvalidTransition(run.run_id, run.status.value, transition.trigger, f"it goes to {transition.dest}")
-
-
 def _note_writes(engine: Any) -> None:
     """Mark the connection of every statement that writes (INSERT, UPDATE, DELETE), for NOTIFY."""
 
@@ -241,10 +236,22 @@ class ScheduleStore:
 
     ``ScheduleStore("sqlite:////abs/path/scheduler.db")`` or a plain path; the schema is created
     (or checked) on open. ``clock`` stamps created/updated times and is the default ``now`` of
-    transitions; give the engine and the store the same clock.
+    transitions; give the engine and the store the same clock. ``batch_min``: from this many
+    items on, the batch methods (start_many, finish_many, transition_many, reset_failures,
+    materialize_many) write with a few statements per chunk instead of one per item.
     """
 
-    def __init__(self, url: str | os.PathLike[str] | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        batch_min: int = BATCH_MIN,
+    ) -> None:
+        if isinstance(batch_min, bool) or not isinstance(batch_min, int) or batch_min < 1:
+            raise ValueError(f"batch_min must be an int of at least 1, got {batch_min!r}")
+        self.batch_min = batch_min
+        """From this many items on, a batch method writes a few statements per chunk."""
         self.url = normalize_url(url if url is not None else default_url())
         self.clock: Clock = clock or SystemClock()
         is_sqlite = self.url.startswith("sqlite")
@@ -781,9 +788,11 @@ class ScheduleStore:
         def build() -> Any:
             key = s.c.id == bindparam("schedule_id")
             if failed:
-                return update(s).where(key).values(consecutive_failures=s.c.consecutive_failures + 1)
-            busy = or_(s.c.consecutive_failures != 0, s.c.breaker_state != BreakerState.CLOSED.value)
-            return update(s).where(and_(key, busy)).values(consecutive_failures=0)
+                return update(s).where(key).values({FAILURE_COUNT: s.c[FAILURE_COUNT] + 1})
+            effects = success_effects()
+            differs = (s.c[c] != v for c, v in effects.items())
+            busy = or_(*differs, s.c.breaker_state != BreakerState.CLOSED.value)
+            return update(s).where(and_(key, busy)).values(effects)
 
         stmt = self._prepared(("count", failed), build)
 
@@ -954,11 +963,9 @@ class ScheduleStore:
         at = now or self.clock.now()
         if schedule is None and trigger in _GUARDED_TRIGGERS:
             schedule = self.get(run.schedule_id)
-
-        def persist(current: ScheduledRun, transition: Transition, values: dict[str, Any]) -> None:
-            self._tx(lambda conn: self._write_run(conn, current, transition, values, now=at, actor=actor))
-
-        moved = fire_run(run, trigger, now=at, persist=persist, schedule=schedule, changes=changes, force=force)
+        move = plan_run(run, trigger, now=at, schedule=schedule, changes=changes, force=force)
+        self._tx(lambda conn: self._write_run(conn, move, now=at, actor=actor))
+        moved = move.moved
         log.info(
             "run %s of %s: %s -> %s (%s)%s",
             run.run_id,
@@ -970,35 +977,45 @@ class ScheduleStore:
         )
         return moved
 
-    def _write_run(
-        self,
-        conn: Connection,
-        run: ScheduledRun,
-        transition: Transition,
-        values: dict[str, Any],
-        *,
-        now: datetime,
-        actor: str | None,
-    ) -> None:
-        r = schema.scheduled_runs
-        row: dict[str, Any] = {"status": transition.dest, "updated_at": _to_db(now)}
-        row.update({k: _to_db(v) if isinstance(v, datetime) else v for k, v in values.items()})
-        params: dict[str, Any] = {f"v_{k}": v for k, v in row.items()}
+    def _write_run(self, conn: Connection, move: RunMove, *, now: datetime, actor: str | None) -> None:
+        """Write one move with its conditional UPDATE (StaleRun when the row is not as the move expects)."""
+        run, transition = move.run, move.transition
+        params: dict[str, Any] = {f"v_{k}": _db_value(v) for k, v in move.fields.items()}
         params.update(w_run_id=run.run_id, w_status=transition.source, w_attempt=run.attempt)
-        if conn.execute(self._run_update(tuple(sorted(row))), params).rowcount != 1:
-            found = conn.execute(select(r.c.status, r.c.owner, r.c.attempt).where(r.c.run_id == run.run_id)).first()
-            if found is None:
-                raise StaleRun(run.run_id, transition.source, None, transition.trigger)
-            raise StaleRun(
+        if conn.execute(self._run_update(tuple(sorted(move.fields))), params).rowcount != 1:
+            raise self._stale_runs(conn, [move])[run.run_id]
+        self._after_move(conn, move, now=now, actor=actor)
+
+    def _stale_runs(self, conn: Connection, moves: builtins.list[RunMove]) -> dict[str, StaleRun]:
+        """Why these moves' conditional writes matched no row: who holds each run now, and its attempt."""
+        r = schema.scheduled_runs
+        stmt = self._prepared(
+            "holders",
+            lambda: select(r.c.run_id, r.c.status, r.c.owner, r.c.attempt).where(
+                r.c.run_id.in_(bindparam("ids", expanding=True))
+            ),
+        )
+        found = {row.run_id: row for row in conn.execute(stmt, {"ids": [m.run.run_id for m in moves]})}
+        out: dict[str, StaleRun] = {}
+        for m in moves:
+            run, transition, row = m.run, m.transition, found.get(m.run.run_id)
+            if row is None:
+                out[run.run_id] = StaleRun(run.run_id, transition.source, None, transition.trigger)
+                continue
+            out[run.run_id] = StaleRun(
                 run.run_id,
                 transition.source,
-                found.status,
+                row.status,
                 transition.trigger,
-                holder=found.owner,
-                attempts=(run.attempt, found.attempt),
+                holder=row.owner,
+                attempts=(run.attempt, row.attempt),
             )
-        if transition.trigger == "dead_letter":
-            error = values.get("error", run.error)
+        return out
+
+    def _after_move(self, conn: Connection, move: RunMove, *, now: datetime, actor: str | None) -> None:
+        """The records a written move keeps beside the run: a dead letter, or its replay."""
+        run, trigger, values = move.run, move.transition.trigger, move.fields
+        if trigger == "dead_letter":
             conn.execute(
                 schema.dead_letters.insert().values(
                     id=_new_id("dl"),
@@ -1008,7 +1025,7 @@ class ScheduleStore:
                     intended_run_at=_to_db(run.intended_run_at),
                     attempts=run.attempt,
                     error_type=values.get("error_type", run.error_type),
-                    error=error,
+                    error=values.get("error", run.error),
                     error_traceback=values.get("error_traceback", run.error_traceback),
                     params=run.params,
                     checkpoint=values.get("checkpoint", run.checkpoint),
@@ -1016,13 +1033,97 @@ class ScheduleStore:
                     updated_at=_to_db(now),
                 )
             )
-        elif transition.trigger == "replay":
+        elif trigger == "replay":
             d = schema.dead_letters
             conn.execute(
                 update(d)
                 .where(and_(d.c.run_id == run.run_id, d.c.replayed_at.is_(None)))
                 .values(replayed_at=_to_db(now), replayed_by=actor or "operator", updated_at=_to_db(now))
             )
+
+    def _write_moves(
+        self, conn: Connection, planned: builtins.list[RunMove | SchedulerError], *, now: datetime
+    ) -> builtins.list[ScheduledRun | SchedulerError]:
+        """Write planned moves in this transaction; per item, the run after it or why it did not move.
+
+        Fewer than ``batch_min`` moves (or one run moved twice) go one conditional UPDATE each;
+        more go through ``_write_batch``. Both write exactly the fields the machine computed.
+        """
+        moves = [p for p in planned if isinstance(p, RunMove)]
+        if len(moves) < self.batch_min or len({m.run.run_id for m in moves}) < len(moves):
+            out: builtins.list[ScheduledRun | SchedulerError] = []
+            for p in planned:
+                if isinstance(p, RunMove):
+                    try:
+                        self._write_run(conn, p, now=now, actor=None)
+                    except StaleRun as stale:
+                        out.append(stale)
+                        continue
+                    out.append(p.moved)
+                else:
+                    out.append(p)
+            return out
+        lost = self._write_batch(conn, moves, now=now)
+        return [p if isinstance(p, SchedulerError) else lost.get(p.run.run_id, p.moved) for p in planned]
+
+    def _write_batch(self, conn: Connection, moves: builtins.list[RunMove], *, now: datetime) -> dict[str, StaleRun]:
+        """Write many moves (distinct runs) with a few statements per chunk; returns the runs that lost.
+
+        Moves from the same status to the same status that write the same columns form a group,
+        written in chunks in run-id order (one lock order on every worker). Per chunk, one
+        ``UPDATE ... SET <the values all its moves share> WHERE (run_id, attempt) IN (...) AND
+        status = :expected RETURNING run_id`` says which runs this call moved; the values that
+        differ from run to run (an outcome, a start count) follow for those runs in one executemany.
+        """
+        groups: dict[tuple[str, str, tuple[str, ...]], builtins.list[RunMove]] = {}
+        for m in sorted(moves, key=lambda m: m.run.run_id):
+            groups.setdefault((m.transition.source, m.transition.dest, tuple(m.fields)), []).append(m)
+        lost: dict[str, StaleRun] = {}
+        for (source, _, columns), group in groups.items():
+            for i in range(0, len(group), CLAIM_CHUNK):
+                chunk = group[i : i + CLAIM_CHUNK]
+                first = chunk[0].fields
+                shared = tuple(c for c in columns if _all_same([m.fields[c] for m in chunk]))
+                varying = tuple(c for c in columns if c not in shared)
+                params: dict[str, Any] = {f"v_{c}": _db_value(first[c]) for c in shared}
+                params.update(pairs=[(m.run.run_id, m.run.attempt) for m in chunk], w_status=source)
+                won = {row[0] for row in conn.execute(self._claim_statement(shared), params)}
+                winners = [m for m in chunk if m.run.run_id in won]
+                if varying and winners:
+                    rows = [
+                        {"w_key": m.run.run_id, **{f"v_{c}": _db_value(m.fields[c]) for c in varying}} for m in winners
+                    ]
+                    conn.execute(self._fill_statement(schema.scheduled_runs, "run_id", varying), rows)
+                for m in winners:
+                    self._after_move(conn, m, now=now, actor=None)
+                if len(winners) < len(chunk):
+                    lost.update(self._stale_runs(conn, [m for m in chunk if m.run.run_id not in won]))
+        return lost
+
+    def _claim_statement(self, columns: tuple[str, ...]) -> Any:
+        """``UPDATE scheduled_runs SET <columns> WHERE (run_id, attempt) IN :pairs AND status = :w_status
+        RETURNING run_id``, prepared."""
+        r = schema.scheduled_runs
+
+        def build() -> Any:
+            cond = and_(
+                tuple_(r.c.run_id, r.c.attempt).in_(bindparam("pairs", expanding=True)),
+                r.c.status == bindparam("w_status"),
+            )
+            values = {c: bindparam(f"v_{c}", type_=r.c[c].type) for c in columns}
+            return update(r).where(cond).values(values).returning(r.c.run_id)
+
+        return self._prepared(("claim", columns), build)
+
+    def _fill_statement(self, table: Table, key: str, columns: tuple[str, ...]) -> Any:
+        """``UPDATE <table> SET <columns> WHERE <key> = :w_key``, prepared: the values of their own
+        that rows this transaction has just moved conditionally still need."""
+
+        def build() -> Any:
+            values = {c: bindparam(f"v_{c}", type_=table.c[c].type) for c in columns}
+            return update(table).where(table.c[key] == bindparam("w_key")).values(values)
+
+        return self._prepared(("fill", table.name, columns), build)
 
     def start_many(
         self,
@@ -1036,196 +1137,49 @@ class ScheduleStore:
         schedules: dict[str, ScheduleDefinition] | None = None,
         facts: Mapping[str, Any] | None = None,
     ) -> builtins.list[ScheduledRun]:
-        """Fire ``trigger`` (``start``, or ``due`` with its guards) on many pending runs with a few
-        statements; returns the runs this call started.
+        """Fire ``trigger`` (``start``, or ``due`` with its guards) on many pending runs; returns the
+        runs this call started, in the order given.
 
-        Each run is checked by the machine, then claimed by one conditional UPDATE per chunk
-        (``WHERE (run_id, attempt) IN (...) AND status = 'pending' RETURNING run_id``): a run
-        another worker took first is simply not returned, nor is one the guards of ``due`` send
-        elsewhere (the engine gives only runs they start). ``schedules`` and ``facts`` (by run id)
-        go to those guards.
+        From ``batch_min`` runs on, the claim is one conditional UPDATE per chunk (``WHERE
+        (run_id, attempt) IN (...) AND status = 'pending' RETURNING run_id``): a run another
+        worker took first is simply not returned, nor is one the guards of ``due`` send elsewhere
+        (the engine gives only runs they start). ``schedules`` and ``facts`` (by run id) go to
+        those guards.
         """
-        given = facts or {}
-        at = now or self.clock.now()
         why = reasons or {}
         runs_list = list(runs)
         # Claimed in one lock order (by run id) on every worker; returned in the order given.
         position = {run.run_id: i for i, run in enumerate(runs_list)}
-        if len(runs_list) < BATCH_MIN:
-            items = [
-                (run, trigger, {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)})
-                for run in sorted(runs_list, key=lambda r: r.run_id)
-            ]
-            fired = self.transition_many(items, now=at, schedules=schedules, facts=given)
-            started = [m for m in fired if isinstance(m, ScheduledRun) and m.status is RunStatus.RUNNING]
-            return sorted(started, key=lambda m: position[m.run_id])
-        staged: dict[str, ScheduledRun] = {}
-        for run in runs_list:
-            changes = {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)}
-            try:
-                staged[run.run_id] = fire_run(
-                    run,
-                    trigger,
-                    now=at,
-                    persist=_claimed_below,
-                    changes=changes,
-                    schedule=(schedules or {}).get(run.schedule_id),
-                    facts=given.get(run.run_id),
-                )
-            except SchedulerError as exc:
-                log.debug("run %s not started: %s", run.run_id, exc)
-        if not staged:
-            return []
-        by_reason: dict[str | None, builtins.list[ScheduledRun]] = {}
-        for moved in sorted(staged.values(), key=lambda m: m.run_id):
-            by_reason.setdefault(moved.reason, []).append(moved)
-
-        def work(conn: Connection) -> builtins.list[ScheduledRun]:
-            won: builtins.list[ScheduledRun] = []
-            for reason, group in by_reason.items():
-                for i in range(0, len(group), CLAIM_CHUNK):
-                    chunk = group[i : i + CLAIM_CHUNK]
-                    params = {
-                        "pairs": [(m.run_id, m.attempt) for m in chunk],
-                        "v_at": _to_db(at),
-                        "v_owner": owner,
-                        "v_lease": _to_db(lease_until),
-                        "v_reason": reason,
-                    }
-                    claimed = {row[0] for row in conn.execute(self._claim_statement(), params)}
-                    won.extend(m for m in chunk if m.run_id in claimed)
-            return sorted(won, key=lambda m: position[m.run_id])
-
-        return self._tx(work)
-
-    def _claim_statement(self) -> Any:
-        r = schema.scheduled_runs
-
-        def build() -> Any:
-            at = bindparam("v_at", type_=DateTime)
-            return (
-                update(r)
-                .where(
-                    and_(
-                        tuple_(r.c.run_id, r.c.attempt).in_(bindparam("pairs", expanding=True)),
-                        r.c.status == RunStatus.PENDING.value,
-                    )
-                )
-                .values(
-                    status=RunStatus.RUNNING.value,
-                    started_at=at,
-                    heartbeat_at=at,
-                    completed_at=None,
-                    prepared=False,
-                    starts=r.c.starts + 1,
-                    owner=bindparam("v_owner"),
-                    lease_expires_at=bindparam("v_lease", type_=DateTime),
-                    reason=bindparam("v_reason"),
-                    updated_at=at,
-                )
-                .returning(r.c.run_id)
-            )
-
-        return self._prepared("claim", build)
-
-    def _ids_changed_at(self, table: Table, key: Any, status: str | None = None) -> Any:
-        """``SELECT key FROM table WHERE key IN :ids AND updated_at = :at [AND status = :status]``, prepared."""
-
-        def build() -> Any:
-            cond = and_(
-                key.in_(bindparam("ids", expanding=True)), table.c.updated_at == bindparam("at", type_=DateTime)
-            )
-            if status is not None:
-                cond = and_(cond, table.c.status == status)
-            return select(key).where(cond)
-
-        return self._prepared(("changed_at", table.name, status), build)
+        items = [
+            (run, trigger, {"owner": owner, "lease_expires_at": lease_until, "reason": why.get(run.run_id)})
+            for run in sorted(runs_list, key=lambda r: r.run_id)
+        ]
+        fired = self.transition_many(items, now=now, schedules=schedules, facts=facts)
+        started = [m for m in fired if isinstance(m, ScheduledRun) and m.status is RunStatus.RUNNING]
+        return sorted(started, key=lambda m: position[m.run_id])
 
     def finish_many(
         self, items: Iterable[tuple[ScheduledRun, str, dict[str, Any]]], *, now: datetime | None = None
     ) -> builtins.list[ScheduledRun | SchedulerError]:
-        """Record many finished runs (succeed, with their outcome) with one executemany per chunk.
-
-        Items of another trigger, and the rare row that did not move (another worker took the run
-        over), go through ``transition_many`` one by one, which says why.
-        """
-        at = now or self.clock.now()
-        batch = list(items)
-        if len(batch) < BATCH_MIN:
-            return self.transition_many(batch, now=at)
-        out: builtins.list[ScheduledRun | SchedulerError | None] = [None] * len(batch)
-        fast: builtins.list[tuple[int, ScheduledRun]] = []
-        for i, (run, trigger, changes) in enumerate(batch):
-            if trigger == "succeed" and set(changes) <= {"outcome", "completed_at"}:
-                try:
-                    fast.append((i, fire_run(run, trigger, now=at, persist=lambda *_: None, changes=changes)))
-                except SchedulerError as exc:
-                    out[i] = exc
-        r = schema.scheduled_runs
-        columns = (
-            "completed_at",
-            "error",
-            "error_traceback",
-            "error_type",
-            "lease_expires_at",
-            "outcome",
-            "reason",
-            "status",
-            "updated_at",
-        )
-
-        def work(conn: Connection) -> builtins.list[int]:
-            params = [
-                {
-                    **{
-                        f"v_{c}": _to_db(getattr(m, c)) if isinstance(getattr(m, c), datetime) else getattr(m, c)
-                        for c in columns
-                    },
-                    "v_status": m.status.value,
-                    "w_run_id": m.run_id,
-                    "w_status": RunStatus.RUNNING.value,
-                    "w_attempt": m.attempt,
-                }
-                for _, m in fast
-            ]
-            stmt = self._run_update(columns)
-            for i in range(0, len(params), CLAIM_CHUNK):
-                conn.execute(stmt, params[i : i + CLAIM_CHUNK])
-            ids = [m.run_id for _, m in fast]
-            moved = set()
-            check = self._ids_changed_at(r, r.c.run_id, RunStatus.SUCCEEDED.value)
-            for i in range(0, len(ids), CLAIM_CHUNK):
-                moved |= {row[0] for row in conn.execute(check, {"ids": ids[i : i + CLAIM_CHUNK], "at": _to_db(at)})}
-            return [i for i, m in fast if m.run_id not in moved]
-
-        missed = set(self._tx(work)) if fast else set()
-        for i, m in fast:
-            if i not in missed:
-                out[i] = m
-        slow = [i for i, v in enumerate(out) if v is None]
-        if slow:
-            for i, result in zip(slow, self.transition_many([batch[i] for i in slow], now=at), strict=True):
-                out[i] = result
-        return [v for v in out if v is not None]
+        """Record many finished runs (succeed with their outcome, fail, skip, cancel): ``transition_many``."""
+        return self.transition_many(items, now=now)
 
     def reset_failures(self, schedule_ids: Iterable[str]) -> builtins.list[ScheduleDefinition]:
         """After successes: zero the failure counts of these schedules; return those whose breaker is not closed."""
         ids = sorted(set(schedule_ids))
         if not ids:
             return []
-        if len(ids) < BATCH_MIN:
+        if len(ids) < self.batch_min:
             changed = [self.record_outcome(i, failed=False) for i in ids]
             return [c for c in changed if c is not None and c.breaker_state is not BreakerState.CLOSED]
         s = schema.schedules
+        effects = success_effects()
 
-        reset = self._prepared(
-            "reset_failures",
-            lambda: (
-                update(s)
-                .where(and_(s.c.id.in_(bindparam("ids", expanding=True)), s.c.consecutive_failures != 0))
-                .values(consecutive_failures=0)
-            ),
-        )
+        def build() -> Any:
+            differs = or_(*(s.c[c] != v for c, v in effects.items()))
+            return update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), differs)).values(effects)
+
+        reset = self._prepared("reset_failures", build)
         not_closed = self._prepared(
             "not_closed",
             lambda: select(s).where(
@@ -1234,8 +1188,12 @@ class ScheduleStore:
         )
 
         def work(conn: Connection) -> builtins.list[Any]:
-            conn.execute(reset, {"ids": ids})
-            return list(conn.execute(not_closed, {"ids": ids}).mappings().all())
+            rows: builtins.list[Any] = []
+            for i in range(0, len(ids), CLAIM_CHUNK):
+                chunk = ids[i : i + CLAIM_CHUNK]
+                conn.execute(reset, {"ids": chunk})
+                rows.extend(conn.execute(not_closed, {"ids": chunk}).mappings().all())
+            return rows
 
         return [_schedule_from(row) for row in self._tx(work)]
 
@@ -1249,38 +1207,22 @@ class ScheduleStore:
     ) -> builtins.list[ScheduledRun | SchedulerError]:
         """Fire many ``(run, trigger, changes)`` in one transaction; each result is the new run or its error.
 
-        Each item is still one conditional UPDATE through the machine: one that lost a race
-        (StaleRun) or was refused (InvalidTransition, GuardRejected) does not stop the others.
-        ``facts`` (by run id) go to the guards of ``due`` and ``stop``.
+        The machine decides each item (InvalidTransition, GuardRejected) and computes what it
+        writes; the store writes exactly that, conditionally on each run's status and attempt: one
+        UPDATE per item, or from ``batch_min`` items on a few statements per chunk. A run another
+        worker moved first (StaleRun) does not stop the others. ``facts`` (by run id) go to the
+        guards of ``due`` and ``stop``.
         """
-        given = facts or {}
         at = now or self.clock.now()
         batch = list(items)
         known = dict(schedules or {})
         missing = {r.schedule_id for r, t, _ in batch if t in _GUARDED_TRIGGERS and r.schedule_id not in known}
         for schedule_id in missing:
             known[schedule_id] = self.get(schedule_id)
-
-        def work(conn: Connection) -> builtins.list[ScheduledRun | SchedulerError]:
-            out: builtins.list[ScheduledRun | SchedulerError] = []
-            for run, trigger, changes in batch:
-                try:
-                    out.append(
-                        self._fire_in(
-                            conn,
-                            run,
-                            trigger,
-                            now=at,
-                            changes=changes,
-                            schedule=known.get(run.schedule_id),
-                            facts=given.get(run.run_id),
-                        )
-                    )
-                except SchedulerError as exc:
-                    out.append(exc)
-            return out
-
-        return self._tx(work)
+        planned: builtins.list[RunMove | SchedulerError] = list(plan_runs(batch, now=at, schedules=known, facts=facts))
+        if not planned:
+            return []
+        return self._tx(lambda conn: self._write_moves(conn, planned, now=at))
 
     def _fire_in(
         self,
@@ -1294,11 +1236,9 @@ class ScheduleStore:
         facts: Any = None,
     ) -> ScheduledRun:
         """Fire one trigger inside an open transaction."""
-
-        def persist(current: ScheduledRun, transition: Transition, values: dict[str, Any]) -> None:
-            self._write_run(conn, current, transition, values, now=now, actor=None)
-
-        return fire_run(run, trigger, now=now, persist=persist, schedule=schedule, changes=changes, facts=facts)
+        move = plan_run(run, trigger, now=now, schedule=schedule, changes=changes, facts=facts)
+        self._write_run(conn, move, now=now, actor=None)
+        return move.moved
 
     def save_checkpoint(self, run_id: str, data: Any, *, owner: str | None = None) -> None:
         """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner).
@@ -1446,9 +1386,10 @@ class ScheduleStore:
     ) -> builtins.list[builtins.list[ScheduledRun] | None]:
         """``materialize`` for many schedules in one transaction and a few statements.
 
-        The conditional moves of ``next_run_at`` run as one executemany per shape; a read-back
-        says which this call made (only those schedules get runs); all their runs go in with one
-        executemany. Returns, per plan, the runs created, or None when another worker moved first.
+        The conditional moves of ``next_run_at`` run as one UPDATE ... RETURNING per shape and chunk
+        (``_advance_schedules``), which says which this call made (only those schedules get runs);
+        all their runs go in with one executemany. Returns, per plan, the runs created, or None when
+        another worker moved first.
         """
         at = now or self.clock.now()
         batch = list(plans)
@@ -1499,19 +1440,15 @@ class ScheduleStore:
                 out.append(created)
             return out
 
-        if len(batch) < BATCH_MIN:
+        if len(batch) < self.batch_min or len({m.schedule.id for m in batch}) < len(batch):
             return self._tx(one_by_one)
 
         def work(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
             self._lock_rows(conn, (m.schedule.id for m in batch))
+            moved: set[str] = set()
             for (unset, columns), rows in shapes.items():
                 for k in range(0, len(rows), CLAIM_CHUNK):
-                    conn.execute(advance(unset, columns), rows[k : k + CLAIM_CHUNK])
-            ids = [m.schedule.id for m in batch]
-            moved: set[str] = set()
-            check = self._ids_changed_at(s, s.c.id)
-            for k in range(0, len(ids), CLAIM_CHUNK):
-                moved |= {row[0] for row in conn.execute(check, {"ids": ids[k : k + CLAIM_CHUNK], "at": _to_db(at)})}
+                    moved |= self._advance_schedules(conn, unset, columns, rows[k : k + CLAIM_CHUNK])
             out: builtins.list[builtins.list[ScheduledRun] | None] = []
             staged: builtins.list[tuple[ScheduledRun, Any, ScheduleDefinition]] = []
             for m in batch:
@@ -1547,6 +1484,39 @@ class ScheduleStore:
             ]
 
         return self._tx(work)
+
+    def _advance_schedules(
+        self, conn: Connection, unset: bool, columns: tuple[str, ...], rows: builtins.list[dict[str, Any]]
+    ) -> set[str]:
+        """Move many schedules' ``next_run_at``, each only from the value it was read with; the ids moved.
+
+        The values every row shares go in one ``UPDATE ... WHERE (id, next_run_at) IN (...)
+        RETURNING id`` (``next_run_at IS NULL`` for the unset); the values of their own follow, for
+        the schedules moved, in one executemany.
+        """
+        s = schema.schedules
+        first = rows[0]
+        shared = tuple(c for c in columns if _all_same([r[f"v_{c}"] for r in rows]))
+        varying = tuple(c for c in columns if c not in shared)
+
+        def build() -> Any:
+            if unset:
+                cond = and_(s.c.id.in_(bindparam("ids", expanding=True)), s.c.next_run_at.is_(None))
+            else:
+                cond = tuple_(s.c.id, s.c.next_run_at).in_(bindparam("pairs", expanding=True))
+            values = {c: bindparam(f"v_{c}", type_=s.c[c].type) for c in shared}
+            return update(s).where(cond).values(values).returning(s.c.id)
+
+        params: dict[str, Any] = {f"v_{c}": first[f"v_{c}"] for c in shared}
+        if unset:
+            params["ids"] = [r["w_id"] for r in rows]
+        else:
+            params["pairs"] = [(r["w_id"], r["w_next"]) for r in rows]
+        won = {row[0] for row in conn.execute(self._prepared(("advance_many", unset, shared), build), params)}
+        if varying and won:
+            own = [{"w_key": r["w_id"], **{f"v_{c}": r[f"v_{c}"] for c in varying}} for r in rows if r["w_id"] in won]
+            conn.execute(self._fill_statement(s, "id", varying), own)
+        return won
 
     def _planned_run(
         self, schedule: ScheduleDefinition, plan: Any, now: datetime, *, prepared: bool = False
@@ -2110,6 +2080,31 @@ def _schedule_row(d: ScheduleDefinition) -> dict[str, Any]:
         else:
             row[f.name] = value
     return row
+
+
+def _db_value(value: Any) -> Any:
+    """A field's value as its column holds it: instants naive UTC, enums their value."""
+    if isinstance(value, datetime):
+        return _to_db(value)
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+def _all_same(values: builtins.list[Any]) -> bool:
+    """Whether a column's values (one per row) would all be stored the same: equal and of one type
+    (1 is not True, nor 1.0); containers (JSON) compared as serialized, key order included."""
+    first = values[0]
+    if values.count(first) != len(values):
+        return False
+    kind = type(first)
+    if kind in (str, datetime) or first is None:
+        return True
+    if len({type(v) for v in values}) != 1:
+        return False
+    if kind in (dict, list):
+        return len({json.dumps(v, default=repr) for v in values}) == 1
+    return True
 
 
 def _span_from(seconds: float | None) -> timedelta | None:

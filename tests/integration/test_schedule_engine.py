@@ -24,9 +24,18 @@ from agent.scheduler import (
 from agent.scheduler.errors import TaskNotConfigured
 from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
-from tests.conftest import run_async
+from tests.conftest import BATCH_THRESHOLDS, run_async
 
 MakeSchedule = Callable[..., ScheduleDefinition]
+
+
+@pytest.fixture(params=BATCH_THRESHOLDS)
+def batch_min(request: pytest.FixtureRequest) -> int:
+    """Every test here through the store's batch statements and through one statement per item."""
+    value: int = request.param
+    return value
+
+
 #: Longest a test waits in real seconds for something that must not hang.
 PATIENCE = 10.0
 WEEK_START = datetime(2027, 3, 25, 0, 0, tzinfo=UTC)  # Europe/Berlin springs forward on 2027-03-28
@@ -90,9 +99,11 @@ def statuses(store: ScheduleStore, name: str) -> Counter[RunStatus]:
 
 
 @run_async
-async def test_a_simulated_week_of_mixed_schedules_runs_exactly_the_expected_occurrences(tmp_path: Path) -> None:
+async def test_a_simulated_week_of_mixed_schedules_runs_exactly_the_expected_occurrences(
+    tmp_path: Path, batch_min: int
+) -> None:
     clock = FakeClock(WEEK_START)
-    store = ScheduleStore(tmp_path / "week.db", clock=clock)
+    store = ScheduleStore(tmp_path / "week.db", clock=clock, batch_min=batch_min)
     probe = Probe()
 
     def add(name: str, trigger: str, expression: str, **kw: Any) -> None:

@@ -19,9 +19,18 @@ from agent.scheduler.policies.missed_run import PlannedRun, describe_span, plan_
 from agent.scheduler.schedule_engine import PREPARE_AHEAD, ScheduleEngine
 from agent.scheduler.schedule_store import Materialization
 from agent.scheduler.tasks import RunContext, TaskRegistry
-from tests.conftest import T0, run_async
+from tests.conftest import BATCH_THRESHOLDS, T0, run_async
 
 MakeSchedule = Callable[..., ScheduleDefinition]
+
+
+@pytest.fixture(params=BATCH_THRESHOLDS)
+def batch_min(request: pytest.FixtureRequest) -> int:
+    """Every test here through the store's batch statements and through one statement per item."""
+    value: int = request.param
+    return value
+
+
 SEC = timedelta(seconds=1)
 
 
@@ -190,7 +199,7 @@ async def test_a_prepared_run_found_late_is_skipped_by_the_due_guard_saying_how_
 
 @run_async
 async def test_a_prepared_run_another_worker_starts_first_runs_once(
-    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, db_path: Path
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, db_path: Path, batch_min: int
 ) -> None:
     store.add(make_schedule("fast", expression="1s", target="record"))
     mine: list[RunContext] = []
@@ -198,7 +207,7 @@ async def test_a_prepared_run_another_worker_starts_first_runs_once(
     await first.start()
     await first.run_until(T0 + SEC)  # ran +1 s; prepared +2 s, its task made and waiting
     await first.wait_idle()
-    other_store = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
+    other_store = ScheduleStore(f"sqlite:///{db_path}", clock=clock, batch_min=batch_min)
     theirs: list[RunContext] = []
     other = ScheduleEngine(other_store, engine(other_store, clock, theirs).tasks, clock=clock, worker_id="w2")
     clock.advance(1)

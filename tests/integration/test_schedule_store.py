@@ -20,29 +20,40 @@ from agent.scheduler import (
     InvalidSchedule,
     RunStatus,
     ScheduleDefinition,
+    ScheduledRun,
     ScheduleStore,
     TriggerType,
 )
 from agent.scheduler.errors import DuplicateSchedule, GuardRejected, RunNotFound, ScheduleNotFound, StaleRun, StoreError
+from agent.scheduler.policies.missed_run import PlannedRun
 from agent.scheduler.policies.retry import backoff_delay
 from agent.scheduler.records import ProposalRecord
+from agent.scheduler.schedule_store import Materialization
 from agent.scheduler.schema import SCHEMA_VERSION, TABLES
+from tests.conftest import BATCH_THRESHOLDS
 
 MakeSchedule = Callable[..., ScheduleDefinition]
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
 
 
+@pytest.fixture(params=BATCH_THRESHOLDS)
+def batch_min(request: pytest.FixtureRequest) -> int:
+    """Every store test through the batch statements and through one statement per item."""
+    value: int = request.param
+    return value
+
+
 @pytest.fixture
-def store(any_url: str, clock: FakeClock) -> Iterator[ScheduleStore]:
+def store(any_url: str, clock: FakeClock, batch_min: int) -> Iterator[ScheduleStore]:
     """The same suite on SQLite and on PostgreSQL."""
-    s = ScheduleStore(any_url, clock=clock)
+    s = ScheduleStore(any_url, clock=clock, batch_min=batch_min)
     yield s
     s.close()
 
 
 @pytest.fixture
-def sqlite_store(db_path: Path, clock: FakeClock) -> Iterator[ScheduleStore]:
-    s = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
+def sqlite_store(db_path: Path, clock: FakeClock, batch_min: int) -> Iterator[ScheduleStore]:
+    s = ScheduleStore(f"sqlite:///{db_path}", clock=clock, batch_min=batch_min)
     yield s
     s.close()
 
@@ -312,6 +323,79 @@ def test_breaker_counts_and_trips_through_the_machine(store: ScheduleStore, make
     assert (closed.breaker_state, store.get("sweep").consecutive_failures) == (BreakerState.CLOSED, 0)
 
 
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "16", True, None])
+def test_a_batch_threshold_that_is_not_a_whole_number_of_at_least_one_is_refused_before_opening(
+    db_path: Path, bad: Any
+) -> None:
+    with pytest.raises(ValueError, match=r"batch_min must be an int of at least 1, got"):
+        ScheduleStore(f"sqlite:///{db_path}", batch_min=bad)
+    assert not db_path.exists()
+
+
+class _Updates:
+    """Counts the statements that UPDATE scheduled_runs (an executemany counts once)."""
+
+    def __init__(self, store: ScheduleStore) -> None:
+        self.count = 0
+        from sqlalchemy import event
+
+        event.listen(store.db.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SCHEDULED_RUNS"):
+            self.count += 1
+
+
+def test_a_batch_moves_each_chunk_with_one_or_two_statements_and_names_the_runs_it_lost(
+    any_url: str, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    with ScheduleStore(any_url, clock=clock, batch_min=1) as store:
+        s = store.add(make_schedule())
+        runs = [store.create_run(s, T0 + timedelta(minutes=i)) for i in range(40)]
+        assert all(runs)
+        pending = [r for r in runs if r is not None]
+        theirs = store.transition(pending[7], "start", owner="worker-b")  # another worker was quicker
+        updates = _Updates(store)
+        at = T0 + timedelta(hours=1)
+        won = store.start_many(pending, owner="worker-a", lease_until=at + timedelta(minutes=5), now=at)
+        assert updates.count == 1  # the values all 39 share: one UPDATE ... RETURNING
+        assert [r.run_id for r in won] == [r.run_id for r in pending if r.run_id != theirs.run_id]
+        assert {(r.status, r.owner, r.started_at, r.starts) for r in won} == {(RunStatus.RUNNING, "worker-a", at, 1)}
+        # Worker b records its run's end at the very instant worker a records all of them.
+        done = at + timedelta(seconds=5)
+        store.transition(theirs, "succeed", now=done, outcome="by b")
+        updates.count = 0
+        items = [(r, "succeed", {"outcome": f"{i} synced"}) for i, r in enumerate([theirs, *won])]
+        finished = store.finish_many(items, now=done)
+        assert updates.count == 2  # the shared values with RETURNING, then each run's own outcome
+        lost, *succeeded = finished
+        assert isinstance(lost, StaleRun) and (lost.expected, lost.actual) == ("running", "succeeded")
+        assert store.get_run(theirs.run_id).outcome == "by b"
+        for i, (r, moved) in enumerate(zip(won, succeeded, strict=True), start=1):
+            assert isinstance(moved, ScheduledRun) and moved == store.get_run(r.run_id)
+            assert (moved.status, moved.outcome, moved.completed_at) == (RunStatus.SUCCEEDED, f"{i} synced", done)
+
+
+def test_failure_counts_reset_in_one_batch_and_the_breakers_not_closed_come_back(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    ids = [
+        store.add(make_schedule(f"s{i}", breaker_threshold=1, breaker_cooldown=timedelta(minutes=5))).id
+        for i in range(20)
+    ]
+    for schedule_id in ids[:12]:
+        store.record_outcome(schedule_id, failed=True)
+    store.transition_breaker(store.get("s3"), "trip")
+    opened = store.transition_breaker(store.get("s5"), "trip")
+    store.transition_breaker(opened, "probe", now=T0 + timedelta(days=1))
+    not_closed = store.reset_failures([*ids, ids[0]])
+    assert sorted((s.name, s.breaker_state) for s in not_closed) == [
+        ("s3", BreakerState.OPEN),
+        ("s5", BreakerState.HALF_OPEN),
+    ]
+    assert {s.consecutive_failures for s in store.list()} == {0}
+
+
 def test_records_round_trip(store: ScheduleStore, clock: FakeClock) -> None:
     alert = store.add_alert("breaker_opened", "sweep: breaker opened", {"schedule": "sweep", "failures": 3})
     assert store.alerts() == [alert]
@@ -495,6 +579,40 @@ def test_the_documented_move_from_sqlite_to_postgresql_copies_every_schedule(
         "Europe/Berlin",
     )
     assert copied["a"].id == old.get("a").id
+
+
+def test_many_schedules_advance_together_and_one_another_worker_advanced_first_gets_nothing(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    fresh = [store.add(make_schedule(f"fresh{i}")) for i in range(3)]  # never advanced: next_run_at unset
+    for i in range(4):
+        store.materialize(store.add(make_schedule(f"due{i}")), [], next_run_at=T0 + timedelta(minutes=i))
+    due = [store.get(f"due{i}") for i in range(4)]
+    at = T0 + timedelta(minutes=10)
+    # Another worker advances due1 at the very instant this one plans from what it read before.
+    store.materialize(store.get("due1"), [PlannedRun(T0 + timedelta(minutes=1))], next_run_at=at, now=at)
+    plans = [
+        Materialization(s, [PlannedRun(T0 + timedelta(minutes=i))], T0 + timedelta(hours=i + 1))
+        for i, s in enumerate(fresh + due)
+    ]
+    plans[-1] = Materialization(
+        due[3],
+        [PlannedRun(T0 + timedelta(minutes=3), skip_reason="missed: skip policy")],
+        None,
+        disable_reason="its last occurrence",
+    )
+    created = store.materialize_many(plans, now=at)
+    assert created[4] is None  # due1: not this worker's to advance
+    assert [len(runs or []) for runs in created] == [1, 1, 1, 1, 0, 1, 1]
+    for plan, runs in zip(plans, created, strict=True):
+        if runs is None:
+            continue
+        stored = store.get(plan.schedule.id)
+        assert (stored.next_run_at, stored.last_run_at) == (plan.next_run_at, plan.runs[0].intended_at)
+        assert runs == store.runs(schedule=plan.schedule.id)
+    assert store.get("due1").next_run_at == at
+    assert (store.get("due3").enabled, store.get("due3").disabled_reason) == (False, "its last occurrence")
+    assert [(r.status, r.reason) for r in created[6] or []] == [(RunStatus.SKIPPED, "missed: skip policy")]
 
 
 def test_an_operator_s_update_does_not_undo_what_the_engine_wrote_meanwhile(

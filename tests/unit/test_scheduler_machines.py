@@ -12,7 +12,15 @@ from agent.scheduler import BreakerState, RunStatus, ScheduleDefinition, Schedul
 from agent.scheduler.errors import GuardRejected, InvalidTransition, StaleRun
 from agent.scheduler.machines.binding import Transition
 from agent.scheduler.machines.breaker import BREAKER_MACHINE, fire_breaker
-from agent.scheduler.machines.run_lifecycle import RUN_MACHINE, fire_run
+from agent.scheduler.machines.run_lifecycle import (
+    RUN_EFFECTS,
+    RUN_EFFECTS_BY_DESTINATION,
+    RUN_MACHINE,
+    RunMove,
+    fire_run,
+    plan_runs,
+    run_effects,
+)
 from agent.scheduler.policies.retry import backoff_delay
 
 NOW = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
@@ -117,6 +125,82 @@ def test_start_stamps_the_start_and_succeed_keeps_who_ran_it_but_drops_the_lease
     assert done.lease_expires_at is None
     requeued = fire_run(started, "requeue", now=NOW, persist=Recorder())
     assert (requeued.owner, requeued.lease_expires_at) == (None, None)
+
+
+def test_every_trigger_says_what_it_sets_and_every_status_has_effects_to_fall_back_on() -> None:
+    # due and stop carry the policies' guards; each of their edges ends where a plain trigger ends
+    # and sets what that trigger sets, by destination.
+    assert set(RUN_EFFECTS) | {"due", "stop"} == set(RUN_MACHINE.events)
+    assert set(RUN_EFFECTS_BY_DESTINATION) == set(RunStatus)
+    plain = {("running", "start"), ("skipped", "skip"), ("paused", "checkpoint"), ("pending", "requeue")}
+    for trigger in ("due", "stop"):
+        for source, edges in RUN_MACHINE.events[trigger].transitions.items():
+            for edge in edges:
+                twin = next(t for d, t in plain if d == edge.dest)
+                assert RUN_EFFECTS_BY_DESTINATION[RunStatus(edge.dest)] is RUN_EFFECTS[twin], (
+                    trigger,
+                    source,
+                    edge.dest,
+                )
+
+
+def test_a_trigger_without_effects_of_its_own_gets_those_of_the_status_it_leads_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running = run(S.RUNNING, owner="w1", started_at=NOW, lease_expires_at=NOW)
+    requeued = run_effects(running, "requeue", NOW)
+    paused = run_effects(running, "checkpoint", NOW)
+    started = run_effects(run(S.PENDING, starts=2), "start", NOW)
+    # A trigger added later (say a ``stop`` that pauses, a ``due`` that starts) with no entry yet:
+    assert run_effects(running, "stop", NOW, dest=S.PAUSED.value) == paused
+    assert run_effects(run(S.PENDING, starts=2), "due", NOW, dest=S.RUNNING.value) == started
+    assert started["starts"] == 3
+    # Without a destination, the machine's own edge from the run's status says where it leads.
+    monkeypatch.delitem(RUN_EFFECTS, "requeue")
+    assert (
+        run_effects(running, "requeue", NOW)
+        == requeued
+        == {"started_at": None, "owner": None, "lease_expires_at": None}
+    )
+    with pytest.raises(InvalidTransition):
+        run_effects(run(S.PENDING), "stop", NOW)
+
+
+def test_planning_many_gives_each_item_its_move_or_the_machines_refusal_in_order() -> None:
+    sched = schedule(max_retries=0)
+    pending, failed = run(S.PENDING, run_id="r1"), run(S.FAILED, run_id="r2", completed_at=NOW)
+    planned = plan_runs(
+        [
+            (pending, "start", {"owner": "w1", "reason": "on time"}),
+            (pending, "succeed", {}),
+            (failed, "retry", {}),
+            (failed, "dead_letter", {}),
+        ],
+        now=NOW,
+        schedules={"sch_1": sched},
+    )
+    start, refused, rejected, dead = planned
+    assert isinstance(start, RunMove) and isinstance(dead, RunMove)
+    assert (start.transition.source, start.transition.dest) == ("pending", "running")
+    assert start.fields == {
+        "status": "running",
+        "updated_at": NOW,
+        "started_at": NOW,
+        "completed_at": None,
+        "heartbeat_at": NOW,
+        "prepared": False,
+        "starts": 1,
+        "owner": "w1",
+        "reason": "on time",
+    }
+    assert start.moved == fire_run(
+        pending, "start", now=NOW, persist=Recorder(), changes={"owner": "w1", "reason": "on time"}
+    )
+    assert start.run is pending and pending.status is S.PENDING
+    assert isinstance(refused, InvalidTransition) and not isinstance(refused, GuardRejected)
+    assert isinstance(rejected, GuardRejected) and "retries exhausted" in rejected.reason
+    # The allowing guard's reason is written with the move.
+    assert dead.fields["reason"] == dead.moved.reason == "retries exhausted: 1 of 1 attempts failed"
 
 
 class TestRetryGuard:

@@ -49,16 +49,25 @@ BREAKER_TRANSITIONS: list[dict[str, Any]] = [
 BREAKER_MACHINE = build_machine("breaker", BREAKER_STATES, BREAKER_TRANSITIONS, initial=B.CLOSED.value)
 
 
+#: The schedule field counting its consecutive terminal failures; each failure adds one to it.
+FAILURE_COUNT = "consecutive_failures"
+
+
+def success_effects() -> dict[str, Any]:
+    """The schedule fields a run's success sets: the consecutive failures count from zero again."""
+    return {FAILURE_COUNT: 0}
+
+
 def breaker_effects(trigger: str, now: datetime) -> dict[str, Any]:
     """The schedule fields an accepted breaker ``trigger`` sets besides the breaker state."""
     if trigger in ("trip", "reopen"):
         return {"breaker_opened_at": now}
     if trigger == "close":
-        return {"breaker_opened_at": None, "consecutive_failures": 0}
+        return {"breaker_opened_at": None, **success_effects()}
     # After an open period the schedule starts again from now: what fell due while it was open
     # was held back on purpose, not missed, so its next occurrence is computed afresh.
     if trigger == "reset":
-        return {"breaker_opened_at": None, "consecutive_failures": 0, "next_run_at": None}
+        return {"breaker_opened_at": None, **success_effects(), "next_run_at": None}
     if trigger == "probe":
         return {"next_run_at": None}
     return {}

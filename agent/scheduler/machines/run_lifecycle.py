@@ -12,18 +12,19 @@ trigger from one state in order; the first whose guards pass wins):
   may still end on its own.
 
 Neither adds a state: each edge of ``due`` and ``stop`` has the effects of the plain trigger with
-the same destination (``EFFECTS_OF``).
+the same destination (``RUN_EFFECTS_BY_DESTINATION``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from ..definition import ScheduleDefinition
 from ..enums import RunStatus
+from ..errors import GuardRejected, InvalidTransition
 from ..policies import Decision, missed_run, shutdown
 from ..policies.breaker import may_replay
 from ..policies.retry import may_dead_letter, may_retry
@@ -35,7 +36,7 @@ S = RunStatus
 RUN_STATES = [s.value for s in RunStatus]
 
 
-class RunBinding(Binding[ScheduledRun]):
+class RunBinding(Binding["RunMove"]):
     """A run bound to the machine for one trigger, with what its guards read."""
 
     def __init__(
@@ -43,7 +44,7 @@ class RunBinding(Binding[ScheduledRun]):
         run: ScheduledRun,
         schedule: ScheduleDefinition | None,
         now: datetime,
-        persist: Callable[[Transition], ScheduledRun],
+        persist: Callable[[Transition], RunMove],
     ) -> None:
         super().__init__(run.run_id, run.status.value, persist)
         self.run = run
@@ -156,57 +157,180 @@ for _edge in RUN_TRANSITIONS:
 
 RUN_MACHINE = build_machine("run", RUN_STATES, RUN_TRANSITIONS, initial=S.PENDING.value)
 
-#: (trigger, destination) -> the plain trigger whose effects an edge of ``due`` or ``stop`` has.
-EFFECTS_OF: dict[tuple[str, str], str] = {
-    ("due", S.RUNNING.value): "start",
-    ("due", S.SKIPPED.value): "skip",
-    ("stop", S.PAUSED.value): "checkpoint",
-    ("stop", S.PENDING.value): "requeue",
-}
-
 _RELEASE: dict[str, Any] = {"owner": None, "lease_expires_at": None}
 _UNLEASE: dict[str, Any] = {"lease_expires_at": None}
 
+Effect = Callable[[ScheduledRun, datetime], dict[str, Any]]
 
-def run_effects(run: ScheduledRun, trigger: str, now: datetime) -> dict[str, Any]:
-    """The row fields an accepted ``trigger`` sets besides the status (times, attempt, ownership)."""
-    if trigger == "start":
-        return {
-            "started_at": now,
-            "completed_at": None,
-            "heartbeat_at": now,
-            "prepared": False,
-            "starts": run.starts + 1,
-        }
-    # A finished run keeps its owner (who ran it, for telemetry and operators); only the lease goes.
-    if trigger == "succeed":
-        return {
-            "completed_at": now,
-            "error": None,
-            "error_type": None,
-            "error_traceback": None,
-            "reason": None,
-            **_UNLEASE,
-        }
-    if trigger in ("fail", "orphan", "skip", "cancel"):
-        return {"completed_at": now, **_UNLEASE}
-    if trigger == "retry":
-        return {"attempt": run.attempt + 1, "started_at": None, "completed_at": None, **_RELEASE}
-    if trigger == "replay":
-        return {"attempt": 1, "origin": "replay", "started_at": None, "completed_at": None, **_RELEASE}
-    if trigger in ("requeue", "checkpoint"):
-        return {"started_at": None, **_RELEASE}
+
+def _started(run: ScheduledRun, now: datetime) -> dict[str, Any]:
+    return {"started_at": now, "completed_at": None, "heartbeat_at": now, "prepared": False, "starts": run.starts + 1}
+
+
+# A finished run keeps its owner (who ran it, for telemetry and operators); only the lease goes.
+def _ended(run: ScheduledRun, now: datetime) -> dict[str, Any]:
+    return {"completed_at": now, **_UNLEASE}
+
+
+def _succeeded(run: ScheduledRun, now: datetime) -> dict[str, Any]:
+    return {**_ended(run, now), "error": None, "error_type": None, "error_traceback": None, "reason": None}
+
+
+def _back_in_queue(run: ScheduledRun, now: datetime) -> dict[str, Any]:
+    return {"started_at": None, **_RELEASE}
+
+
+def _retried(run: ScheduledRun, now: datetime) -> dict[str, Any]:
+    return {"attempt": run.attempt + 1, "completed_at": None, **_back_in_queue(run, now)}
+
+
+def _replayed(run: ScheduledRun, now: datetime) -> dict[str, Any]:
+    return {"attempt": 1, "origin": "replay", "completed_at": None, **_back_in_queue(run, now)}
+
+
+def _unchanged(run: ScheduledRun, now: datetime) -> dict[str, Any]:
     return {}
+
+
+#: What each trigger sets besides the status.
+RUN_EFFECTS: dict[str, Effect] = {
+    "start": _started,
+    "succeed": _succeeded,
+    "fail": _ended,
+    "orphan": _ended,
+    "skip": _ended,
+    "cancel": _ended,
+    "retry": _retried,
+    "replay": _replayed,
+    "requeue": _back_in_queue,
+    "checkpoint": _back_in_queue,
+    # The failure stays on the row as it was; the dead-letter row copies it.
+    "dead_letter": _unchanged,
+    # Checkpointing already released the run; its start time went then.
+    "resume": _unchanged,
+}
+#: What a trigger without its own entry sets, by the status it leads to.
+RUN_EFFECTS_BY_DESTINATION: dict[RunStatus, Effect] = {
+    S.RUNNING: _started,
+    S.SUCCEEDED: _ended,
+    S.FAILED: _ended,
+    S.SKIPPED: _ended,
+    S.CANCELLED: _ended,
+    S.DEAD_LETTERED: _unchanged,
+    S.PENDING: _back_in_queue,
+    S.PAUSED: _back_in_queue,
+}
+
+
+def run_effects(run: ScheduledRun, trigger: str, now: datetime, *, dest: str | None = None) -> dict[str, Any]:
+    """The row fields an accepted ``trigger`` sets besides the status (times, attempt, ownership).
+
+    Keyed by trigger (RUN_EFFECTS); a trigger without an entry gets the effects of the status it
+    leads to (RUN_EFFECTS_BY_DESTINATION): ``dest``, or the machine's edge from ``run.status``.
+    """
+    effect = RUN_EFFECTS.get(trigger)
+    if effect is None:
+        effect = RUN_EFFECTS_BY_DESTINATION[RunStatus(dest or _destination(run, trigger))]
+    return effect(run, now)
+
+
+def _destination(run: ScheduledRun, trigger: str) -> str:
+    """Where ``trigger`` leads from ``run``'s status on the machine (InvalidTransition if nowhere)."""
+    event = RUN_MACHINE.events.get(trigger)
+    edges = event.transitions.get(run.status.value) if event is not None else None
+    if not edges:
+        raise InvalidTransition(run.run_id, run.status.value, trigger)
+    return str(edges[0].dest)
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(ScheduledRun))
 
 
-def _evolve(run: ScheduledRun, **changes: Any) -> ScheduledRun:
+def _evolve(run: ScheduledRun, fields: dict[str, Any], status: RunStatus) -> ScheduledRun:
     # dataclasses.replace, without looking the fields up again on every call (a hot path).
     values = {name: getattr(run, name) for name in _RUN_FIELDS}
-    values.update(changes)
+    values.update(fields)
+    values["status"] = status
     return ScheduledRun(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class RunMove:
+    """One accepted transition of a run: the edge, every row field it writes, and the run after it."""
+
+    run: ScheduledRun
+    """The snapshot the transition was fired on (its status and attempt are the write's condition)."""
+    transition: Transition
+    fields: dict[str, Any]
+    """Column -> value: the status, ``updated_at``, the edge's effects, the guard's reason, the changes."""
+    moved: ScheduledRun
+    """The run as the row will be once ``fields`` are written."""
+
+
+def _move(run: ScheduledRun, transition: Transition, now: datetime, changes: dict[str, Any] | None) -> RunMove:
+    fields: dict[str, Any] = {"status": transition.dest, "updated_at": now}
+    fields.update(run_effects(run, transition.trigger, now, dest=transition.dest))
+    if transition.reason is not None:
+        fields["reason"] = transition.reason
+    fields.update(changes or {})
+    return RunMove(run, transition, fields, _evolve(run, fields, RunStatus(transition.dest)))
+
+
+def plan_run(
+    run: ScheduledRun,
+    trigger: str,
+    *,
+    now: datetime,
+    schedule: ScheduleDefinition | None = None,
+    changes: dict[str, Any] | None = None,
+    force: bool = False,
+    persist: Callable[[ScheduledRun, Transition, dict[str, Any]], None] | None = None,
+    facts: Any = None,
+) -> RunMove:
+    """Fire ``trigger`` on ``run`` through the machine's guards; return the move it makes.
+
+    Raises InvalidTransition for a trigger the status does not allow and GuardRejected (with the
+    guard's reason) when a guard says no. ``persist(run, transition, fields)``, if given, runs
+    before the state changes and may raise to abort (StaleRun when the conditional write lost).
+    ``changes`` (outcome, error, reason, owner...) override the edge's effects; the allowing
+    guard's reason becomes the row's reason unless ``changes`` gives one.
+    """
+
+    def write(transition: Transition) -> RunMove:
+        move = _move(run, transition, now, changes)
+        if persist is not None:
+            persist(run, transition, move.fields)
+        return move
+
+    binding = RunBinding(run, schedule, now, write)
+    binding.force = force
+    binding.facts = facts
+    return fire(RUN_MACHINE, binding, trigger)
+
+
+def plan_runs(
+    items: Iterable[tuple[ScheduledRun, str, dict[str, Any]]],
+    *,
+    now: datetime,
+    schedules: Mapping[str, ScheduleDefinition] | None = None,
+    facts: Mapping[str, Any] | None = None,
+) -> list[RunMove | InvalidTransition | GuardRejected]:
+    """``plan_run`` for many ``(run, trigger, changes)``: per item, its move or the machine's refusal.
+
+    ``schedules`` (by id) feed the guards that read a run's schedule (retry, dead_letter, replay,
+    due, stop); ``facts`` (by run id) feed the guards of ``due`` and ``stop``.
+    """
+    known = schedules or {}
+    given = facts or {}
+    out: list[RunMove | InvalidTransition | GuardRejected] = []
+    for run, trigger, changes in items:
+        try:
+            schedule = known.get(run.schedule_id)
+            found = given.get(run.run_id)
+            out.append(plan_run(run, trigger, now=now, schedule=schedule, changes=changes, facts=found))
+        except (InvalidTransition, GuardRejected) as refusal:
+            out.append(refusal)
+    return out
 
 
 def fire_run(
@@ -222,23 +346,12 @@ def fire_run(
 ) -> ScheduledRun:
     """Move ``run`` by ``trigger`` and return its new snapshot; ``run`` itself is never changed.
 
-    ``persist(run, transition, fields)`` must write the row conditionally on ``run``'s status
-    and raise (StaleRun) when it lost the race; then nothing changes. ``changes`` (outcome,
-    error, reason, owner...) override the edge's default fields; the allowing guard's reason
-    becomes the row's reason unless ``changes`` gives one. ``facts`` go to the guards of ``due``
-    (``DueFacts``) and ``stop`` (``Stopping``).
+    ``persist(run, transition, fields)`` must write ``fields`` (every column the move sets, the
+    status included) conditionally on ``run``'s status and attempt, and raise (StaleRun) when it
+    lost the race; then nothing changes. ``facts`` go to the guards of ``due`` (``DueFacts``) and
+    ``stop`` (``Stopping``). See ``plan_run``.
     """
-
-    def write(transition: Transition) -> ScheduledRun:
-        effects = EFFECTS_OF.get((transition.trigger, transition.dest), transition.trigger)
-        fields = run_effects(run, effects, now)
-        if transition.reason is not None:
-            fields["reason"] = transition.reason
-        fields.update(changes or {})
-        persist(run, transition, fields)
-        return _evolve(run, status=RunStatus(transition.dest), updated_at=now, **fields)
-
-    binding = RunBinding(run, schedule, now, write)
-    binding.force = force
-    binding.facts = facts
-    return fire(RUN_MACHINE, binding, trigger)
+    move = plan_run(
+        run, trigger, now=now, schedule=schedule, changes=changes, force=force, persist=persist, facts=facts
+    )
+    return move.moved

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,7 +59,8 @@ class Ended:
 
     run: ScheduledRun
     trigger: str
-    changes: Mapping[str, Any]
+    changes: dict[str, Any]
+    """The row fields the trigger sets; never changed once the run ended."""
     stopping: Stopping | None = None
     schedule: ScheduleDefinition | None = None
 
@@ -367,12 +368,12 @@ class _Pass:
         store = self.work.store
         stops = [e for e in finished if e.trigger == "stop" and e.stopping is not None and e.schedule is not None]
         ended: list[Finished] = [
-            (e.run, e.trigger, dict(e.changes))
+            (e.run, e.trigger, e.changes)
             for e in finished
             if not (e.trigger == "stop" and e.stopping is not None and e.schedule is not None)
         ]
         results: list[ScheduledRun | SchedulerError] = list(store.finish_many(ended, now=now))
-        items: list[Finished] = [(e.run, e.trigger, dict(e.changes)) for e in stops]
+        items: list[Finished] = [(e.run, e.trigger, e.changes) for e in stops]
         if stops:
             facts = {e.run.run_id: e.stopping for e in stops}
             schedules = {e.schedule.id: e.schedule for e in stops if e.schedule is not None}

@@ -34,10 +34,10 @@ from agent.scheduler.arguments import (
     text_up_to,
 )
 from agent.scheduler.config import Config, ConfigError, apply_env_file, approvers, load_config
+from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.schedule_engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
 from agent.scheduler.schedule_store import default_url
 from agent.scheduler.service_files import REPO_ROOT
 from agent.scheduler.tasks import TaskRegistry

@@ -22,7 +22,7 @@ from typing import ClassVar
 from common import median, percentile, report, size_from_argv, tmp_db
 
 from agent.scheduler import RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 
 #: Seconds between setting up and the due instant; ACTP_BENCH_QUICK=1 (the smoke test) shortens the waits.

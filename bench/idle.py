@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from common import cpu_seconds, report, size_from_argv, tmp_db
 
 from agent.scheduler import ScheduleDefinition, ScheduleStore
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import TaskRegistry
 
 

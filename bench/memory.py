@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from common import report, rss_mb, size_from_argv, tmp_db
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 
 SCHEDULES = 100

@@ -16,7 +16,7 @@ from pathlib import Path
 from common import median, percentile, report, size_from_argv, tmp_db
 
 from agent.scheduler import ScheduleDefinition, ScheduleStore, SystemClock
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from common import report, tmp_db
 import cron_definitions
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.legacy_cron import JobKind, migrate
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import TaskRegistry
 
 START = datetime(2027, 3, 15, 0, 30, tzinfo=UTC)

@@ -20,7 +20,7 @@ from typing import ClassVar
 from common import cpu_seconds, percentile, report, size_from_argv, tmp_db
 
 from agent.scheduler import RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 
 

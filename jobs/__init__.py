@@ -7,8 +7,8 @@ clock). Jobs that talk to a cloud service all go through one generic HTTP task,
 
 from __future__ import annotations
 
+from agent.scheduler.engine import default_worker_id
 from agent.scheduler.enums import RiskTier
-from agent.scheduler.schedule_engine import default_worker_id
 from agent.scheduler.schedule_store import ScheduleStore
 from agent.scheduler.tasks import TaskRegistry
 

@@ -3,6 +3,7 @@
 from .clock import Clock as Clock
 from .clock import FakeClock, SystemClock
 from .definition import ScheduleDefinition
+from .engine import ScheduleEngine
 from .enums import (
     BreakerState,
     ConcurrencyPolicy,
@@ -14,7 +15,6 @@ from .enums import (
 )
 from .errors import InvalidSchedule, SchedulerError
 from .proposals import ScheduleProposal
-from .schedule_engine import ScheduleEngine
 from .schedule_store import ScheduleStore
 from .scheduled_run import ScheduledRun
 from .tasks import RunContext, TaskRegistry

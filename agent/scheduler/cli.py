@@ -37,6 +37,7 @@ from .arguments import (
 from .clock import Clock, SystemClock
 from .config import GROUPS, approvers, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
+from .engine import HEARTBEAT_SECONDS
 from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .identity import Approvers, Caller, InvalidIdentity
@@ -45,7 +46,6 @@ from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
 from .records import ProposalRecord
-from .schedule_engine import HEARTBEAT_SECONDS
 from .schedule_store import ScheduleStore, default_url
 from .scheduled_run import ScheduledRun
 from .tasks import TaskRegistry
@@ -342,7 +342,7 @@ class Commands:
     def reconcile(self, args: argparse.Namespace) -> None:
         if not args.dry_run:
             raise CliError("reconcile only runs as --dry-run here; the worker reconciles when it starts")
-        from .schedule_engine import ScheduleEngine
+        from .engine import ScheduleEngine
         from .tasks import TaskRegistry
 
         engine = ScheduleEngine(self.store, TaskRegistry(), clock=self.clock, worker_id=args.worker_id)
@@ -935,7 +935,7 @@ def _timeline_text(data: dict[str, Any], zone: ZoneInfo) -> str:
 
 
 def _computed_worker_id() -> str:
-    from .schedule_engine import default_worker_id
+    from .engine import default_worker_id
 
     return default_worker_id()
 

@@ -87,7 +87,7 @@ class RedactSecrets(logging.Filter):
 
 
 class HumanFormatter(logging.Formatter):
-    """``2027-03-13 12:00:00,123 INFO agent.scheduler.schedule_engine: message [schedule=poll run_id=r1]``."""
+    """``2027-03-13 12:00:00,123 INFO agent.scheduler.engine.loop: message [schedule=poll run_id=r1]``."""
 
     def __init__(self) -> None:
         super().__init__(HUMAN_FORMAT)

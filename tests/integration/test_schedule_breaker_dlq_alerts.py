@@ -17,8 +17,8 @@ from agent.scheduler import BreakerState, FakeClock, RunStatus, ScheduleDefiniti
 from agent.scheduler.adapters.telegram import TelegramNotifier
 from agent.scheduler.alerts import chunks
 from agent.scheduler.cli import main, operator_caller
+from agent.scheduler.engine import ALERT_SWEEP, ScheduleEngine
 from agent.scheduler.errors import GuardRejected, TaskNotConfigured
-from agent.scheduler.schedule_engine import ALERT_SWEEP, ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 from tests.fixtures.telegram_api import TOKEN, FakeBotApi

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, SystemClock, TriggerType
-from agent.scheduler.change_feed import POLL_SECONDS, SqliteChangeFeed, open_feed
+from agent.scheduler.engine import ScheduleEngine
+from agent.scheduler.engine.feed import POLL_SECONDS, SqliteChangeFeed, open_feed
 from agent.scheduler.enums import RunStatus
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 

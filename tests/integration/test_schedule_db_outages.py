@@ -24,9 +24,9 @@ from sqlalchemy import exc as sa
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
 from agent.scheduler import schedule_store as store_module
 from agent.scheduler.db_health import report_replaced_database
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import RunStatus
 from agent.scheduler.errors import DatabaseReplaced, DatabaseUnavailable
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 

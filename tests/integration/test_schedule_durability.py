@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 
@@ -147,10 +147,12 @@ async def test_a_week_of_downtime_ends_in_exactly_the_policy_s_runs_and_the_repo
 
 async def crash(engine_: ScheduleEngine) -> None:
     """What kill -9 leaves: running rows, no completion recorded, no clean-shutdown marker."""
-    for flight in list(engine_._in_flight.values()):
+    in_flight = engine_._execution.in_flight
+    for flight in list(in_flight.values()):
         flight.task.cancel()
-    engine_._in_flight.clear()
+    in_flight.clear()
     engine_._executor.shutdown(wait=True)
+    engine_._watch.stop()
     engine_._stopped = True
 
 
@@ -375,12 +377,13 @@ async def test_nothing_new_starts_while_draining_and_a_second_signal_requeues_wh
     store.add(make_schedule("later", trigger_type="delay", expression="+2m", target="quick"))
     work = Work(clock)
     e = engine(store, work, clock)
+    began = clock.now()
     await e.start()
     await e.run_until(clock.now() + timedelta(minutes=1, seconds=59))
     stopping = asyncio.ensure_future(e.stop())
     for _ in range(20):
         await asyncio.sleep(0)
-    assert clock.now() < e._started_at + timedelta(hours=1)  # type: ignore[operator]
+    assert clock.now() < began + timedelta(hours=1)
     e.hurry()
     await stopping
     assert [r.status for r in store.runs(schedule="long")] == [RunStatus.PENDING]

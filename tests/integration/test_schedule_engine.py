@@ -21,8 +21,8 @@ from agent.scheduler import (
     ScheduleStore,
     SystemClock,
 )
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.errors import TaskNotConfigured
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import BATCH_THRESHOLDS, run_async
 

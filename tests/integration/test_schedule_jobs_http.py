@@ -17,8 +17,8 @@ import pytest
 import jobs
 from agent.scheduler import RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.legacy_cron import migrate, to_definition
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.errors import TaskNotConfigured
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from cron_definitions import CRON_JOBS
 from jobs.health import HEALTH_STATE, HealthCheck

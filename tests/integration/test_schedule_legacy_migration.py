@@ -32,8 +32,8 @@ from agent.scheduler.adapters.legacy_cron import (
     legacy_id,
     migrate,
 )
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import ScheduleSource
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from cron_definitions import CALL_SERVICE, CRON_JOBS, HEALTH_CHECKED_SERVICES
 from jobs.config import ConfigError

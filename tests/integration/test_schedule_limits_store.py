@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy import delete, update
 
 from agent.scheduler import FakeClock, InvalidSchedule, RunStatus, ScheduleDefinition, ScheduleStore, schema
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.errors import DuplicateSchedule
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.limits import json_storable, storable
 from agent.scheduler.proposals import ProposalService, ScheduleProposal, parse_proposal
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.schedule_store import LIMITS_CHECKED_KEY
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, SystemClock, TriggerType
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import RunStatus
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 
 pytestmark = pytest.mark.postgres

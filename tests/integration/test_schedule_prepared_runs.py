@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
+from agent.scheduler.engine import PREPARE_AHEAD, ScheduleEngine
 from agent.scheduler.policies.missed_run import PlannedRun, describe_span, plan_due
-from agent.scheduler.schedule_engine import PREPARE_AHEAD, ScheduleEngine
 from agent.scheduler.schedule_store import Materialization
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import BATCH_THRESHOLDS, T0, run_async

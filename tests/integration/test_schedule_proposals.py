@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.cli import main, operator_caller
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import ProposalStatus, RiskTier, ScheduleSource
 from agent.scheduler.errors import InvalidTransition, ScheduleNotFound
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import DecisionRefused, ProposalNotFound, ProposalService
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import T0, run_async
 from tests.unit.test_schedule_proposals_validation import ANY_PROPOSAL

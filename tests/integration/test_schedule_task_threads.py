@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from agent.scheduler import RunStatus, ScheduleDefinition, ScheduleStore, SystemClock
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.scheduled_run import ScheduledRun
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
@@ -184,7 +184,7 @@ async def test_an_async_task_that_blocks_the_loop_past_its_timeout_fails_by_time
     live_store.add(make_schedule("blocking", expression="1h", target="blocker", timeout=0.2, retry_backoff=3600))
     engine = start_engine(live_store, blocker=blocker)
     run = await run_one(engine, "blocking")
-    with caplog.at_level(logging.WARNING, logger="agent.scheduler.schedule_engine"):
+    with caplog.at_level(logging.WARNING, logger="agent.scheduler.engine"):
         await engine.wait_idle()
     failed = live_store.get_run(run.run_id)
     assert (failed.status, failed.reason, failed.error_type) == (RunStatus.FAILED, "timeout", "TimeoutError")
@@ -199,7 +199,7 @@ async def test_a_blocked_event_loop_is_logged_even_when_no_run_is_to_blame(
 ) -> None:
     engine = start_engine(live_store)
     await engine.start()
-    with caplog.at_level(logging.WARNING, logger="agent.scheduler.schedule_engine"):
+    with caplog.at_level(logging.WARNING, logger="agent.scheduler.engine"):
         time.sleep(1.2)  # something else on the loop (a callback, the host's code) blocks it
         await asyncio.sleep(0.3)  # the next beats
     assert any("the event loop was blocked for 1." in r.getMessage() for r in caplog.records)

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.telemetry import CURSOR_KEY, TelemetryExporter
-from agent.scheduler.schedule_engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import postgres_url, run_async
 

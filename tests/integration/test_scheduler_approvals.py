@@ -17,9 +17,9 @@ import pytest
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import DecisionRefused, ProposalService
-from agent.scheduler.schedule_engine import ScheduleEngine
 from service_registry import ServiceRegistry
 from tests.conftest import T0, run_async
 from tests.integration.test_schedule_proposals import MODULE, proposal, registry

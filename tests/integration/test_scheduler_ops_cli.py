@@ -19,8 +19,8 @@ from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleSt
 from agent.scheduler import service_files as sf
 from agent.scheduler.cli import main
 from agent.scheduler.config import BY_NAME, env_example
+from agent.scheduler.engine import HEARTBEAT_SECONDS, ScheduleEngine
 from agent.scheduler.errors import StoreError
-from agent.scheduler.schedule_engine import HEARTBEAT_SECONDS, ScheduleEngine
 from agent.scheduler.tasks import TaskRegistry
 from tests.conftest import T0, run_async
 

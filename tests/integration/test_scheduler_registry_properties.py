@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from agent.scheduler import FakeClock, ScheduleStore
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.schedule_engine import ScheduleEngine
 from service_registry import ServiceRegistry
 from tests.integration.test_scheduler_registry_topics import TOPICS, Work, add_schedules, proposal
 from tests.unit.test_schedule_proposals_validation import ANY_PROPOSAL

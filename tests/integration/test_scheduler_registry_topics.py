@@ -13,11 +13,11 @@ import pytest
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import BreakerState, ProposalStatus, ScheduleSource
 from agent.scheduler.errors import TaskNotConfigured
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from service_registry import ServiceRegistry
 from tests.conftest import T0, run_async

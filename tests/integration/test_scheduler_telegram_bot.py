@@ -17,8 +17,8 @@ import pytest
 import telegram_bot
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
+from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.schedule_engine import ScheduleEngine
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
 from telegram_bot import MAX_MESSAGE_CHARS, OperatorBot, describe_cron, pack, parse_command

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from agent.scheduler import RunStatus, ScheduledRun, ScheduleStore
-from agent.scheduler.schedule_engine import CUT_GRACE_SECONDS
+from agent.scheduler.engine import CUT_GRACE_SECONDS
 from tests.fixtures.starvation_tasks import LEDGER_ENV, LEFTOVER_ENV, SLOW_ENV, SLOW_POLICIES
 from tests.system.worker_process import POLL_SECONDS, WorkerProcess, wait_for
 from worker import EXIT_GRACE_SECONDS

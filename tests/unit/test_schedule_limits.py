@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from agent.scheduler import InvalidSchedule, ScheduleDefinition
 from agent.scheduler import limits as lim
+from agent.scheduler.engine.outcomes import ended
 from agent.scheduler.errors import TooLong
-from agent.scheduler.execution import ended
 from agent.scheduler.policies.retry import MAX_BACKOFF, backoff_delay
 from agent.scheduler.proposals import (
     InvalidProposal,

@@ -184,3 +184,54 @@ def test_docs_state_machines_is_generated_from_the_code() -> None:
     from agent.scheduler.machines.diagrams import state_machines_markdown
 
     assert (ROOT / "docs" / "state-machines.md").read_text() == state_machines_markdown()
+
+
+#: The engine's rooms that run on its database thread: no event loop, no task, no room of the loop's.
+DB_SIDE = ["tick.py", "reconciliation.py", "breakers.py", "due.py"]
+#: The loop's rooms, which the database side must not reach into.
+LOOP_SIDE = {"agent.scheduler.engine.loop", "agent.scheduler.engine.execution", "agent.scheduler.engine.feed"}
+#: A newcomer reads an engine module in one sitting.
+ENGINE_MODULE_LINES = 700
+
+
+def test_the_engine_s_database_side_never_touches_the_event_loop() -> None:
+    found = []
+    for name in DB_SIDE:
+        path = PKG / "engine" / name
+        for module in imported_modules(path):
+            if module.split(".")[0] in ("asyncio", "concurrent", "threading") or module in LOOP_SIDE:
+                found.append(f"{name} imports {module}")
+    assert found == []
+
+
+def test_the_database_side_check_would_catch_an_asyncio_import() -> None:
+    source = "import asyncio\nfrom .execution import Execution\nfrom .tick import TickWork\n"
+    names = imported_modules(PKG / "engine" / "tick.py", source)
+    assert names == ["asyncio", "agent.scheduler.engine.execution", "agent.scheduler.engine.tick"]
+
+
+def test_every_engine_module_is_small_enough_to_read_in_one_sitting() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (PKG / "engine").glob("*.py")}
+    assert {"loop.py", "tick.py", "execution.py", "reconciliation.py", "breakers.py", "feed.py"} <= set(sizes)
+    assert {name: n for name, n in sizes.items() if n > ENGINE_MODULE_LINES} == {}
+
+
+def test_the_engine_lives_only_in_its_package() -> None:
+    from agent.scheduler import engine
+
+    assert not [n for n in ("schedule_engine.py", "change_feed.py", "execution.py") if (PKG / n).exists()]
+    assert sorted(engine.__all__) == sorted(
+        [
+            "ALERT_SWEEP",
+            "CHECKPOINT_WAIT_SECONDS",
+            "CUT_GRACE_SECONDS",
+            "DELIVERY_ON_STOP_SECONDS",
+            "HEARTBEAT_SECONDS",
+            "LEASE_SECONDS",
+            "PREPARE_AHEAD",
+            "RECONCILE_TASK",
+            "ScheduleEngine",
+            "default_worker_id",
+        ]
+    )
+    assert agent.scheduler.ScheduleEngine is engine.ScheduleEngine

@@ -14,7 +14,7 @@ import pytest
 
 from agent.scheduler import service_files as sf
 from agent.scheduler.definition import DEFAULT_SHUTDOWN_TIMEOUT
-from agent.scheduler.schedule_engine import CHECKPOINT_WAIT_SECONDS, DELIVERY_ON_STOP_SECONDS
+from agent.scheduler.engine import CHECKPOINT_WAIT_SECONDS, DELIVERY_ON_STOP_SECONDS
 
 #: Paths with a blank and an ampersand: both files must carry them intact.
 WHERE = sf.Placement(

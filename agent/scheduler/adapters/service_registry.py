@@ -21,13 +21,13 @@ from service_registry import CallContext, ErrorCode, Field, FieldType, InputSche
 
 from ..cli import _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
 from ..definition import ScheduleDefinition
+from ..engine import RECONCILE_TASK, ScheduleEngine
 from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
 from ..errors import InvalidSchedule, ScheduleNotFound
 from ..identity import high_risk_refusal
 from ..proposals import ProposalService
 from ..reconciliation import ReconciliationReport
 from ..records import DeadLetter, ProposalRecord
-from ..schedule_engine import RECONCILE_TASK, ScheduleEngine
 from ..schedule_store import ScheduleStore
 from ..scheduled_run import ScheduledRun
 from ..tasks import TaskRegistry

@@ -26,8 +26,8 @@ from typing import Protocol
 
 from sqlalchemy.engine import make_url
 
-from .errors import DatabaseReplaced
-from .schedule_store import NOTIFY_CHANNEL, ScheduleStore
+from ..errors import DatabaseReplaced
+from ..schedule_store import NOTIFY_CHANNEL, ScheduleStore
 
 log = logging.getLogger(__name__)
 

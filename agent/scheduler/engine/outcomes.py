@@ -14,8 +14,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import TaskNotConfigured
-from .limits import NAME_CHARS, storable_text
+from ..errors import TaskNotConfigured
+from ..limits import NAME_CHARS, storable_text
 
 T = TypeVar("T")
 #: A run trigger and the row fields it sets, e.g. ``("succeed", {"outcome": "3 synced"})``.

@@ -1,0 +1,233 @@
+"""What a start finds and repairs, orphans, lifecycle runs and the worker's state row (database thread).
+
+Every method runs on the engine's database thread. The only thing kept between calls is the id of
+this start's stored report, adopted once the transaction that wrote it has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import datetime
+from typing import Any
+
+from ..definition import ScheduleDefinition
+from ..enums import MissedRunPolicy, RunStatus, TriggerType
+from ..errors import SchedulerError, WorkerIdInUse
+from ..policies.missed_run import DuePlan
+from ..policies.retry import ORPHANED
+from ..reconciliation import ReconciliationReport
+from ..schedule_store import ScheduleStore
+from ..scheduled_run import ScheduledRun
+from .breakers import Breakers
+from .due import plan_schedule
+
+log = logging.getLogger(__name__)
+
+#: Worker liveness is written to ``engine_state`` this often.
+HEARTBEAT_SECONDS = 10.0
+
+Finished = tuple[ScheduledRun, str, dict[str, Any]]
+
+
+class Reconciler:
+    """Start-up reconciliation, orphan sweeps, lifecycle runs and the ``worker:<id>`` state row."""
+
+    def __init__(
+        self, store: ScheduleStore, breakers: Breakers, *, worker_id: str, boot_id: str, tick_seconds: float
+    ) -> None:
+        self.store = store
+        self.breakers = breakers
+        self.worker_id = worker_id
+        self.boot_id = boot_id
+        self.tick_seconds = tick_seconds
+        self.started_at: datetime | None = None
+        self._report_id: str | None = None
+        """The stored row of this start's report, once the transaction that wrote it committed."""
+
+    # ------------------------------------------------------------------ start
+
+    def reconcile(self, now: datetime) -> ReconciliationReport:
+        """Reconcile what the previous life left, in one transaction; the report is stored with it."""
+        report, report_id = self.store.atomic_kept(self._reconcile, now)
+        self.started_at = now
+        self._report_id = report_id
+        return report
+
+    def preview(self, now: datetime) -> ReconciliationReport:
+        """The report a start would produce now, computed without changing anything."""
+        report, previous = self._survey(now, dry_run=True)
+        orphans = self._orphans(now, previous)
+        report.orphans_found = len(orphans)
+        paused = self.store.runs(status=RunStatus.PAUSED)
+        report.paused_resumed = len(paused)
+        report.actions.append(f"would orphan {len(orphans)} run(s) and resume {len(paused)} paused run(s)")
+        for schedule in self.store.due_schedules(now):
+            plan, _ = plan_schedule(schedule, now)
+            if plan.missed is not None:
+                count_missed(report, schedule.name, plan)
+                report.actions.append(f"{schedule.name}: {plan.missed.reason}")
+        return report
+
+    def _survey(self, now: datetime, *, dry_run: bool) -> tuple[ReconciliationReport, dict[str, Any] | None]:
+        report = ReconciliationReport(worker_id=self.worker_id, started_at=now, dry_run=dry_run)
+        previous = self.store.get_state(self.state_key)
+        if not dry_run:
+            self._refuse_a_live_twin(previous)
+        if previous is None:
+            report.previous_shutdown = "first_start"
+        else:
+            report.previous_shutdown = "clean" if previous.get("clean") else "crash"
+            seen = previous.get("heartbeat_at")
+            if seen:
+                report.downtime_seconds = (now - datetime.fromisoformat(seen)).total_seconds()
+        report.schedules_loaded = len(self.store.list())
+        return report, previous
+
+    def _reconcile(self, now: datetime) -> tuple[ReconciliationReport, str]:
+        report, previous = self._survey(now, dry_run=False)
+        orphans = self._orphans(now, previous)
+        report.orphans_found = len(orphans)
+        paused = self.store.runs(status=RunStatus.PAUSED)
+        self.fire_orphans(orphans, now)
+        for moved in self.store.transition_many(
+            ((r, "resume", {"reason": "resumed after restart"}) for r in paused), now=now
+        ):
+            if isinstance(moved, ScheduledRun):
+                report.paused_resumed += 1
+        report.breakers_half_opened += self.breakers.half_open_after_restart(now)
+        if report.orphans_found:
+            report.actions.append(f"orphaned {report.orphans_found} run(s)")
+        if report.paused_resumed:
+            report.actions.append(f"resumed {report.paused_resumed} paused run(s)")
+        self.create_lifecycle_runs("startup", now)
+        stored = self.store.save_report(
+            worker_id=self.worker_id, started_at=report.started_at, finished_at=None, report=report.to_dict()
+        )
+        report.keep()
+        return report, stored.id
+
+    def save_report(self, report: ReconciliationReport) -> None:
+        """Bring this start's stored report up to date (the row ``reconcile`` wrote)."""
+        if self._report_id is None:
+            raise SchedulerError("no reconciliation report to update: reconcile() writes it first")
+        self.store.update_report(self._report_id, finished_at=report.finished_at, report=report.to_dict())
+
+    def _refuse_a_live_twin(self, previous: dict[str, Any] | None) -> None:
+        """Two live workers with one id would orphan each other's runs: refuse to start the second."""
+        if previous is None or previous.get("clean") or previous.get("boot_id") == self.boot_id:
+            return
+        pid = previous.get("pid")
+        if previous.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # its previous life is gone: reconcile what it left
+        except PermissionError:
+            pass
+        raise WorkerIdInUse(
+            f"worker id {self.worker_id!r} is in use by a running worker (pid {pid} on this host); "
+            "give each worker its own --worker-id (or ACTP_WORKER_ID)"
+        )
+
+    # ------------------------------------------------------------------ orphans
+
+    def _orphans(
+        self, now: datetime, previous: dict[str, Any] | None, mine: frozenset[str] = frozenset()
+    ) -> list[ScheduledRun]:
+        """Running runs whose lease expired, or that this worker's previous life held (not ``mine``)."""
+        mine_before = previous is not None and previous.get("boot_id") != self.boot_id
+        return [
+            r
+            for r in self.store.runs(status=RunStatus.RUNNING)
+            if r.run_id not in mine
+            and (
+                (r.lease_expires_at is not None and r.lease_expires_at <= now)
+                or (mine_before and r.owner == self.worker_id)
+            )
+        ]
+
+    def fire_orphans(self, orphans: list[ScheduledRun], now: datetime) -> None:
+        items: list[Finished] = []
+        for run in orphans:
+            died = run.lease_expires_at if run.lease_expires_at and run.lease_expires_at <= now else now
+            why = f"orphaned: owner {run.owner} stopped renewing its lease (expired {died.isoformat()})"
+            # The run failed when its owner died, not now: backoff counts from then.
+            changes = {"reason": why, "completed_at": died, "error_type": ORPHANED, "error": f"{ORPHANED}: {why}"}
+            items.append((run, "orphan", changes))
+        for (run, _, _), moved in zip(items, self.store.transition_many(items, now=now), strict=True):
+            if isinstance(moved, ScheduledRun):
+                log.warning("run %s of %s %s", run.run_id, run.schedule_name, moved.reason)
+
+    def sweep_orphans(self, now: datetime, mine: frozenset[str]) -> int:
+        """Fire ``orphan`` on runs whose lease lapsed (not ``mine``); returns how many (the next tick
+        retries or dead-letters them)."""
+        orphans = self._orphans(now, None, mine)
+        self.fire_orphans(orphans, now)
+        return len(orphans)
+
+    # ------------------------------------------------------------------ lifecycle runs and the state row
+
+    def create_lifecycle_runs(self, phase: str, now: datetime) -> list[ScheduledRun]:
+        created = []
+        for schedule in self.store.list(enabled=True, trigger_type=TriggerType.LIFECYCLE):
+            if schedule.expression == phase:
+                run = self.store.create_run(
+                    schedule, now, occurrence_key=f"{phase}:{self.boot_id}", origin="lifecycle", reason=f"{phase}"
+                )
+                if run is not None:
+                    created.append(run)
+        return created
+
+    @property
+    def state_key(self) -> str:
+        return f"worker:{self.worker_id}"
+
+    def put_state(self, now: datetime, *, clean: bool, in_flight: int) -> None:
+        """Write this worker's liveness (and, with ``clean``, its clean stop) to ``engine_state``."""
+        self.store.put_state(self.state_key, self.state_value(now, clean=clean, in_flight=in_flight))
+
+    def state_value(self, now: datetime, *, clean: bool, in_flight: int) -> dict[str, Any]:
+        started = self.started_at or now
+        return {
+            "worker_id": self.worker_id,
+            "boot_id": self.boot_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": started.isoformat(),
+            "heartbeat_at": now.isoformat(),
+            "clean": clean,
+            "stopped_at": now.isoformat() if clean else None,
+            "in_flight": in_flight,
+            "tick_seconds": self.tick_seconds,
+            "heartbeat_seconds": HEARTBEAT_SECONDS,
+        }
+
+
+def count_late_prepared(
+    report: ReconciliationReport, run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, skipped: bool
+) -> None:
+    """A run an earlier life prepared and never started is one more missed occurrence in the report."""
+    if now - run.intended_run_at <= schedule.grace:
+        return
+    report.missed_detected += 1
+    if not skipped:
+        report.missed_caught_up += 1
+    elif schedule.missed_run_policy is MissedRunPolicy.CATCH_UP_ONCE:
+        report.missed_coalesced += 1
+    else:
+        report.missed_skipped += 1
+
+
+def count_missed(report: ReconciliationReport, name: str, plan: DuePlan) -> None:
+    missed = plan.missed
+    if missed is None:
+        return
+    report.missed_detected += missed.detected
+    report.missed_caught_up += missed.caught_up
+    report.missed_skipped += missed.skipped
+    report.missed_coalesced += missed.coalesced
+    if missed.warning:
+        report.warnings.append(f"{name}: {missed.warning}")

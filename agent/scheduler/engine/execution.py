@@ -22,8 +22,8 @@ from ..enums import RunStatus
 from ..errors import GuardRejected, TaskNotConfigured
 from ..machines.run_lifecycle import fire_run
 from ..policies.shutdown import CHECKPOINT_WAIT, STILL_RUNNING, Stopping, asks_the_task, cutoff
-from ..schedule_store import ScheduleStore
 from ..scheduled_run import ScheduledRun
+from ..store import EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .due import nowhere
 from .outcomes import Outcome, ended, run_in_thread, thread_ended, timed_out
@@ -151,7 +151,7 @@ class Execution:
     def __init__(
         self,
         *,
-        store: ScheduleStore,
+        store: EngineStore,
         clock: Clock,
         tasks: TaskRegistry,
         builtins: dict[str, TaskSpec],

@@ -38,8 +38,8 @@ from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.schedule_store import default_url
 from agent.scheduler.service_files import REPO_ROOT
+from agent.scheduler.store import default_url
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
 from telegram_bot import OperatorBot

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent.scheduler.engine import default_worker_id
 from agent.scheduler.enums import RiskTier
-from agent.scheduler.schedule_store import ScheduleStore
+from agent.scheduler.store import ScheduleStore
 from agent.scheduler.tasks import TaskRegistry
 
 from .health import HealthCheck

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.scheduler.errors import TaskNotConfigured
-from agent.scheduler.schedule_store import ScheduleStore
+from agent.scheduler.store import ScheduleStore
 from agent.scheduler.tasks import RunContext
 
 from . import config

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.scheduler.schedule_store import ScheduleStore
+from agent.scheduler.store import ScheduleStore
 from agent.scheduler.tasks import RunContext
 
 from . import config, store_queries

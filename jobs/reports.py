@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.scheduler.enums import BreakerState, RunStatus
-from agent.scheduler.schedule_store import ScheduleStore
+from agent.scheduler.store import ScheduleStore
 from agent.scheduler.tasks import RunContext
 
 from . import store_queries

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, and_, delete, func, select
 
 from agent.scheduler import schema
 from agent.scheduler.enums import RunStatus
-from agent.scheduler.schedule_store import ScheduleStore
+from agent.scheduler.store import ScheduleStore
 
 #: Runs deleted per transaction when pruning, so the engine's writes are never held up for long.
 PRUNE_BATCH = 5000

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
-from agent.scheduler.schedule_store import BATCH_MIN
 from agent.scheduler.schema import TABLES
+from agent.scheduler.store import BATCH_MIN
 
 #: The fake clock's start in every test that does not choose its own.
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)

@@ -15,8 +15,8 @@ from .enums import (
 )
 from .errors import InvalidSchedule, SchedulerError
 from .proposals import ScheduleProposal
-from .schedule_store import ScheduleStore
 from .scheduled_run import ScheduledRun
+from .store import ScheduleStore
 from .tasks import RunContext, TaskRegistry
 
 # ``Clock``, the protocol a custom clock implements, stays importable from here for type hints;

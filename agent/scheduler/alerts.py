@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from .clock import Clock
 from .enums import AlertStatus
 from .records import Alert
-from .schedule_store import ScheduleStore
+from .store import EngineStore
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class AlertDispatcher:
 
     def __init__(
         self,
-        store: ScheduleStore,
+        store: EngineStore,
         notifier: Notifier | None,
         clock: Clock,
         *,

@@ -46,8 +46,8 @@ from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
 from .records import ProposalRecord
-from .schedule_store import ScheduleStore, default_url
 from .scheduled_run import ScheduledRun
+from .store import ScheduleStore, default_url
 from .tasks import TaskRegistry
 
 #: Exit status for bad input: unknown names, invalid values.

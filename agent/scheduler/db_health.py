@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from tenacity import wait_exponential_jitter
 
 from .errors import DatabaseReplaced
-from .schedule_store import ScheduleStore
+from .store import EngineStore, ScheduleStore
 
 __all__ = [
     "OUTAGE_BACKOFF_MAX_SECONDS",
@@ -142,7 +142,7 @@ def _is_a_schedule_store(path: str) -> bool:
         return False
 
 
-def report_replaced_database(store: ScheduleStore, worker_id: str, exc: DatabaseReplaced) -> bool:
+def report_replaced_database(store: EngineStore, worker_id: str, exc: DatabaseReplaced) -> bool:
     """Best effort: queue an alert about a deleted or replaced SQLite file in the file now at its path.
 
     The lost file cannot carry it (nobody will read it again); a file that exists at the path now

@@ -66,7 +66,7 @@ from .schedule_policy import (
     decide,
     describe_span,
 )
-from .schedule_store import ScheduleStore
+from .store import ScheduleStore
 from .tasks import TaskRegistry, TaskSpec
 
 log = logging.getLogger(__name__)

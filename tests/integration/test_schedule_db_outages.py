@@ -22,11 +22,11 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
-from agent.scheduler import schedule_store as store_module
 from agent.scheduler.db_health import report_replaced_database
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import RunStatus
 from agent.scheduler.errors import DatabaseReplaced, DatabaseUnavailable
+from agent.scheduler.store import connection as store_module
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 

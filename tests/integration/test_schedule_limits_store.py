@@ -19,7 +19,7 @@ from agent.scheduler.errors import DuplicateSchedule
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.limits import json_storable, storable
 from agent.scheduler.proposals import ProposalService, ScheduleProposal, parse_proposal
-from agent.scheduler.schedule_store import LIMITS_CHECKED_KEY
+from agent.scheduler.store import LIMITS_CHECKED_KEY
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 from tests.unit.test_schedule_limits import hostile_proposals, valid_kwargs

@@ -17,7 +17,7 @@ import pytest
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.engine import PREPARE_AHEAD, ScheduleEngine
 from agent.scheduler.policies.missed_run import PlannedRun, describe_span, plan_due
-from agent.scheduler.schedule_store import Materialization
+from agent.scheduler.store import Materialization
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import BATCH_THRESHOLDS, T0, run_async
 

@@ -28,8 +28,8 @@ from agent.scheduler.errors import DuplicateSchedule, GuardRejected, RunNotFound
 from agent.scheduler.policies.missed_run import PlannedRun
 from agent.scheduler.policies.retry import backoff_delay
 from agent.scheduler.records import ProposalRecord
-from agent.scheduler.schedule_store import Materialization
 from agent.scheduler.schema import SCHEMA_VERSION, TABLES
+from agent.scheduler.store import Materialization
 from tests.conftest import BATCH_THRESHOLDS
 
 MakeSchedule = Callable[..., ScheduleDefinition]

@@ -14,10 +14,10 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa
 
 from agent.scheduler import ConcurrencyPolicy, FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
-from agent.scheduler import schedule_store as store_module
 from agent.scheduler.engine.breakers import Breakers
 from agent.scheduler.engine.reconciliation import Reconciler
 from agent.scheduler.engine.tick import EVERYTHING, Asks, Ended, TickInputs, TickResult, TickWork
+from agent.scheduler.store import connection as store_module
 from tests.conftest import T0
 
 WORKER = "w-tick"

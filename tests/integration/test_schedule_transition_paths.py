@@ -136,7 +136,7 @@ class World:
         self.created: list[ScheduledRun] = []
         for i in range(RUNS):
             # The same run ids in both stores: a retry's backoff jitter is derived from the run id.
-            with patch("agent.scheduler.schedule_store._new_id", return_value=f"run_{i}"):
+            with patch("agent.scheduler.store.runs.new_id", return_value=f"run_{i}"):
                 run = self.store.create_run((a, b)[i % 2], T0 + timedelta(minutes=i))
             assert run is not None
             self.created.append(run)

@@ -29,7 +29,7 @@ def test_an_alert_goes_pending_sending_sent_and_a_settled_alert_is_not_settled_a
 ) -> None:
     store = outbox_store
     fired = mocker.spy(outbox, "fire_outbox")
-    mocker.patch("agent.scheduler.schedule_store.fire_outbox", fired)
+    mocker.patch("agent.scheduler.store.outbox.fire_outbox", fired)
     queued = store.add_alert("note", "hello")
     assert queued.status is A.PENDING
 

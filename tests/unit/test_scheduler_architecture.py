@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -112,11 +113,9 @@ def test_every_machine_and_its_policies_are_checked_as_core() -> None:
 
 
 def test_the_checker_would_catch_a_forbidden_import() -> None:
-    bad = (
-        "import sqlite3\nfrom sqlalchemy import text\nfrom ..schedule_store import ScheduleStore\nfrom . import retry\n"
-    )
+    bad = "import sqlite3\nfrom sqlalchemy import text\nfrom ..store import ScheduleStore\nfrom . import retry\n"
     found = offences(PKG / "policies" / "x.py", bad)
-    assert [f.split(" imports ")[1] for f in found] == ["sqlite3", "sqlalchemy", "agent.scheduler.schedule_store"]
+    assert [f.split(" imports ")[1] for f in found] == ["sqlite3", "sqlalchemy", "agent.scheduler.store"]
 
 
 def test_nothing_but_the_system_clock_reads_the_wall_clock() -> None:
@@ -235,3 +234,39 @@ def test_the_engine_lives_only_in_its_package() -> None:
         ]
     )
     assert agent.scheduler.ScheduleEngine is engine.ScheduleEngine
+
+
+#: The store's rooms, and the longest any of them may grow.
+STORE_ROOMS = {"connection.py", "rows.py", "schedules.py", "runs.py", "outbox.py", "proposals.py", "state.py"}
+STORE_MODULE_LINES = 900
+
+
+def test_the_store_lives_only_in_its_package_one_room_per_concern() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (PKG / "store").glob("*.py")}
+    assert not (PKG / "schedule_store.py").exists()
+    assert set(sizes) >= STORE_ROOMS
+    assert {name: n for name, n in sizes.items() if n > STORE_MODULE_LINES} == {}
+
+
+def test_the_engine_names_the_store_only_by_what_it_needs() -> None:
+    from agent.scheduler.store import EngineStore, ScheduleStore
+
+    # Every method of the narrow interface is the store's, with the same signature.
+    needed = [n for n, v in vars(EngineStore).items() if callable(v) and not n.startswith("_")]
+    assert len(needed) >= 30
+    differs = {
+        n: (str(inspect.signature(getattr(EngineStore, n))), str(inspect.signature(getattr(ScheduleStore, n))))
+        for n in needed
+        if str(inspect.signature(getattr(EngineStore, n))) != str(inspect.signature(getattr(ScheduleStore, n)))
+    }
+    assert differs == {}
+    # And the engine's rooms are written against it, never against the whole store.
+    wide = [p.name for p in (PKG / "engine").glob("*.py") if _imports_whole_store(p)]
+    assert wide == []
+
+
+def _imports_whole_store(path: Path) -> bool:
+    return any(
+        isinstance(node, ast.ImportFrom) and any(a.name == "ScheduleStore" for a in node.names)
+        for node in ast.walk(ast.parse(path.read_text()))
+    )

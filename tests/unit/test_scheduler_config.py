@@ -236,7 +236,7 @@ def test_every_variable_the_code_reads_is_in_the_table() -> None:
 
 def test_the_table_agrees_with_the_code_that_reads_the_variables() -> None:
     import cron_definitions
-    from agent.scheduler.schedule_store import DEFAULT_DB_PATH
+    from agent.scheduler.store import DEFAULT_DB_PATH
     from jobs import health, http, local
 
     used = {j.params["service"] for j in cron_definitions.CRON_JOBS if "service" in (j.params or {})}

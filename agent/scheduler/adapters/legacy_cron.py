@@ -21,7 +21,7 @@ from typing import Any
 from ..definition import ScheduleDefinition
 from ..enums import ConcurrencyPolicy, MissedRunPolicy, RiskTier, ScheduleSource, ShutdownPolicy, TriggerType
 from ..errors import InvalidSchedule, SchedulerError
-from ..schedule_store import ScheduleStore
+from ..store import ScheduleStore
 from ..tasks import TaskRegistry
 from ..triggers import parse_timezone
 

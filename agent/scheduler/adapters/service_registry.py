@@ -28,8 +28,8 @@ from ..identity import high_risk_refusal
 from ..proposals import ProposalService
 from ..reconciliation import ReconciliationReport
 from ..records import DeadLetter, ProposalRecord
-from ..schedule_store import ScheduleStore
 from ..scheduled_run import ScheduledRun
+from ..store import ScheduleStore
 from ..tasks import TaskRegistry
 from ..triggers import parse_duration
 

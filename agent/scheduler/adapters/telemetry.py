@@ -19,8 +19,8 @@ from sqlalchemy import Column, DateTime, Engine, Float, Integer, MetaData, Strin
 from sqlalchemy.dialects.postgresql import insert
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from ..schedule_store import ScheduleStore, normalize_url
 from ..scheduled_run import ScheduledRun
+from ..store import ScheduleStore, normalize_url
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from ..definition import ScheduleDefinition
 from ..enums import BreakerState
 from ..errors import GuardRejected, StaleState
-from ..schedule_store import ScheduleStore
+from ..store import EngineStore
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Breakers:
     """Fires triggers on the breaker machine of each schedule, through the store."""
 
-    def __init__(self, store: ScheduleStore) -> None:
+    def __init__(self, store: EngineStore) -> None:
         self.store = store
 
     def succeeded(self, schedule_ids: Iterable[str], now: datetime) -> None:

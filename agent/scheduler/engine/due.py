@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from ..definition import ScheduleDefinition
 from ..enums import BreakerState, ConcurrencyPolicy, RunStatus, TriggerType
-from ..machines.run_lifecycle import fire_run
+from ..machines.run_lifecycle import plan_run
 from ..policies.missed_run import DueFacts, DuePlan, is_prepared, plan_due, prepared_blocked
 from ..scheduled_run import ScheduledRun
 
@@ -72,12 +71,9 @@ def due_facts(pending: list[ScheduledRun]) -> dict[str, DueFacts]:
 
 
 def fate(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None) -> RunStatus:
-    """Where ``due`` takes ``run``, as the machine's guards decide, without writing anything."""
-    return fire_run(run, "due", now=now, persist=nowhere, schedule=schedule, facts=facts).status
-
-
-def nowhere(run: ScheduledRun, transition: Any, fields: dict[str, Any]) -> None:
-    """The persistence of a judgement only: the write comes later, through the store, by the same trigger."""
+    """Where ``due`` takes ``run``, as the machine's guards decide: a move planned, not written (the
+    write comes later, through the store, by the same trigger with the same facts)."""
+    return plan_run(run, "due", now=now, schedule=schedule, facts=facts).moved.status
 
 
 def needs_turns(schedule: ScheduleDefinition) -> bool:

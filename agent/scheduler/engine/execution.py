@@ -20,12 +20,11 @@ from ..clock import Clock
 from ..definition import ScheduleDefinition
 from ..enums import RunStatus
 from ..errors import GuardRejected, TaskNotConfigured
-from ..machines.run_lifecycle import fire_run
+from ..machines.run_lifecycle import plan_run
 from ..policies.shutdown import CHECKPOINT_WAIT, STILL_RUNNING, Stopping, asks_the_task, cutoff
-from ..schedule_store import ScheduleStore
 from ..scheduled_run import ScheduledRun
+from ..store import EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
-from .due import nowhere
 from .outcomes import Outcome, ended, run_in_thread, thread_ended, timed_out
 from .tick import Ended, Prepared
 
@@ -151,7 +150,7 @@ class Execution:
     def __init__(
         self,
         *,
-        store: ScheduleStore,
+        store: EngineStore,
         clock: Clock,
         tasks: TaskRegistry,
         builtins: dict[str, TaskSpec],
@@ -528,7 +527,7 @@ class Execution:
             return None
         facts = replace(flight.stopping, checkpoint_saved=flight.checkpoint_saved)
         try:
-            return fire_run(flight.run, "stop", now=now, persist=nowhere, schedule=flight.schedule, facts=facts)
+            return plan_run(flight.run, "stop", now=now, schedule=flight.schedule, facts=facts).moved
         except GuardRejected:
             return None
 

@@ -27,7 +27,7 @@ from typing import Protocol
 from sqlalchemy.engine import make_url
 
 from ..errors import DatabaseReplaced
-from ..schedule_store import NOTIFY_CHANNEL, ScheduleStore
+from ..store import NOTIFY_CHANNEL, EngineStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ChangeFeed(Protocol):
         ...
 
 
-def open_feed(store: ScheduleStore) -> ChangeFeed:
+def open_feed(store: EngineStore) -> ChangeFeed:
     """The feed of ``store``'s backend: data_version for a SQLite file, LISTEN for PostgreSQL."""
     if store.dialect == "postgresql":
         return PostgresChangeFeed(store)
@@ -95,7 +95,7 @@ class SqliteChangeFeed:
     costs microseconds, less than waking a thread of its own; elsewhere a thread checks.
     """
 
-    def __init__(self, store: ScheduleStore, *, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, store: EngineStore, *, poll_seconds: float = POLL_SECONDS) -> None:
         if store.path is None:
             raise ValueError("a SQLite change feed needs a database file (store.path is None)")
         self._store = store
@@ -226,7 +226,7 @@ class SqliteChangeFeed:
 class PostgresChangeFeed:
     """LISTEN on a dedicated psycopg connection, in a thread; reconnects after a lost connection."""
 
-    def __init__(self, store: ScheduleStore) -> None:
+    def __init__(self, store: EngineStore) -> None:
         url = make_url(store.url).set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
         self._origin = store.origin

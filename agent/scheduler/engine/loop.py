@@ -31,8 +31,8 @@ from ..db_health import DatabaseHealth, Outage, outage_wait, report_replaced_dat
 from ..enums import RunStatus
 from ..errors import DatabaseReplaced, DatabaseUnavailable
 from ..reconciliation import ReconciliationReport
-from ..schedule_store import BATCH_MIN, ScheduleStore
 from ..scheduled_run import ScheduledRun
+from ..store import BATCH_MIN, EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .breakers import Breakers
 from .due import blocked
@@ -88,7 +88,7 @@ class ScheduleEngine:
 
     def __init__(
         self,
-        store: ScheduleStore,
+        store: EngineStore,
         tasks: TaskRegistry,
         *,
         clock: Clock | None = None,

@@ -18,8 +18,8 @@ from ..errors import SchedulerError, WorkerIdInUse
 from ..policies.missed_run import DuePlan
 from ..policies.retry import ORPHANED
 from ..reconciliation import ReconciliationReport
-from ..schedule_store import ScheduleStore
 from ..scheduled_run import ScheduledRun
+from ..store import EngineStore
 from .breakers import Breakers
 from .due import plan_schedule
 
@@ -35,7 +35,7 @@ class Reconciler:
     """Start-up reconciliation, orphan sweeps, lifecycle runs and the ``worker:<id>`` state row."""
 
     def __init__(
-        self, store: ScheduleStore, breakers: Breakers, *, worker_id: str, boot_id: str, tick_seconds: float
+        self, store: EngineStore, breakers: Breakers, *, worker_id: str, boot_id: str, tick_seconds: float
     ) -> None:
         self.store = store
         self.breakers = breakers

@@ -27,8 +27,8 @@ from ..policies.missed_run import DuePlan, PlannedRun, is_prepared
 from ..policies.retry import ORPHANED, retry_at
 from ..policies.shutdown import Stopping
 from ..reconciliation import ReconciliationReport
-from ..schedule_store import BATCH_MIN, Materialization, ScheduleStore
 from ..scheduled_run import ScheduledRun
+from ..store import BATCH_MIN, EngineStore, Materialization
 from .breakers import Breakers
 from .due import blocked, due_facts, fate, needs_turns, plan_schedule
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler, count_late_prepared, count_missed
@@ -180,7 +180,7 @@ class TickWork:
 
     def __init__(
         self,
-        store: ScheduleStore,
+        store: EngineStore,
         reconciler: Reconciler,
         breakers: Breakers,
         *,

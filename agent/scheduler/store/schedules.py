@@ -1,0 +1,429 @@
+"""Schedules: definitions, their breakers and failure counts, what is due, turn locks."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, DateTime, and_, bindparam, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .. import limits, schema
+from ..definition import TIME_BASED, ScheduleDefinition
+from ..enums import BreakerState, TriggerType
+from ..errors import DuplicateSchedule, InvalidSchedule, ScheduleNotFound, StaleBreaker
+from ..machines.binding import Transition
+from ..machines.breaker import FAILURE_COUNT, fire_breaker, success_effects
+from .connection import CLAIM_CHUNK, LIMITS_CHECKED, LIMITS_CHECKED_KEY, StoreCore, execute
+from .rows import SPAN_COLUMNS, from_db, lookup_key, schedule_from, schedule_row, to_db
+
+log = logging.getLogger(__name__)
+
+#: PostgreSQL advisory lock namespace (the first key) of the schedules' turn locks: "ACTP".
+TURN_LOCK_NAMESPACE = 0x41435450
+
+
+#: Schedule fields that only the breaker machine or the store itself may change.
+GUARDED_SCHEDULE_FIELDS = frozenset(
+    {"id", "breaker_state", "consecutive_failures", "breaker_opened_at", "created_at", "updated_at"}
+)
+
+
+def turn_key(schedule_id: str) -> int:
+    """A schedule's turn lock: a stable signed 32-bit hash of its id (a collision only makes two share turns)."""
+    return int.from_bytes(hashlib.blake2b(schedule_id.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+class ScheduleRows(StoreCore):
+    """Schedules: definitions, their breakers and failure counts, what is due, turn locks."""
+
+    def disable_out_of_bounds(self) -> None:
+        """Disable the enabled schedules an earlier version stored with a value the limits now refuse
+        (a sub-second interval, a name ending in a newline...), each with the reason, so that none of
+        them stops the engine; fixing the field (``update``) and ``enable`` bring it back. The engine
+        does this when it starts; reading a store never changes it. Once done, ``meta`` says so, and
+        later starts skip it (the schema version keeps older code, which knew no limits, out)."""
+        if self.meta_get(LIMITS_CHECKED_KEY) == LIMITS_CHECKED:
+            return
+        s = schema.schedules
+        rows = self._tx(lambda c: c.execute(select(s).where(s.c.enabled.is_(True))).mappings().all())
+        for row in rows:
+            stored = schedule_from(row)
+            try:
+                stored.with_changes()
+            except InvalidSchedule as exc:
+                reason = limits.storable_text(f"disabled at start: {exc}")[: limits.REASON_CHARS]
+                values = {"enabled": False, "disabled_reason": reason, "updated_at": to_db(self.clock.now())}
+                still_enabled = and_(s.c.id == stored.id, s.c.enabled.is_(True))  # another process may be first
+                self._tx(partial(execute, update(s).where(still_enabled).values(**values)))
+                log.warning("schedule %s disabled: it holds a value no longer allowed: %s", stored.name, exc)
+        self.meta_set(LIMITS_CHECKED_KEY, LIMITS_CHECKED)
+
+    def add(self, definition: ScheduleDefinition) -> ScheduleDefinition:
+        """Store a new schedule and return it as stored; a taken name raises DuplicateSchedule."""
+        now = self.clock.now()
+        stored = definition.with_changes(created_at=definition.created_at or now, updated_at=now)
+        row = schedule_row(stored)
+
+        def work(conn: Connection) -> None:
+            self._refuse_crossed(conn, stored)
+            conn.execute(schema.schedules.insert().values(**row))
+
+        try:
+            self._tx(work)
+        except IntegrityError as exc:
+            if self._find_schedule(stored.name) is not None:
+                raise DuplicateSchedule(stored.name) from exc
+            raise InvalidSchedule("id", stored.id, "an id not already used by another schedule") from exc
+        self._changed()
+        log.info(
+            "schedule %s added (%s %r, target %s)", stored.name, stored.trigger_type, stored.expression, stored.target
+        )
+        return stored
+
+    def add_many(
+        self, definitions: Iterable[ScheduleDefinition], *, skip_existing: bool = True
+    ) -> list[ScheduleDefinition]:
+        """Store several schedules in one transaction; with ``skip_existing`` a taken name or id is left as is.
+
+        Returns the schedules that were added. Nothing is written if any write fails.
+        """
+        now = self.clock.now()
+        staged = [d.with_changes(created_at=d.created_at or now, updated_at=now) for d in definitions]
+
+        def work(conn: Connection) -> list[ScheduleDefinition]:
+            added = []
+            for d in staged:
+                stmt = self._insert(schema.schedules).values(**schedule_row(d))
+                if skip_existing:
+                    stmt = stmt.on_conflict_do_nothing()
+                if conn.execute(stmt).rowcount == 1:
+                    added.append(d)
+            return added
+
+        try:
+            return self._tx(work)
+        except IntegrityError as exc:
+            raise InvalidSchedule("name", "<batch>", "names and ids not already used") from exc
+
+    def _find_schedule(self, name_or_id: str) -> ScheduleDefinition | None:
+        lookup_key("name_or_id", name_or_id)
+        s = schema.schedules
+        # A name is looked up before an id, so the answer never depends on which row the database reads first.
+        stmt = select(s).where(or_(s.c.name == name_or_id, s.c.id == name_or_id)).order_by(s.c.name != name_or_id)
+        row = self._tx(lambda c: c.execute(stmt).mappings().first())
+        return None if row is None else schedule_from(row)
+
+    @staticmethod
+    def _refuse_crossed(conn: Connection, d: ScheduleDefinition) -> None:
+        """DuplicateSchedule when ``d``'s name is another schedule's id, or its id another's name: either
+        would make one of them answer to the other's name."""
+        s = schema.schedules
+        crossed = select(s.c.id).where(or_(s.c.id == d.name, s.c.name == d.id), s.c.id != d.id).limit(1)
+        if conn.execute(crossed).first() is not None:
+            raise DuplicateSchedule(d.name)
+
+    def get(self, name_or_id: str) -> ScheduleDefinition:
+        """The schedule with this name (or id); ScheduleNotFound when there is none."""
+        found = self._find_schedule(name_or_id)
+        if found is None:
+            raise ScheduleNotFound(name_or_id)
+        return found
+
+    def list(
+        self, *, enabled: bool | None = None, source: str | None = None, trigger_type: str | None = None
+    ) -> builtins.list[ScheduleDefinition]:
+        """Every schedule, by name, optionally filtered."""
+        s = schema.schedules
+        stmt = select(s).order_by(s.c.name)
+        if enabled is not None:
+            stmt = stmt.where(s.c.enabled == enabled)
+        if source is not None:
+            stmt = stmt.where(s.c.source == str(source))
+        if trigger_type is not None:
+            stmt = stmt.where(s.c.trigger_type == str(trigger_type))
+        rows = self._tx(lambda c: c.execute(stmt).mappings().all())
+        return [schedule_from(r) for r in rows]
+
+    def update(self, name_or_id: str, **changes: Any) -> ScheduleDefinition:
+        """Change definition fields of a schedule (validated); breaker fields change only through the breaker."""
+        for key, value in changes.items():
+            if key in GUARDED_SCHEDULE_FIELDS:
+                raise InvalidSchedule(key, value, "not changeable here (breaker fields move through the breaker)")
+        current = self.get(name_or_id)
+        changed = current.with_changes(updated_at=self.clock.now(), **changes)  # validates the whole result
+        if any(getattr(changed, f) != getattr(current, f) for f in ("trigger_type", "expression", "timezone")):
+            # New occurrences: the next one is computed afresh from the new trigger, not the old time.
+            changes = {**changes, "next_run_at": None}
+            changed = changed.with_state(next_run_at=None)
+        # Write only the columns asked for: the engine may have moved next_run_at or the breaker
+        # since we read the row, and writing our snapshot back would undo that.
+        columns = {SPAN_COLUMNS.get(name, name) for name in (*changes, "updated_at")}
+        row = {k: v for k, v in schedule_row(changed).items() if k in columns}
+        s = schema.schedules
+
+        def work(conn: Connection) -> int:
+            if "name" in changes:
+                self._refuse_crossed(conn, changed)
+            return int(conn.execute(update(s).where(s.c.id == current.id).values(**row)).rowcount)
+
+        try:
+            count = self._tx(work)
+        except IntegrityError as exc:
+            raise DuplicateSchedule(changed.name) from exc
+        if count != 1:
+            raise ScheduleNotFound(name_or_id)
+        self._changed()
+        return self.get(current.id)
+
+    def disable(self, name_or_id: str, reason: str = "") -> ScheduleDefinition:
+        """Stop a schedule from producing runs, recording why."""
+        limits.check_text("reason", reason, limits.REASON_CHARS)
+        return self.update(name_or_id, enabled=False, disabled_reason=reason or "disabled")
+
+    def enable(self, name_or_id: str) -> ScheduleDefinition:
+        """Let a disabled schedule produce runs again, from now on.
+
+        Occurrences that fell in the disabled period were not missed, so they are not caught up:
+        the next occurrence is computed afresh (an interval keeps its anchor).
+        """
+        current = self.get(name_or_id)
+        if current.enabled:
+            return current
+        return self.update(name_or_id, enabled=True, disabled_reason=None, next_run_at=None)
+
+    def remove(self, name_or_id: str) -> None:
+        """Delete a schedule; its runs and dead letters stay as history."""
+        current = self.get(name_or_id)
+        s = schema.schedules
+        self._tx(lambda c: c.execute(s.delete().where(s.c.id == current.id)))
+
+    def record_outcome(self, schedule_id: str, *, failed: bool) -> ScheduleDefinition | None:
+        """Count a terminal failure (or reset the count on success) in one atomic UPDATE.
+
+        Returns the schedule after the change; None for a success that changed nothing (the
+        count was already 0 and the breaker closed), which costs one statement.
+        """
+        s = schema.schedules
+
+        def build() -> Any:
+            key = s.c.id == bindparam("schedule_id")
+            if failed:
+                return update(s).where(key).values({FAILURE_COUNT: s.c[FAILURE_COUNT] + 1})
+            effects = success_effects()
+            differs = (s.c[c] != v for c, v in effects.items())
+            busy = or_(*differs, s.c.breaker_state != BreakerState.CLOSED.value)
+            return update(s).where(and_(key, busy)).values(effects)
+
+        stmt = self._prepared(("count", failed), build)
+
+        def work(conn: Connection) -> Any:
+            if conn.execute(stmt, {"schedule_id": schedule_id}).rowcount == 0:
+                return False
+            return conn.execute(select(s).where(s.c.id == schedule_id)).mappings().first()
+
+        row = self._tx(work)
+        if row is False and not failed:
+            return None
+        if not row:
+            raise ScheduleNotFound(schedule_id)
+        return schedule_from(row)
+
+    def transition_breaker(
+        self, name_or_schedule: str | ScheduleDefinition, trigger: str, *, now: datetime | None = None
+    ) -> ScheduleDefinition:
+        """Fire a breaker trigger (trip, probe, close, reopen, reset) on a schedule; persisted conditionally."""
+        schedule = self.get(name_or_schedule) if isinstance(name_or_schedule, str) else name_or_schedule
+        at = now or self.clock.now()
+
+        def persist(current: ScheduleDefinition, transition: Transition, changes: dict[str, Any]) -> None:
+            s = schema.schedules
+            values = {"breaker_state": transition.dest, "updated_at": to_db(at)}
+            values.update({k: to_db(v) if isinstance(v, datetime) else v for k, v in changes.items()})
+            stmt = update(s).where(and_(s.c.id == current.id, s.c.breaker_state == transition.source)).values(**values)
+
+            def work(conn: Connection) -> None:
+                if conn.execute(stmt).rowcount != 1:
+                    actual = conn.execute(select(s.c.breaker_state).where(s.c.id == current.id)).scalar()
+                    raise StaleBreaker(current.id, transition.source, actual, transition.trigger)
+
+            self._tx(work)
+            log.info(
+                "breaker of %s: %s -> %s (%s)", current.name, transition.source, transition.dest, transition.trigger
+            )
+
+        moved = fire_breaker(schedule, trigger, now=at, persist=persist)
+        self._changed()
+        return moved
+
+    def reset_failures(self, schedule_ids: Iterable[str]) -> builtins.list[ScheduleDefinition]:
+        """After successes: zero the failure counts of these schedules; return those whose breaker is not closed."""
+        ids = sorted(set(schedule_ids))
+        if not ids:
+            return []
+        if len(ids) < self.batch_min:
+            changed = [self.record_outcome(i, failed=False) for i in ids]
+            return [c for c in changed if c is not None and c.breaker_state is not BreakerState.CLOSED]
+        s = schema.schedules
+        effects = success_effects()
+
+        def build() -> Any:
+            differs = or_(*(s.c[c] != v for c, v in effects.items()))
+            return update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), differs)).values(effects)
+
+        reset = self._prepared("reset_failures", build)
+        not_closed = self._prepared(
+            "not_closed",
+            lambda: select(s).where(
+                and_(s.c.id.in_(bindparam("ids", expanding=True)), s.c.breaker_state != BreakerState.CLOSED.value)
+            ),
+        )
+
+        def work(conn: Connection) -> builtins.list[Any]:
+            rows: builtins.list[Any] = []
+            for i in range(0, len(ids), CLAIM_CHUNK):
+                chunk = ids[i : i + CLAIM_CHUNK]
+                conn.execute(reset, {"ids": chunk})
+                rows.extend(conn.execute(not_closed, {"ids": chunk}).mappings().all())
+            return rows
+
+        return [schedule_from(row) for row in self._tx(work)]
+
+    def due_schedules(self, now: datetime) -> builtins.list[ScheduleDefinition]:
+        """Enabled time-based schedules whose breaker is not open and whose next occurrence is due or unset."""
+        s = schema.schedules
+
+        def build() -> Any:
+            return (
+                select(s)
+                .where(
+                    and_(
+                        s.c.enabled.is_(True),
+                        # Comparisons, not IN: an IN list is re-rendered on every execution.
+                        *(s.c.trigger_type != t.value for t in TriggerType if t not in TIME_BASED),
+                        s.c.breaker_state != BreakerState.OPEN.value,
+                        or_(s.c.next_run_at.is_(None), s.c.next_run_at <= bindparam("now", type_=DateTime)),
+                    )
+                )
+                .order_by(s.c.next_run_at)
+            )
+
+        if self.dialect == "postgresql":
+            # Materializing is this worker's alone until the transaction ends: the due rows are
+            # locked in id order, and those another worker holds are left to it (SKIP LOCKED),
+            # so two workers never wait on each other here, whatever order they lock in elsewhere.
+            stmt = self._prepared(
+                "due_schedules_locked",
+                lambda: build().order_by(None).order_by(s.c.id).with_for_update(skip_locked=True),
+            )
+            rows = self._tx(lambda c: c.execute(stmt, {"now": to_db(now)}).mappings().all())
+            found = [schedule_from(r) for r in rows]
+            return sorted(found, key=lambda d: (d.next_run_at is not None, d.next_run_at or now))
+        stmt = self._prepared("due_schedules", build)
+        rows = self._tx(lambda c: c.execute(stmt, {"now": to_db(now)}).mappings().all())
+        return [schedule_from(r) for r in rows]
+
+    def next_due(self, *, count_up_to: int = 16) -> tuple[datetime | None, int]:
+        """The earliest ``next_run_at`` of an enabled schedule whose breaker is not open, and how
+        many schedules share it (counted up to ``count_up_to``: one walk of the index, whatever the size)."""
+        s = schema.schedules
+        stmt = self._prepared(
+            "next_due",
+            lambda: (
+                select(s.c.next_run_at)
+                .where(
+                    and_(
+                        s.c.enabled.is_(True),
+                        s.c.next_run_at.is_not(None),
+                        s.c.breaker_state != BreakerState.OPEN.value,
+                    )
+                )
+                .order_by(s.c.next_run_at)
+                .limit(bindparam("cap"))
+            ),
+        )
+        times = self._tx(lambda c: c.execute(stmt, {"cap": count_up_to}).scalars().all())
+        if not times:
+            return None, 0
+        return from_db(times[0]), sum(1 for t in times if t == times[0])
+
+    def schedule_versions(self, ids: Iterable[str]) -> dict[str, datetime]:
+        """``updated_at`` of these schedules (missing ones left out): whether a copy in memory is current."""
+        wanted = sorted(set(ids))
+        s = schema.schedules
+        stmt = self._prepared(
+            "schedule_versions",
+            lambda: select(s.c.id, s.c.updated_at).where(s.c.id.in_(bindparam("ids", expanding=True))),
+        )
+
+        def work(conn: Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for k in range(0, len(wanted), CLAIM_CHUNK):
+                for sid, at in conn.execute(stmt, {"ids": wanted[k : k + CLAIM_CHUNK]}):
+                    out[sid] = at.replace(tzinfo=UTC)
+            return out
+
+        return self._tx(work) if wanted else {}
+
+    def lock_schedules(self, schedule_ids: Iterable[str]) -> None:
+        """Take these schedules' turn locks until the transaction ends (PostgreSQL), so two workers
+        deciding starts for the same schedule take turns. SQLite's transactions already hold the
+        database's write lock from their first statement.
+
+        The turn locks are transaction-level advisory locks, taken in one order (by key), not the
+        schedules' rows: a worker waiting for its turn then never waits on, nor holds up, a row
+        that another worker's materialization or bookkeeping has updated in its own transaction,
+        which in any other order would be a deadlock.
+        """
+        if self.dialect != "postgresql":
+            return
+        keys = sorted({turn_key(i) for i in schedule_ids})
+        if not keys:
+            return
+        stmt = self._prepared(
+            "lock_schedules", lambda: select(func.pg_advisory_xact_lock(bindparam("ns"), bindparam("key")))
+        )
+
+        def work(conn: Connection) -> None:
+            for key in keys:  # one statement each: the order of the waits is the order of the keys
+                conn.execute(stmt, {"ns": TURN_LOCK_NAMESPACE, "key": key}).all()
+
+        self._tx(work)
+
+    def _lock_rows(self, conn: Connection, schedule_ids: Iterable[str]) -> None:
+        """PostgreSQL: lock these schedules' rows in id order before updating several of them."""
+        if self.dialect != "postgresql":
+            return
+        ids = sorted(set(schedule_ids))
+        if len(ids) < 2:
+            return
+        s = schema.schedules
+        stmt = self._prepared(
+            "lock_rows",
+            lambda: (
+                select(s.c.id).where(s.c.id.in_(bindparam("ids", expanding=True))).order_by(s.c.id).with_for_update()
+            ),
+        )
+        for k in range(0, len(ids), CLAIM_CHUNK):
+            conn.execute(stmt, {"ids": ids[k : k + CLAIM_CHUNK]}).all()
+
+    def schedules_by_id(self, ids: Iterable[str]) -> dict[str, ScheduleDefinition]:
+        """The schedules with these ids (missing ones are left out)."""
+        wanted = list(set(ids))
+        if not wanted:
+            return {}
+        s = schema.schedules
+        stmt = self._prepared("schedules_by_id", lambda: select(s).where(s.c.id.in_(bindparam("ids", expanding=True))))
+        rows = self._tx(lambda c: c.execute(stmt, {"ids": wanted}).mappings().all())
+        return {row["id"]: schedule_from(row) for row in rows}
+
+    def open_breakers(self) -> builtins.list[ScheduleDefinition]:
+        """Schedules whose breaker is open."""
+        s = schema.schedules
+        stmt = select(s).where(s.c.breaker_state == BreakerState.OPEN.value).order_by(s.c.name)
+        return [schedule_from(r) for r in self._tx(lambda c: c.execute(stmt).mappings().all())]

@@ -8,8 +8,7 @@ from datetime import datetime
 
 from ..definition import ScheduleDefinition
 from ..enums import BreakerState, ConcurrencyPolicy, RunStatus, TriggerType
-from ..machines.run_lifecycle import plan_run
-from ..policies.missed_run import DueFacts, DuePlan, is_prepared, plan_due, prepared_blocked
+from ..policies.missed_run import DueFacts, DuePlan, Fate, due_fate, is_prepared, plan_due, prepared_blocked
 from ..scheduled_run import ScheduledRun
 
 
@@ -71,9 +70,10 @@ def due_facts(pending: list[ScheduledRun]) -> dict[str, DueFacts]:
 
 
 def fate(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None) -> RunStatus:
-    """Where ``due`` takes ``run``, as the machine's guards decide: a move planned, not written (the
-    write comes later, through the store, by the same trigger with the same facts)."""
-    return plan_run(run, "due", now=now, schedule=schedule, facts=facts).moved.status
+    """Where ``due`` takes ``run``: the pure judgement the machine's ``due`` guards are built from
+    (``due_fate``), asked without firing the machine. The write fires ``due`` through the machine with
+    the same facts, so its guards decide again, once, with the reason that goes on the row."""
+    return RunStatus.RUNNING if due_fate(run, schedule, now, facts)[0] is Fate.START else RunStatus.SKIPPED
 
 
 def needs_turns(schedule: ScheduleDefinition) -> bool:

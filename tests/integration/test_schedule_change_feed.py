@@ -17,6 +17,7 @@ from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, System
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.engine.feed import POLL_SECONDS, SqliteChangeFeed, open_feed
 from agent.scheduler.enums import RunStatus
+from agent.scheduler.errors import WorkerIdInUse
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 
@@ -197,3 +198,29 @@ def test_the_sqlite_feed_survives_its_file_going_away_and_says_it_is_not_live(tm
         assert not db.exists()  # the feed never creates a database file
     finally:
         feed.stop()
+
+
+@run_async
+async def test_a_refused_start_leaves_no_feed_watching_and_no_subscription(tmp_path: Path) -> None:
+    store = ScheduleStore(tmp_path / "refused.db", clock=FakeClock(T0))
+    engine = ScheduleEngine(store, TaskRegistry(), clock=store.clock, worker_id="twin")
+    feeds: list[SqliteChangeFeed] = []
+    real_open = open_feed
+
+    def opened(s: ScheduleStore) -> SqliteChangeFeed:
+        feed = real_open(s)
+        assert isinstance(feed, SqliteChangeFeed)
+        feeds.append(feed)
+        return feed
+
+    def refuse(now: datetime) -> None:
+        raise WorkerIdInUse("worker id 'twin' is in use by a running worker")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("agent.scheduler.engine.loop.open_feed", opened)
+        mp.setattr(engine._reconciler, "reconcile", refuse)
+        with pytest.raises(WorkerIdInUse):
+            await engine.start()
+    assert len(feeds) == 1 and not feeds[0].live  # stopped: no timer, no connection
+    assert store._listeners == [] and store._alert_listeners == []
+    store.close()

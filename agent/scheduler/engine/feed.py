@@ -130,6 +130,7 @@ class SqliteChangeFeed:
 
     def stop(self) -> None:
         self._stop.set()
+        self.live = False  # a stopped feed sees nothing
         if self._timer is not None:
             self._timer.cancel()
         if self._unwatch is not None:
@@ -244,6 +245,7 @@ class PostgresChangeFeed:
 
     def stop(self) -> None:
         self._stop.set()
+        self.live = False  # a stopped feed sees nothing
         if self._thread is not None:
             self._thread.join(timeout=LISTEN_SECONDS + CONNECT_TIMEOUT_SECONDS + 1)
 

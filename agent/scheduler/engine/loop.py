@@ -188,6 +188,19 @@ class ScheduleEngine:
         self._unsubscribe_alerts = self.store.subscribe_alerts(self._alert_queued)
         assert self._loop is not None
         self._watch.start(self._loop)
+        try:
+            return await self._reconcile_and_start()
+        except BaseException:
+            # A start refused (a live twin, a database too new) or cut short leaves nothing running:
+            # no feed thread or timer, no loop watch, no subscription on the store.
+            self._stop_feed()
+            self._watch.stop()
+            for unsubscribe in (self._unsubscribe, self._unsubscribe_alerts):
+                if unsubscribe is not None:
+                    unsubscribe()
+            raise
+
+    async def _reconcile_and_start(self) -> ReconciliationReport:
         now = self.clock.now()
         await self._db(self.store.defer_checkpoints)
         await self._db(self.store.disable_out_of_bounds)
@@ -586,6 +599,11 @@ class ScheduleEngine:
         await asyncio.sleep(0)  # let dispatched tasks run at this instant before time moves on
         if self._events or self._wake.is_set():
             self._wake.clear()
+            return
+        owed = self._asks
+        if owed.full_scan or owed.retry or owed.pending:
+            # The last tick left work for the next (a scan it put off for prepared runs, a change
+            # the feed reported meanwhile): that tick is now, not at the next due instant.
             return
         now = self.clock.now()
         instant = self._wake_at(now)

@@ -248,6 +248,25 @@ def test_a_stale_snapshot_cannot_move_a_run_and_says_who_did(store: ScheduleStor
     assert store.get_run(run.run_id).owner == "worker-a"
 
 
+def test_a_snapshot_from_before_a_start_and_requeue_elsewhere_cannot_move_the_run(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    # Back to pending with the same attempt, the run is not the one the old snapshot showed: it
+    # started once since (the due guards never judge such work a missed occurrence).
+    schedule = store.add(make_schedule())
+    runs = [store.create_run(schedule, T0 + timedelta(minutes=i)) for i in range(3)]
+    old = [r for r in runs if r is not None]
+    for r in old:
+        store.transition(store.transition(r, "start", owner="worker-b"), "requeue")
+    for_one = store.transition_many([(old[0], "skip", {"reason": "judged on a stale snapshot"})])
+    assert isinstance(for_one[0], StaleRun)
+    many = store.start_many(old, owner="worker-a", lease_until=T0 + timedelta(minutes=5), now=T0)
+    assert many == []
+    assert [(r.status, r.starts, r.owner) for r in store.runs(schedule=schedule.name)] == [
+        (RunStatus.PENDING, 1, None)
+    ] * 3
+
+
 def test_an_owner_late_with_its_outcome_learns_its_run_was_taken_over(
     store: ScheduleStore, make_schedule: MakeSchedule
 ) -> None:

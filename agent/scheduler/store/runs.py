@@ -60,7 +60,11 @@ class RunRows(ScheduleRows):
     """
 
     def _run_update(self, columns: tuple[str, ...]) -> Any:
-        """``UPDATE scheduled_runs SET <columns> WHERE run_id, status and attempt are as expected``."""
+        """``UPDATE scheduled_runs SET <columns> WHERE run_id, status, attempt and starts are as expected``.
+
+        ``starts`` is in the condition because the ``due`` guards read it (work that started before is
+        never a missed occurrence): a run started and requeued elsewhere since its snapshot was read
+        is not the run they judged."""
         r = schema.scheduled_runs
 
         def build() -> Any:
@@ -68,6 +72,7 @@ class RunRows(ScheduleRows):
                 r.c.run_id == bindparam("w_run_id"),
                 r.c.status == bindparam("w_status"),
                 r.c.attempt == bindparam("w_attempt"),
+                r.c.starts == bindparam("w_starts"),
             )
             return update(r).where(cond).values({c: bindparam(f"v_{c}", type_=r.c[c].type) for c in columns})
 
@@ -188,7 +193,8 @@ class RunRows(ScheduleRows):
     ) -> ScheduledRun:
         """Fire ``trigger`` on ``run`` through the run machine; returns the new snapshot.
 
-        The write is ``UPDATE ... WHERE run_id=? AND status=<run.status> AND attempt=<run.attempt>``;
+        The write is ``UPDATE ... WHERE run_id=? AND status=<run.status> AND attempt=<run.attempt> AND
+        starts=<run.starts>``;
         if another worker moved the run first, StaleRun is raised and nothing changes.
         ``changes`` set row fields (outcome, error, reason, owner, checkpoint...). A
         ``dead_letter`` also writes the dead-letter row, a ``replay`` marks it replayed by ``actor``,
@@ -220,7 +226,7 @@ class RunRows(ScheduleRows):
         """Write one move with its conditional UPDATE (StaleRun when the row is not as the move expects)."""
         run, transition = move.run, move.transition
         params: dict[str, Any] = {f"v_{k}": db_value(v) for k, v in move.fields.items()}
-        params.update(w_run_id=run.run_id, w_status=transition.source, w_attempt=run.attempt)
+        params.update(w_run_id=run.run_id, w_status=transition.source, w_attempt=run.attempt, w_starts=run.starts)
         if conn.execute(self._run_update(tuple(sorted(move.fields))), params).rowcount != 1:
             raise self._stale_runs(conn, [move])[run.run_id]
         self._after_move(conn, move, now=now, actor=actor)
@@ -325,7 +331,7 @@ class RunRows(ScheduleRows):
                 shared = tuple(c for c in columns if all_same([m.fields[c] for m in chunk]))
                 varying = tuple(c for c in columns if c not in shared)
                 params: dict[str, Any] = {f"v_{c}": db_value(first[c]) for c in shared}
-                params.update(pairs=[(m.run.run_id, m.run.attempt) for m in chunk], w_status=source)
+                params.update(pairs=[(m.run.run_id, m.run.attempt, m.run.starts) for m in chunk], w_status=source)
                 won = {row[0] for row in conn.execute(self._claim_statement(shared), params)}
                 winners = [m for m in chunk if m.run.run_id in won]
                 if varying and winners:
@@ -340,13 +346,13 @@ class RunRows(ScheduleRows):
         return lost
 
     def _claim_statement(self, columns: tuple[str, ...]) -> Any:
-        """``UPDATE scheduled_runs SET <columns> WHERE (run_id, attempt) IN :pairs AND status = :w_status
-        RETURNING run_id``, prepared."""
+        """``UPDATE scheduled_runs SET <columns> WHERE (run_id, attempt, starts) IN :pairs AND status =
+        :w_status RETURNING run_id``, prepared."""
         r = schema.scheduled_runs
 
         def build() -> Any:
             cond = and_(
-                tuple_(r.c.run_id, r.c.attempt).in_(bindparam("pairs", expanding=True)),
+                tuple_(r.c.run_id, r.c.attempt, r.c.starts).in_(bindparam("pairs", expanding=True)),
                 r.c.status == bindparam("w_status"),
             )
             values = {c: bindparam(f"v_{c}", type_=r.c[c].type) for c in columns}

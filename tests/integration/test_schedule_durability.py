@@ -393,6 +393,25 @@ async def test_nothing_new_starts_while_draining_and_a_second_signal_requeues_wh
 
 
 @run_async
+async def test_a_second_signal_that_comes_before_the_stop_applies_its_policies_still_requeues_at_once(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    # The second signal lands while stop() is still waiting for the loop: the policies applied
+    # after it must not give the graceful run back its hour.
+    store.add(make_schedule("long", trigger_type="delay", expression="+1m", target="blocked", shutdown_timeout=3600))
+    work = Work(clock)
+    e = engine(store, work, clock)
+    began = clock.now()
+    await e.start()
+    await e.run_until(clock.now() + timedelta(minutes=1, seconds=30))
+    e.hurry()
+    await e.stop()
+    assert clock.now() < began + timedelta(minutes=5)
+    [run] = store.runs(schedule="long")
+    assert (run.status, run.reason) == (RunStatus.PENDING, "shutdown forced: requeued")
+
+
+@run_async
 async def test_reconcile_dry_run_reports_without_changing_anything(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

@@ -506,7 +506,9 @@ class Execution:
         refuse, and the run keeps running until its cutoff (counted from ``began``), when ``stop`` is
         fired again (``drain``). Under checkpoint_and_stop the task is asked to stop meanwhile."""
         for flight in self.in_flight.values():
-            flight.stopping = Stopping(began=began, in_thread=flight.in_thread)
+            # A second signal that came first (hurry) stays: the stop only cuts shorter, never longer.
+            hurried = flight.stopping is not None and flight.stopping.hurried
+            flight.stopping = Stopping(began=began, in_thread=flight.in_thread, hurried=hurried)
             if asks_the_task(flight.schedule):
                 # Whatever the task does next, the stop decides how the run ends (paused if it checkpoints).
                 flight.outcome = ("stop", {})

@@ -51,7 +51,8 @@ PERIOD_WINDOW = timedelta(days=7)
 #: A run's reason that means its task is missing configuration (TaskNotConfigured).
 NOT_CONFIGURED_PREFIX = "not configured"
 
-#: A schedule's name or id, a run's, a dead letter's or a proposal's id.
+#: Payload models of the topics (see agent.scheduler.registry for how a topic is defined).
+#: A schedule's name or id; ``Id``: a run's, a dead letter's or a proposal's id.
 Name = Annotated[str, Field(max_length=ID_CHARS, description="schedule name or id"), ONE_LINE]
 Id = Annotated[str, Field(max_length=ID_CHARS), ONE_LINE]
 Reason = Annotated[str, Field(max_length=REASON_CHARS)]
@@ -67,6 +68,8 @@ def _limit(default: int) -> Any:
 
 
 class ProposeSchedule(TopicInput):
+    """scheduler.propose_schedule: the proposal as a JSON object."""
+
     proposal: Annotated[
         dict[str, Any],
         Field(description="the proposal (see README); proposed_by defaults to the caller"),
@@ -75,6 +78,8 @@ class ProposeSchedule(TopicInput):
 
 
 class ListSchedules(TopicInput):
+    """scheduler.list_schedules: filters, all optional; they combine."""
+
     enabled: Annotated[bool, Field(description="only enabled (true) or disabled")] | None = None
     source: SourceValue | None = None
     trigger_type: TriggerTypeValue | None = None
@@ -82,26 +87,36 @@ class ListSchedules(TopicInput):
 
 
 class GetSchedule(TopicInput):
+    """scheduler.get_schedule: a schedule and how many of its latest runs to show."""
+
     name: Name
     runs: Annotated[int, Field(ge=0, le=50)] = 5
 
 
 class DisableSchedule(TopicInput):
+    """scheduler.disable_schedule: a schedule and, optionally, why."""
+
     name: Name
     reason: Reason | None = None
 
 
 class NamedSchedule(TopicInput):
+    """A schedule by name or id (enable_schedule, run_now, reset_breaker)."""
+
     name: Name
 
 
 class ListRuns(TopicInput):
+    """scheduler.list_runs: optionally one schedule's and one status's runs."""
+
     schedule: Annotated[str, Field(max_length=ID_CHARS), ONE_LINE] | None = None
     status: RunStatusValue | None = None
     limit: Annotated[int, _limit(20)]
 
 
 class DeadLetters(TopicInput):
+    """scheduler.dead_letters: which dead letters, and whether with tracebacks."""
+
     schedule: Annotated[str, Field(max_length=ID_CHARS), ONE_LINE] | None = None
     include_replayed: bool = False
     with_traceback: bool = False
@@ -109,21 +124,29 @@ class DeadLetters(TopicInput):
 
 
 class ReplayDeadLetter(TopicInput):
+    """scheduler.replay_dead_letter: the dead letter, and whether to replay into an open breaker."""
+
     id: Id
     force: Annotated[bool, Field(description="even into an open breaker")] = False
 
 
 class ListProposals(TopicInput):
+    """scheduler.list_proposals: optionally one status's proposals."""
+
     status: ProposalStatusValue | None = None
     limit: Annotated[int, _limit(50)]
 
 
 class ApproveProposal(TopicInput):
+    """scheduler.approve_proposal: the proposal and, optionally, why."""
+
     id: Id
     reason: Reason | None = None
 
 
 class RejectProposal(TopicInput):
+    """scheduler.reject_proposal: the proposal and why (required)."""
+
     id: Id
     reason: Reason
 

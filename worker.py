@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
@@ -38,13 +39,15 @@ from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.service_files import REPO_ROOT
 from agent.scheduler.store import default_url
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
 from telegram_bot import OperatorBot
 
 log = logging.getLogger("worker")
+
+#: The directory of this script: its optional ``.env`` is read from here.
+HERE = Path(__file__).resolve().parent
 
 #: Exit statuses. The service files restart the worker on any failure except EXIT_CONFIGURATION.
 EXIT_OK = 0
@@ -267,7 +270,7 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
     """
     args = parse_args(argv)
     try:
-        apply_env_file(REPO_ROOT / ".env")  # optional; the real environment wins
+        apply_env_file(HERE / ".env")  # optional; the real environment wins
         config = load_config()  # every variable checked at once; one error lists each bad one
         if args.db is None:  # the environment's database, checked as --db is
             args.db = database_from_environment(default_url(), "ACTP_SCHEDULER_DB")

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO, cast
 from zoneinfo import ZoneInfo
 
@@ -570,7 +571,14 @@ class Commands:
 
     def install_service(self, args: argparse.Namespace) -> None:
         system = service_files.current_system(None if args.system is None else _SYSTEM_NAMES[args.system])
-        where = service_files.placement(db=args.service_db or args.db, environ=os.environ)
+        where = service_files.placement(
+            db=args.service_db or args.db,
+            tasks=args.service_tasks or _tasks_from_environment(),
+            workdir=args.workdir,
+            python=args.python,
+            worker=args.worker,
+            environ=os.environ,
+        )
         service = service_files.service_file(system, where, environ=os.environ)
         data: dict[str, Any] = {
             "system": system,
@@ -1083,6 +1091,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the worker's --db in the service (default: none)",
     )
+    p.add_argument(
+        "--tasks",
+        dest="service_tasks",
+        type=module_name,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="MODULE",
+        help=f"the worker's task modules, with register(tasks, store), imported from --workdir (default: ${TASKS_ENV})",
+    )
+    p.add_argument(
+        "--workdir",
+        type=_directory,
+        default=None,
+        help="the service's working directory: its .env and --tasks modules are here (default: the current one)",
+    )
+    p.add_argument("--python", type=_path, default=None, help="the interpreter the service runs (default: this one)")
+    p.add_argument("--worker", type=_path, default=None, help="the worker script (default: worker.py in --workdir)")
     name_commands(parser, sub)
     return parser
 
@@ -1093,6 +1119,30 @@ _reason = text_up_to(REASON_CHARS)
 _optional_reason = text_up_to(REASON_CHARS, empty=True)
 _zone_name = text_up_to(TIMEZONE_CHARS, single_line=True)
 _TASKS_HELP = f"module with register(tasks, store), as for the worker; repeatable (default: ${TASKS_ENV})"
+
+
+def _path(text: str) -> Path:
+    """argparse type: a file path on one line (made absolute by the service file)."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a path on one line")
+    return Path(text.strip())
+
+
+def _directory(text: str) -> Path:
+    """argparse type: an existing directory."""
+    path = _path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: not a directory")
+    return path
+
+
+def _tasks_from_environment() -> list[str]:
+    """The task modules named in TASKS_ENV (comma separated); CliError naming it when one is not a module name."""
+    names = [m.strip() for m in os.environ.get(TASKS_ENV, "").split(",") if m.strip()]
+    try:
+        return [module_name(name) for name in names]
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"{TASKS_ENV}: {exc}") from None
 
 
 def operator_caller() -> Caller:

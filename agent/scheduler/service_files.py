@@ -1,9 +1,12 @@
 """The worker as a service: a launchd agent (macOS) or a systemd user unit (Linux), rendered for this machine.
 
-The templates live in ``deploy/`` (``com.actp.worker.plist``, ``actp-worker.service``); their
-``{{PLACEHOLDERS}}`` are filled with this machine's absolute paths: the repository, the venv's
-python, the log file and an optional ``--db``. Installing writes the file where the service
-manager looks for it and returns the one command that loads it; nothing here runs that command.
+The templates are package data (``agent/scheduler/deploy/``: ``com.actp.worker.plist``,
+``actp-worker.service``); their ``{{PLACEHOLDERS}}`` are filled with what the caller says, all
+absolute: the interpreter, the worker script, the working directory, the log file and the
+worker's arguments (``--db``, ``--tasks``). Nothing here knows where the code was checked out.
+The service runs in its working directory, reads its ``.env`` and imports ``--tasks`` modules from
+it. Installing writes the file where the service manager looks for it and returns the one command
+that loads it; nothing here runs that command.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ import platform
 import re
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
 from .errors import SchedulerError
 
-#: The repository root: worker.py and deploy/ live here.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Where the templates are.
-TEMPLATES_DIR = REPO_ROOT / "deploy"
+#: The package directory that holds the templates (package data).
+TEMPLATES_PACKAGE = "agent.scheduler"
+TEMPLATES_DIR = "deploy"
+#: The worker script the service runs, in its working directory, unless another is named.
+WORKER_SCRIPT = "worker.py"
 #: launchd's label of the agent (and the plist's file name without .plist).
 LAUNCHD_LABEL = "com.actp.worker"
 #: systemd's unit name.
@@ -51,14 +56,27 @@ class ServiceError(SchedulerError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Placement:
-    """What differs between machines: where the code, the interpreter, the home and the logs are."""
+    """What differs between machines: the working directory, the interpreter, the worker, the home and the logs."""
 
-    repo: Path
+    workdir: Path
+    """The service's working directory: its ``.env`` and its ``--tasks`` modules are found here."""
     python: Path
+    worker: Path
+    """The worker script the interpreter runs."""
     home: Path
     log_file: Path
     db: str | None = None
     """A SQLite path (made absolute) or a database URL passed to the worker as ``--db``; None: its default."""
+    tasks: tuple[str, ...] = ()
+    """Task modules passed to the worker as ``--tasks``, each a dotted module name."""
+
+    @property
+    def arguments(self) -> list[str]:
+        """The worker's arguments after its script."""
+        args = [] if self.db is None else ["--db", self.db]
+        for module in self.tasks:
+            args += ["--tasks", module]
+        return args
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,12 +112,6 @@ def current_system(name: str | None = None) -> str:
     return system
 
 
-def venv_python(repo: Path = REPO_ROOT) -> Path:
-    """The repository's ``.venv/bin/python`` when it exists, else this interpreter (symlinks kept: a venv is one)."""
-    candidate = repo / ".venv" / "bin" / "python"
-    return candidate if candidate.exists() else Path(sys.executable).absolute()
-
-
 def database_argument(db: str | None, *, cwd: Path | None = None) -> str | None:
     """``db`` as the worker should get it from a service: URLs as given, paths absolute (``~`` expanded)."""
     if db is None or not db.strip():
@@ -112,20 +124,49 @@ def database_argument(db: str | None, *, cwd: Path | None = None) -> str | None:
 
 
 def placement(
-    *, db: str | None = None, environ: Mapping[str, str] | None = None, home: Path | None = None
+    *,
+    db: str | None = None,
+    tasks: Sequence[str] = (),
+    workdir: Path | None = None,
+    python: Path | None = None,
+    worker: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
 ) -> Placement:
-    """This machine's placement: the repository, its venv's python, ``$HOME``, the log file in ACTP_LOG_DIR."""
+    """A placement from what the caller says, made absolute; ServiceError naming the option that is wrong.
+
+    ``workdir`` defaults to the current directory, ``python`` to this interpreter, ``worker`` to
+    ``worker.py`` in ``workdir``; the log file is in ACTP_LOG_DIR (of ``environ``) or ~/.actp/logs.
+    """
     env = os.environ if environ is None else environ
     home_dir = home or Path(env.get("HOME") or Path.home())
     log_dir = env.get("ACTP_LOG_DIR", "").strip() or DEFAULT_LOG_DIR
     log_path = Path(log_dir.replace("~", str(home_dir), 1) if log_dir.startswith("~") else log_dir)
+    cwd = Path.cwd()
+    where = _absolute(workdir or cwd, cwd)
+    if not where.is_dir():
+        raise ServiceError(f"--workdir {where}: not a directory")
+    interpreter = _absolute(python, cwd) if python is not None else Path(sys.executable).absolute()
+    if not (interpreter.is_file() and os.access(interpreter, os.X_OK)):
+        raise ServiceError(f"--python {interpreter}: not an executable file")
+    script = _absolute(worker, cwd) if worker is not None else where / WORKER_SCRIPT
+    if not script.is_file():
+        hint = "" if worker is not None else " in the working directory; pass --worker PATH or --workdir DIR"
+        raise ServiceError(f"--worker {script}: no such file{hint}")
     return Placement(
-        repo=REPO_ROOT,
-        python=venv_python(REPO_ROOT),
+        workdir=where,
+        python=interpreter,
+        worker=script,
         home=home_dir,
         log_file=log_path / LOG_FILE_NAME,
         db=database_argument(db),
+        tasks=tuple(tasks),
     )
+
+
+def _absolute(path: Path, cwd: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else cwd / path
 
 
 def _unit_path(path: Path) -> str:
@@ -145,27 +186,25 @@ def _unit_argument(text: str) -> str:
 
 def _values(system: str, where: Placement) -> dict[str, str]:
     if system == "macos":
-        db_args = (
-            ""
-            if where.db is None
-            else "".join(f"\n        <string>{xml_escape(a)}</string>" for a in ("--db", where.db))
-        )
         return {
             "PYTHON": xml_escape(str(where.python)),
-            "REPO": xml_escape(str(where.repo)),
+            "WORKER": xml_escape(str(where.worker)),
+            "WORKDIR": xml_escape(str(where.workdir)),
             "LOG_FILE": xml_escape(str(where.log_file)),
-            "DB_ARGS": db_args,
+            "ARGS": "".join(f"\n        <string>{xml_escape(a)}</string>" for a in where.arguments),
         }
     return {
         "PYTHON": _unit_path(where.python),
-        "REPO": _unit_path(where.repo),
-        "DB_ARGS": "" if where.db is None else f" {_unit_argument('--db')} {_unit_argument(where.db)}",
+        "WORKER": _unit_path(where.worker),
+        "WORKDIR": _unit_path(where.workdir),
+        "ARGS": "".join(f" {_unit_argument(a)}" for a in where.arguments),
     }
 
 
-def template_path(system: str) -> Path:
-    """The template in ``deploy/`` for ``system``."""
-    return TEMPLATES_DIR / (f"{LAUNCHD_LABEL}.plist" if system == "macos" else f"{SYSTEMD_UNIT}.service")
+def template_text(system: str) -> str:
+    """The template for ``system``, read from the package's data."""
+    name = f"{LAUNCHD_LABEL}.plist" if system == "macos" else f"{SYSTEMD_UNIT}.service"
+    return resources.files(TEMPLATES_PACKAGE).joinpath(TEMPLATES_DIR, name).read_text(encoding="utf-8")
 
 
 def render(system: str, where: Placement, *, template: str | None = None) -> str:
@@ -175,7 +214,7 @@ def render(system: str, where: Placement, *, template: str | None = None) -> str
     """
     if system not in SYSTEMS:
         raise ServiceError(f"system {system!r}: one of {', '.join(SYSTEMS)}")
-    text = template if template is not None else template_path(system).read_text(encoding="utf-8")
+    text = template if template is not None else template_text(system)
     values = _values(system, where)
     unknown = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(values))
     if unknown:

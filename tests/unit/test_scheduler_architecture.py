@@ -112,6 +112,29 @@ def test_every_machine_and_its_policies_are_checked_as_core() -> None:
     assert offences(PKG / "machines" / "outbox.py") == offences(PKG / "policies" / "outbox.py") == []
 
 
+#: The host's own modules at the repository root: the package never imports them (it installs without them).
+HOST_MODULES = {"service_registry", "cron_definitions", "worker", "telegram_bot", "jobs"}
+
+
+def host_imports(path: Path, source: str | None = None) -> list[str]:
+    """Imports of ``path`` that reach the host's root modules."""
+    return [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for name in imported_modules(path, source)
+        if name.split(".")[0] in HOST_MODULES
+    ]
+
+
+def test_nothing_in_the_package_imports_the_hosts_root_modules() -> None:
+    assert [o for path in sorted((ROOT / "agent").rglob("*.py")) for o in host_imports(path)] == []
+
+
+def test_the_host_import_checker_would_catch_one() -> None:
+    bad = "import worker\nfrom service_registry import ServiceRegistry\nfrom jobs.sync import x\nimport json\n"
+    found = host_imports(PKG / "adapters" / "x.py", bad)
+    assert [f.split(" imports ")[1] for f in found] == ["worker", "service_registry", "jobs.sync"]
+
+
 def test_the_checker_would_catch_a_forbidden_import() -> None:
     bad = "import sqlite3\nfrom sqlalchemy import text\nfrom ..store import ScheduleStore\nfrom . import retry\n"
     found = offences(PKG / "policies" / "x.py", bad)

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pytest
+from pydantic import Field
 
 from agent.scheduler.errors import (
     GuardRejected,
@@ -24,24 +25,41 @@ from agent.scheduler.limits import MAX_JSON_DEPTH
 from agent.scheduler.proposals import DecisionRefused, InvalidProposal, ProposalNotFound
 from agent.scheduler.schedule_policy import Finding, Rule
 from service_registry import (
+    ONE_LINE,
     CallContext,
     ErrorCode,
-    Field,
-    FieldType,
-    InputSchema,
+    JsonChars,
     ServiceError,
     ServiceRegistry,
+    TopicInput,
 )
 
-SCHEMA = InputSchema(
-    Field(name="name", type=FieldType.STRING, required=True, max_length=8),
-    Field(name="count", type=FieldType.INTEGER, minimum=1, maximum=10, default=3),
-    Field(name="ratio", type=FieldType.NUMBER),
-    Field(name="flag", type=FieldType.BOOLEAN, default=False),
-    Field(name="color", type=FieldType.STRING, allowed=("red", "green")),
-    Field(name="options", type=FieldType.OBJECT, max_length=20),
-    Field(name="tags", type=FieldType.ARRAY, max_length=2),
-)
+
+class SCHEMA(TopicInput):
+    name: Annotated[str, Field(max_length=8)]
+    count: Annotated[int, Field(ge=1, le=10)] = 3
+    ratio: int | float | None = None
+    flag: bool = False
+    color: Literal["red", "green"] | None = None
+    options: Annotated[dict[str, Any], JsonChars(20)] | None = None
+    tags: Annotated[list[Any], Field(max_length=2)] | None = None
+
+
+class Options(TopicInput):
+    options: dict[str, Any] | None = None
+
+
+class Text(TopicInput):
+    text: str | None = None
+
+
+class Line(TopicInput):
+    text: Annotated[str, ONE_LINE] | None = None
+
+
+class Shape(TopicInput):
+    o: dict[str, Any] | None = None
+    n: Annotated[int | float, Field(le=10)] | None = None
 
 
 def echo(payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
@@ -59,7 +77,7 @@ def registry(**handlers: Any) -> ServiceRegistry:
     reg = ServiceRegistry(timeout_seconds=2)
     reg.register("test.echo", echo, SCHEMA)
     for name, handler in handlers.items():
-        reg.register(f"test.{name}", handler, InputSchema())
+        reg.register(f"test.{name}", handler, TopicInput)
     return reg
 
 
@@ -130,7 +148,7 @@ def test_the_handler_gets_a_copy_of_the_payload() -> None:
         return {}
 
     reg = ServiceRegistry()
-    reg.register("test.mutate", mutate, InputSchema(Field(name="options", type=FieldType.OBJECT)))
+    reg.register("test.mutate", mutate, Options)
     mine = {"options": {"x": 1}}
     assert call(reg, "test.mutate", mine)["ok"]
     assert mine == {"options": {"x": 1}}
@@ -278,7 +296,7 @@ def test_a_slow_handler_is_answered_unavailable_and_the_next_call_still_works() 
         return {}
 
     reg = ServiceRegistry(timeout_seconds=0.05)
-    reg.register("test.slow", slow, InputSchema())
+    reg.register("test.slow", slow, TopicInput)
     reg.register("test.echo", echo, SCHEMA)
     error = error_of(call(reg, "test.slow", {}))
     assert error["code"] == "unavailable"
@@ -293,10 +311,10 @@ def test_registration_refuses_bad_names_duplicates_and_non_schemas() -> None:
     for bad in ("echo", "Test.Echo", "test.", "test..x", "test.x-y"):
         with pytest.raises(ValueError, match="dotted lower-case"):
             reg.register(bad, echo, SCHEMA)
-    with pytest.raises(TypeError, match="InputSchema"):
+    with pytest.raises(TypeError, match="TopicInput subclass"):
         reg.register("test.other", echo, {"name": "string"})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="more than once: a"):
-        InputSchema(Field(name="a", type=FieldType.STRING), Field(name="a", type=FieldType.INTEGER))
+    with pytest.raises(TypeError, match="TopicInput subclass"):
+        reg.register("test.other", echo, SCHEMA(name="a"))  # type: ignore[arg-type]
     assert reg.topics() == ["test.echo"]
 
 
@@ -312,6 +330,8 @@ def test_the_schema_describes_itself_for_callers_that_discover_topics() -> None:
         "maximum": 10,
         "default": 3,
     }
+    assert fields["options"]["max_length"] == 20 and fields["tags"]["max_length"] == 2
+    assert (fields["flag"]["type"], fields["flag"]["default"], fields["ratio"]["type"]) == ("boolean", False, "number")
 
 
 @pytest.mark.parametrize(
@@ -326,7 +346,7 @@ def test_the_schema_describes_itself_for_callers_that_discover_topics() -> None:
 )
 def test_a_string_no_store_holds_is_refused_naming_the_field(value: str, single_line: bool, found: str) -> None:
     reg = ServiceRegistry()
-    reg.register("test.text", echo, InputSchema(Field(name="text", type=FieldType.STRING, single_line=single_line)))
+    reg.register("test.text", echo, Line if single_line else Text)
     error = error_of(call(reg, "test.text", {"text": value}))
     assert (error["code"], error["field"]) == ("invalid", "text")
     assert error["message"].endswith(f"; found {found}")
@@ -334,18 +354,17 @@ def test_a_string_no_store_holds_is_refused_naming_the_field(value: str, single_
 
 def test_tab_and_newline_are_text_but_not_one_line() -> None:
     reg = ServiceRegistry()
-    reg.register("test.text", echo, InputSchema(Field(name="text", type=FieldType.STRING)))
+    reg.register("test.text", echo, Text)
+    reg.register("test.line", echo, Line)
     assert call(reg, "test.text", {"text": "two\nlines\tand a tab"})["ok"] is True
-    assert Field(name="n", type=FieldType.STRING, single_line=True).describe()["single_line"] is True
+    assert error_of(call(reg, "test.line", {"text": "two\nlines"}))["field"] == "text"
+    assert reg.schema("test.line")[0]["single_line"] is True
+    assert "single_line" not in reg.schema("test.text")[0]
 
 
 def test_a_payload_nested_too_deep_or_a_number_too_big_for_a_float_is_refused_naming_the_field() -> None:
     reg = ServiceRegistry()
-    reg.register(
-        "test.shape",
-        echo,
-        InputSchema(Field(name="o", type=FieldType.OBJECT), Field(name="n", type=FieldType.NUMBER, maximum=10)),
-    )
+    reg.register("test.shape", echo, Shape)
     nested: Any = 1
     for _ in range(MAX_JSON_DEPTH):
         nested = {"a": nested}

@@ -14,10 +14,10 @@ import contextlib
 import logging
 from dataclasses import fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from service_registry import CallContext, ErrorCode, Field, FieldType, InputSchema, ServiceError, ServiceRegistry
+from pydantic import Field, Strict
 
 from ..cli import _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
 from ..definition import ScheduleDefinition
@@ -28,6 +28,7 @@ from ..identity import high_risk_refusal
 from ..proposals import ProposalService
 from ..reconciliation import ReconciliationReport
 from ..records import DeadLetter, ProposalRecord
+from ..registry import ONE_LINE, CallContext, ErrorCode, JsonChars, ServiceError, ServiceRegistry, TopicInput
 from ..scheduled_run import ScheduledRun
 from ..store import ScheduleStore
 from ..tasks import TaskRegistry
@@ -50,25 +51,104 @@ PERIOD_WINDOW = timedelta(days=7)
 #: A run's reason that means its task is missing configuration (TaskNotConfigured).
 NOT_CONFIGURED_PREFIX = "not configured"
 
-_NAME = Field(
-    name="name",
-    type=FieldType.STRING,
-    required=True,
-    max_length=ID_CHARS,
-    single_line=True,
-    description="schedule name or id",
-)
-_ID = Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS, single_line=True)
+#: Payload models of the topics (see agent.scheduler.registry for how a topic is defined).
+#: A schedule's name or id; ``Id``: a run's, a dead letter's or a proposal's id.
+Name = Annotated[str, Field(max_length=ID_CHARS, description="schedule name or id"), ONE_LINE]
+Id = Annotated[str, Field(max_length=ID_CHARS), ONE_LINE]
+Reason = Annotated[str, Field(max_length=REASON_CHARS)]
+#: An enum field: its values, as strings (the handler gets the value, as from JSON).
+SourceValue = Annotated[ScheduleSource, Strict(False)]
+TriggerTypeValue = Annotated[TriggerType, Strict(False)]
+RunStatusValue = Annotated[RunStatus, Strict(False)]
+ProposalStatusValue = Annotated[ProposalStatus, Strict(False)]
 
 
-def _limit(default: int) -> Field:
-    return Field(
-        name="limit", type=FieldType.INTEGER, minimum=1, maximum=MAX_LIMIT, default=default, description="most items"
-    )
+def _limit(default: int) -> Any:
+    return Field(default=default, ge=1, le=MAX_LIMIT, description="most items")
 
 
-def _values(enum: type[Any]) -> tuple[str, ...]:
-    return tuple(member.value for member in enum)
+class ProposeSchedule(TopicInput):
+    """scheduler.propose_schedule: the proposal as a JSON object."""
+
+    proposal: Annotated[
+        dict[str, Any],
+        Field(description="the proposal (see README); proposed_by defaults to the caller"),
+        JsonChars(PROPOSAL_CHARS),
+    ]
+
+
+class ListSchedules(TopicInput):
+    """scheduler.list_schedules: filters, all optional; they combine."""
+
+    enabled: Annotated[bool, Field(description="only enabled (true) or disabled")] | None = None
+    source: SourceValue | None = None
+    trigger_type: TriggerTypeValue | None = None
+    name_contains: Annotated[str, Field(max_length=FILTER_CHARS), ONE_LINE] | None = None
+
+
+class GetSchedule(TopicInput):
+    """scheduler.get_schedule: a schedule and how many of its latest runs to show."""
+
+    name: Name
+    runs: Annotated[int, Field(ge=0, le=50)] = 5
+
+
+class DisableSchedule(TopicInput):
+    """scheduler.disable_schedule: a schedule and, optionally, why."""
+
+    name: Name
+    reason: Reason | None = None
+
+
+class NamedSchedule(TopicInput):
+    """A schedule by name or id (enable_schedule, run_now, reset_breaker)."""
+
+    name: Name
+
+
+class ListRuns(TopicInput):
+    """scheduler.list_runs: optionally one schedule's and one status's runs."""
+
+    schedule: Annotated[str, Field(max_length=ID_CHARS), ONE_LINE] | None = None
+    status: RunStatusValue | None = None
+    limit: Annotated[int, _limit(20)]
+
+
+class DeadLetters(TopicInput):
+    """scheduler.dead_letters: which dead letters, and whether with tracebacks."""
+
+    schedule: Annotated[str, Field(max_length=ID_CHARS), ONE_LINE] | None = None
+    include_replayed: bool = False
+    with_traceback: bool = False
+    limit: Annotated[int, _limit(50)]
+
+
+class ReplayDeadLetter(TopicInput):
+    """scheduler.replay_dead_letter: the dead letter, and whether to replay into an open breaker."""
+
+    id: Id
+    force: Annotated[bool, Field(description="even into an open breaker")] = False
+
+
+class ListProposals(TopicInput):
+    """scheduler.list_proposals: optionally one status's proposals."""
+
+    status: ProposalStatusValue | None = None
+    limit: Annotated[int, _limit(50)]
+
+
+class ApproveProposal(TopicInput):
+    """scheduler.approve_proposal: the proposal and, optionally, why."""
+
+    id: Id
+    reason: Reason | None = None
+
+
+class RejectProposal(TopicInput):
+    """scheduler.reject_proposal: the proposal and why (required)."""
+
+    id: Id
+    reason: Reason
 
 
 class SchedulerTopics:
@@ -79,88 +159,23 @@ class SchedulerTopics:
     ) -> None:
         self.store, self.engine, self.tasks, self.proposals = store, engine, tasks, proposals
 
-    def table(self) -> list[tuple[str, Any, InputSchema]]:
-        """``(topic, handler, schema)`` for every scheduler topic."""
+    def table(self) -> list[tuple[str, Any, type[TopicInput]]]:
+        """``(topic, handler, payload model)`` for every scheduler topic."""
         return [
-            (
-                "scheduler.propose_schedule",
-                self.propose_schedule,
-                InputSchema(
-                    Field(
-                        name="proposal",
-                        type=FieldType.OBJECT,
-                        required=True,
-                        max_length=PROPOSAL_CHARS,
-                        description="the proposal (see README); proposed_by defaults to the caller",
-                    )
-                ),
-            ),
-            (
-                "scheduler.list_schedules",
-                self.list_schedules,
-                InputSchema(
-                    Field(name="enabled", type=FieldType.BOOLEAN, description="only enabled (true) or disabled"),
-                    Field(name="source", type=FieldType.STRING, allowed=_values(ScheduleSource)),
-                    Field(name="trigger_type", type=FieldType.STRING, allowed=_values(TriggerType)),
-                    Field(name="name_contains", type=FieldType.STRING, max_length=FILTER_CHARS, single_line=True),
-                ),
-            ),
-            (
-                "scheduler.get_schedule",
-                self.get_schedule,
-                InputSchema(_NAME, Field(name="runs", type=FieldType.INTEGER, minimum=0, maximum=50, default=5)),
-            ),
-            (
-                "scheduler.disable_schedule",
-                self.disable_schedule,
-                InputSchema(_NAME, Field(name="reason", type=FieldType.STRING, max_length=REASON_CHARS)),
-            ),
-            ("scheduler.enable_schedule", self.enable_schedule, InputSchema(_NAME)),
-            ("scheduler.run_now", self.run_now, InputSchema(_NAME)),
-            ("scheduler.status", self.status, InputSchema()),
-            (
-                "scheduler.list_runs",
-                self.list_runs,
-                InputSchema(
-                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS, single_line=True),
-                    Field(name="status", type=FieldType.STRING, allowed=_values(RunStatus)),
-                    _limit(20),
-                ),
-            ),
-            (
-                "scheduler.dead_letters",
-                self.dead_letters,
-                InputSchema(
-                    Field(name="schedule", type=FieldType.STRING, max_length=ID_CHARS, single_line=True),
-                    Field(name="include_replayed", type=FieldType.BOOLEAN, default=False),
-                    Field(name="with_traceback", type=FieldType.BOOLEAN, default=False),
-                    _limit(50),
-                ),
-            ),
-            (
-                "scheduler.replay_dead_letter",
-                self.replay_dead_letter,
-                InputSchema(
-                    Field(name="id", type=FieldType.STRING, required=True, max_length=ID_CHARS, single_line=True),
-                    Field(name="force", type=FieldType.BOOLEAN, default=False, description="even into an open breaker"),
-                ),
-            ),
-            ("scheduler.reset_breaker", self.reset_breaker, InputSchema(_NAME)),
-            (
-                "scheduler.list_proposals",
-                self.list_proposals,
-                InputSchema(Field(name="status", type=FieldType.STRING, allowed=_values(ProposalStatus)), _limit(50)),
-            ),
-            (
-                "scheduler.approve_proposal",
-                self.approve_proposal,
-                InputSchema(_ID, Field(name="reason", type=FieldType.STRING, max_length=REASON_CHARS)),
-            ),
-            (
-                "scheduler.reject_proposal",
-                self.reject_proposal,
-                InputSchema(_ID, Field(name="reason", type=FieldType.STRING, required=True, max_length=REASON_CHARS)),
-            ),
+            ("scheduler.propose_schedule", self.propose_schedule, ProposeSchedule),
+            ("scheduler.list_schedules", self.list_schedules, ListSchedules),
+            ("scheduler.get_schedule", self.get_schedule, GetSchedule),
+            ("scheduler.disable_schedule", self.disable_schedule, DisableSchedule),
+            ("scheduler.enable_schedule", self.enable_schedule, NamedSchedule),
+            ("scheduler.run_now", self.run_now, NamedSchedule),
+            ("scheduler.status", self.status, TopicInput),
+            ("scheduler.list_runs", self.list_runs, ListRuns),
+            ("scheduler.dead_letters", self.dead_letters, DeadLetters),
+            ("scheduler.replay_dead_letter", self.replay_dead_letter, ReplayDeadLetter),
+            ("scheduler.reset_breaker", self.reset_breaker, NamedSchedule),
+            ("scheduler.list_proposals", self.list_proposals, ListProposals),
+            ("scheduler.approve_proposal", self.approve_proposal, ApproveProposal),
+            ("scheduler.reject_proposal", self.reject_proposal, RejectProposal),
         ]
 
     # ------------------------------------------------------------------ schedules

@@ -44,11 +44,21 @@ from .identity import Approvers, Caller, InvalidIdentity
 from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
-from .reconciliation import ReconciliationReport
 from .records import ProposalRecord
-from .scheduled_run import ScheduledRun
 from .store import ScheduleStore, default_url
 from .tasks import TaskRegistry
+from .views import (
+    humanize,
+    iso,
+    letter_dict,
+    next_run,
+    parse_instant,
+    proposal_dict,
+    report_summary,
+    run_dict,
+    span,
+    table,
+)
 
 #: Exit status for bad input: unknown names, invalid values.
 EXIT_USAGE = 2
@@ -104,62 +114,6 @@ class CliError(Exception):
     """A problem with what the operator asked; printed as one line, exit status 2."""
 
 
-def humanize(delta: timedelta) -> str:
-    """``in 4m 10s`` or ``3h 2m ago``: a signed span in its two largest units."""
-    seconds = int(delta.total_seconds())
-    ahead = seconds >= 0
-    seconds = abs(seconds)
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size or (unit == "s" and not parts):
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-        if len(parts) == 2:
-            break
-    text = " ".join(parts)
-    return f"in {text}" if ahead else f"{text} ago"
-
-
-def _iso(instant: datetime | None) -> str | None:
-    return None if instant is None else instant.isoformat()
-
-
-def _next_run(schedule: ScheduleDefinition, now: datetime) -> datetime | None:
-    """The stored next occurrence, or (before the engine has seen the schedule) the computed one."""
-    if not schedule.enabled:
-        return None
-    if schedule.next_run_at is not None:
-        return schedule.next_run_at
-    if not schedule.is_time_based:
-        return None
-    return schedule.trigger(schedule.anchor_at or schedule.created_at or now).next_after(now)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _run_dict(run: ScheduledRun) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "schedule": run.schedule_name,
-        "intended_run_at": _iso(run.intended_run_at),
-        "status": run.status.value,
-        "attempt": run.attempt,
-        "origin": run.origin,
-        "started_at": _iso(run.started_at),
-        "completed_at": _iso(run.completed_at),
-        "outcome": run.outcome,
-        "error": run.error,
-        "reason": run.reason,
-        "catch_up": run.catch_up,
-        "coalesced_from": run.coalesced_from,
-    }
-
-
 class Commands:
     """One method per command; each returns what to print (text) or to dump (JSON)."""
 
@@ -174,7 +128,7 @@ class Commands:
         latest = self.store.latest_runs()
         items: list[dict[str, Any]] = []
         for s in self.store.list(enabled=None if args.all else True):
-            nxt = _next_run(s, now)
+            nxt = next_run(s, now)
             last = latest.get(s.id)
             items.append(
                 {
@@ -184,11 +138,11 @@ class Commands:
                     "timezone": s.timezone,
                     "target": s.target,
                     "enabled": s.enabled,
-                    "next_run_at": _iso(nxt),
-                    "next_run_local": _iso(nxt.astimezone(ZoneInfo(s.timezone))) if nxt else None,
+                    "next_run_at": iso(nxt),
+                    "next_run_local": iso(nxt.astimezone(ZoneInfo(s.timezone))) if nxt else None,
                     "next_run_in": humanize(nxt - now) if nxt else None,
                     "last_status": last.status.value if last else None,
-                    "last_run_at": _iso(last.intended_run_at) if last else None,
+                    "last_run_at": iso(last.intended_run_at) if last else None,
                     "breaker_state": s.breaker_state.value,
                     "source": s.source.value,
                 }
@@ -205,7 +159,7 @@ class Commands:
             ]
             for i in items
         ]
-        text = _table(rows, ["NAME", "TRIGGER", "NEXT RUN", "LAST", "BREAKER"]) if rows else "no schedules"
+        text = table(rows, ["NAME", "TRIGGER", "NEXT RUN", "LAST", "BREAKER"]) if rows else "no schedules"
         self.emit(items, text)
 
     def runs(self, args: argparse.Namespace) -> None:
@@ -223,8 +177,8 @@ class Commands:
             ]
             for r in runs
         ]
-        text = _table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "STATUS", "TRY", "REASON"]) if rows else "no runs"
-        self.emit([_run_dict(r) for r in runs], text)
+        text = table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "STATUS", "TRY", "REASON"]) if rows else "no runs"
+        self.emit([run_dict(r) for r in runs], text)
 
     def disable(self, args: argparse.Namespace) -> None:
         s = self.store.disable(args.name, reason=args.reason)
@@ -240,7 +194,7 @@ class Commands:
             schedule, self.clock.now(), occurrence_key=f"manual:{uuid.uuid4().hex}", origin="manual"
         )
         assert run is not None
-        self.emit(_run_dict(run), f"run {run.run_id} of {schedule.name} queued (pending); the worker starts it")
+        self.emit(run_dict(run), f"run {run.run_id} of {schedule.name} queued (pending); the worker starts it")
 
     def simulate(self, args: argparse.Namespace) -> None:
         now = self.clock.now()
@@ -261,7 +215,7 @@ class Commands:
             times.append(nxt)
             cursor = nxt
         local = ZoneInfo(zone)
-        data = [{"utc": _iso(t), "local": _iso(t.astimezone(local)), "in": humanize(t - now)} for t in times]
+        data = [{"utc": iso(t), "local": iso(t.astimezone(local)), "in": humanize(t - now)} for t in times]
         text = "\n".join(f"{d['local']}  ({d['in']})" for d in data) or "no future occurrences"
         self.emit(data, text)
 
@@ -290,17 +244,17 @@ class Commands:
                 for d in letters
             ]
             text = (
-                _table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "TRIES", "ERROR", ""]) if rows else "no dead letters"
+                table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "TRIES", "ERROR", ""]) if rows else "no dead letters"
             )
-            self.emit([_letter_dict(d) for d in letters], text)
+            self.emit([letter_dict(d) for d in letters], text)
         elif action == "show":
             letter = self.store.dead_letter(self._one(args))
-            data = _letter_dict(letter)
+            data = letter_dict(letter)
             text = "\n".join(f"{k}: {v}" for k, v in data.items() if k != "error_traceback")
             self.emit(data, text + f"\n{letter.error_traceback or ''}".rstrip())
         elif action == "replay":
             run = self.store.replay_dead_letter(self._one(args), actor=operator_caller().id, force=args.force)
-            self.emit(_run_dict(run), f"run {run.run_id} of {run.schedule_name} replayed: pending, attempt 1")
+            self.emit(run_dict(run), f"run {run.run_id} of {run.schedule_name} replayed: pending, attempt 1")
         else:
             if args.older_than_days is None:
                 raise CliError("dlq purge needs --older-than-days N")
@@ -333,11 +287,11 @@ class Commands:
                 "attempts": a.attempts,
                 "text": a.text,
                 "last_error": a.last_error,
-                "created_at": _iso(a.created_at),
+                "created_at": iso(a.created_at),
             }
             for a in alerts
         ]
-        self.emit(data, _table(rows, ["CREATED (UTC)", "KIND", "STATUS", "TRIES", "TEXT"]) if rows else "no alerts")
+        self.emit(data, table(rows, ["CREATED (UTC)", "KIND", "STATUS", "TRIES", "TEXT"]) if rows else "no alerts")
 
     def reconcile(self, args: argparse.Namespace) -> None:
         if not args.dry_run:
@@ -380,7 +334,7 @@ class Commands:
         service = self._proposal_service(args.tasks)
         service.expire_overdue()
         record = service.submit(data, by=operator_caller())
-        self.emit({"proposal": _proposal_dict(record), "report": record.report}, _proposal_report_text(record))
+        self.emit({"proposal": proposal_dict(record), "report": record.report}, _proposal_report_text(record))
         if record.status == ProposalStatus.REJECTED.value:
             raise CliError(f"proposal {record.id} rejected: the report above names each rule it breaks")
 
@@ -401,20 +355,20 @@ class Commands:
             for r in records
         ]
         headers = ["ID", "NAME", "STATUS", "BY", "TIER", "DECIDED BY", "REASON"]
-        self.emit([_proposal_dict(r) for r in records], _table(rows, headers) if rows else "no proposals")
+        self.emit([proposal_dict(r) for r in records], table(rows, headers) if rows else "no proposals")
 
     def approve(self, args: argparse.Namespace) -> None:
         service = self._proposal_service(args.tasks)
         by = operator_caller()
         record = service.approve(args.id, by=by, reason=args.reason)
         where = f"active as schedule {record.schedule_id}" if record.schedule_id else f"{record.status}"
-        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) approved by {by.id}: {where}")
+        self.emit(proposal_dict(record), f"proposal {record.id} ({record.name}) approved by {by.id}: {where}")
 
     def reject(self, args: argparse.Namespace) -> None:
         by = operator_caller()
         service = ProposalService(self.store, TaskRegistry(), self.clock, approvers=_approvers())
         record = service.reject(args.id, by=by, reason=args.reason)
-        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {by.id}: {args.reason}")
+        self.emit(proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {by.id}: {args.reason}")
 
     # ------------------------------------------------------------------ operations: status, timeline, config, service
 
@@ -437,11 +391,11 @@ class Commands:
         unsent = (AlertStatus.PENDING, AlertStatus.SENDING, AlertStatus.UNDELIVERABLE)
         alerts = {s.value: len(self.store.alerts(status=s)) for s in unsent}
         upcoming = sorted(
-            ((nxt, s) for s in self.store.list() if (nxt := _next_run(s, now)) is not None), key=lambda p: p[0]
+            ((nxt, s) for s in self.store.list() if (nxt := next_run(s, now)) is not None), key=lambda p: p[0]
         )[:STATUS_NEXT_RUNS]
         data: dict[str, Any] = {
             "engine": "up" if up else "down",
-            "now": _iso(now),
+            "now": iso(now),
             "database": mask_url(self.store.url),
             "heartbeat_limit_seconds": UP_AFTER_HEARTBEATS * HEARTBEAT_SECONDS,
             "workers": workers,
@@ -453,8 +407,8 @@ class Commands:
                         "run_id": r.run_id,
                         "schedule": r.schedule_name,
                         "owner": r.owner,
-                        "started_at": _iso(r.started_at),
-                        "lease_expires_at": _iso(r.lease_expires_at),
+                        "started_at": iso(r.started_at),
+                        "lease_expires_at": iso(r.lease_expires_at),
                     }
                     for r in running
                 ],
@@ -463,15 +417,15 @@ class Commands:
             if last is None
             else {
                 "worker_id": last.worker_id,
-                "started_at": _iso(last.started_at),
-                "finished_at": _iso(last.finished_at),
-                "summary": _report_summary(last.report),
+                "started_at": iso(last.started_at),
+                "finished_at": iso(last.finished_at),
+                "summary": report_summary(last.report) or "unreadable report",
                 "report": last.report,
             },
             "open_breakers": [
                 {
                     "name": s.name,
-                    "opened_at": _iso(s.breaker_opened_at),
+                    "opened_at": iso(s.breaker_opened_at),
                     "consecutive_failures": s.consecutive_failures,
                     "cooldown_seconds": s.breaker_cooldown.total_seconds() if s.breaker_cooldown else None,
                 }
@@ -482,7 +436,7 @@ class Commands:
             "next_runs": [
                 {
                     "schedule": s.name,
-                    "at": _iso(at),
+                    "at": iso(at),
                     "in": humanize(at - now),
                     "breaker_state": s.breaker_state.value,
                 }
@@ -514,15 +468,15 @@ class Commands:
             marks[name].append((at, status))
         strips = {name: _strip(items, zone) for name, items in sorted(marks.items())}
         data: dict[str, Any] = {
-            "now": _iso(now),
+            "now": iso(now),
             "hours": args.hours,
             "timezone": args.timezone,
             "schedules": [s.name for s in schedules],
             "upcoming": [
                 {
                     "schedule": name,
-                    "at": _iso(at),
-                    "local": _iso(at.astimezone(zone)),
+                    "at": iso(at),
+                    "local": iso(at.astimezone(zone)),
                     "in": humanize(at - now),
                     "overdue": at <= now,
                 }
@@ -532,7 +486,7 @@ class Commands:
             "upcoming_by_schedule": totals,
             "notes": notes,
             "past": {
-                "since": _iso(since),
+                "since": iso(since),
                 "counts": {name: dict(sorted(c.items())) for name, c in sorted(counts.items())},
                 "hours": strips,
             },
@@ -635,31 +589,13 @@ def read_proposal(name: str) -> Any:
     return data
 
 
-def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "name": r.name,
-        "status": r.status,
-        "proposed_by": r.proposed_by,
-        "risk_tier": (r.report or {}).get("risk_tier"),
-        "decided_by": r.decided_by,
-        "decided_via": r.decided_via,
-        "decided_at": _iso(r.decided_at),
-        "decision_reason": r.decision_reason,
-        "schedule_id": r.schedule_id,
-        "expires_at": _iso(r.expires_at),
-        "created_at": _iso(r.created_at),
-        "updated_at": _iso(r.updated_at),
-    }
-
-
 def _proposal_report_text(r: ProposalRecord) -> str:
     report = r.report or {}
     head = f"proposal {r.id} ({r.name}) by {r.proposed_by}: {r.status}"
     if r.schedule_id:
         head += f", schedule {r.schedule_id}"
     if r.expires_at:
-        head += f", approve before {_iso(r.expires_at)}"
+        head += f", approve before {iso(r.expires_at)}"
     policy_reason = report.get("decision_reason", "")
     if report.get("decision") == "approve" or r.decision_reason != policy_reason:
         lines = [head, f"decision: {r.decision_reason}"]
@@ -686,24 +622,6 @@ def _proposal_report_text(r: ProposalRecord) -> str:
         for f in report.get(key) or []:
             lines.append(f"{title}: {f['rule']} ({f['field']}): {f['message']}")
     return "\n".join(lines)
-
-
-def _letter_dict(d: Any) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "run_id": d.run_id,
-        "schedule": d.schedule_name,
-        "intended_run_at": _iso(d.intended_run_at),
-        "attempts": d.attempts,
-        "error_type": d.error_type,
-        "error": d.error,
-        "error_traceback": d.error_traceback,
-        "params": d.params,
-        "checkpoint": d.checkpoint,
-        "created_at": _iso(d.created_at),
-        "replayed_at": _iso(d.replayed_at),
-        "replayed_by": d.replayed_by,
-    }
 
 
 # ---------------------------------------------------------------------- status, timeline and config helpers
@@ -746,37 +664,22 @@ def _naive(instant: datetime) -> datetime:
     return instant.astimezone(UTC).replace(tzinfo=None)
 
 
-def _parse_instant(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _span(delta: timedelta) -> str:
-    """``2h 5m``: an unsigned span in its two largest units."""
-    return humanize(abs(delta)).removeprefix("in ")
-
-
 def _worker_view(value: dict[str, Any], now: datetime, running: Counter[str]) -> dict[str, Any]:
     """One worker's liveness from its heartbeat (``ScheduleEngine._state_value``)."""
     worker_id = str(value.get("worker_id") or "?")
-    beat = _parse_instant(value.get("heartbeat_at"))
-    started = _parse_instant(value.get("started_at"))
+    beat = parse_instant(value.get("heartbeat_at"))
+    started = parse_instant(value.get("started_at"))
     # A worker ticking less often than the heartbeat interval beats at its tick (when it says so).
     every = max(HEARTBEAT_SECONDS, float(value.get("tick_seconds") or 0))
     limit = timedelta(seconds=UP_AFTER_HEARTBEATS * every)
     if value.get("clean"):
-        up, why = False, f"stopped cleanly {humanize((_parse_instant(value.get('stopped_at')) or beat or now) - now)}"
+        up, why = False, f"stopped cleanly {humanize((parse_instant(value.get('stopped_at')) or beat or now) - now)}"
     elif beat is None:
         up, why = False, "no heartbeat recorded"
     elif now - beat > limit:
-        up, why = False, f"last heartbeat {_span(now - beat)} ago: crashed, killed or asleep (not stopped cleanly)"
+        up, why = False, f"last heartbeat {span(now - beat)} ago: crashed, killed or asleep (not stopped cleanly)"
     else:
-        up, why = True, f"heartbeat {_span(now - beat)} ago"
+        up, why = True, f"heartbeat {span(now - beat)} ago"
     return {
         "worker_id": worker_id,
         "up": up,
@@ -784,25 +687,12 @@ def _worker_view(value: dict[str, Any], now: datetime, running: Counter[str]) ->
         "host": value.get("host"),
         "pid": value.get("pid"),
         "boot_id": value.get("boot_id"),
-        "started_at": _iso(started),
+        "started_at": iso(started),
         "uptime_seconds": (now - started).total_seconds() if up and started else None,
-        "uptime": _span(now - started) if up and started else None,
-        "heartbeat_at": _iso(beat),
+        "uptime": span(now - started) if up and started else None,
+        "heartbeat_at": iso(beat),
         "running": running.get(worker_id, 0),
     }
-
-
-def _report_summary(report: dict[str, Any]) -> str:
-    """The stored report's one-line summary."""
-    names = set(ReconciliationReport.__dataclass_fields__)
-    known = {k: v for k, v in report.items() if k in names and k not in ("started_at", "finished_at")}
-    try:
-        rebuilt = ReconciliationReport(
-            **{"worker_id": "?", **known, "started_at": _parse_instant(report.get("started_at")) or _EPOCH}
-        )
-    except TypeError:
-        return "unreadable report"
-    return rebuilt.summary()
 
 
 def _status_text(data: dict[str, Any], now: datetime) -> str:
@@ -833,7 +723,7 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"
-        at = _parse_instant(n["at"]) or now
+        at = parse_instant(n["at"]) or now
         lines.append(f"  {at.strftime('%Y-%m-%d %H:%M:%S')} UTC  {n['schedule']}  ({n['in']}){flag}")
     return "\n".join(lines)
 
@@ -893,12 +783,11 @@ def _strip(items: list[tuple[datetime, str]], zone: ZoneInfo) -> list[dict[str, 
             text = "[" + " ".join(f"{m}{tally[m]}" for m in order if tally[m]) + "]"
         else:
             text = "".join(marks)
-        out.append({"hour": _iso(hour), "runs": text, "count": len(marks)})
+        out.append({"hour": iso(hour), "runs": text, "count": len(marks)})
     return out
 
 
 _STATUS_VALUES = frozenset(s.value for s in RunStatus)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timeline_text(data: dict[str, Any], zone: ZoneInfo) -> str:
@@ -964,7 +853,7 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
         ]
         if not rows:
             continue
-        table = [
+        cells = [
             [
                 r["name"],
                 "-" if r["value"] is None else str(r["value"]),
@@ -972,7 +861,7 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
             ]
             for r in rows
         ]
-        lines += ["", f"# {title}", _table(table, ["VARIABLE", "VALUE", "SOURCE"])]
+        lines += ["", f"# {title}", table(cells, ["VARIABLE", "VALUE", "SOURCE"])]
     if not show_all:
         lines += ["", f"services configured: {', '.join(data['services']) or 'none'} (--all lists every variable)"]
     for w in data["warnings"]:

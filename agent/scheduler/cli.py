@@ -38,6 +38,7 @@ from .clock import Clock, SystemClock
 from .config import GROUPS, approvers, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
+from .engine.reconciliation import UP_AFTER_HEARTBEATS
 from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .identity import Approvers, Caller, InvalidIdentity
@@ -64,8 +65,6 @@ from .views import (
 EXIT_USAGE = 2
 #: Task modules (comma-separated) the proposal commands load when no ``--tasks`` is given.
 TASKS_ENV = "ACTP_SCHEDULER_TASKS"
-#: A worker is up while its last heartbeat is younger than this many heartbeat intervals (and it did not stop).
-UP_AFTER_HEARTBEATS = 3
 #: How many upcoming runs ``status`` lists.
 STATUS_NEXT_RUNS = 5
 #: ``runs --limit``: the most runs one listing shows.

@@ -40,7 +40,16 @@ from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
 from .engine.reconciliation import UP_AFTER_HEARTBEATS
 from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
-from .errors import InvalidSchedule, SchedulerError
+from .errors import (
+    DatabaseNotFound,
+    InvalidSchedule,
+    InvalidTransition,
+    ScheduleNotFound,
+    SchedulerError,
+    SchemaMissing,
+    StaleState,
+    short,
+)
 from .identity import Approvers, Caller, InvalidIdentity
 from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
@@ -49,6 +58,7 @@ from .records import ProposalRecord
 from .store import ScheduleStore, default_url
 from .tasks import TaskRegistry
 from .views import (
+    clip,
     humanize,
     iso,
     letter_dict,
@@ -106,7 +116,13 @@ STATUS_MARKS = {
     RunStatus.PENDING: "-",
 }
 #: Commands that read no database: they work when it cannot be opened.
-OFFLINE_COMMANDS = frozenset({"config", "install-service"})
+OFFLINE_COMMANDS = frozenset({"config", "install-service", "diagram"})
+#: Commands that only read: they open the database read-only and refuse one that does not exist.
+READ_COMMANDS = frozenset({"list", "runs", "simulate", "alerts", "reconcile", "status", "timeline"})
+#: ``dlq`` actions that only read.
+READ_DLQ_ACTIONS = frozenset({"list", "show"})
+#: Width of the free-text column of a table (a reason, an error), cut at a word boundary beyond it.
+TEXT_COLUMN_CHARS = 70
 
 
 class CliError(Exception):
@@ -163,7 +179,7 @@ class Commands:
 
     def runs(self, args: argparse.Namespace) -> None:
         if args.schedule is not None:
-            self.store.get(args.schedule)
+            self._schedule_option(args.schedule)
         runs = self.store.runs(schedule=args.schedule, status=args.status, limit=args.limit, newest_first=True)
         rows = [
             [
@@ -172,7 +188,7 @@ class Commands:
                 r.intended_run_at.isoformat(timespec="seconds"),
                 r.status.value,
                 str(r.attempt),
-                (r.reason or r.error or "")[:70],
+                clip(r.reason or r.error or "", TEXT_COLUMN_CHARS),
             ]
             for r in runs
         ]
@@ -200,11 +216,20 @@ class Commands:
         try:
             schedule = self.store.get(args.target)
             trigger, zone = schedule.trigger(schedule.anchor_at or schedule.created_at or now), schedule.timezone
-        except SchedulerError:
+        except (ScheduleNotFound, InvalidSchedule):  # no such name, or text no name could be
             kind = args.type or (
                 "calendar" if " " in args.target.strip() or args.target.startswith("@") else "interval"
             )
-            trigger, zone = triggers.build_trigger(kind, args.target, args.timezone, anchor=now), args.timezone
+            try:
+                trigger, zone = triggers.build_trigger(kind, args.target, args.timezone, anchor=now), args.timezone
+            except InvalidSchedule:
+                if args.type is not None or kind == "calendar" or args.target.strip()[:1].isdigit():
+                    raise
+                # One word that does not start as a number: the operator meant a schedule's name.
+                raise CliError(
+                    f"simulate: no schedule named {short(args.target)} (nor is it an interval such as 15m "
+                    "or a cron expression); list shows the names"
+                ) from None
         times: list[datetime] = []
         cursor = now
         while len(times) < args.count:
@@ -224,20 +249,30 @@ class Commands:
         self.emit(data, "\n".join(f"```mermaid\n{text}```" for text in data.values()))
 
     def reset(self, args: argparse.Namespace) -> None:
-        s = self.store.transition_breaker(args.name, "reset")
+        schedule = self.store.get(args.name)
+        try:
+            s = self.store.transition_breaker(schedule, "reset")
+        except StaleState as exc:
+            raise CliError(f"reset {schedule.name}: its breaker changed meanwhile ({exc}); look again") from None
+        except InvalidTransition as exc:
+            raise CliError(
+                f"reset {schedule.name}: its breaker is {exc.state}; only an open breaker is reset"
+            ) from None
         self.emit({"name": s.name, "breaker_state": s.breaker_state.value}, f"{s.name}: breaker closed, runs resume")
 
     def dlq(self, args: argparse.Namespace) -> None:
         action = args.action
         if action == "list":
             letters = [d for d in self.store.dead_letters(args.schedule, include_replayed=args.all)]
+            if args.schedule is not None and not letters:
+                self._schedule_option(args.schedule)  # a name no schedule has is a mistake, not "no dead letters"
             rows = [
                 [
                     d.run_id,
                     d.schedule_name,
                     d.intended_run_at.isoformat(timespec="seconds"),
                     str(d.attempts),
-                    (d.error or "")[:60],
+                    clip(d.error or "", TEXT_COLUMN_CHARS),
                     "replayed" if d.replayed_at else "",
                 ]
                 for d in letters
@@ -260,6 +295,13 @@ class Commands:
             n = self.store.purge_dead_letters(timedelta(days=args.older_than_days))
             self.emit({"purged": n}, f"{n} dead letter(s) purged")
 
+    def _schedule_option(self, name: str) -> None:
+        """CliError naming ``--schedule`` when no schedule has this name."""
+        try:
+            self.store.get(name)
+        except ScheduleNotFound as exc:
+            raise CliError(f"--schedule: {exc}") from None
+
     @staticmethod
     def _one(args: argparse.Namespace) -> str:
         if not args.id:
@@ -274,7 +316,7 @@ class Commands:
                 a.kind,
                 a.status,
                 str(a.attempts),
-                a.text.splitlines()[0][:70],
+                clip(a.text.splitlines()[0] if a.text else "", TEXT_COLUMN_CHARS),
             ]
             for a in alerts
         ]
@@ -322,10 +364,19 @@ class Commands:
                 module = importlib.import_module(name.strip())
             except ImportError as exc:
                 raise CliError(f"--tasks {name}: cannot import it: {exc}") from exc
+            except Exception as exc:  # the module's own code failed while it was imported
+                raise CliError(f"--tasks {name}: importing it failed: {type(exc).__name__}: {exc}") from exc
             register = getattr(module, "register", None)
             if not callable(register):
                 raise CliError(f"--tasks {name}: the module has no register(tasks, store) function")
-            register(tasks, self.store)
+            try:
+                register(tasks, self.store)
+            except SchedulerError:
+                raise
+            except Exception as exc:
+                raise CliError(
+                    f"--tasks {name}: its register(tasks, store) failed: {type(exc).__name__}: {exc}"
+                ) from exc
         return ProposalService(self.store, tasks, self.clock, approvers=_approvers())
 
     def propose(self, args: argparse.Namespace) -> None:
@@ -349,7 +400,7 @@ class Commands:
                 r.proposed_by,
                 str((r.report or {}).get("risk_tier") or "-"),
                 r.decided_by or "-",
-                (r.decision_reason or "")[:70],
+                clip(r.decision_reason or "", TEXT_COLUMN_CHARS),
             ]
             for r in records
         ]
@@ -870,8 +921,11 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every command and option; each value is checked here (range, length), before any database is opened."""
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """Every command and option; each value is checked here (range, length), before any database is opened.
+
+    With ``json_errors``, a bad argument is reported as ``{"error": "..."}`` (as ``--json`` asks).
+    """
     common = OneLineParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     parser = OneLineParser(prog="python -m agent.scheduler", description="Operate the ACTP scheduler.")
@@ -971,7 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the worker's --db in the service (default: none)",
     )
-    name_commands(parser, sub)
+    name_commands(parser, sub, json_errors=json_errors)
     return parser
 
 
@@ -1027,10 +1081,44 @@ def _environment_db() -> str:
         raise CliError(str(exc)) from None
 
 
+def reads_only(args: argparse.Namespace) -> bool:
+    """Whether the command only reads the database (READ_COMMANDS, READ_DLQ_ACTIONS)."""
+    return args.command in READ_COMMANDS or (args.command == "dlq" and args.action in READ_DLQ_ACTIONS)
+
+
+def _db_source(args: argparse.Namespace) -> str:
+    """Where the database came from, as a failure to open it names it."""
+    if args.db:
+        return "check --db"
+    return "check ACTP_SCHEDULER_DB" if os.environ.get("ACTP_SCHEDULER_DB") else "the default, as no --db was given"
+
+
+def error_line(message: object, *, as_json: bool) -> str:
+    """A failure as the one line printed on stderr: ``error: ...``, or ``{"error": "..."}`` with ``--json``."""
+    text = " ".join(str(message).split())  # one line, whatever the driver wrote
+    return json.dumps({"error": text}) if as_json else f"error: {text}"
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """``--json`` among the options (before a ``--``), known before they are parsed, for the parser's errors."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock: Clock | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 2 bad input)."""
+    """Run one command; returns the exit status (0 ok, 2 for any failure, printed as one line on stderr).
+
+    Commands that only read (``reads_only``) open the database read-only: a missing one is refused,
+    not created, and nothing beside it (no ``-wal``, no ``-shm``) is written.
+    """
     stream = out or sys.stdout
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(arguments)
+    args = build_parser(json_errors=as_json).parse_args(arguments)
     if not logging.getLogger().handlers:
         # The command's answer is its output and one error line; the library's log lines (a refused
         # approval, a retried connection) are the worker's to print, not this command's.
@@ -1041,12 +1129,16 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
             commands = Commands(cast(ScheduleStore, _NoStore()), clock or SystemClock(), stream, args.json)
         else:
-            store = ScheduleStore(args.db or _environment_db(), clock=clock or SystemClock())
+            url = args.db or _environment_db()
+            try:
+                store = ScheduleStore(url, clock=clock or SystemClock(), read_only=reads_only(args))
+            except (DatabaseNotFound, SchemaMissing) as exc:
+                raise CliError(f"{exc} ({_db_source(args)})") from None
             commands = Commands(store, store.clock, stream, args.json)
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0
-    except (CliError, InvalidSchedule, SchedulerError) as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the driver wrote
+    except (CliError, SchedulerError) as exc:
+        print(error_line(exc, as_json=args.json), file=sys.stderr)
         return EXIT_USAGE
     finally:
         if store is not None:

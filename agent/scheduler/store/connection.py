@@ -223,7 +223,7 @@ class StoreCore:
                 if self.path is None:
                     raise StoreError(f"a read-only store needs a SQLite file, not {mask_url(self.url)}")
                 if not os.path.isfile(self.path):
-                    raise DatabaseNotFound(f"no database at {self.path}: a read creates none (check --db)")
+                    raise DatabaseNotFound(f"no database at {self.path}: reading does not create one")
                 if not os.access(self.path, os.R_OK):
                     raise StoreError(f"cannot read the database at {self.path}: permission denied")
                 engine_kwargs["creator"] = sqlite_read_only(self.path)
@@ -491,9 +491,7 @@ class StoreCore:
         found = self._tx(read)
         where = self.where
         if found is None:
-            raise SchemaMissing(
-                f"{where} holds no scheduler schema: a command that writes, or the worker, creates it (check --db)"
-            )
+            raise SchemaMissing(f"{where} holds no scheduler schema: a command that writes, or the worker, creates it")
         version = int(found)
         if version > schema.SCHEMA_VERSION:
             raise SchemaTooNew(

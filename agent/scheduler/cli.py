@@ -1,7 +1,10 @@
 """The operator's command line: ``python -m agent.scheduler [--db ...] <command> [--json]``.
 
-Every command reads or changes the same store the worker uses. Bad input (unknown names,
-invalid values) prints one line naming what is wrong and exits with status 2, changing nothing.
+Every command reads or changes the same store the worker uses. The commands that only read open
+it read-only: they refuse a database that does not exist and create nothing. Any failure (unknown
+names, invalid values, a database that is missing, locked or unreachable) prints one line on stderr
+naming what is wrong, ``error: ...`` or under ``--json`` a JSON object ``{"error": "..."}``, and
+exits with status 2, changing nothing.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from agent.scheduler.errors import InvalidSchedule
 from agent.scheduler.identity import Caller
 from agent.scheduler.schedule_policy import describe_span
 from agent.scheduler.triggers import parse_duration, parse_timezone
+from agent.scheduler.views import one_line
 from service_registry import ServiceRegistry
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,8 @@ def format_when(iso: str | None, zone: ZoneInfo, *, seconds: bool = False) -> st
 
 def _quote(text: Any, limit: int = QUOTE_CHARS) -> str:
     """``text`` as one bounded line; control and format characters (a right-to-left override) shown as �."""
-    words = ("".join(c if c.isprintable() else "\ufffd" for c in word) for word in str(text).split())
-    one_line = " ".join(words)
-    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+    line = one_line(text)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _relative(text: str | None) -> str:

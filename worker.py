@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
@@ -125,16 +125,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_task_modules(names: Sequence[str], tasks: TaskRegistry, store: ScheduleStore) -> None:
-    """Import each ``--tasks`` module and call its ``register(tasks, store)``."""
+#: A ``--tasks`` module's ``register(tasks, store)``.
+Register = Callable[[TaskRegistry, ScheduleStore], None]
+
+
+def import_task_modules(names: Sequence[str]) -> list[tuple[str, Register]]:
+    """Import each ``--tasks`` module and find its ``register``; OperatorActionRequired names a bad one.
+
+    Done before the store is opened, so a module that is missing or broken creates nothing.
+    """
+    found: list[tuple[str, Register]] = []
     for name in names:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
             raise OperatorActionRequired(f"--tasks {name}: cannot import the module: {exc}") from exc
+        except Exception as exc:  # the module's own code failed while it was imported
+            raise OperatorActionRequired(
+                f"--tasks {name}: importing the module failed: {type(exc).__name__}: {exc}"
+            ) from exc
         register = getattr(module, "register", None)
         if not callable(register):
             raise OperatorActionRequired(f"--tasks {name}: the module has no register(tasks, store) function")
+        found.append((name, register))
+    return found
+
+
+def load_task_modules(names: Sequence[str], tasks: TaskRegistry, store: ScheduleStore) -> None:
+    """Import each ``--tasks`` module and call its ``register(tasks, store)``."""
+    register_task_modules(import_task_modules(names), tasks, store)
+
+
+def register_task_modules(found: Sequence[tuple[str, Register]], tasks: TaskRegistry, store: ScheduleStore) -> None:
+    """Call each imported module's ``register(tasks, store)``."""
+    for name, register in found:
         register(tasks, store)
         log.info("tasks from %s registered", name)
 
@@ -152,9 +176,10 @@ def load_legacy(tasks: TaskRegistry, store: ScheduleStore, worker_id: str) -> No
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
+    modules = import_task_modules(args.tasks)  # before the store: a bad --tasks creates nothing
     store = ScheduleStore(args.db or default_url(), clock=SystemClock())
     tasks = TaskRegistry()
-    load_task_modules(args.tasks, tasks, store)
+    register_task_modules(modules, tasks, store)
     worker_id = args.worker_id or default_worker_id()
     if not args.no_legacy:
         load_legacy(tasks, store, worker_id)
@@ -274,8 +299,9 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
         config = load_config()  # every variable checked at once; one error lists each bad one
         if args.db is None:  # the environment's database, checked as --db is
             args.db = database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        import_task_modules(args.tasks)  # a bad --tasks is one line here, before anything is opened
+    except (ConfigError, ValueError, OperatorActionRequired) as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_CONFIGURATION
     configure_from(config, level=args.log_level)
     try:

@@ -8,6 +8,7 @@ allows, exit status 2, before any database is opened.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 from collections.abc import Callable
@@ -43,17 +44,29 @@ class OneLineParser(argparse.ArgumentParser):
 
     root_prog = ""
     """The program's own prog, which a subparser's prog starts with ("" for the program's parser)."""
+    json_errors = False
+    """Errors as one JSON object, ``{"error": "..."}``, for a command line asked for ``--json``."""
 
     def error(self, message: str) -> NoReturn:
         text = _LONG_WORD.sub(r"\1...", _LONG_QUOTED.sub(r"'\1...'", " ".join(message.split())))
         command = self.prog.removeprefix(self.root_prog).strip() if self.root_prog else ""
-        self.exit(EXIT_ARGUMENTS, f"error: {command + ': ' if command else ''}{text}\n")
+        line = f"{command + ': ' if command else ''}{text}"
+        self.exit(EXIT_ARGUMENTS, (json.dumps({"error": line}) if self.json_errors else f"error: {line}") + "\n")
 
 
-def name_commands(parser: argparse.ArgumentParser, subparsers: argparse._SubParsersAction[OneLineParser]) -> None:
-    """Let each subparser's errors start with its command's name rather than the whole program line."""
+def name_commands(
+    parser: argparse.ArgumentParser,
+    subparsers: argparse._SubParsersAction[OneLineParser],
+    *,
+    json_errors: bool = False,
+) -> None:
+    """Let each subparser's errors start with its command's name rather than the whole program line
+    (and, with ``json_errors``, every parser's errors be one JSON object)."""
+    if isinstance(parser, OneLineParser):
+        parser.json_errors = json_errors
     for command in subparsers.choices.values():
         command.root_prog = parser.prog
+        command.json_errors = json_errors
 
 
 def shown(text: str) -> str:

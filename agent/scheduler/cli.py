@@ -1,7 +1,10 @@
 """The operator's command line: ``python -m agent.scheduler [--db ...] <command> [--json]``.
 
-Every command reads or changes the same store the worker uses. Bad input (unknown names,
-invalid values) prints one line naming what is wrong and exits with status 2, changing nothing.
+Every command reads or changes the same store the worker uses. The commands that only read open
+it read-only: they refuse a database that does not exist and create nothing. Any failure (unknown
+names, invalid values, a database that is missing, locked or unreachable) prints one line on stderr
+naming what is wrong, ``error: ...`` or under ``--json`` a JSON object ``{"error": "..."}``, and
+exits with status 2, changing nothing.
 """
 
 from __future__ import annotations
@@ -39,24 +42,43 @@ from .clock import Clock, SystemClock
 from .config import GROUPS, approvers, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
+from .engine.reconciliation import UP_AFTER_HEARTBEATS
 from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
-from .errors import InvalidSchedule, SchedulerError
+from .errors import (
+    DatabaseNotFound,
+    InvalidSchedule,
+    InvalidTransition,
+    ScheduleNotFound,
+    SchedulerError,
+    SchemaMissing,
+    StaleState,
+    short,
+)
 from .identity import Approvers, Caller, InvalidIdentity
 from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
-from .reconciliation import ReconciliationReport
 from .records import ProposalRecord
-from .scheduled_run import ScheduledRun
 from .store import ScheduleStore, default_url
 from .tasks import TaskRegistry
+from .views import (
+    clip,
+    humanize,
+    iso,
+    letter_dict,
+    next_run,
+    parse_instant,
+    proposal_dict,
+    report_summary,
+    run_dict,
+    span,
+    table,
+)
 
 #: Exit status for bad input: unknown names, invalid values.
 EXIT_USAGE = 2
 #: Task modules (comma-separated) the proposal commands load when no ``--tasks`` is given.
 TASKS_ENV = "ACTP_SCHEDULER_TASKS"
-#: A worker is up while its last heartbeat is younger than this many heartbeat intervals (and it did not stop).
-UP_AFTER_HEARTBEATS = 3
 #: How many upcoming runs ``status`` lists.
 STATUS_NEXT_RUNS = 5
 #: ``runs --limit``: the most runs one listing shows.
@@ -98,67 +120,17 @@ STATUS_MARKS = {
     RunStatus.PENDING: "-",
 }
 #: Commands that read no database: they work when it cannot be opened.
-OFFLINE_COMMANDS = frozenset({"config", "install-service"})
+OFFLINE_COMMANDS = frozenset({"config", "install-service", "diagram"})
+#: Commands that only read: they open the database read-only and refuse one that does not exist.
+READ_COMMANDS = frozenset({"list", "runs", "simulate", "alerts", "reconcile", "status", "timeline"})
+#: ``dlq`` actions that only read.
+READ_DLQ_ACTIONS = frozenset({"list", "show"})
+#: Width of the free-text column of a table (a reason, an error), cut at a word boundary beyond it.
+TEXT_COLUMN_CHARS = 70
 
 
 class CliError(Exception):
     """A problem with what the operator asked; printed as one line, exit status 2."""
-
-
-def humanize(delta: timedelta) -> str:
-    """``in 4m 10s`` or ``3h 2m ago``: a signed span in its two largest units."""
-    seconds = int(delta.total_seconds())
-    ahead = seconds >= 0
-    seconds = abs(seconds)
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size or (unit == "s" and not parts):
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-        if len(parts) == 2:
-            break
-    text = " ".join(parts)
-    return f"in {text}" if ahead else f"{text} ago"
-
-
-def _iso(instant: datetime | None) -> str | None:
-    return None if instant is None else instant.isoformat()
-
-
-def _next_run(schedule: ScheduleDefinition, now: datetime) -> datetime | None:
-    """The stored next occurrence, or (before the engine has seen the schedule) the computed one."""
-    if not schedule.enabled:
-        return None
-    if schedule.next_run_at is not None:
-        return schedule.next_run_at
-    if not schedule.is_time_based:
-        return None
-    return schedule.trigger(schedule.anchor_at or schedule.created_at or now).next_after(now)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _run_dict(run: ScheduledRun) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "schedule": run.schedule_name,
-        "intended_run_at": _iso(run.intended_run_at),
-        "status": run.status.value,
-        "attempt": run.attempt,
-        "origin": run.origin,
-        "started_at": _iso(run.started_at),
-        "completed_at": _iso(run.completed_at),
-        "outcome": run.outcome,
-        "error": run.error,
-        "reason": run.reason,
-        "catch_up": run.catch_up,
-        "coalesced_from": run.coalesced_from,
-    }
 
 
 class Commands:
@@ -175,7 +147,7 @@ class Commands:
         latest = self.store.latest_runs()
         items: list[dict[str, Any]] = []
         for s in self.store.list(enabled=None if args.all else True):
-            nxt = _next_run(s, now)
+            nxt = next_run(s, now)
             last = latest.get(s.id)
             items.append(
                 {
@@ -185,11 +157,11 @@ class Commands:
                     "timezone": s.timezone,
                     "target": s.target,
                     "enabled": s.enabled,
-                    "next_run_at": _iso(nxt),
-                    "next_run_local": _iso(nxt.astimezone(ZoneInfo(s.timezone))) if nxt else None,
+                    "next_run_at": iso(nxt),
+                    "next_run_local": iso(nxt.astimezone(ZoneInfo(s.timezone))) if nxt else None,
                     "next_run_in": humanize(nxt - now) if nxt else None,
                     "last_status": last.status.value if last else None,
-                    "last_run_at": _iso(last.intended_run_at) if last else None,
+                    "last_run_at": iso(last.intended_run_at) if last else None,
                     "breaker_state": s.breaker_state.value,
                     "source": s.source.value,
                 }
@@ -206,12 +178,12 @@ class Commands:
             ]
             for i in items
         ]
-        text = _table(rows, ["NAME", "TRIGGER", "NEXT RUN", "LAST", "BREAKER"]) if rows else "no schedules"
+        text = table(rows, ["NAME", "TRIGGER", "NEXT RUN", "LAST", "BREAKER"]) if rows else "no schedules"
         self.emit(items, text)
 
     def runs(self, args: argparse.Namespace) -> None:
         if args.schedule is not None:
-            self.store.get(args.schedule)
+            self._schedule_option(args.schedule)
         runs = self.store.runs(schedule=args.schedule, status=args.status, limit=args.limit, newest_first=True)
         rows = [
             [
@@ -220,12 +192,12 @@ class Commands:
                 r.intended_run_at.isoformat(timespec="seconds"),
                 r.status.value,
                 str(r.attempt),
-                (r.reason or r.error or "")[:70],
+                clip(r.reason or r.error or "", TEXT_COLUMN_CHARS),
             ]
             for r in runs
         ]
-        text = _table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "STATUS", "TRY", "REASON"]) if rows else "no runs"
-        self.emit([_run_dict(r) for r in runs], text)
+        text = table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "STATUS", "TRY", "REASON"]) if rows else "no runs"
+        self.emit([run_dict(r) for r in runs], text)
 
     def disable(self, args: argparse.Namespace) -> None:
         s = self.store.disable(args.name, reason=args.reason)
@@ -241,18 +213,27 @@ class Commands:
             schedule, self.clock.now(), occurrence_key=f"manual:{uuid.uuid4().hex}", origin="manual"
         )
         assert run is not None
-        self.emit(_run_dict(run), f"run {run.run_id} of {schedule.name} queued (pending); the worker starts it")
+        self.emit(run_dict(run), f"run {run.run_id} of {schedule.name} queued (pending); the worker starts it")
 
     def simulate(self, args: argparse.Namespace) -> None:
         now = self.clock.now()
         try:
             schedule = self.store.get(args.target)
             trigger, zone = schedule.trigger(schedule.anchor_at or schedule.created_at or now), schedule.timezone
-        except SchedulerError:
+        except (ScheduleNotFound, InvalidSchedule):  # no such name, or text no name could be
             kind = args.type or (
                 "calendar" if " " in args.target.strip() or args.target.startswith("@") else "interval"
             )
-            trigger, zone = triggers.build_trigger(kind, args.target, args.timezone, anchor=now), args.timezone
+            try:
+                trigger, zone = triggers.build_trigger(kind, args.target, args.timezone, anchor=now), args.timezone
+            except InvalidSchedule:
+                if args.type is not None or kind == "calendar" or args.target.strip()[:1].isdigit():
+                    raise
+                # One word that does not start as a number: the operator meant a schedule's name.
+                raise CliError(
+                    f"simulate: no schedule named {short(args.target)} (nor is it an interval such as 15m "
+                    "or a cron expression); list shows the names"
+                ) from None
         times: list[datetime] = []
         cursor = now
         while len(times) < args.count:
@@ -262,7 +243,7 @@ class Commands:
             times.append(nxt)
             cursor = nxt
         local = ZoneInfo(zone)
-        data = [{"utc": _iso(t), "local": _iso(t.astimezone(local)), "in": humanize(t - now)} for t in times]
+        data = [{"utc": iso(t), "local": iso(t.astimezone(local)), "in": humanize(t - now)} for t in times]
         text = "\n".join(f"{d['local']}  ({d['in']})" for d in data) or "no future occurrences"
         self.emit(data, text)
 
@@ -272,41 +253,58 @@ class Commands:
         self.emit(data, "\n".join(f"```mermaid\n{text}```" for text in data.values()))
 
     def reset(self, args: argparse.Namespace) -> None:
-        s = self.store.transition_breaker(args.name, "reset")
+        schedule = self.store.get(args.name)
+        try:
+            s = self.store.transition_breaker(schedule, "reset")
+        except StaleState as exc:
+            raise CliError(f"reset {schedule.name}: its breaker changed meanwhile ({exc}); look again") from None
+        except InvalidTransition as exc:
+            raise CliError(
+                f"reset {schedule.name}: its breaker is {exc.state}; only an open breaker is reset"
+            ) from None
         self.emit({"name": s.name, "breaker_state": s.breaker_state.value}, f"{s.name}: breaker closed, runs resume")
 
     def dlq(self, args: argparse.Namespace) -> None:
         action = args.action
         if action == "list":
             letters = [d for d in self.store.dead_letters(args.schedule, include_replayed=args.all)]
+            if args.schedule is not None and not letters:
+                self._schedule_option(args.schedule)  # a name no schedule has is a mistake, not "no dead letters"
             rows = [
                 [
                     d.run_id,
                     d.schedule_name,
                     d.intended_run_at.isoformat(timespec="seconds"),
                     str(d.attempts),
-                    (d.error or "")[:60],
+                    clip(d.error or "", TEXT_COLUMN_CHARS),
                     "replayed" if d.replayed_at else "",
                 ]
                 for d in letters
             ]
             text = (
-                _table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "TRIES", "ERROR", ""]) if rows else "no dead letters"
+                table(rows, ["RUN", "SCHEDULE", "INTENDED (UTC)", "TRIES", "ERROR", ""]) if rows else "no dead letters"
             )
-            self.emit([_letter_dict(d) for d in letters], text)
+            self.emit([letter_dict(d) for d in letters], text)
         elif action == "show":
             letter = self.store.dead_letter(self._one(args))
-            data = _letter_dict(letter)
+            data = letter_dict(letter)
             text = "\n".join(f"{k}: {v}" for k, v in data.items() if k != "error_traceback")
             self.emit(data, text + f"\n{letter.error_traceback or ''}".rstrip())
         elif action == "replay":
             run = self.store.replay_dead_letter(self._one(args), actor=operator_caller().id, force=args.force)
-            self.emit(_run_dict(run), f"run {run.run_id} of {run.schedule_name} replayed: pending, attempt 1")
+            self.emit(run_dict(run), f"run {run.run_id} of {run.schedule_name} replayed: pending, attempt 1")
         else:
             if args.older_than_days is None:
                 raise CliError("dlq purge needs --older-than-days N")
             n = self.store.purge_dead_letters(timedelta(days=args.older_than_days))
             self.emit({"purged": n}, f"{n} dead letter(s) purged")
+
+    def _schedule_option(self, name: str) -> None:
+        """CliError naming ``--schedule`` when no schedule has this name."""
+        try:
+            self.store.get(name)
+        except ScheduleNotFound as exc:
+            raise CliError(f"--schedule: {exc}") from None
 
     @staticmethod
     def _one(args: argparse.Namespace) -> str:
@@ -322,7 +320,7 @@ class Commands:
                 a.kind,
                 a.status,
                 str(a.attempts),
-                a.text.splitlines()[0][:70],
+                clip(a.text.splitlines()[0] if a.text else "", TEXT_COLUMN_CHARS),
             ]
             for a in alerts
         ]
@@ -334,11 +332,11 @@ class Commands:
                 "attempts": a.attempts,
                 "text": a.text,
                 "last_error": a.last_error,
-                "created_at": _iso(a.created_at),
+                "created_at": iso(a.created_at),
             }
             for a in alerts
         ]
-        self.emit(data, _table(rows, ["CREATED (UTC)", "KIND", "STATUS", "TRIES", "TEXT"]) if rows else "no alerts")
+        self.emit(data, table(rows, ["CREATED (UTC)", "KIND", "STATUS", "TRIES", "TEXT"]) if rows else "no alerts")
 
     def reconcile(self, args: argparse.Namespace) -> None:
         if not args.dry_run:
@@ -370,10 +368,19 @@ class Commands:
                 module = importlib.import_module(name.strip())
             except ImportError as exc:
                 raise CliError(f"--tasks {name}: cannot import it: {exc}") from exc
+            except Exception as exc:  # the module's own code failed while it was imported
+                raise CliError(f"--tasks {name}: importing it failed: {type(exc).__name__}: {exc}") from exc
             register = getattr(module, "register", None)
             if not callable(register):
                 raise CliError(f"--tasks {name}: the module has no register(tasks, store) function")
-            register(tasks, self.store)
+            try:
+                register(tasks, self.store)
+            except SchedulerError:
+                raise
+            except Exception as exc:
+                raise CliError(
+                    f"--tasks {name}: its register(tasks, store) failed: {type(exc).__name__}: {exc}"
+                ) from exc
         return ProposalService(self.store, tasks, self.clock, approvers=_approvers())
 
     def propose(self, args: argparse.Namespace) -> None:
@@ -381,7 +388,7 @@ class Commands:
         service = self._proposal_service(args.tasks)
         service.expire_overdue()
         record = service.submit(data, by=operator_caller())
-        self.emit({"proposal": _proposal_dict(record), "report": record.report}, _proposal_report_text(record))
+        self.emit({"proposal": proposal_dict(record), "report": record.report}, _proposal_report_text(record))
         if record.status == ProposalStatus.REJECTED.value:
             raise CliError(f"proposal {record.id} rejected: the report above names each rule it breaks")
 
@@ -397,25 +404,25 @@ class Commands:
                 r.proposed_by,
                 str((r.report or {}).get("risk_tier") or "-"),
                 r.decided_by or "-",
-                (r.decision_reason or "")[:70],
+                clip(r.decision_reason or "", TEXT_COLUMN_CHARS),
             ]
             for r in records
         ]
         headers = ["ID", "NAME", "STATUS", "BY", "TIER", "DECIDED BY", "REASON"]
-        self.emit([_proposal_dict(r) for r in records], _table(rows, headers) if rows else "no proposals")
+        self.emit([proposal_dict(r) for r in records], table(rows, headers) if rows else "no proposals")
 
     def approve(self, args: argparse.Namespace) -> None:
         service = self._proposal_service(args.tasks)
         by = operator_caller()
         record = service.approve(args.id, by=by, reason=args.reason)
         where = f"active as schedule {record.schedule_id}" if record.schedule_id else f"{record.status}"
-        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) approved by {by.id}: {where}")
+        self.emit(proposal_dict(record), f"proposal {record.id} ({record.name}) approved by {by.id}: {where}")
 
     def reject(self, args: argparse.Namespace) -> None:
         by = operator_caller()
         service = ProposalService(self.store, TaskRegistry(), self.clock, approvers=_approvers())
         record = service.reject(args.id, by=by, reason=args.reason)
-        self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {by.id}: {args.reason}")
+        self.emit(proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {by.id}: {args.reason}")
 
     # ------------------------------------------------------------------ operations: status, timeline, config, service
 
@@ -438,11 +445,11 @@ class Commands:
         unsent = (AlertStatus.PENDING, AlertStatus.SENDING, AlertStatus.UNDELIVERABLE)
         alerts = {s.value: len(self.store.alerts(status=s)) for s in unsent}
         upcoming = sorted(
-            ((nxt, s) for s in self.store.list() if (nxt := _next_run(s, now)) is not None), key=lambda p: p[0]
+            ((nxt, s) for s in self.store.list() if (nxt := next_run(s, now)) is not None), key=lambda p: p[0]
         )[:STATUS_NEXT_RUNS]
         data: dict[str, Any] = {
             "engine": "up" if up else "down",
-            "now": _iso(now),
+            "now": iso(now),
             "database": mask_url(self.store.url),
             "heartbeat_limit_seconds": UP_AFTER_HEARTBEATS * HEARTBEAT_SECONDS,
             "workers": workers,
@@ -454,8 +461,8 @@ class Commands:
                         "run_id": r.run_id,
                         "schedule": r.schedule_name,
                         "owner": r.owner,
-                        "started_at": _iso(r.started_at),
-                        "lease_expires_at": _iso(r.lease_expires_at),
+                        "started_at": iso(r.started_at),
+                        "lease_expires_at": iso(r.lease_expires_at),
                     }
                     for r in running
                 ],
@@ -464,15 +471,15 @@ class Commands:
             if last is None
             else {
                 "worker_id": last.worker_id,
-                "started_at": _iso(last.started_at),
-                "finished_at": _iso(last.finished_at),
-                "summary": _report_summary(last.report),
+                "started_at": iso(last.started_at),
+                "finished_at": iso(last.finished_at),
+                "summary": report_summary(last.report) or "unreadable report",
                 "report": last.report,
             },
             "open_breakers": [
                 {
                     "name": s.name,
-                    "opened_at": _iso(s.breaker_opened_at),
+                    "opened_at": iso(s.breaker_opened_at),
                     "consecutive_failures": s.consecutive_failures,
                     "cooldown_seconds": s.breaker_cooldown.total_seconds() if s.breaker_cooldown else None,
                 }
@@ -483,7 +490,7 @@ class Commands:
             "next_runs": [
                 {
                     "schedule": s.name,
-                    "at": _iso(at),
+                    "at": iso(at),
                     "in": humanize(at - now),
                     "breaker_state": s.breaker_state.value,
                 }
@@ -515,15 +522,15 @@ class Commands:
             marks[name].append((at, status))
         strips = {name: _strip(items, zone) for name, items in sorted(marks.items())}
         data: dict[str, Any] = {
-            "now": _iso(now),
+            "now": iso(now),
             "hours": args.hours,
             "timezone": args.timezone,
             "schedules": [s.name for s in schedules],
             "upcoming": [
                 {
                     "schedule": name,
-                    "at": _iso(at),
-                    "local": _iso(at.astimezone(zone)),
+                    "at": iso(at),
+                    "local": iso(at.astimezone(zone)),
                     "in": humanize(at - now),
                     "overdue": at <= now,
                 }
@@ -533,7 +540,7 @@ class Commands:
             "upcoming_by_schedule": totals,
             "notes": notes,
             "past": {
-                "since": _iso(since),
+                "since": iso(since),
                 "counts": {name: dict(sorted(c.items())) for name, c in sorted(counts.items())},
                 "hours": strips,
             },
@@ -643,31 +650,13 @@ def read_proposal(name: str) -> Any:
     return data
 
 
-def _proposal_dict(r: ProposalRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "name": r.name,
-        "status": r.status,
-        "proposed_by": r.proposed_by,
-        "risk_tier": (r.report or {}).get("risk_tier"),
-        "decided_by": r.decided_by,
-        "decided_via": r.decided_via,
-        "decided_at": _iso(r.decided_at),
-        "decision_reason": r.decision_reason,
-        "schedule_id": r.schedule_id,
-        "expires_at": _iso(r.expires_at),
-        "created_at": _iso(r.created_at),
-        "updated_at": _iso(r.updated_at),
-    }
-
-
 def _proposal_report_text(r: ProposalRecord) -> str:
     report = r.report or {}
     head = f"proposal {r.id} ({r.name}) by {r.proposed_by}: {r.status}"
     if r.schedule_id:
         head += f", schedule {r.schedule_id}"
     if r.expires_at:
-        head += f", approve before {_iso(r.expires_at)}"
+        head += f", approve before {iso(r.expires_at)}"
     policy_reason = report.get("decision_reason", "")
     if report.get("decision") == "approve" or r.decision_reason != policy_reason:
         lines = [head, f"decision: {r.decision_reason}"]
@@ -694,24 +683,6 @@ def _proposal_report_text(r: ProposalRecord) -> str:
         for f in report.get(key) or []:
             lines.append(f"{title}: {f['rule']} ({f['field']}): {f['message']}")
     return "\n".join(lines)
-
-
-def _letter_dict(d: Any) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "run_id": d.run_id,
-        "schedule": d.schedule_name,
-        "intended_run_at": _iso(d.intended_run_at),
-        "attempts": d.attempts,
-        "error_type": d.error_type,
-        "error": d.error,
-        "error_traceback": d.error_traceback,
-        "params": d.params,
-        "checkpoint": d.checkpoint,
-        "created_at": _iso(d.created_at),
-        "replayed_at": _iso(d.replayed_at),
-        "replayed_by": d.replayed_by,
-    }
 
 
 # ---------------------------------------------------------------------- status, timeline and config helpers
@@ -754,37 +725,22 @@ def _naive(instant: datetime) -> datetime:
     return instant.astimezone(UTC).replace(tzinfo=None)
 
 
-def _parse_instant(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _span(delta: timedelta) -> str:
-    """``2h 5m``: an unsigned span in its two largest units."""
-    return humanize(abs(delta)).removeprefix("in ")
-
-
 def _worker_view(value: dict[str, Any], now: datetime, running: Counter[str]) -> dict[str, Any]:
     """One worker's liveness from its heartbeat (``ScheduleEngine._state_value``)."""
     worker_id = str(value.get("worker_id") or "?")
-    beat = _parse_instant(value.get("heartbeat_at"))
-    started = _parse_instant(value.get("started_at"))
+    beat = parse_instant(value.get("heartbeat_at"))
+    started = parse_instant(value.get("started_at"))
     # A worker ticking less often than the heartbeat interval beats at its tick (when it says so).
     every = max(HEARTBEAT_SECONDS, float(value.get("tick_seconds") or 0))
     limit = timedelta(seconds=UP_AFTER_HEARTBEATS * every)
     if value.get("clean"):
-        up, why = False, f"stopped cleanly {humanize((_parse_instant(value.get('stopped_at')) or beat or now) - now)}"
+        up, why = False, f"stopped cleanly {humanize((parse_instant(value.get('stopped_at')) or beat or now) - now)}"
     elif beat is None:
         up, why = False, "no heartbeat recorded"
     elif now - beat > limit:
-        up, why = False, f"last heartbeat {_span(now - beat)} ago: crashed, killed or asleep (not stopped cleanly)"
+        up, why = False, f"last heartbeat {span(now - beat)} ago: crashed, killed or asleep (not stopped cleanly)"
     else:
-        up, why = True, f"heartbeat {_span(now - beat)} ago"
+        up, why = True, f"heartbeat {span(now - beat)} ago"
     return {
         "worker_id": worker_id,
         "up": up,
@@ -792,25 +748,12 @@ def _worker_view(value: dict[str, Any], now: datetime, running: Counter[str]) ->
         "host": value.get("host"),
         "pid": value.get("pid"),
         "boot_id": value.get("boot_id"),
-        "started_at": _iso(started),
+        "started_at": iso(started),
         "uptime_seconds": (now - started).total_seconds() if up and started else None,
-        "uptime": _span(now - started) if up and started else None,
-        "heartbeat_at": _iso(beat),
+        "uptime": span(now - started) if up and started else None,
+        "heartbeat_at": iso(beat),
         "running": running.get(worker_id, 0),
     }
-
-
-def _report_summary(report: dict[str, Any]) -> str:
-    """The stored report's one-line summary."""
-    names = set(ReconciliationReport.__dataclass_fields__)
-    known = {k: v for k, v in report.items() if k in names and k not in ("started_at", "finished_at")}
-    try:
-        rebuilt = ReconciliationReport(
-            **{"worker_id": "?", **known, "started_at": _parse_instant(report.get("started_at")) or _EPOCH}
-        )
-    except TypeError:
-        return "unreadable report"
-    return rebuilt.summary()
 
 
 def _status_text(data: dict[str, Any], now: datetime) -> str:
@@ -841,7 +784,7 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"
-        at = _parse_instant(n["at"]) or now
+        at = parse_instant(n["at"]) or now
         lines.append(f"  {at.strftime('%Y-%m-%d %H:%M:%S')} UTC  {n['schedule']}  ({n['in']}){flag}")
     return "\n".join(lines)
 
@@ -901,12 +844,11 @@ def _strip(items: list[tuple[datetime, str]], zone: ZoneInfo) -> list[dict[str, 
             text = "[" + " ".join(f"{m}{tally[m]}" for m in order if tally[m]) + "]"
         else:
             text = "".join(marks)
-        out.append({"hour": _iso(hour), "runs": text, "count": len(marks)})
+        out.append({"hour": iso(hour), "runs": text, "count": len(marks)})
     return out
 
 
 _STATUS_VALUES = frozenset(s.value for s in RunStatus)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timeline_text(data: dict[str, Any], zone: ZoneInfo) -> str:
@@ -972,7 +914,7 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
         ]
         if not rows:
             continue
-        table = [
+        cells = [
             [
                 r["name"],
                 "-" if r["value"] is None else str(r["value"]),
@@ -980,7 +922,7 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
             ]
             for r in rows
         ]
-        lines += ["", f"# {title}", _table(table, ["VARIABLE", "VALUE", "SOURCE"])]
+        lines += ["", f"# {title}", table(cells, ["VARIABLE", "VALUE", "SOURCE"])]
     if not show_all:
         lines += ["", f"services configured: {', '.join(data['services']) or 'none'} (--all lists every variable)"]
     for w in data["warnings"]:
@@ -990,8 +932,11 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every command and option; each value is checked here (range, length), before any database is opened."""
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """Every command and option; each value is checked here (range, length), before any database is opened.
+
+    With ``json_errors``, a bad argument is reported as ``{"error": "..."}`` (as ``--json`` asks).
+    """
     common = OneLineParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     parser = OneLineParser(prog="python -m agent.scheduler", description="Operate the ACTP scheduler.")
@@ -1109,7 +1054,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--python", type=_path, default=None, help="the interpreter the service runs (default: this one)")
     p.add_argument("--worker", type=_path, default=None, help="the worker script (default: worker.py in --workdir)")
-    name_commands(parser, sub)
+    name_commands(parser, sub, json_errors=json_errors)
     return parser
 
 
@@ -1189,10 +1134,44 @@ def _environment_db() -> str:
         raise CliError(str(exc)) from None
 
 
+def reads_only(args: argparse.Namespace) -> bool:
+    """Whether the command only reads the database (READ_COMMANDS, READ_DLQ_ACTIONS)."""
+    return args.command in READ_COMMANDS or (args.command == "dlq" and args.action in READ_DLQ_ACTIONS)
+
+
+def _db_source(args: argparse.Namespace) -> str:
+    """Where the database came from, as a failure to open it names it."""
+    if args.db:
+        return "check --db"
+    return "check ACTP_SCHEDULER_DB" if os.environ.get("ACTP_SCHEDULER_DB") else "the default, as no --db was given"
+
+
+def error_line(message: object, *, as_json: bool) -> str:
+    """A failure as the one line printed on stderr: ``error: ...``, or ``{"error": "..."}`` with ``--json``."""
+    text = " ".join(str(message).split())  # one line, whatever the driver wrote
+    return json.dumps({"error": text}) if as_json else f"error: {text}"
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """``--json`` among the options (before a ``--``), known before they are parsed, for the parser's errors."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock: Clock | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 2 bad input)."""
+    """Run one command; returns the exit status (0 ok, 2 for any failure, printed as one line on stderr).
+
+    Commands that only read (``reads_only``) open the database read-only: a missing one is refused,
+    not created, and nothing beside it (no ``-wal``, no ``-shm``) is written.
+    """
     stream = out or sys.stdout
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(arguments)
+    args = build_parser(json_errors=as_json).parse_args(arguments)
     if not logging.getLogger().handlers:
         # The command's answer is its output and one error line; the library's log lines (a refused
         # approval, a retried connection) are the worker's to print, not this command's.
@@ -1203,12 +1182,16 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
             commands = Commands(cast(ScheduleStore, _NoStore()), clock or SystemClock(), stream, args.json)
         else:
-            store = ScheduleStore(args.db or _environment_db(), clock=clock or SystemClock())
+            url = args.db or _environment_db()
+            try:
+                store = ScheduleStore(url, clock=clock or SystemClock(), read_only=reads_only(args))
+            except (DatabaseNotFound, SchemaMissing) as exc:
+                raise CliError(f"{exc} ({_db_source(args)})") from None
             commands = Commands(store, store.clock, stream, args.json)
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0
-    except (CliError, InvalidSchedule, SchedulerError) as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the driver wrote
+    except (CliError, SchedulerError) as exc:
+        print(error_line(exc, as_json=args.json), file=sys.stderr)
         return EXIT_USAGE
     finally:
         if store is not None:

@@ -190,3 +190,17 @@ class WorkerIdInUse(OperatorActionRequired):
 
 class SchemaTooNew(OperatorActionRequired, StoreError):
     """The database was written by a newer version of the scheduler; upgrade the code before opening it."""
+
+
+class DatabaseNotFound(StoreError):
+    """A read-only store was asked to open a database that does not exist; nothing was created.
+
+    Check the path or URL (``--db``, ``ACTP_SCHEDULER_DB``): a read never creates a database.
+    """
+
+
+class SchemaMissing(StoreError):
+    """A read-only store found no scheduler schema, or an older one it may not upgrade; nothing was changed.
+
+    Open the database once with a command that writes, or start the worker, to create or upgrade it.
+    """

@@ -17,7 +17,8 @@ class ReconciliationReport:
     finished_at: datetime | None = None
     dry_run: bool = False
     previous_shutdown: str = "unknown"
-    """clean, crash or first_start: how the previous run of this worker ended."""
+    """clean, crash or first_start: how the previous run of this worker ended (a dry run beside a
+    worker of the same id that is up: running)."""
     downtime_seconds: float | None = None
     """Seconds since the previous life's last heartbeat, when known."""
     schedules_loaded: int = 0
@@ -63,9 +64,14 @@ class ReconciliationReport:
         return data
 
     def summary(self) -> str:
-        """One line for the log."""
+        """One line for the log; a dry run says so, and what a start would do."""
+        head = (
+            f"reconciliation dry run, nothing changed (previous: {self.previous_shutdown})"
+            if self.dry_run
+            else f"reconciliation ({self.previous_shutdown})"
+        )
         return (
-            f"reconciliation ({self.previous_shutdown}): {self.schedules_loaded} schedules, "
+            f"{head}: {self.schedules_loaded} schedules, "
             f"missed {self.missed_detected} (caught up {self.missed_caught_up}, skipped {self.missed_skipped}, "
             f"coalesced {self.missed_coalesced}), orphans {self.orphans_found} (requeued {self.orphans_requeued}, "
             f"dead-lettered {self.orphans_dead_lettered}), paused resumed {self.paused_resumed}, "

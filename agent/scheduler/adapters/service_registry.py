@@ -12,27 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, Strict
 
-from ..cli import _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
 from ..definition import ScheduleDefinition
 from ..engine import RECONCILE_TASK, ScheduleEngine
 from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
 from ..errors import InvalidSchedule, ScheduleNotFound
 from ..identity import high_risk_refusal
 from ..proposals import ProposalService
-from ..reconciliation import ReconciliationReport
 from ..records import DeadLetter, ProposalRecord
 from ..registry import ONE_LINE, CallContext, ErrorCode, JsonChars, ServiceError, ServiceRegistry, TopicInput
 from ..scheduled_run import ScheduledRun
 from ..store import ScheduleStore
 from ..tasks import TaskRegistry
 from ..triggers import parse_duration
+from ..views import humanize, iso, letter_dict, next_run, proposal_dict, report_summary, run_dict
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +249,9 @@ class SchedulerTopics:
             last = {
                 "id": stored.id,
                 "worker_id": stored.worker_id,
-                "started_at": _iso(stored.started_at),
-                "finished_at": _iso(stored.finished_at),
-                "summary": _report_summary(stored.report),
+                "started_at": iso(stored.started_at),
+                "finished_at": iso(stored.finished_at),
+                "summary": report_summary(stored.report),
                 "report": stored.report,
             }
         return {
@@ -308,7 +306,7 @@ class SchedulerTopics:
         self.proposals.expire_overdue()
         record = self.proposals.submit(payload["proposal"], by=ctx.caller)
         log.info("proposal %s (%s) submitted by %s: %s", record.id, record.name, ctx.caller.id, record.status)
-        return {"proposal": _proposal_dict(record), "report": record.report, "submitted_by": ctx.caller.id}
+        return {"proposal": proposal_dict(record), "report": record.report, "submitted_by": ctx.caller.id}
 
     def list_proposals(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Proposals, newest first, optionally of one status (overdue ones are expired first)."""
@@ -319,7 +317,7 @@ class SchedulerTopics:
     def approve_proposal(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """A configured human approves a held proposal as the caller; its schedule is created at once."""
         record = self.proposals.approve(payload["id"], by=ctx.caller, reason=payload["reason"] or "")
-        return {"proposal": _proposal_dict(record)}
+        return {"proposal": proposal_dict(record)}
 
     def reject_proposal(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """A configured human refuses a proposal as the caller, saying why."""
@@ -327,12 +325,12 @@ class SchedulerTopics:
         if not reason:
             raise ServiceError(ErrorCode.INVALID, "reason: say why it is rejected", "reason")
         record = self.proposals.reject(payload["id"], by=ctx.caller, reason=reason)
-        return {"proposal": _proposal_dict(record)}
+        return {"proposal": proposal_dict(record)}
 
     # ------------------------------------------------------------------ shapes
 
     def _item(self, s: ScheduleDefinition, last: ScheduledRun | None, now: datetime) -> dict[str, Any]:
-        nxt = _next_run(s, now)
+        nxt = next_run(s, now)
         last_reason = None
         if last is not None:
             failed = last.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED)
@@ -350,12 +348,12 @@ class SchedulerTopics:
             "source": s.source.value,
             "enabled": s.enabled,
             "disabled_reason": s.disabled_reason,
-            "next_run_at": _iso(nxt),
-            "next_run_local": _iso(nxt.astimezone(ZoneInfo(s.timezone))) if nxt else None,
+            "next_run_at": iso(nxt),
+            "next_run_local": iso(nxt.astimezone(ZoneInfo(s.timezone))) if nxt else None,
             "next_run_in": humanize(nxt - now) if nxt else None,
             "period_s": _period_seconds(s, now),
             "last_status": last.status.value if last else None,
-            "last_run_at": _iso(last.intended_run_at) if last else None,
+            "last_run_at": iso(last.intended_run_at) if last else None,
             "last_reason": last_reason,
             "not_configured": bool(
                 last is not None
@@ -425,44 +423,29 @@ def _policies(s: ScheduleDefinition) -> dict[str, Any]:
         "grace_s": seconds(s.grace),
         "breaker_threshold": s.breaker_threshold,
         "breaker_cooldown_s": seconds(s.breaker_cooldown),
-        "breaker_opened_at": _iso(s.breaker_opened_at),
+        "breaker_opened_at": iso(s.breaker_opened_at),
         "params": s.params,
-        "created_at": _iso(s.created_at),
-        "updated_at": _iso(s.updated_at),
+        "created_at": iso(s.created_at),
+        "updated_at": iso(s.updated_at),
     }
 
 
 def _run_item(run: ScheduledRun) -> dict[str, Any]:
-    return {**_run_dict(run), "schedule_id": run.schedule_id}
+    return {**run_dict(run), "schedule_id": run.schedule_id}
 
 
 def _letter_item(letter: DeadLetter, with_traceback: bool) -> dict[str, Any]:
-    data = _letter_dict(letter)
+    data = letter_dict(letter)
     if not with_traceback:
         data.pop("error_traceback", None)
     return data
 
 
 def _proposal_item(record: ProposalRecord) -> dict[str, Any]:
-    data = _proposal_dict(record)
+    data = proposal_dict(record)
     report = record.report or {}
     data["target"] = (record.payload or {}).get("target")
     data["trigger_type"] = (record.payload or {}).get("trigger_type")
     data["expression"] = (record.payload or {}).get("expression")
     data["simulation_note"] = (report.get("simulation") or {}).get("note")
     return data
-
-
-_REPORT_FIELDS = {f.name for f in fields(ReconciliationReport)}
-
-
-def _report_summary(report: dict[str, Any]) -> str | None:
-    try:
-        known = {k: v for k, v in report.items() if k in _REPORT_FIELDS}
-        return ReconciliationReport(**known).summary()
-    except TypeError:
-        return None
-
-
-def _iso(instant: datetime | None) -> str | None:
-    return None if instant is None else instant.isoformat()

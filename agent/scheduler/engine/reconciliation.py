@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..definition import ScheduleDefinition
@@ -27,6 +27,26 @@ log = logging.getLogger(__name__)
 
 #: Worker liveness is written to ``engine_state`` this often.
 HEARTBEAT_SECONDS = 10.0
+#: A worker is up while its last heartbeat is younger than this many heartbeat intervals (and it did not stop).
+UP_AFTER_HEARTBEATS = 3
+#: ``previous_shutdown`` of a dry run beside a worker of the same id that is up: nothing ended.
+RUNNING = "running"
+
+
+def worker_is_up(state: dict[str, Any] | None, now: datetime) -> bool:
+    """Whether the worker of this ``worker:<id>`` state row is up: not stopped cleanly, heartbeat fresh.
+
+    A worker ticking less often than the heartbeat interval beats at its tick (its row says so).
+    """
+    if state is None or state.get("clean"):
+        return False
+    try:
+        beat = datetime.fromisoformat(str(state.get("heartbeat_at")))
+        every = max(HEARTBEAT_SECONDS, float(state.get("tick_seconds") or 0))
+    except (TypeError, ValueError):
+        return False
+    return now - beat <= timedelta(seconds=UP_AFTER_HEARTBEATS * every)
+
 
 Finished = tuple[ScheduledRun, str, dict[str, Any]]
 
@@ -58,6 +78,11 @@ class Reconciler:
     def preview(self, now: datetime) -> ReconciliationReport:
         """The report a start would produce now, computed without changing anything."""
         report, previous = self._survey(now, dry_run=True)
+        if worker_is_up(previous, now):
+            # Its runs in flight are its own, not orphans: only lapsed leases would be taken over.
+            report.previous_shutdown = RUNNING
+            report.actions.append(f"worker {self.worker_id} is up: a start beside it would find what follows")
+            previous = None
         orphans = self._orphans(now, previous)
         report.orphans_found = len(orphans)
         paused = self.store.runs(status=RunStatus.PAUSED)

@@ -19,7 +19,9 @@ class ScheduleStore(RunRows, ProposalRows, OutboxRows, StateRows):
 
     ``ScheduleStore("sqlite:////abs/path/scheduler.db")`` or a plain path; the schema is created
     (or checked) on open. ``clock`` stamps created/updated times and is the default ``now`` of
-    transitions; give the engine and the store the same clock.
+    transitions; give the engine and the store the same clock. ``read_only=True`` opens an existing
+    database for reading only: nothing is created, upgraded or written, and a missing database or
+    schema is refused (DatabaseNotFound, SchemaMissing).
     """
 
 

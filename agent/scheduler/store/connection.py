@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import dataset
-from sqlalchemy import Connection, Table, event, func, select, update
+from sqlalchemy import Connection, Table, event, func, inspect, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -23,8 +24,17 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 
 from .. import schema
 from ..clock import Clock, SystemClock
+from ..config import mask_url
 from ..db_faults import Fault, classify, is_transient
-from ..errors import DatabaseReplaced, DatabaseUnavailable, SchedulerError, SchemaTooNew, StoreError
+from ..errors import (
+    DatabaseNotFound,
+    DatabaseReplaced,
+    DatabaseUnavailable,
+    SchedulerError,
+    SchemaMissing,
+    SchemaTooNew,
+    StoreError,
+)
 
 T = TypeVar("T")
 
@@ -108,11 +118,12 @@ def normalize_url(url_or_path: str | os.PathLike[str]) -> str:
     return text
 
 
-def begin_immediate(engine: Any) -> None:
+def begin_immediate(engine: Any, statement: str = "BEGIN IMMEDIATE") -> None:
     """Make every SQLite transaction take the write lock when it begins (SQLAlchemy's recipe).
 
     pysqlite otherwise begins lazily at the first write, so a transaction's reads could see a
     state that another process changes before its writes: a check-then-claim (forbid) would race.
+    A read-only store begins with a plain ``BEGIN``: one snapshot for all its reads, no lock.
     """
 
     @event.listens_for(engine, "connect")
@@ -121,7 +132,29 @@ def begin_immediate(engine: Any) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(statement)
+
+
+def sqlite_read_only(path: str) -> Callable[[], sqlite3.Connection]:
+    """A connection factory that opens the SQLite file at ``path`` for reading only, creating nothing.
+
+    SQLite opens a WAL database read-only (``mode=ro``) through its ``-wal`` and ``-shm`` files,
+    and creates them when they are missing (or fails, in a read-only directory). They exist while
+    any process has the database open; when there is no ``-wal`` file, every committed write is in
+    the database file itself, which is then read as ``immutable`` (no locks, no side files). A
+    writer that opens the database meanwhile writes into a new ``-wal``, not into that file.
+    """
+
+    def connect() -> sqlite3.Connection:
+        immutable = "" if os.path.exists(path + "-wal") else "&immutable=1"
+        return sqlite3.connect(
+            f"file:{quote(path)}?mode=ro{immutable}",
+            uri=True,
+            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+        )
+
+    return connect
 
 
 def give_up(state: RetryCallState) -> bool:
@@ -157,12 +190,19 @@ class StoreCore:
     """
 
     def __init__(
-        self, url: str | os.PathLike[str] | None = None, *, clock: Clock | None = None, batch_min: int = BATCH_MIN
+        self,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        batch_min: int = BATCH_MIN,
+        read_only: bool = False,
     ) -> None:
         if isinstance(batch_min, bool) or not isinstance(batch_min, int) or batch_min < 1:
             raise ValueError(f"batch_min must be an int of at least 1, got {batch_min!r}")
         self.batch_min = batch_min
         """From this many items on, a batch method writes a few statements per chunk."""
+        self.read_only = read_only
+        """Opened for reading only: nothing is created, upgraded or written (a write raises StoreError)."""
         self.url = normalize_url(url if url is not None else default_url())
         self.clock: Clock = clock or SystemClock()
         is_sqlite = self.url.startswith("sqlite")
@@ -173,11 +213,21 @@ class StoreCore:
         if not is_sqlite:
             # A pooled connection the server dropped (a restart, an idle timeout) is replaced at checkout.
             engine_kwargs["pool_pre_ping"] = True
+            if read_only:
+                engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
         if is_sqlite:
             path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
             if path and path != ":memory:" and not path.startswith("file:"):
                 self.path = path
-            if path and path != ":memory:":
+            if read_only:
+                if self.path is None:
+                    raise StoreError(f"a read-only store needs a SQLite file, not {mask_url(self.url)}")
+                if not os.path.isfile(self.path):
+                    raise DatabaseNotFound(f"no database at {self.path}: reading does not create one")
+                if not os.access(self.path, os.R_OK):
+                    raise StoreError(f"cannot read the database at {self.path}: permission denied")
+                engine_kwargs["creator"] = sqlite_read_only(self.path)
+            elif path and path != ":memory:":
                 try:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
@@ -188,15 +238,15 @@ class StoreCore:
             self.db = dataset.connect(
                 self.url,
                 ensure_schema=False,
-                sqlite_wal_mode=True,
+                sqlite_wal_mode=not read_only,
                 on_connect_statements=on_connect,
                 engine_kwargs=engine_kwargs,
             )
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise StoreError(f"cannot open the schedule store at {self.url}: {exc}") from exc
+            raise StoreError(f"cannot open the schedule store at {mask_url(self.url)}: {exc}") from exc
         self.dialect = self.db.engine.dialect.name if self.db.engine else "unknown"
         if is_sqlite and self.db.engine is not None:
-            begin_immediate(self.db.engine)
+            begin_immediate(self.db.engine, "BEGIN" if read_only else "BEGIN IMMEDIATE")
         if self.dialect == "postgresql" and self.db.engine is not None:
             note_writes(self.db.engine)
         self.origin = uuid.uuid4().hex
@@ -217,7 +267,7 @@ class StoreCore:
         self._depth: dict[int, int] = {}
         self._statements: dict[Any, Any] = {}
         try:
-            self._migrate()
+            self._check_schema() if read_only else self._migrate()
         except BaseException:
             self.db.close()
             raise
@@ -314,8 +364,8 @@ class StoreCore:
         except SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             if is_transient(exc):
-                raise DatabaseUnavailable(f"database unavailable on {self.dialect}: {cause}") from exc
-            raise StoreError(f"database error on {self.dialect}: {cause}") from exc
+                raise DatabaseUnavailable(f"database unavailable on {self.dialect} at {self.where}: {cause}") from exc
+            raise StoreError(f"database error on {self.dialect} at {self.where}: {cause}") from exc
 
     def _after_fault(self, exc: BaseException | None) -> None:
         """After an outage-type fault: drop this thread's connection and the pool's idle ones (maybe dead)."""
@@ -428,6 +478,36 @@ class StoreCore:
                 f"the database at {self.url} has schema version {version}, newer than this code's "
                 f"{schema.SCHEMA_VERSION}: upgrade the scheduler before opening it"
             )
+
+    def _check_schema(self) -> None:
+        """A read-only store's open: the schema must be there and this code's version; nothing is created."""
+
+        def read(conn: Connection) -> str | None:
+            if not inspect(conn).has_table(schema.meta.name):
+                return None
+            found = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")).scalar()
+            return None if found is None else str(found)
+
+        found = self._tx(read)
+        where = self.where
+        if found is None:
+            raise SchemaMissing(f"{where} holds no scheduler schema: a command that writes, or the worker, creates it")
+        version = int(found)
+        if version > schema.SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database at {where} has schema version {version}, newer than this code's "
+                f"{schema.SCHEMA_VERSION}: upgrade the scheduler before opening it"
+            )
+        if version < schema.SCHEMA_VERSION:
+            raise SchemaMissing(
+                f"the database at {where} has schema version {version}, older than this code's "
+                f"{schema.SCHEMA_VERSION}: a read does not upgrade it; a command that writes, or the worker, does"
+            )
+
+    @property
+    def where(self) -> str:
+        """The database as messages name it: the SQLite file's path, or the URL without its password."""
+        return self.path or mask_url(self.url)
 
     def schema_version(self) -> int:
         """The schema version recorded in ``meta``."""

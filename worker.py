@@ -33,13 +33,13 @@ from agent.scheduler.arguments import (
     seconds_between,
     text_up_to,
 )
-from agent.scheduler.config import Config, ConfigError, apply_env_file, approvers, load_config
+from agent.scheduler.config import ConfigError
 from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
 from agent.scheduler.service_files import REPO_ROOT
-from agent.scheduler.store import default_url
+from agent.scheduler.settings import Settings, load_settings
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
 from telegram_bot import OperatorBot
@@ -136,30 +136,30 @@ def load_task_modules(names: Sequence[str], tasks: TaskRegistry, store: Schedule
         log.info("tasks from %s registered", name)
 
 
-def load_legacy(tasks: TaskRegistry, store: ScheduleStore, worker_id: str) -> None:
+def load_legacy(tasks: TaskRegistry, store: ScheduleStore, worker_id: str, settings: Settings) -> None:
     """Register the jobs' tasks and migrate the legacy cron table (one transaction; a no-op when done before)."""
     import cron_definitions
     import jobs
     from agent.scheduler.adapters.legacy_cron import migrate, worker_timezone
 
-    jobs.register(tasks, store, worker_id=worker_id)
-    zone = worker_timezone()
+    jobs.register(tasks, store, worker_id=worker_id, settings=settings)
+    zone = worker_timezone(settings=settings)
     result = migrate(store, cron_definitions.CRON_JOBS, timezone=zone, tasks=tasks)
     log.info("legacy cron table (%s): %s", zone, result.summary())
 
 
-async def run(args: argparse.Namespace, config: Config) -> int:
-    store = ScheduleStore(args.db or default_url(), clock=SystemClock())
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    store = ScheduleStore(args.db or settings.scheduler_db, clock=SystemClock())
     tasks = TaskRegistry()
     load_task_modules(args.tasks, tasks, store)
-    worker_id = args.worker_id or default_worker_id()
+    worker_id = args.worker_id or default_worker_id(settings)
     if not args.no_legacy:
-        load_legacy(tasks, store, worker_id)
-    notifier = TelegramNotifier.from_env()
+        load_legacy(tasks, store, worker_id, settings)
+    notifier = TelegramNotifier.from_settings(settings)
     engine = ScheduleEngine(
         store, tasks, tick_seconds=args.tick, worker_id=worker_id, lease_seconds=args.lease, notifier=notifier
     )
-    exporter = TelemetryExporter.from_env(store)
+    exporter = TelemetryExporter.from_settings(store, settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -176,7 +176,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     log.info("worker %s starting on %s", engine.worker_id, store.url)
     await engine.start()
     registry = ServiceRegistry()
-    deciders = approvers(config)
+    deciders = settings.approvers()
     log.info("proposal approvers: %s", deciders.describe())
     register_scheduler_topics(
         registry,
@@ -185,7 +185,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         tasks=tasks,
         proposals=ProposalService(store, tasks, engine.clock, approvers=deciders),
     )
-    bot = OperatorBot.from_env(registry)  # off, with one log line, without TELEGRAM_BOT_TOKEN
+    bot = OperatorBot.from_settings(registry, settings)  # off, with one log line, without TELEGRAM_BOT_TOKEN
     if bot is not None:
         await bot.start()
     # What startup built (modules, tables, the bot) lives as long as the process: keep it out of
@@ -248,10 +248,10 @@ def exit_within(seconds: float, status: int) -> threading.Timer:
     return timer
 
 
-async def run_then_exit(args: argparse.Namespace, config: Config, grace: float) -> int:
+async def run_then_exit(args: argparse.Namespace, settings: Settings, grace: float) -> int:
     """``run``; then whatever tasks left running has ``grace`` seconds before the process ends without it."""
     try:
-        status = await run(args, config)
+        status = await run(args, settings)
     except BaseException as exc:
         exit_within(grace, exit_status(exc))
         raise
@@ -267,16 +267,17 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
     """
     args = parse_args(argv)
     try:
-        apply_env_file(REPO_ROOT / ".env")  # optional; the real environment wins
-        config = load_config()  # every variable checked at once; one error lists each bad one
+        # Read once, every variable checked at once (one error lists each bad one); the optional
+        # .env file is under the real environment, which wins.
+        settings = load_settings(env_file=REPO_ROOT / ".env")
         if args.db is None:  # the environment's database, checked as --db is
-            args.db = database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+            args.db = database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIGURATION
-    configure_from(config, level=args.log_level)
+    configure_from(settings, level=args.log_level)
     try:
-        return asyncio.run(run(args, config) if exit_grace is None else run_then_exit(args, config, exit_grace))
+        return asyncio.run(run(args, settings) if exit_grace is None else run_then_exit(args, settings, exit_grace))
     except SchedulerError as exc:
         if not isinstance(exc, DatabaseReplaced):  # the engine logged that one, in one ERROR line
             log.error("%s", exc)

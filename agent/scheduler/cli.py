@@ -35,7 +35,7 @@ from .arguments import (
     whole_number,
 )
 from .clock import Clock, SystemClock
-from .config import GROUPS, approvers, check_config, env_example, mask_url
+from .config import GROUPS, Problem, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
 from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
@@ -47,7 +47,8 @@ from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
 from .records import ProposalRecord
 from .scheduled_run import ScheduledRun
-from .store import ScheduleStore, default_url
+from .settings import Settings, check_settings, read_environment
+from .store import ScheduleStore
 from .tasks import TaskRegistry
 
 #: Exit status for bad input: unknown names, invalid values.
@@ -163,8 +164,31 @@ def _run_dict(run: ScheduledRun) -> dict[str, Any]:
 class Commands:
     """One method per command; each returns what to print (text) or to dump (JSON)."""
 
-    def __init__(self, store: ScheduleStore, clock: Clock, out: TextIO, as_json: bool) -> None:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        clock: Clock,
+        out: TextIO,
+        as_json: bool,
+        *,
+        settings: Settings | None = None,
+        problems: Sequence[Problem] = (),
+    ) -> None:
         self.store, self.clock, self.out, self.as_json = store, clock, out, as_json
+        if settings is None:
+            settings, found = check_settings()
+            problems = [*problems, *found]
+        self.settings, self.problems = settings, list(problems)
+
+    def _approvers(self) -> Approvers:
+        self.setting_problem(*APPROVER_SETTINGS)
+        return self.settings.approvers()
+
+    def setting_problem(self, *variables: str) -> None:
+        """Refuse, naming it, when one of ``variables`` is set to a value it does not allow."""
+        for problem in self.problems:
+            if problem.variable in variables:
+                raise CliError(f"{problem.variable}={problem.shown!r}: {problem.allowed}")
 
     def emit(self, data: Any, text: str) -> None:
         self.out.write((json.dumps(data, indent=2, default=str) if self.as_json else text) + "\n")
@@ -354,7 +378,9 @@ class Commands:
 
     def _proposal_service(self, modules: Sequence[str] = ()) -> ProposalService:
         tasks = TaskRegistry()
-        names = list(modules) or [m for m in os.environ.get(TASKS_ENV, "").split(",") if m.strip()]
+        if not modules:
+            self.setting_problem(TASKS_ENV)
+        names = list(modules) or self.settings.task_modules
         if not names:
             raise CliError(
                 f"the worker's tasks are needed to check a proposal's target: pass --tasks MODULE or set {TASKS_ENV}"
@@ -373,7 +399,7 @@ class Commands:
             if not callable(register):
                 raise CliError(f"--tasks {name}: the module has no register(tasks, store) function")
             register(tasks, self.store)
-        return ProposalService(self.store, tasks, self.clock, approvers=_approvers())
+        return ProposalService(self.store, tasks, self.clock, approvers=self._approvers())
 
     def propose(self, args: argparse.Namespace) -> None:
         data = read_proposal(args.file)
@@ -412,7 +438,7 @@ class Commands:
 
     def reject(self, args: argparse.Namespace) -> None:
         by = operator_caller()
-        service = ProposalService(self.store, TaskRegistry(), self.clock, approvers=_approvers())
+        service = ProposalService(self.store, TaskRegistry(), self.clock, approvers=self._approvers())
         record = service.reject(args.id, by=by, reason=args.reason)
         self.emit(_proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {by.id}: {args.reason}")
 
@@ -544,16 +570,16 @@ class Commands:
         if args.env_example:
             self.out.write(env_example())
             return
-        config, problems = check_config(os.environ)
+        config, problems = check_config(read_environment())
         rows = config.display()
         for row in rows:
             if row["source"] == "unset" and row["name"] in _COMPUTED_DEFAULTS and not problems:
-                row["value"], row["source"] = _COMPUTED_DEFAULTS[row["name"]](), "computed"
+                row["value"], row["source"] = _COMPUTED_DEFAULTS[row["name"]](self.settings), "computed"
         database = {
-            "value": mask_url(args.db or default_url()),
+            "value": mask_url(args.db or self.settings.scheduler_db),
             "source": "--db"
             if args.db
-            else ("ACTP_SCHEDULER_DB" if os.environ.get("ACTP_SCHEDULER_DB") else "default"),
+            else ("ACTP_SCHEDULER_DB" if self.settings.is_set("ACTP_SCHEDULER_DB") else "default"),
         }
         data = {
             "database": database,
@@ -570,8 +596,9 @@ class Commands:
 
     def install_service(self, args: argparse.Namespace) -> None:
         system = service_files.current_system(None if args.system is None else _SYSTEM_NAMES[args.system])
-        where = service_files.placement(db=args.service_db or args.db, environ=os.environ)
-        service = service_files.service_file(system, where, environ=os.environ)
+        environ = read_environment()
+        where = service_files.placement(db=args.service_db or args.db, environ=environ)
+        service = service_files.service_file(system, where, environ=environ)
         data: dict[str, Any] = {
             "system": system,
             "manager": service.manager,
@@ -934,16 +961,14 @@ def _timeline_text(data: dict[str, Any], zone: ZoneInfo) -> str:
     return "\n".join(lines)
 
 
-def _computed_worker_id() -> str:
-    from .engine import default_worker_id
-
-    return default_worker_id()
+def _computed_worker_id(settings: Settings) -> str:
+    return settings.effective_worker_id
 
 
-def _computed_timezone() -> str:
+def _computed_timezone(settings: Settings) -> str:
     from .adapters.legacy_cron import worker_timezone
 
-    return worker_timezone()
+    return worker_timezone(settings=settings)
 
 
 #: Variables whose default is found at run time, and how (``config`` shows the value found).
@@ -1116,14 +1141,6 @@ def operator_caller() -> Caller:
 APPROVER_SETTINGS = ("ACTP_APPROVER_OPERATORS", "TELEGRAM_APPROVER_CHAT_IDS")
 
 
-def _approvers() -> Approvers:
-    config, problems = check_config()
-    for problem in problems:
-        if problem.variable in APPROVER_SETTINGS:
-            raise CliError(f"{problem.variable}={problem.shown!r}: {problem.allowed}")
-    return approvers(config)
-
-
 class _NoStore:
     """Stands in for the store in the commands that read no database (OFFLINE_COMMANDS)."""
 
@@ -1131,10 +1148,13 @@ class _NoStore:
         raise RuntimeError(f"this command reads no database (it used store.{name})")
 
 
-def _environment_db() -> str:
+def _environment_db(settings: Settings, problems: Sequence[Problem]) -> str:
     """The worker's database when no ``--db`` is given, checked as ``--db`` is (``ACTP_SCHEDULER_DB`` may be bad)."""
+    for problem in problems:
+        if problem.variable == "ACTP_SCHEDULER_DB":
+            raise CliError(f"{problem.variable}={problem.shown!r}: {problem.allowed}")
     try:
-        return database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+        return database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -1148,13 +1168,22 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
         # approval, a retried connection) are the worker's to print, not this command's.
         logging.getLogger().addHandler(logging.NullHandler())
     store = None
+    # Read once; a bad variable stops only the commands that need it.
+    settings, problems = check_settings()
     try:
         if args.command in OFFLINE_COMMANDS:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
-            commands = Commands(cast(ScheduleStore, _NoStore()), clock or SystemClock(), stream, args.json)
+            commands = Commands(
+                cast(ScheduleStore, _NoStore()),
+                clock or SystemClock(),
+                stream,
+                args.json,
+                settings=settings,
+                problems=problems,
+            )
         else:
-            store = ScheduleStore(args.db or _environment_db(), clock=clock or SystemClock())
-            commands = Commands(store, store.clock, stream, args.json)
+            store = ScheduleStore(args.db or _environment_db(settings, problems), clock=clock or SystemClock())
+            commands = Commands(store, store.clock, stream, args.json, settings=settings, problems=problems)
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0
     except (CliError, InvalidSchedule, SchedulerError) as exc:

@@ -34,9 +34,10 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .config import BY_NAME, BadValue, ConfigError, Problem, Setting, mask, read_env_file, service_settings
+from .config import BY_NAME, SERVICES, BadValue, ConfigError, Problem, Setting, mask, read_env_file, service_settings
+from .identity import Approvers
 
-__all__ = ["ServiceSettings", "Settings", "load_settings", "read_environment"]
+__all__ = ["ServiceSettings", "Settings", "check_settings", "load_settings", "read_environment"]
 
 _SERVICE_VARIABLE = re.compile(r"^ACTP_([A-Z][A-Z0-9_]*?)_(URL|KEY|HEALTH_PATH)$")
 #: The error type a variable's check raises inside validation.
@@ -166,7 +167,7 @@ class Settings(BaseSettings):
             value = given.strip() if isinstance(given, str) else given
             if value == "":
                 continue
-            m = _SERVICE_VARIABLE.match(name) if isinstance(name, str) else None
+            m = _SERVICE_VARIABLE.match(name) if isinstance(name, str) and name not in _FIELD_VARIABLES else None
             if m is not None and isinstance(value, str):
                 services.setdefault(m.group(1).lower(), {})[m.group(2).lower()] = value
             else:
@@ -214,6 +215,12 @@ class Settings(BaseSettings):
         """The settings of service ``name`` (lower-case); an unset service has no URL or key."""
         return self.services.get(name.lower()) or ServiceSettings()
 
+    def approvers(self) -> Approvers:
+        """The humans who may approve proposals: TELEGRAM_APPROVER_CHAT_IDS and ACTP_APPROVER_OPERATORS."""
+        return Approvers.of(
+            telegram_chats=self.telegram_approver_chat_ids or [], operators=self.approver_operators or []
+        )
+
     def is_set(self, variable: str) -> bool:
         """Whether ``variable`` was set (not blank) where these settings were read: a task's ``requires``."""
         return variable in self._variables
@@ -232,6 +239,12 @@ class Settings(BaseSettings):
             elif setting.secret:
                 out.append(text)
         return out
+
+
+#: The variables that are fields of their own (``ACTP_TEST_POSTGRES_URL`` is no service's).
+_FIELD_VARIABLES = frozenset(
+    name for name in BY_NAME if not (m := _SERVICE_VARIABLE.match(name)) or m.group(1).lower() not in SERVICES
+)
 
 
 def _service_setting(name: str) -> Setting | None:
@@ -284,6 +297,20 @@ def load_settings(
         raise ConfigError(_problems(exc, env)) from None
     finally:
         _GIVEN.reset(token)
+
+
+def check_settings(environ: Mapping[str, str] | None = None) -> tuple[Settings, list[Problem]]:
+    """The settings and the bad variables: each bad one is read as unset, so what does not need it still works.
+
+    For the command line, whose commands each need a few settings: a command that needs a bad one
+    refuses with its problem; the worker uses :func:`load_settings`, which refuses any.
+    """
+    env: Mapping[str, str] = read_environment() if environ is None else environ
+    try:
+        return load_settings(env), []
+    except ConfigError as exc:
+        bad = {p.variable for p in exc.problems}
+        return load_settings({k: v for k, v in env.items() if k not in bad}), list(exc.problems)
 
 
 def _problems(exc: ValidationError, env: Mapping[str, str]) -> list[Problem]:

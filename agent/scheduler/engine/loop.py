@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from ..enums import RunStatus
 from ..errors import DatabaseReplaced, DatabaseUnavailable
 from ..reconciliation import ReconciliationReport
 from ..scheduled_run import ScheduledRun
+from ..settings import Settings, load_settings
 from ..store import BATCH_MIN, EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .breakers import Breakers
@@ -65,9 +64,9 @@ HEARTBEAT_WAKE_SECONDS = HEARTBEAT_SECONDS
 RECONCILE_TASK = "scheduler.reconcile"
 
 
-def default_worker_id() -> str:
-    """``ACTP_WORKER_ID`` or this machine's host name: stable across restarts of the same worker."""
-    return os.environ.get("ACTP_WORKER_ID") or socket.gethostname()
+def default_worker_id(settings: Settings | None = None) -> str:
+    """``ACTP_WORKER_ID`` of ``settings`` (default: read now) or this machine's host name: stable across restarts."""
+    return (settings or load_settings(only=("ACTP_WORKER_ID",))).effective_worker_id
 
 
 class ScheduleEngine:

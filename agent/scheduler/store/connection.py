@@ -25,6 +25,7 @@ from .. import schema
 from ..clock import Clock, SystemClock
 from ..db_faults import Fault, classify, is_transient
 from ..errors import DatabaseReplaced, DatabaseUnavailable, SchedulerError, SchemaTooNew, StoreError
+from ..settings import Settings, load_settings
 
 T = TypeVar("T")
 
@@ -91,9 +92,9 @@ def note_writes(engine: Any) -> None:
             conn.info[WROTE] = True
 
 
-def default_url() -> str:
-    """``ACTP_SCHEDULER_DB`` if set, else the SQLite file ``~/.actp/scheduler.db``."""
-    return os.environ.get("ACTP_SCHEDULER_DB") or str(DEFAULT_DB_PATH.expanduser())
+def default_url(settings: Settings | None = None) -> str:
+    """``ACTP_SCHEDULER_DB`` of ``settings`` (default: read now), else the SQLite file ``~/.actp/scheduler.db``."""
+    return (settings or load_settings(only=("ACTP_SCHEDULER_DB",))).scheduler_db
 
 
 def normalize_url(url_or_path: str | os.PathLike[str]) -> str:

@@ -157,7 +157,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         load_legacy(tasks, store, worker_id, settings)
     notifier = TelegramNotifier.from_settings(settings)
     engine = ScheduleEngine(
-        store, tasks, tick_seconds=args.tick, worker_id=worker_id, lease_seconds=args.lease, notifier=notifier
+        store,
+        tasks,
+        tick_seconds=args.tick,
+        worker_id=worker_id,
+        lease_seconds=args.lease,
+        notifier=notifier,
+        settings=settings,
     )
     exporter = TelemetryExporter.from_settings(store, settings)
     stopping = asyncio.Event()

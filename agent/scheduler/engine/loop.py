@@ -95,6 +95,7 @@ class ScheduleEngine:
         worker_id: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
         notifier: Notifier | None = None,
+        settings: Settings | None = None,
     ) -> None:
         if tick_seconds <= 0:
             raise ValueError(f"tick_seconds must be more than 0, got {tick_seconds}")
@@ -102,7 +103,7 @@ class ScheduleEngine:
         self.tasks = tasks
         self.clock: Clock = clock or store.clock
         self.tick_seconds = tick_seconds
-        self.worker_id = worker_id or default_worker_id()
+        self.worker_id = worker_id or default_worker_id(settings)
         self.lease = timedelta(seconds=lease_seconds)
         self.boot_id = uuid.uuid4().hex[:12]
         builtins: dict[str, TaskSpec] = {
@@ -120,6 +121,7 @@ class ScheduleEngine:
             db=self._db,
             wake=self._set_wake,
             watch=self._watch,
+            settings=settings,
         )
         breakers = Breakers(store)
         self._reconciler = Reconciler(

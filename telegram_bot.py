@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,16 +37,26 @@ from telegram.ext import (
     filters,
 )
 
-from agent.scheduler.adapters.telegram import parse_chat_ids
+from agent.scheduler.config import ConfigError
 from agent.scheduler.errors import InvalidSchedule
 from agent.scheduler.identity import Caller
 from agent.scheduler.schedule_policy import describe_span
+from agent.scheduler.settings import Settings, load_settings
 from agent.scheduler.triggers import parse_duration, parse_timezone
 from agent.scheduler.views import one_line
 from service_registry import ServiceRegistry
 
 log = logging.getLogger(__name__)
 
+#: The variables the bot reads.
+BOT_VARIABLES = (
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_ALLOWED_CHAT_IDS",
+    "TELEGRAM_APPROVER_CHAT_IDS",
+    "TELEGRAM_API_BASE_URL",
+    "ACTP_OPERATOR_TIMEZONE",
+    "ACTP_TIMEZONE",
+)
 #: Telegram's limit on one message's text, in characters.
 MAX_MESSAGE_CHARS = MessageLimit.MAX_TEXT_LENGTH
 #: How long one getUpdates long poll waits for a message, in seconds.
@@ -378,24 +387,28 @@ class OperatorBot:
         None, with one log line, when the token is not set or the configuration is invalid: the
         worker runs without its bot.
         """
-        env = os.environ if environ is None else environ
-        token = env.get("TELEGRAM_BOT_TOKEN", "").strip()
+        try:
+            settings = load_settings(environ, only=BOT_VARIABLES)
+        except ConfigError as exc:
+            shown = "; ".join(f"{p.variable}={p.shown!r}: {p.allowed}" for p in exc.problems)
+            log.error("Telegram bot off: %s", shown)
+            return None
+        return cls.from_settings(registry, settings)
+
+    @classmethod
+    def from_settings(cls, registry: ServiceRegistry, settings: Settings) -> OperatorBot | None:
+        """The bot of ``settings``: token, allowed and approver chats, Bot API server, operator timezone.
+
+        None, with one log line, when the token is not set: the worker runs without its bot.
+        """
+        token = settings.telegram_bot_token
         if not token:
             log.info("Telegram bot off: TELEGRAM_BOT_TOKEN is not set (the worker runs without it)")
             return None
-        variable = "ACTP_OPERATOR_TIMEZONE" if env.get("ACTP_OPERATOR_TIMEZONE", "").strip() else "ACTP_TIMEZONE"
-        zone = env.get(variable, "").strip() or "UTC"
-        try:
-            chats = parse_chat_ids(env.get("TELEGRAM_ALLOWED_CHAT_IDS", ""), variable="TELEGRAM_ALLOWED_CHAT_IDS")
-            approvers = parse_chat_ids(env.get("TELEGRAM_APPROVER_CHAT_IDS", ""), variable="TELEGRAM_APPROVER_CHAT_IDS")
-            parse_timezone(zone)
-        except InvalidSchedule:
-            log.error("Telegram bot off: %s=%r is not an IANA timezone such as Europe/Berlin", variable, zone)
-            return None
-        except ValueError as exc:
-            log.error("Telegram bot off: %s", exc)
-            return None
-        base_url = env.get("TELEGRAM_API_BASE_URL", "").strip() or None
+        zone = settings.operator_timezone or settings.timezone or "UTC"
+        chats = settings.telegram_allowed_chat_ids or []
+        approvers = settings.telegram_approver_chat_ids or []
+        base_url = settings.telegram_api_base_url
         bot = cls(
             registry,
             token=token,

@@ -34,12 +34,12 @@ from agent.scheduler.arguments import (
     seconds_between,
     text_up_to,
 )
-from agent.scheduler.config import Config, ConfigError, apply_env_file, approvers, load_config
+from agent.scheduler.config import ConfigError
 from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.store import default_url
+from agent.scheduler.settings import Settings, load_settings
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
 from telegram_bot import OperatorBot
@@ -163,31 +163,37 @@ def register_task_modules(found: Sequence[tuple[str, Register]], tasks: TaskRegi
         log.info("tasks from %s registered", name)
 
 
-def load_legacy(tasks: TaskRegistry, store: ScheduleStore, worker_id: str) -> None:
+def load_legacy(tasks: TaskRegistry, store: ScheduleStore, worker_id: str, settings: Settings) -> None:
     """Register the jobs' tasks and migrate the legacy cron table (one transaction; a no-op when done before)."""
     import cron_definitions
     import jobs
     from agent.scheduler.adapters.legacy_cron import migrate, worker_timezone
 
-    jobs.register(tasks, store, worker_id=worker_id)
-    zone = worker_timezone()
+    jobs.register(tasks, store, worker_id=worker_id, settings=settings)
+    zone = worker_timezone(settings=settings)
     result = migrate(store, cron_definitions.CRON_JOBS, timezone=zone, tasks=tasks)
     log.info("legacy cron table (%s): %s", zone, result.summary())
 
 
-async def run(args: argparse.Namespace, config: Config) -> int:
+async def run(args: argparse.Namespace, settings: Settings) -> int:
     modules = import_task_modules(args.tasks)  # before the store: a bad --tasks creates nothing
-    store = ScheduleStore(args.db or default_url(), clock=SystemClock())
+    store = ScheduleStore(args.db or settings.scheduler_db, clock=SystemClock())
     tasks = TaskRegistry()
     register_task_modules(modules, tasks, store)
-    worker_id = args.worker_id or default_worker_id()
+    worker_id = args.worker_id or default_worker_id(settings)
     if not args.no_legacy:
-        load_legacy(tasks, store, worker_id)
-    notifier = TelegramNotifier.from_env()
+        load_legacy(tasks, store, worker_id, settings)
+    notifier = TelegramNotifier.from_settings(settings)
     engine = ScheduleEngine(
-        store, tasks, tick_seconds=args.tick, worker_id=worker_id, lease_seconds=args.lease, notifier=notifier
+        store,
+        tasks,
+        tick_seconds=args.tick,
+        worker_id=worker_id,
+        lease_seconds=args.lease,
+        notifier=notifier,
+        settings=settings,
     )
-    exporter = TelemetryExporter.from_env(store)
+    exporter = TelemetryExporter.from_settings(store, settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -204,7 +210,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     log.info("worker %s starting on %s", engine.worker_id, store.url)
     await engine.start()
     registry = ServiceRegistry()
-    deciders = approvers(config)
+    deciders = settings.approvers()
     log.info("proposal approvers: %s", deciders.describe())
     register_scheduler_topics(
         registry,
@@ -213,7 +219,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         tasks=tasks,
         proposals=ProposalService(store, tasks, engine.clock, approvers=deciders),
     )
-    bot = OperatorBot.from_env(registry)  # off, with one log line, without TELEGRAM_BOT_TOKEN
+    bot = OperatorBot.from_settings(registry, settings)  # off, with one log line, without TELEGRAM_BOT_TOKEN
     if bot is not None:
         await bot.start()
     # What startup built (modules, tables, the bot) lives as long as the process: keep it out of
@@ -276,10 +282,10 @@ def exit_within(seconds: float, status: int) -> threading.Timer:
     return timer
 
 
-async def run_then_exit(args: argparse.Namespace, config: Config, grace: float) -> int:
+async def run_then_exit(args: argparse.Namespace, settings: Settings, grace: float) -> int:
     """``run``; then whatever tasks left running has ``grace`` seconds before the process ends without it."""
     try:
-        status = await run(args, config)
+        status = await run(args, settings)
     except BaseException as exc:
         exit_within(grace, exit_status(exc))
         raise
@@ -295,17 +301,18 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
     """
     args = parse_args(argv)
     try:
-        apply_env_file(HERE / ".env")  # optional; the real environment wins
-        config = load_config()  # every variable checked at once; one error lists each bad one
+        # Read once, every variable checked at once (one error lists each bad one); the optional
+        # .env file is under the real environment, which wins.
+        settings = load_settings(env_file=HERE / ".env")
         if args.db is None:  # the environment's database, checked as --db is
-            args.db = database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+            args.db = database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")
         import_task_modules(args.tasks)  # a bad --tasks is one line here, before anything is opened
     except (ConfigError, ValueError, OperatorActionRequired) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_CONFIGURATION
-    configure_from(config, level=args.log_level)
+    configure_from(settings, level=args.log_level)
     try:
-        return asyncio.run(run(args, config) if exit_grace is None else run_then_exit(args, config, exit_grace))
+        return asyncio.run(run(args, settings) if exit_grace is None else run_then_exit(args, settings, exit_grace))
     except SchedulerError as exc:
         if not isinstance(exc, DatabaseReplaced):  # the engine logged that one, in one ERROR line
             log.error("%s", exc)

@@ -7,8 +7,11 @@ clock). Jobs that talk to a cloud service all go through one generic HTTP task,
 
 from __future__ import annotations
 
+import functools
+
 from agent.scheduler.engine import default_worker_id
 from agent.scheduler.enums import RiskTier
+from agent.scheduler.settings import Settings
 from agent.scheduler.store import ScheduleStore
 from agent.scheduler.tasks import TaskRegistry
 
@@ -33,11 +36,16 @@ TASK_NAMES = (
 )
 
 
-def register(tasks: TaskRegistry, store: ScheduleStore, *, worker_id: str | None = None) -> None:
-    """Register the jobs' tasks; ``worker_id`` (default ACTP_WORKER_ID or the host name) names the heartbeat."""
-    local = LocalJobs(store, worker_id or default_worker_id())
+def register(
+    tasks: TaskRegistry, store: ScheduleStore, *, worker_id: str | None = None, settings: Settings | None = None
+) -> None:
+    """Register the jobs' tasks; ``worker_id`` (default: ACTP_WORKER_ID or the host name) names the heartbeat.
+
+    ``settings`` are the worker's; without them each job reads the variables it needs at each run.
+    """
+    local = LocalJobs(store, worker_id or default_worker_id(settings), settings)
     reports = Reports(store)
-    health = HealthCheck(store)
+    health = HealthCheck(store, settings)
     tasks.add("jobs.heartbeat", local.heartbeat, side_effects=["database"], description=local.heartbeat.__doc__ or "")
     tasks.add("jobs.temp_cleanup", local.temp_cleanup, side_effects=["filesystem"], description="delete old downloads")
     tasks.add("jobs.log_rotation", local.log_rotation, side_effects=["filesystem"], description="rotate *.log files")
@@ -53,7 +61,7 @@ def register(tasks: TaskRegistry, store: ScheduleStore, *, worker_id: str | None
     tasks.add("jobs.dlq_digest", reports.dlq_digest, side_effects=["alerts"], description="dead letters waiting")
     tasks.add(
         "jobs.call_service",
-        call_service,
+        functools.wraps(call_service)(functools.partial(call_service, settings=settings)),
         risk_tier=RiskTier.MEDIUM,
         side_effects=["network"],
         description="call a cloud service: params service, method, path (ACTP_<SERVICE>_URL, ACTP_<SERVICE>_KEY)",

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.scheduler.errors import TaskNotConfigured
+from agent.scheduler.settings import Settings
 from agent.scheduler.store import ScheduleStore
 from agent.scheduler.tasks import RunContext
 
 from . import config
 from .http import ServiceCall, ServiceCallError, send, url_variable
 
-#: Health path used when ACTP_<SERVICE>_HEALTH_PATH is not set (the Lite services' convention).
-DEFAULT_HEALTH_PATH = "/api/health"
 #: A probe taking longer than this counts as down.
 HEALTH_TIMEOUT_SECONDS = 10.0
 #: engine_state key holding each service's last known state.
@@ -41,17 +40,21 @@ class HealthCheck:
     """The health check of one worker, bound to its store (for state and alerts)."""
 
     store: ScheduleStore
+    settings: Settings | None = None
+    """The worker's settings; None: the services' variables, read at each run."""
 
     async def service_health_check(self, ctx: RunContext) -> str:
         """Task ``jobs.service_health_check``: probe every configured service; skipped when none is configured."""
         services = ctx.params.get("services")
         if not isinstance(services, list) or not all(isinstance(s, str) for s in services) or not services:
             raise ValueError(f"params.services={services!r}: a non-empty list of service names such as ['mplite']")
-        configured = [s for s in services if config.text(url_variable(s))]
+        variables = [f"ACTP_{s.upper()}_{kind}" for s in services for kind in ("URL", "KEY", "HEALTH_PATH")]
+        settings = config.current(self.settings, *variables)
+        configured = [s for s in services if settings.service(s).url]
         if not configured:
             names = ", ".join(url_variable(s) for s in services)
             raise TaskNotConfigured(names, "set the URL of at least one service to probe")
-        probes = await asyncio.gather(*(self._probe(s) for s in configured))
+        probes = await asyncio.gather(*(self._probe(s, settings) for s in configured))
         changes = await asyncio.to_thread(self._record, probes)
         down = [p for p in probes if not p.up]
         text = f"{len(probes) - len(down)} of {len(probes)} configured service(s) up"
@@ -61,17 +64,17 @@ class HealthCheck:
             text += f"; {len(changes)} change(s) alerted"
         return text
 
-    async def _probe(self, service: str) -> Probe:
-        path = config.text(f"ACTP_{service.upper()}_HEALTH_PATH") or DEFAULT_HEALTH_PATH
+    async def _probe(self, service: str, settings: Settings) -> Probe:
+        path = settings.service(service).health_path
         call = ServiceCall(
             service=service,
             method="GET",
             path=path,
             timeout_seconds=HEALTH_TIMEOUT_SECONDS,
-            auth=config.text(f"ACTP_{service.upper()}_KEY") is not None,
+            auth=settings.service(service).key is not None,
         )
         try:
-            response = await send(call)
+            response = await send(call, settings=settings)
         except ServiceCallError as exc:
             return Probe(service, False, str(exc))
         return Probe(service, True, f"HTTP {response.status_code}")

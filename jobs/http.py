@@ -18,12 +18,11 @@ from typing import Any
 import httpx
 
 from agent.scheduler.errors import TaskNotConfigured
+from agent.scheduler.settings import Settings
 from agent.scheduler.tasks import RunContext
 
 from . import config
 
-#: How long one call may take (connect, each read, write) unless the schedule or ACTP_HTTP_TIMEOUT_SECONDS says.
-DEFAULT_TIMEOUT_SECONDS = 20.0
 #: Methods a schedule may use.
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 #: Service names: lower-case letters, digits and ``_``; they become ``ACTP_<SERVICE>_URL``.
@@ -80,7 +79,7 @@ class ServiceCall:
     body: Any = None
     """Sent as JSON when not None."""
     timeout_seconds: float | None = None
-    """None: ACTP_HTTP_TIMEOUT_SECONDS, else DEFAULT_TIMEOUT_SECONDS."""
+    """None: ACTP_HTTP_TIMEOUT_SECONDS."""
     auth: bool = True
     """Send ``Authorization: Bearer <ACTP_<SERVICE>_KEY>``; the key is then required."""
 
@@ -121,44 +120,44 @@ class ServiceCall:
         return f"{self.service} {self.method} {self.path}"
 
 
-def base_url(service: str, environ: Mapping[str, str] | None = None) -> str:
+def base_url(service: str, settings: Settings | None = None) -> str:
     """The service's base URL; TaskNotConfigured naming ``ACTP_<SERVICE>_URL`` when unset."""
-    value = config.text(url_variable(service), environ)
+    value = config.current(settings, url_variable(service)).service(service).url
     if value is None:
         raise TaskNotConfigured(url_variable(service), f"base URL of the {service} service")
     return value.rstrip("/")
 
 
-def bearer_key(service: str, environ: Mapping[str, str] | None = None) -> str:
+def bearer_key(service: str, settings: Settings | None = None) -> str:
     """The service's key; TaskNotConfigured naming ``ACTP_<SERVICE>_KEY`` when unset."""
-    value = config.text(key_variable(service), environ)
+    value = config.current(settings, key_variable(service)).service(service).key
     if value is None:
         raise TaskNotConfigured(key_variable(service), f"bearer key of the {service} service")
     return value
 
 
-def timeout_for(call: ServiceCall, environ: Mapping[str, str] | None = None) -> float:
+def timeout_for(call: ServiceCall, settings: Settings | None = None) -> float:
     """The call's timeout in seconds."""
     if call.timeout_seconds is not None:
         return call.timeout_seconds
-    return config.number("ACTP_HTTP_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=0.001, environ=environ)
+    return config.current(settings, "ACTP_HTTP_TIMEOUT_SECONDS").http_timeout_seconds
 
 
 async def send(
     call: ServiceCall,
     *,
     headers: Mapping[str, str] | None = None,
-    environ: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
 ) -> httpx.Response:
     """Make ``call`` and return its 2xx response; anything else raises a ServiceCallError subclass.
 
     TaskNotConfigured when the service's URL (or, with ``auth``, its key) is not set.
     """
-    url = base_url(call.service, environ) + call.path
+    url = base_url(call.service, settings) + call.path
     sent = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
     if call.auth:
-        sent["Authorization"] = f"Bearer {bearer_key(call.service, environ)}"
-    timeout = timeout_for(call, environ)
+        sent["Authorization"] = f"Bearer {bearer_key(call.service, settings)}"
+    timeout = timeout_for(call, settings)
     where = dict(service=call.service, method=call.method, path=call.path)
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
@@ -205,7 +204,7 @@ def preview(response: httpx.Response) -> str:
     return shown if len(shown) <= BODY_PREVIEW_CHARS else shown[:BODY_PREVIEW_CHARS] + "..."
 
 
-async def call_service(ctx: RunContext) -> str:
+async def call_service(ctx: RunContext, *, settings: Settings | None = None) -> str:
     """Task ``jobs.call_service``: the call its schedule's params describe; the outcome is the answer's start."""
     call = ServiceCall.from_params(ctx.params)
     headers = {
@@ -215,5 +214,5 @@ async def call_service(ctx: RunContext) -> str:
         "X-ACTP-Attempt": str(ctx.attempt),
         "X-ACTP-Intended-Run-At": ctx.intended_run_at.isoformat(),
     }
-    response = await send(call, headers=headers)
+    response = await send(call, headers=headers, settings=settings)
     return f"{call.label}: HTTP {response.status_code}: {preview(response)}"

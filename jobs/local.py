@@ -1,7 +1,7 @@
 """Local housekeeping jobs: heartbeat, temp cleanup, log rotation, disk space check, database maintenance.
 
 Each is a plain (sync) function run in a thread by the engine; it does its work on this machine and
-returns a line saying what it did. Time comes from the store's clock; settings from the environment,
+returns a line saying what it did. Time comes from the store's clock; settings from the worker's Settings,
 read at each run (see :mod:`jobs.config`).
 """
 
@@ -11,12 +11,12 @@ import os
 import platform
 import shutil
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent.scheduler.settings import Settings
 from agent.scheduler.store import ScheduleStore
 from agent.scheduler.tasks import RunContext
 
@@ -25,18 +25,8 @@ from .supabase import push_heartbeat
 
 #: Files in the download directory older than this are deleted by temp cleanup.
 TEMP_MAX_AGE = timedelta(hours=24)
-DEFAULT_DOWNLOAD_DIR = "~/.actp/downloads"
-DEFAULT_LOG_DIR = "~/.actp/logs"
-#: The data directory whose disk is watched (the default database lives there).
-DEFAULT_DATA_DIR = "~/.actp"
-#: A log file at least this large is rotated at once.
-DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
-#: Rotated copies kept per log file (``app.log.1`` newest ... ``app.log.7``).
-DEFAULT_LOG_KEEP = 7
 #: A non-empty log whose last rotation is at least this old is rotated: daily, with slack for a late run.
 DAILY_ROTATION_AFTER = timedelta(hours=20)
-DEFAULT_DISK_MIN_FREE_MB = 1024.0
-DEFAULT_RUN_RETENTION_DAYS = 30
 #: engine_state key prefix of the heartbeat rows; the key is ``heartbeat:<worker id>``.
 HEARTBEAT_STATE_PREFIX = "heartbeat:"
 #: engine_state key remembering whether the disk was low at the last check (alerts go out on a change).
@@ -63,8 +53,8 @@ class LocalJobs:
 
     store: ScheduleStore
     worker_id: str
-    environ: Mapping[str, str] | None = None
-    """None: the process environment, read at each run."""
+    settings: Settings | None = None
+    """The worker's settings; None: the variables each job needs, read at each run."""
 
     def _now(self) -> datetime:
         return self.store.clock.now()
@@ -89,7 +79,7 @@ class LocalJobs:
             "system_info": system,
         }
         self.store.put_state(HEARTBEAT_STATE_PREFIX + self.worker_id, row)
-        url = config.text("SUPABASE_DB_URL", self.environ)
+        url = config.current(self.settings, "SUPABASE_DB_URL").supabase_db_url
         if url is None:
             return f"heartbeat of {self.worker_id} recorded in engine_state (SUPABASE_DB_URL not set: no Supabase row)"
         push_heartbeat(
@@ -107,7 +97,7 @@ class LocalJobs:
 
     def temp_cleanup(self, ctx: RunContext) -> str:
         """Delete files older than 24 h (and then-empty directories) under ACTP_DOWNLOAD_DIR."""
-        root = config.path("ACTP_DOWNLOAD_DIR", DEFAULT_DOWNLOAD_DIR, self.environ)
+        root = config.current(self.settings, "ACTP_DOWNLOAD_DIR").download_dir
         _refuse_broad_directory("ACTP_DOWNLOAD_DIR", root)
         if not root.is_dir():
             return f"{root} does not exist: nothing to clean"
@@ -152,9 +142,8 @@ class LocalJobs:
         deleted) and then truncated in place (copy-truncate), so a process that keeps the file open
         (launchd, a shell redirect) goes on writing to ``app.log``.
         """
-        log_dir = config.path("ACTP_LOG_DIR", DEFAULT_LOG_DIR, self.environ)
-        max_bytes = config.whole("ACTP_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES, minimum=1, environ=self.environ)
-        keep = config.whole("ACTP_LOG_KEEP", DEFAULT_LOG_KEEP, minimum=1, environ=self.environ)
+        settings = config.current(self.settings, "ACTP_LOG_DIR", "ACTP_LOG_MAX_BYTES", "ACTP_LOG_KEEP")
+        log_dir, max_bytes, keep = settings.log_dir, settings.log_max_bytes, settings.log_keep
         if not log_dir.is_dir():
             return f"{log_dir} does not exist: nothing to rotate"
         now = self._now()
@@ -184,8 +173,8 @@ class LocalJobs:
 
         The alert goes out when the disk becomes low, not again at every check while it stays low.
         """
-        data_dir = config.path("ACTP_DATA_DIR", DEFAULT_DATA_DIR, self.environ)
-        minimum = config.number("ACTP_DISK_MIN_FREE_MB", DEFAULT_DISK_MIN_FREE_MB, minimum=0, environ=self.environ)
+        settings = config.current(self.settings, "ACTP_DATA_DIR", "ACTP_DISK_MIN_FREE_MB")
+        data_dir, minimum = settings.data_dir, settings.disk_min_free_mb
         probe = data_dir
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
@@ -221,7 +210,7 @@ class LocalJobs:
         Succeeded, skipped and cancelled runs are pruned; dead-lettered ones stay (they can be
         replayed), and so does the newest run of every schedule.
         """
-        days = config.whole("ACTP_RUN_RETENTION_DAYS", DEFAULT_RUN_RETENTION_DAYS, minimum=1, environ=self.environ)
+        days = config.current(self.settings, "ACTP_RUN_RETENTION_DAYS").run_retention_days
         before = self._now() - timedelta(days=days)
         pruned = store_queries.prune_runs(self.store, before)
         optimized = store_queries.optimize(self.store)
@@ -233,7 +222,7 @@ def _refuse_broad_directory(variable: str, root: Path) -> None:
     resolved = root.resolve()
     home = Path.home().resolve()
     if resolved in (resolved.parent, home) or resolved in home.parents:
-        raise config.ConfigError(variable, str(root), "a directory of its own, not / or the home directory")
+        raise config.refused(variable, str(root), "a directory of its own, not / or the home directory")
 
 
 def _rotate(log: Path, *, keep: int, at: datetime) -> None:

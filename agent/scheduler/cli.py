@@ -39,7 +39,7 @@ from .arguments import (
     whole_number,
 )
 from .clock import Clock, SystemClock
-from .config import GROUPS, approvers, check_config, env_example, mask_url
+from .config import GROUPS, Problem, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
 from .engine.reconciliation import UP_AFTER_HEARTBEATS
@@ -59,7 +59,8 @@ from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
 from .records import ProposalRecord
-from .store import ScheduleStore, default_url
+from .settings import Settings, check_settings, read_environment
+from .store import ScheduleStore
 from .tasks import TaskRegistry
 from .views import (
     clip,
@@ -136,8 +137,39 @@ class CliError(Exception):
 class Commands:
     """One method per command; each returns what to print (text) or to dump (JSON)."""
 
-    def __init__(self, store: ScheduleStore, clock: Clock, out: TextIO, as_json: bool) -> None:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        clock: Clock,
+        out: TextIO,
+        as_json: bool,
+        *,
+        settings: Settings | None = None,
+        problems: Sequence[Problem] = (),
+    ) -> None:
         self.store, self.clock, self.out, self.as_json = store, clock, out, as_json
+        if settings is None:
+            settings, found = check_settings()
+            problems = [*problems, *found]
+        self.settings, self.problems = settings, list(problems)
+
+    def _approvers(self) -> Approvers:
+        self.setting_problem(*APPROVER_SETTINGS)
+        return self.settings.approvers()
+
+    def _tasks_from_environment(self) -> list[str]:
+        """The task modules of TASKS_ENV (comma separated); CliError naming it when one is bad."""
+        self.setting_problem(TASKS_ENV)
+        try:
+            return [module_name(name) for name in self.settings.task_modules]
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"{TASKS_ENV}: {exc}") from None
+
+    def setting_problem(self, *variables: str) -> None:
+        """Refuse, naming it, when one of ``variables`` is set to a value it does not allow."""
+        for problem in self.problems:
+            if problem.variable in variables:
+                raise CliError(f"{problem.variable}={problem.shown!r}: {problem.allowed}")
 
     def emit(self, data: Any, text: str) -> None:
         self.out.write((json.dumps(data, indent=2, default=str) if self.as_json else text) + "\n")
@@ -353,7 +385,9 @@ class Commands:
 
     def _proposal_service(self, modules: Sequence[str] = ()) -> ProposalService:
         tasks = TaskRegistry()
-        names = list(modules) or [m for m in os.environ.get(TASKS_ENV, "").split(",") if m.strip()]
+        if not modules:
+            self.setting_problem(TASKS_ENV)
+        names = list(modules) or self.settings.task_modules
         if not names:
             raise CliError(
                 f"the worker's tasks are needed to check a proposal's target: pass --tasks MODULE or set {TASKS_ENV}"
@@ -381,7 +415,7 @@ class Commands:
                 raise CliError(
                     f"--tasks {name}: its register(tasks, store) failed: {type(exc).__name__}: {exc}"
                 ) from exc
-        return ProposalService(self.store, tasks, self.clock, approvers=_approvers())
+        return ProposalService(self.store, tasks, self.clock, approvers=self._approvers())
 
     def propose(self, args: argparse.Namespace) -> None:
         data = read_proposal(args.file)
@@ -420,7 +454,7 @@ class Commands:
 
     def reject(self, args: argparse.Namespace) -> None:
         by = operator_caller()
-        service = ProposalService(self.store, TaskRegistry(), self.clock, approvers=_approvers())
+        service = ProposalService(self.store, TaskRegistry(), self.clock, approvers=self._approvers())
         record = service.reject(args.id, by=by, reason=args.reason)
         self.emit(proposal_dict(record), f"proposal {record.id} ({record.name}) rejected by {by.id}: {args.reason}")
 
@@ -552,16 +586,16 @@ class Commands:
         if args.env_example:
             self.out.write(env_example())
             return
-        config, problems = check_config(os.environ)
+        config, problems = check_config(read_environment())
         rows = config.display()
         for row in rows:
             if row["source"] == "unset" and row["name"] in _COMPUTED_DEFAULTS and not problems:
-                row["value"], row["source"] = _COMPUTED_DEFAULTS[row["name"]](), "computed"
+                row["value"], row["source"] = _COMPUTED_DEFAULTS[row["name"]](self.settings), "computed"
         database = {
-            "value": mask_url(args.db or default_url()),
+            "value": mask_url(args.db or self.settings.scheduler_db),
             "source": "--db"
             if args.db
-            else ("ACTP_SCHEDULER_DB" if os.environ.get("ACTP_SCHEDULER_DB") else "default"),
+            else ("ACTP_SCHEDULER_DB" if self.settings.is_set("ACTP_SCHEDULER_DB") else "default"),
         }
         data = {
             "database": database,
@@ -578,15 +612,16 @@ class Commands:
 
     def install_service(self, args: argparse.Namespace) -> None:
         system = service_files.current_system(None if args.system is None else _SYSTEM_NAMES[args.system])
+        environ = read_environment()
         where = service_files.placement(
             db=args.service_db or args.db,
-            tasks=args.service_tasks or _tasks_from_environment(),
+            tasks=args.service_tasks or self._tasks_from_environment(),
             workdir=args.workdir,
             python=args.python,
             worker=args.worker,
-            environ=os.environ,
+            environ=environ,
         )
-        service = service_files.service_file(system, where, environ=os.environ)
+        service = service_files.service_file(system, where, environ=environ)
         data: dict[str, Any] = {
             "system": system,
             "manager": service.manager,
@@ -884,16 +919,14 @@ def _timeline_text(data: dict[str, Any], zone: ZoneInfo) -> str:
     return "\n".join(lines)
 
 
-def _computed_worker_id() -> str:
-    from .engine import default_worker_id
-
-    return default_worker_id()
+def _computed_worker_id(settings: Settings) -> str:
+    return settings.effective_worker_id
 
 
-def _computed_timezone() -> str:
+def _computed_timezone(settings: Settings) -> str:
     from .adapters.legacy_cron import worker_timezone
 
-    return worker_timezone()
+    return worker_timezone(settings=settings)
 
 
 #: Variables whose default is found at run time, and how (``config`` shows the value found).
@@ -1081,15 +1114,6 @@ def _directory(text: str) -> Path:
     return path
 
 
-def _tasks_from_environment() -> list[str]:
-    """The task modules named in TASKS_ENV (comma separated); CliError naming it when one is not a module name."""
-    names = [m.strip() for m in os.environ.get(TASKS_ENV, "").split(",") if m.strip()]
-    try:
-        return [module_name(name) for name in names]
-    except argparse.ArgumentTypeError as exc:
-        raise CliError(f"{TASKS_ENV}: {exc}") from None
-
-
 def operator_caller() -> Caller:
     """The operating-system user running this command, as the command line's caller.
 
@@ -1111,14 +1135,6 @@ def operator_caller() -> Caller:
 APPROVER_SETTINGS = ("ACTP_APPROVER_OPERATORS", "TELEGRAM_APPROVER_CHAT_IDS")
 
 
-def _approvers() -> Approvers:
-    config, problems = check_config()
-    for problem in problems:
-        if problem.variable in APPROVER_SETTINGS:
-            raise CliError(f"{problem.variable}={problem.shown!r}: {problem.allowed}")
-    return approvers(config)
-
-
 class _NoStore:
     """Stands in for the store in the commands that read no database (OFFLINE_COMMANDS)."""
 
@@ -1126,10 +1142,13 @@ class _NoStore:
         raise RuntimeError(f"this command reads no database (it used store.{name})")
 
 
-def _environment_db() -> str:
+def _environment_db(settings: Settings, problems: Sequence[Problem]) -> str:
     """The worker's database when no ``--db`` is given, checked as ``--db`` is (``ACTP_SCHEDULER_DB`` may be bad)."""
+    for problem in problems:
+        if problem.variable == "ACTP_SCHEDULER_DB":
+            raise CliError(f"{problem.variable}={problem.shown!r}: {problem.allowed}")
     try:
-        return database_from_environment(default_url(), "ACTP_SCHEDULER_DB")
+        return database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -1139,11 +1158,13 @@ def reads_only(args: argparse.Namespace) -> bool:
     return args.command in READ_COMMANDS or (args.command == "dlq" and args.action in READ_DLQ_ACTIONS)
 
 
-def _db_source(args: argparse.Namespace) -> str:
+def _db_source(args: argparse.Namespace, settings: Settings) -> str:
     """Where the database came from, as a failure to open it names it."""
     if args.db:
         return "check --db"
-    return "check ACTP_SCHEDULER_DB" if os.environ.get("ACTP_SCHEDULER_DB") else "the default, as no --db was given"
+    if settings.is_set("ACTP_SCHEDULER_DB"):
+        return "check ACTP_SCHEDULER_DB"
+    return "the default, as no --db was given"
 
 
 def error_line(message: object, *, as_json: bool) -> str:
@@ -1177,17 +1198,26 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
         # approval, a retried connection) are the worker's to print, not this command's.
         logging.getLogger().addHandler(logging.NullHandler())
     store = None
+    # Read once; a bad variable stops only the commands that need it.
+    settings, problems = check_settings()
     try:
         if args.command in OFFLINE_COMMANDS:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
-            commands = Commands(cast(ScheduleStore, _NoStore()), clock or SystemClock(), stream, args.json)
+            commands = Commands(
+                cast(ScheduleStore, _NoStore()),
+                clock or SystemClock(),
+                stream,
+                args.json,
+                settings=settings,
+                problems=problems,
+            )
         else:
-            url = args.db or _environment_db()
+            url = args.db or _environment_db(settings, problems)
             try:
                 store = ScheduleStore(url, clock=clock or SystemClock(), read_only=reads_only(args))
             except (DatabaseNotFound, SchemaMissing) as exc:
-                raise CliError(f"{exc} ({_db_source(args)})") from None
-            commands = Commands(store, store.clock, stream, args.json)
+                raise CliError(f"{exc} ({_db_source(args, settings)})") from None
+            commands = Commands(store, store.clock, stream, args.json, settings=settings, problems=problems)
         getattr(commands, args.command.replace("-", "_"))(args)
         return 0
     except (CliError, SchedulerError) as exc:

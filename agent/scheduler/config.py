@@ -1,7 +1,9 @@
 """Every environment variable the worker and its tools read, in one table: default, meaning, secrecy, check.
 
-``load_config(environ)`` checks every variable at once and raises ONE ``ConfigError`` that lists
-each bad variable with what it allows; unset optional variables take their defaults. The table
+The worker and the command line read these variables once, into ``settings.Settings``, whose
+fields take their checks and defaults from this table. ``load_config(environ)`` checks every
+variable at once and raises ONE ``ConfigError`` that lists each bad variable with what it
+allows; unset optional variables take their defaults; the ``config`` command shows it. The table
 also writes ``.env.example`` (``python -m agent.scheduler config --env-example``; a test keeps the
 file equal to the table) and masks secrets for display (``Config.display``).
 
@@ -702,7 +704,11 @@ def _dynamic_settings(env: Mapping[str, str]) -> list[Setting]:
 
 def check_config(environ: Mapping[str, str] | None = None) -> tuple[Config, list[Problem]]:
     """Check every variable; returns the configuration (bad variables as source ``invalid``) and the problems."""
-    env = os.environ if environ is None else environ
+    if environ is None:
+        from .settings import read_environment
+
+        environ = read_environment()
+    env = environ
     entries: dict[str, Entry] = {}
     problems: list[Problem] = []
     for setting in (*SETTINGS, *_dynamic_settings(env)):
@@ -799,12 +805,12 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return values
 
 
-def apply_env_file(path: str | os.PathLike[str], environ: MutableMapping[str, str] | None = None) -> list[str]:
-    """Set each variable of the ``.env`` file at ``path`` that ``environ`` (the process's) does not have yet.
+def apply_env_file(path: str | os.PathLike[str], environ: MutableMapping[str, str]) -> list[str]:
+    """Set each variable of the ``.env`` file at ``path`` that ``environ`` does not have yet.
 
     The environment wins over the file, as with systemd's EnvironmentFile. Returns the names set.
     """
-    env = os.environ if environ is None else environ
+    env = environ
     applied = []
     for name, value in read_env_file(path).items():
         if name not in env:

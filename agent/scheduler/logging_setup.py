@@ -5,7 +5,7 @@ replaces it). ``fmt="human"`` writes ``time LEVEL logger: message [key=value ...
 writes one JSON object per line with ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
 every ``extra`` field the call passed (``schedule``, ``run_id``, ``reason``...) and ``exc`` when an
 exception is attached. ``configure_from(config)`` takes level, format and the secrets to redact from
-a loaded ``Config``.
+the loaded ``Settings`` (or a ``Config``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from .config import Config
+    from .settings import Settings
 
 #: The line of the human format (``extra`` fields are appended as ``[key=value ...]``).
 HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -161,7 +162,9 @@ def configure_logging(
     return handler
 
 
-def configure_from(config: Config, *, level: str | int | None = None, stream: TextIO | None = None) -> logging.Handler:
+def configure_from(
+    config: Config | Settings, *, level: str | int | None = None, stream: TextIO | None = None
+) -> logging.Handler:
     """``configure_logging`` with ACTP_LOG_LEVEL (or ``level``, a command-line override), ACTP_LOG_FORMAT and
     the configuration's secrets."""
     return configure_logging(

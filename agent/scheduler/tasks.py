@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +13,7 @@ from typing import Any
 from .definition import ScheduleDefinition, check_name
 from .enums import RiskTier
 from .errors import SchedulerError
+from .settings import Settings, load_settings
 
 TaskFunction = Callable[["RunContext"], Any]
 
@@ -47,10 +47,13 @@ class TaskSpec:
         """True for ``async def`` tasks; sync ones run in a thread."""
         return inspect.iscoroutinefunction(self.fn)
 
-    def missing_configuration(self, environ: Mapping[str, str] | None = None) -> list[str]:
-        """The required environment variables that are not set (or empty)."""
-        env = os.environ if environ is None else environ
-        return [name for name in self.requires if not env.get(name)]
+    def missing_configuration(self, settings: Settings | Mapping[str, str] | None = None) -> list[str]:
+        """The required environment variables that are not set (or blank) in ``settings`` (default: read now)."""
+        if settings is None:
+            settings = load_settings(only=self.requires)
+        if isinstance(settings, Settings):
+            return [name for name in self.requires if not settings.is_set(name)]
+        return [name for name in self.requires if not settings.get(name, "").strip()]
 
 
 class TaskRegistry:

@@ -297,7 +297,7 @@ async def test_notifier_configuration_from_the_environment() -> None:
     notifier = TelegramNotifier.from_env(env)
     assert notifier is not None and notifier.chat_ids == [42, -1001]
     await notifier.close()
-    with pytest.raises(ValueError, match="TELEGRAM_ALERT_CHAT_IDS: 'forty' is not a chat id"):
+    with pytest.raises(ValueError, match="TELEGRAM_ALERT_CHAT_IDS='forty': chat ids as whole numbers"):
         TelegramNotifier.from_env({**env, "TELEGRAM_ALERT_CHAT_IDS": "forty"})
 
 

@@ -23,6 +23,7 @@ from agent.scheduler import (
 )
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.errors import TaskNotConfigured
+from agent.scheduler.settings import load_settings
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import BATCH_THRESHOLDS, run_async
 
@@ -346,6 +347,31 @@ async def test_a_task_that_is_not_configured_ends_skipped_naming_what_is_missing
         assert run.status is RunStatus.SKIPPED
         assert run.reason is not None and run.reason.startswith("not configured: set ACTP_TEST_SERVICE_URL")
     assert store.dead_letters() == []
+    await engine.stop()
+
+
+@run_async
+async def test_an_engine_given_settings_judges_a_tasks_requirements_by_them(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACTP_TEST_SERVICE_URL", "https://only-in-the-process.example.com")
+    tasks = TaskRegistry()
+    ran: list[str] = []
+
+    async def declared(ctx: RunContext) -> None:
+        ran.append(ctx.run_id)
+
+    tasks.add("declared", declared, requires=["ACTP_TEST_SERVICE_URL"])
+    store.add(make_schedule("requires", trigger_type="delay", expression="+1m", target="declared"))
+    settings = load_settings({"ACTP_WORKER_ID": "from-settings"})
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, settings=settings)
+    assert engine.worker_id == "from-settings"
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=2))
+    await engine.wait_idle()
+    [run] = store.runs(schedule="requires")
+    assert run.status is RunStatus.SKIPPED and ran == []
+    assert run.reason is not None and run.reason.startswith("not configured: set ACTP_TEST_SERVICE_URL")
     await engine.stop()
 
 

@@ -34,6 +34,7 @@ from agent.scheduler.adapters.legacy_cron import (
 )
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import ScheduleSource
+from agent.scheduler.settings import load_settings
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from cron_definitions import CALL_SERVICE, CRON_JOBS, HEALTH_CHECKED_SERVICES
 from jobs.config import ConfigError
@@ -375,7 +376,7 @@ def test_heartbeat_upserts_the_supabase_row_on_a_real_postgres(migrated: Schedul
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS actp_worker_heartbeats"))
             conn.execute(text(ddl))
-        local = LocalJobs(migrated, "pg-worker", environ={"SUPABASE_DB_URL": url})
+        local = LocalJobs(migrated, "pg-worker", load_settings({"SUPABASE_DB_URL": url}))
         for _ in range(2):
             assert "Supabase" in local.heartbeat(context(migrated, "worker_heartbeat"))
             clock.advance(60)

@@ -281,7 +281,7 @@ def test_a_bad_tasks_module_in_the_environment_is_one_line(
     for value in (".relative", f"{MODULE},,a b"):
         monkeypatch.setenv("ACTP_SCHEDULER_TASKS", value)
         assert cli(db_path, clock, "propose", str(path)) == 2
-        one_error_line(capsys, "ACTP_SCHEDULER_TASKS", "dotted name")
+        one_error_line(capsys, f"ACTP_SCHEDULER_TASKS={value!r}", "Python module names, comma-separated")
     assert seeded.proposals() == []
 
 

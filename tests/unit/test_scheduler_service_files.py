@@ -265,7 +265,7 @@ def test_install_service_writes_the_tasks_into_the_unit(project: Path, monkeypat
     [
         (["--tasks"], "", "argument --tasks: expected at least one argument"),
         (["--tasks", "my-tasks"], "", "argument --tasks: 'my-tasks': must be a module's dotted name"),
-        ([], "ok, bad name", "ACTP_SCHEDULER_TASKS: 'bad name': must be a module's dotted name"),
+        ([], "ok, bad name", "ACTP_SCHEDULER_TASKS='ok, bad name': Python module names, comma-separated"),
         (["--workdir", "nowhere"], "", "argument --workdir: 'nowhere': not a directory"),
         (["--worker", "nowhere.py"], "", "--worker "),
         (["--python", ""], "", "argument --python: '': must be a path on one line"),

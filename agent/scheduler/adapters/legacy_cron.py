@@ -21,6 +21,7 @@ from typing import Any
 from ..definition import ScheduleDefinition
 from ..enums import ConcurrencyPolicy, MissedRunPolicy, RiskTier, ScheduleSource, ShutdownPolicy, TriggerType
 from ..errors import InvalidSchedule, SchedulerError
+from ..settings import Settings, load_settings
 from ..store import ScheduleStore
 from ..tasks import TaskRegistry
 from ..triggers import parse_timezone
@@ -240,13 +241,16 @@ def legacy_id(name: str) -> str:
     return ID_PREFIX + name
 
 
-def worker_timezone(environ: Mapping[str, str] | None = None, *, localtime: Path = LOCALTIME) -> str:
+def worker_timezone(
+    environ: Mapping[str, str] | None = None, *, settings: Settings | None = None, localtime: Path = LOCALTIME
+) -> str:
     """The worker's IANA timezone: ``ACTP_TIMEZONE``, else ``TZ``, else /etc/localtime's zoneinfo link, else UTC.
 
     A set ``ACTP_TIMEZONE`` that is not an IANA name raises InvalidSchedule naming it; a ``TZ`` that
-    is not one (a POSIX rule such as ``EST5EDT,M3.2.0,M11.1.0``) is passed over.
+    is not one (a POSIX rule such as ``EST5EDT,M3.2.0,M11.1.0``) is passed over. The variables come
+    from ``environ``, else from ``settings``, else from the settings read now.
     """
-    env = os.environ if environ is None else environ
+    env = environ if environ is not None else _zone_variables(settings)
     explicit = env.get("ACTP_TIMEZONE", "").strip()
     if explicit:
         if not _is_zone(explicit):
@@ -266,6 +270,13 @@ def worker_timezone(environ: Mapping[str, str] | None = None, *, localtime: Path
         if name and _is_zone(name):
             return name
     return "UTC"
+
+
+def _zone_variables(settings: Settings | None) -> dict[str, str]:
+    # TZ is read raw here: a POSIX rule in it is passed over, not refused.
+    if settings is None:
+        settings = load_settings(only=("ACTP_TIMEZONE", "TZ"))
+    return {"ACTP_TIMEZONE": settings.timezone or "", "TZ": settings.tz or ""}
 
 
 def _zone_from_path(path: str) -> str:

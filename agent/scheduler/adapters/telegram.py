@@ -1,18 +1,26 @@
-"""Telegram edge: the alert Notifier over python-telegram-bot's Bot, configured from the environment."""
+"""Telegram edge: the alert Notifier over python-telegram-bot's Bot, configured by the settings."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 
 from telegram import Bot
 from telegram.request import HTTPXRequest
 
+from ..settings import Settings, load_settings
+
 log = logging.getLogger(__name__)
 
 #: Seconds a single Bot API call may take before it counts as failed.
 REQUEST_TIMEOUT_SECONDS = 10.0
+#: The variables the notifier reads.
+TELEGRAM_VARIABLES = (
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_ALERT_CHAT_IDS",
+    "TELEGRAM_ALLOWED_CHAT_IDS",
+    "TELEGRAM_API_BASE_URL",
+)
 
 
 def parse_chat_ids(text: str, *, variable: str) -> list[int]:
@@ -47,14 +55,16 @@ class TelegramNotifier:
         ``TELEGRAM_API_BASE_URL`` points the client at another Bot API server (a local one).
         Returns None, with one log line, when the token or the chats are missing.
         """
-        env = os.environ if environ is None else environ
-        token = env.get("TELEGRAM_BOT_TOKEN", "")
-        variable = "TELEGRAM_ALERT_CHAT_IDS" if env.get("TELEGRAM_ALERT_CHAT_IDS") else "TELEGRAM_ALLOWED_CHAT_IDS"
-        chats = parse_chat_ids(env.get(variable, ""), variable=variable)
+        return cls.from_settings(load_settings(environ, only=TELEGRAM_VARIABLES))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TelegramNotifier | None:
+        """The notifier of ``settings``' token and alert chats; None, with one log line, when either is missing."""
+        token, chats = settings.telegram_bot_token, settings.alert_chat_ids
         if not token or not chats:
             log.info("Telegram alerts off: set TELEGRAM_BOT_TOKEN and TELEGRAM_ALERT_CHAT_IDS to deliver them")
             return None
-        return cls(token, chats, base_url=env.get("TELEGRAM_API_BASE_URL") or None)
+        return cls(token, chats, base_url=settings.telegram_api_base_url)
 
     async def send(self, text: str) -> None:
         # Bot.shutdown() only releases the HTTP client of an initialized Bot: initialize first.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from ..scheduled_run import ScheduledRun
+from ..settings import Settings, load_settings
 from ..store import ScheduleStore, normalize_url
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,13 @@ class TelemetryExporter:
 
     @classmethod
     def from_env(cls, store: ScheduleStore, environ: Mapping[str, str] | None = None) -> TelemetryExporter | None:
+        """:meth:`from_settings` of ``SUPABASE_DB_URL`` in ``environ`` (default: the process environment)."""
+        return cls.from_settings(store, load_settings(environ, only=("SUPABASE_DB_URL",)))
+
+    @classmethod
+    def from_settings(cls, store: ScheduleStore, settings: Settings) -> TelemetryExporter | None:
         """The exporter for ``SUPABASE_DB_URL``; None, with one log line, when it is not set."""
-        url = (os.environ if environ is None else environ).get("SUPABASE_DB_URL")
+        url = settings.supabase_db_url
         if not url:
             log.info("run telemetry export off: set SUPABASE_DB_URL to export finished runs to %s", TABLE_NAME)
             return None

@@ -23,6 +23,7 @@ from ..errors import GuardRejected, TaskNotConfigured
 from ..machines.run_lifecycle import plan_run
 from ..policies.shutdown import CHECKPOINT_WAIT, STILL_RUNNING, Stopping, asks_the_task, cutoff
 from ..scheduled_run import ScheduledRun
+from ..settings import Settings
 from ..store import EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .outcomes import Outcome, ended, run_in_thread, thread_ended, timed_out
@@ -159,6 +160,7 @@ class Execution:
         db: Db,
         wake: Callable[[], None],
         watch: LoopWatch,
+        settings: Settings | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -169,6 +171,8 @@ class Execution:
         self._db = db
         self._wake = wake
         self.watch = watch
+        self.settings = settings
+        """The worker's settings, which judge a task's ``requires``; None: the variables, read at each run."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.in_flight: dict[str, _InFlight] = {}
         self.prepared: dict[str, Prepared] = {}
@@ -304,7 +308,7 @@ class Execution:
         thread: asyncio.Future[Any] | None = None
         cut = False
         try:
-            missing = spec.missing_configuration()
+            missing = spec.missing_configuration(self.settings)
             if missing:
                 raise TaskNotConfigured(", ".join(missing))
             if spec.is_async:

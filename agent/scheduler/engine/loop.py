@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from ..enums import RunStatus
 from ..errors import DatabaseReplaced, DatabaseUnavailable
 from ..reconciliation import ReconciliationReport
 from ..scheduled_run import ScheduledRun
+from ..settings import Settings, load_settings
 from ..store import BATCH_MIN, EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .breakers import Breakers
@@ -65,9 +64,9 @@ HEARTBEAT_WAKE_SECONDS = HEARTBEAT_SECONDS
 RECONCILE_TASK = "scheduler.reconcile"
 
 
-def default_worker_id() -> str:
-    """``ACTP_WORKER_ID`` or this machine's host name: stable across restarts of the same worker."""
-    return os.environ.get("ACTP_WORKER_ID") or socket.gethostname()
+def default_worker_id(settings: Settings | None = None) -> str:
+    """``ACTP_WORKER_ID`` of ``settings`` (default: read now) or this machine's host name: stable across restarts."""
+    return (settings or load_settings(only=("ACTP_WORKER_ID",))).effective_worker_id
 
 
 class ScheduleEngine:
@@ -96,6 +95,7 @@ class ScheduleEngine:
         worker_id: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
         notifier: Notifier | None = None,
+        settings: Settings | None = None,
     ) -> None:
         if tick_seconds <= 0:
             raise ValueError(f"tick_seconds must be more than 0, got {tick_seconds}")
@@ -103,7 +103,7 @@ class ScheduleEngine:
         self.tasks = tasks
         self.clock: Clock = clock or store.clock
         self.tick_seconds = tick_seconds
-        self.worker_id = worker_id or default_worker_id()
+        self.worker_id = worker_id or default_worker_id(settings)
         self.lease = timedelta(seconds=lease_seconds)
         self.boot_id = uuid.uuid4().hex[:12]
         builtins: dict[str, TaskSpec] = {
@@ -121,6 +121,7 @@ class ScheduleEngine:
             db=self._db,
             wake=self._set_wake,
             watch=self._watch,
+            settings=settings,
         )
         breakers = Breakers(store)
         self._reconciler = Reconciler(

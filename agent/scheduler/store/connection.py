@@ -35,6 +35,7 @@ from ..errors import (
     SchemaTooNew,
     StoreError,
 )
+from ..settings import Settings, load_settings
 
 T = TypeVar("T")
 
@@ -101,9 +102,9 @@ def note_writes(engine: Any) -> None:
             conn.info[WROTE] = True
 
 
-def default_url() -> str:
-    """``ACTP_SCHEDULER_DB`` if set, else the SQLite file ``~/.actp/scheduler.db``."""
-    return os.environ.get("ACTP_SCHEDULER_DB") or str(DEFAULT_DB_PATH.expanduser())
+def default_url(settings: Settings | None = None) -> str:
+    """``ACTP_SCHEDULER_DB`` of ``settings`` (default: read now), else the SQLite file ``~/.actp/scheduler.db``."""
+    return (settings or load_settings(only=("ACTP_SCHEDULER_DB",))).scheduler_db
 
 
 def normalize_url(url_or_path: str | os.PathLike[str]) -> str:

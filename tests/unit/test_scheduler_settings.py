@@ -1,0 +1,139 @@
+"""The typed settings: read once from a mapping, defaults from the table, one error naming every bad variable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.scheduler.config import BY_NAME, SERVICES, SETTINGS, ConfigError
+from agent.scheduler.settings import Settings, check_settings, load_settings
+from agent.scheduler.tasks import TaskSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "123456789:AAH-token"
+
+
+def test_an_empty_environment_gives_the_tables_defaults() -> None:
+    settings = load_settings({})
+    assert settings.scheduler_db == str(Path("~/.actp/scheduler.db").expanduser())
+    assert (settings.log_level, settings.log_format) == ("INFO", "human")
+    assert settings.log_dir == Path("~/.actp/logs").expanduser()
+    assert (settings.log_max_bytes, settings.log_keep, settings.run_retention_days) == (10485760, 7, 30)
+    assert (settings.disk_min_free_mb, settings.http_timeout_seconds) == (1024.0, 20.0)
+    assert settings.worker_id is None and settings.telegram_bot_token is None and settings.services == {}
+    assert settings.alert_chat_ids == [] and settings.task_modules == []
+
+
+def test_every_variable_of_the_table_is_a_field_aliased_to_its_name() -> None:
+    aliases = {f.validation_alias for f in Settings.model_fields.values()} - {None}
+    services = {f"ACTP_{s.upper()}_{kind}" for s in SERVICES for kind in ("URL", "KEY", "HEALTH_PATH")}
+    listed = {s.name for s in SETTINGS} - services
+    assert listed == aliases
+
+
+def test_values_are_checked_and_typed_and_blanks_count_as_unset() -> None:
+    settings = load_settings(
+        {
+            "ACTP_LOG_LEVEL": " debug ",
+            "ACTP_WORKER_ID": "laptop-1",
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_ALLOWED_CHAT_IDS": "42, -1001",
+            "ACTP_LOG_KEEP": "3",
+            "ACTP_SCHEDULER_TASKS": "a.tasks, b",
+            "ACTP_DISK_MIN_FREE_MB": "  ",
+            "ACTP_CRM_URL": "https://crm.example.com",
+            "ACTP_CRM_KEY": "sk-0123456789",
+            "ACTP_BILLING_URL": "https://billing.example.com",
+        }
+    )
+    assert settings.log_level == "DEBUG" and settings.effective_worker_id == "laptop-1"
+    assert settings.alert_chat_ids == [42, -1001] and settings.log_keep == 3
+    assert settings.task_modules == ["a.tasks", "b"] and settings.disk_min_free_mb == 1024.0
+    assert settings.service("crm").url == "https://crm.example.com" and settings.service("crm").key == "sk-0123456789"
+    assert settings.service("billing").health_path == "/api/health" and settings.service("upwork").url is None
+    assert settings.is_set("ACTP_CRM_KEY") and not settings.is_set("ACTP_UPWORK_KEY")
+    assert sorted(settings.secret_values()) == [TOKEN, "sk-0123456789"]
+    assert TOKEN not in repr(settings) and "sk-0123456789" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "words"),
+    [
+        ("ACTP_LOG_LEVEL", "loud", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("ACTP_LOG_KEEP", "0", "a whole number, 1 or more"),
+        ("ACTP_DISK_MIN_FREE_MB", "lots", "a number, 0 or more"),
+        ("ACTP_SCHEDULER_DB", "mysql://h/db", "a SQLite file path, or a sqlite:// or postgresql:// URL"),
+        ("TELEGRAM_ALERT_CHAT_IDS", "forty", "chat ids as whole numbers, comma-separated"),
+        ("ACTP_TIMEZONE", "Mars/Olympus", "an IANA timezone name"),
+        ("ACTP_SCHEDULER_TASKS", "not a module", "Python module names, comma-separated"),
+        ("ACTP_CRM_URL", "crm.example.com", "a URL (http:// or https://) such as https://crm.example.com"),
+        ("ACTP_BILLING_HEALTH_PATH", "health", 'a path starting with "/"'),
+    ],
+)
+def test_each_bad_value_names_its_variable_and_what_it_allows(name: str, bad: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({name: bad})
+    [problem] = caught.value.problems
+    assert (problem.variable, problem.shown) == (name, bad)
+    assert words in problem.allowed and f"{name}={bad!r}: {words}" in str(caught.value)
+
+
+def test_every_bad_variable_is_listed_at_once_and_secrets_are_masked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"ACTP_LOG_FORMAT": "xml", "TELEGRAM_BOT_TOKEN": "not-a-token-at-all", "ACTP_LOG_KEEP": "x"})
+    assert [p.variable for p in caught.value.problems] == ["ACTP_LOG_FORMAT", "TELEGRAM_BOT_TOKEN", "ACTP_LOG_KEEP"]
+    assert "not-a-token-at-all" not in str(caught.value) and "'not***'" in str(caught.value)
+    assert str(caught.value).startswith("invalid configuration (3 variable(s)):")
+
+
+def test_the_same_messages_as_the_configuration_report() -> None:
+    from agent.scheduler.config import check_config
+
+    env = {"ACTP_LOG_LEVEL": "loud", "ACTP_RUN_RETENTION_DAYS": "-1", "SUPABASE_DB_URL": "mysql://u:pw@h/d"}
+    _, problems = check_config(env)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert sorted(caught.value.problems, key=str) == sorted(problems, key=str)
+
+
+def test_only_reads_the_variables_named_and_check_settings_reads_bad_ones_as_unset() -> None:
+    env = {"ACTP_LOG_LEVEL": "loud", "ACTP_WORKER_ID": "w-2"}
+    assert load_settings(env, only=["ACTP_WORKER_ID"]).worker_id == "w-2"
+    settings, problems = check_settings(env)
+    assert settings.log_level == BY_NAME["ACTP_LOG_LEVEL"].default and settings.worker_id == "w-2"
+    assert [p.variable for p in problems] == ["ACTP_LOG_LEVEL"]
+
+
+def test_a_tasks_required_variables_are_judged_by_the_settings() -> None:
+    spec = TaskSpec(name="t", fn=lambda ctx: None, requires=("ACTP_CRM_KEY", "ACTP_CRM_URL"))
+    settings = load_settings({"ACTP_CRM_URL": "https://crm.example.com"})
+    assert spec.missing_configuration(settings) == ["ACTP_CRM_KEY"]
+
+
+def test_an_env_file_is_read_under_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("ACTP_WORKER_ID=from-file\nACTP_LOG_KEEP=4\n", encoding="utf-8")
+    monkeypatch.setenv("ACTP_WORKER_ID", "from-environment")
+    monkeypatch.delenv("ACTP_LOG_KEEP", raising=False)
+    settings = load_settings(env_file=env_file)
+    assert (settings.worker_id, settings.log_keep) == ("from-environment", 4)
+
+
+#: The one module that reads the process environment; every other one is given a Settings.
+ENVIRONMENT_READER = "agent/scheduler/settings.py"
+#: Describes the user's own directories (HOME, XDG_CONFIG_HOME) to place service files; no setting.
+SERVICE_FILES = "agent/scheduler/service_files.py"
+
+
+def test_nothing_but_the_settings_module_reads_the_environment() -> None:
+    sources = [*ROOT.glob("agent/**/*.py"), *ROOT.glob("jobs/**/*.py")]
+    sources += [ROOT / n for n in ("worker.py", "telegram_bot.py", "cron_definitions.py")]
+    reading = re.compile(r"os\.environ|getenv|environ\.get\(|from os import")
+    found = sorted(
+        str(p.relative_to(ROOT))
+        for p in sources
+        if reading.search(p.read_text(encoding="utf-8")) and str(p.relative_to(ROOT)) != ENVIRONMENT_READER
+    )
+    assert found in ([], [SERVICE_FILES])

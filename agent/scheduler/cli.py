@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from . import schema, service_files, triggers
+from . import inbox, schema, service_files, triggers
 from .arguments import (
     DB_CHARS,
     OneLineParser,
@@ -31,6 +31,7 @@ from .arguments import (
     database_from_environment,
     module_name,
     name_commands,
+    shown,
     text_up_to,
     whole_number,
 )
@@ -38,14 +39,15 @@ from .clock import Clock, SystemClock
 from .config import GROUPS, approvers, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
-from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
+from .engine.events import NO_LISTENER
+from .enums import AlertStatus, EventStatus, ProposalStatus, RunStatus, TriggerType
 from .errors import InvalidSchedule, SchedulerError
 from .identity import Approvers, Caller, InvalidIdentity
 from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
 from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
-from .records import ProposalRecord
+from .records import InboxEvent, ProposalRecord
 from .scheduled_run import ScheduledRun
 from .store import ScheduleStore, default_url
 from .tasks import TaskRegistry
@@ -96,6 +98,8 @@ STATUS_MARKS = {
     RunStatus.RUNNING: ">",
     RunStatus.PENDING: "-",
 }
+#: How many of the latest events ``status`` looks through for names no schedule listens to.
+STATUS_EVENTS = 50
 #: Commands that read no database: they work when it cannot be opened.
 OFFLINE_COMMANDS = frozenset({"config", "install-service"})
 
@@ -241,6 +245,17 @@ class Commands:
         )
         assert run is not None
         self.emit(_run_dict(run), f"run {run.run_id} of {schedule.name} queued (pending); the worker starts it")
+
+    def emit_event(self, args: argparse.Namespace) -> None:
+        """``emit NAME [--payload JSON]``: write an event to the inbox as the user running the command.
+
+        (Named apart from ``emit``, which prints a command's answer.)
+        """
+        event = inbox.emit_event(self.store, args.name, args.payload, by=operator_caller().id)
+        text = (
+            f"event {event.name} ({event.id}) queued by {event.emitted_by}; a worker runs the schedules listening to it"
+        )
+        self.emit(_event_dict(event), text)
 
     def simulate(self, args: argparse.Namespace) -> None:
         now = self.clock.now()
@@ -439,6 +454,7 @@ class Commands:
         upcoming = sorted(
             ((nxt, s) for s in self.store.list() if (nxt := _next_run(s, now)) is not None), key=lambda p: p[0]
         )[:STATUS_NEXT_RUNS]
+        recent = self.store.events(limit=STATUS_EVENTS)
         data: dict[str, Any] = {
             "engine": "up" if up else "down",
             "now": _iso(now),
@@ -479,6 +495,11 @@ class Commands:
             ],
             "dead_letters": len(letters),
             "alerts": alerts,
+            "events": {
+                "pending": self.store.count_events(EventStatus.PENDING),
+                "last": _event_dict(recent[0]) if recent else None,
+                "no_listener": sorted({e.name for e in recent if e.reason == NO_LISTENER}),
+            },
             "next_runs": [
                 {
                     "schedule": s.name,
@@ -805,6 +826,36 @@ def _report_summary(report: dict[str, Any]) -> str:
     return rebuilt.summary()
 
 
+def _event_dict(event: InboxEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "payload": event.payload,
+        "emitted_at": _iso(event.emitted_at),
+        "emitted_by": event.emitted_by,
+        "status": event.status.value,
+        "consumed_at": _iso(event.consumed_at),
+        "consumed_by": event.consumed_by,
+        "runs": len(event.run_ids) if event.status is EventStatus.CONSUMED else None,
+        "run_ids": list(event.run_ids),
+        "reason": event.reason,
+    }
+
+
+def _events_line(events: dict[str, Any]) -> str:
+    """``events: 0 pending; last: job.done at 2027-03-13 12:00:00 UTC, 2 run(s)``."""
+    line = f"events: {events['pending']} pending"
+    last = events["last"]
+    if last is None:
+        return line + "; none emitted yet"
+    at = _parse_instant(last["emitted_at"])
+    when = at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else "?"
+    if last["status"] == EventStatus.PENDING.value:
+        return f"{line}; last: {last['name']} at {when}, not consumed yet"
+    line += f"; last: {last['name']} at {when}, {last['runs']} run(s)"
+    return line + (f" ({last['reason']})" if last["reason"] else "")
+
+
 def _status_text(data: dict[str, Any], now: datetime) -> str:
     workers = data["workers"]
     up = [w for w in workers if w["up"]]
@@ -830,6 +881,9 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     alerts = data["alerts"]
     pending, undeliverable = alerts[AlertStatus.PENDING.value], alerts[AlertStatus.UNDELIVERABLE.value]
     lines.append(f"unsent alerts: {pending} pending, {undeliverable} undeliverable")
+    lines.append(_events_line(data["events"]))
+    if data["events"]["no_listener"]:
+        lines.append(f"  {NO_LISTENER} to: " + ", ".join(data["events"]["no_listener"]))
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"
@@ -1006,6 +1060,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", type=_name, metavar="NAME")
     p = sub.add_parser("run-now", parents=[common], help="queue a manual run of a schedule")
     p.add_argument("name", type=_name, metavar="NAME")
+    p = sub.add_parser("emit", parents=[common], help="emit an event: each event schedule on NAME gets one run")
+    p.add_argument("name", type=_event_name, metavar="NAME", help=triggers.EVENT_HELP)
+    p.add_argument(
+        "--payload",
+        type=_event_payload,
+        default=None,
+        metavar="JSON",
+        help=f"a JSON object of at most {inbox.EVENT_PAYLOAD_BYTES // 1024} KiB, handed to each run as params.payload",
+    )
+    p.set_defaults(method="emit_event")
     p = sub.add_parser("simulate", parents=[common], help="the next fire times of a schedule or an expression")
     p.add_argument("target", type=text_up_to(EXPRESSION_CHARS, single_line=True), metavar="EXPR|NAME")
     p.add_argument(
@@ -1088,6 +1152,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _name = text_up_to(NAME_CHARS, single_line=True)
+
+
+def _event_name(text: str) -> str:
+    """argparse type: an event name, as ``inbox.check_event`` takes it."""
+    try:
+        return triggers.check_event_name("name", text)
+    except InvalidSchedule as exc:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: must be {exc.allowed}") from None
+
+
+def _event_payload(text: str) -> dict[str, Any]:
+    """argparse type: an event payload as JSON text, as ``inbox.parse_payload`` takes it."""
+    try:
+        return inbox.parse_payload(text)
+    except InvalidSchedule as exc:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: must be {exc.allowed}") from None
+
+
 _worker_id = text_up_to(WORKER_ID_CHARS, single_line=True)
 _reason = text_up_to(REASON_CHARS)
 _optional_reason = text_up_to(REASON_CHARS, empty=True)
@@ -1155,7 +1237,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
         else:
             store = ScheduleStore(args.db or _environment_db(), clock=clock or SystemClock())
             commands = Commands(store, store.clock, stream, args.json)
-        getattr(commands, args.command.replace("-", "_"))(args)
+        getattr(commands, getattr(args, "method", None) or args.command.replace("-", "_"))(args)
         return 0
     except (CliError, InvalidSchedule, SchedulerError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the driver wrote

@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 
 from service_registry import CallContext, ErrorCode, Field, FieldType, InputSchema, ServiceError, ServiceRegistry
 
-from ..cli import _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
+from .. import inbox
+from ..cli import _event_dict, _letter_dict, _next_run, _proposal_dict, _run_dict, humanize
 from ..definition import ScheduleDefinition
 from ..engine import RECONCILE_TASK, ScheduleEngine
 from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
@@ -31,7 +32,7 @@ from ..records import DeadLetter, ProposalRecord
 from ..scheduled_run import ScheduledRun
 from ..store import ScheduleStore
 from ..tasks import TaskRegistry
-from ..triggers import parse_duration
+from ..triggers import EVENT_HELP, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,26 @@ class SchedulerTopics:
             ),
             ("scheduler.enable_schedule", self.enable_schedule, InputSchema(_NAME)),
             ("scheduler.run_now", self.run_now, InputSchema(_NAME)),
+            (
+                "scheduler.emit_event",
+                self.emit_event,
+                InputSchema(
+                    Field(
+                        name="name",
+                        type=FieldType.STRING,
+                        required=True,
+                        max_length=ID_CHARS,
+                        single_line=True,
+                        description=EVENT_HELP,
+                    ),
+                    Field(
+                        name="payload",
+                        type=FieldType.OBJECT,
+                        description=f"a JSON object of at most {inbox.EVENT_PAYLOAD_BYTES // 1024} KiB (compact JSON), "
+                        "handed to each run as params.payload",
+                    ),
+                ),
+            ),
             ("scheduler.status", self.status, InputSchema()),
             (
                 "scheduler.list_runs",
@@ -211,6 +232,18 @@ class SchedulerTopics:
         run = await self.engine.run_now(schedule.id)
         log.info("manual run %s of %s queued by %s", run.run_id, run.schedule_name, ctx.caller.id)
         return {**_run_item(run), "by": ctx.caller.id}
+
+    def emit_event(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Write an event to the inbox as the caller; one worker consumes it and runs each event schedule on its name.
+
+        As for ``run_now``, only a human may set off a high-risk schedule: an agent's event is refused
+        (nothing written) when an enabled schedule listening to its name is high-risk.
+        """
+        for schedule in self.store.list(enabled=True, trigger_type=TriggerType.EVENT):
+            if schedule.expression == payload["name"]:
+                _human_for_high_risk(schedule, self.tasks, ctx, "emit an event that runs")
+        event = inbox.emit_event(self.store, payload["name"], payload["payload"], by=ctx.caller.id)
+        return _event_dict(event)
 
     def reset_breaker(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Close an open (or half-open) breaker; refused when it is closed."""

@@ -49,14 +49,14 @@ def listeners(
     held: list[str] = []
     for s in named:
         if not s.enabled:
-            held.append(f"{s.name} is disabled")
+            held.append(f"{s.name} (disabled)")
         elif s.breaker_state is BreakerState.OPEN:
-            held.append(f"{s.name}'s breaker is open")
+            held.append(f"{s.name} (breaker open)")
         elif s.created_at is not None and s.created_at > event.emitted_at:
-            held.append(f"{s.name} was created after the event")
+            held.append(f"{s.name} (created after the event)")
         else:
             hearing.append(s)
-    return hearing, ("no run for " + "; ".join(held)) if held else None
+    return hearing, ("listening but not run: " + ", ".join(held)) if held else None
 
 
 def consume_events(store: EngineStore, *, now: datetime, worker_id: str, limit: int = EVENTS_PER_TICK) -> Consumed:

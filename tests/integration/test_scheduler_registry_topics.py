@@ -158,6 +158,7 @@ def snapshot(store: ScheduleStore) -> tuple[Any, ...]:
         store.runs(),
         store.dead_letters(),
         store.proposals(),
+        store.events(limit=1000),
     )
 
 

@@ -40,6 +40,7 @@ from telegram.ext import (
 from agent.scheduler.config import ConfigError
 from agent.scheduler.errors import InvalidSchedule
 from agent.scheduler.identity import Caller
+from agent.scheduler.inbox import parse_payload
 from agent.scheduler.schedule_policy import describe_span
 from agent.scheduler.settings import Settings, load_settings
 from agent.scheduler.triggers import parse_duration, parse_timezone
@@ -299,6 +300,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("disable", "/disable NAME [reason]", "stop a schedule from producing runs", 1),
     Command("enable", "/enable NAME", "let a disabled schedule run again", 1),
     Command("run", "/run NAME", "queue a manual run now", 1),
+    Command("emit", "/emit NAME [JSON]", "emit an event: each event schedule on NAME runs once", 1),
     Command("reset", "/reset NAME", "close a schedule's open circuit breaker", 1),
     Command("proposals", "/proposals [all|STATUS]", "agent proposals awaiting approval"),
     Command("approve", "/approve ID [reason]", "approve a proposal; its schedule starts", 1),
@@ -365,6 +367,7 @@ class OperatorBot:
             "disable": self._disable,
             "enable": self._enable,
             "run": self._run,
+            "emit": self._emit,
             "reset": self._reset,
             "proposals": self._proposals,
             "approve": self._approve,
@@ -657,6 +660,16 @@ class OperatorBot:
         if result is None:
             return error
         return [f"Run {result['run_id']} of {result['schedule']} queued; the worker starts it now."]
+
+    async def _emit(self, args: list[str], tail: str, caller: Caller) -> list[str]:
+        try:
+            payload = parse_payload(tail)
+        except InvalidSchedule as exc:
+            return [error_text({"code": "invalid", "message": str(exc)})]
+        result, error = await self._ask("scheduler.emit_event", {"name": args[0], "payload": payload}, caller)
+        if result is None:
+            return error
+        return [f"Event {result['name']} ({result['id']}) emitted by {result['emitted_by']}; the worker runs it now."]
 
     async def _reset(self, args: list[str], tail: str, caller: Caller) -> list[str]:
         result, error = await self._ask("scheduler.reset_breaker", {"name": args[0]}, caller)

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from . import schema, service_files, triggers
+from . import inbox, schema, service_files, triggers
 from .arguments import (
     DB_CHARS,
     OneLineParser,
@@ -35,6 +35,7 @@ from .arguments import (
     database_from_environment,
     module_name,
     name_commands,
+    shown,
     text_up_to,
     whole_number,
 )
@@ -42,8 +43,9 @@ from .clock import Clock, SystemClock
 from .config import GROUPS, Problem, check_config, env_example, mask_url
 from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
+from .engine.events import NO_LISTENER
 from .engine.reconciliation import UP_AFTER_HEARTBEATS
-from .enums import AlertStatus, ProposalStatus, RunStatus, TriggerType
+from .enums import AlertStatus, EventStatus, ProposalStatus, RunStatus, TriggerType
 from .errors import (
     DatabaseNotFound,
     InvalidSchedule,
@@ -64,6 +66,8 @@ from .store import ScheduleStore
 from .tasks import TaskRegistry
 from .views import (
     clip,
+    event_dict,
+    events_line,
     humanize,
     iso,
     letter_dict,
@@ -120,6 +124,8 @@ STATUS_MARKS = {
     RunStatus.RUNNING: ">",
     RunStatus.PENDING: "-",
 }
+#: How many of the latest events ``status`` looks through for names no schedule listens to.
+STATUS_EVENTS = 50
 #: Commands that read no database: they work when it cannot be opened.
 OFFLINE_COMMANDS = frozenset({"config", "install-service", "diagram"})
 #: Commands that only read: they open the database read-only and refuse one that does not exist.
@@ -246,6 +252,17 @@ class Commands:
         )
         assert run is not None
         self.emit(run_dict(run), f"run {run.run_id} of {schedule.name} queued (pending); the worker starts it")
+
+    def emit_event(self, args: argparse.Namespace) -> None:
+        """``emit NAME [--payload JSON]``: write an event to the inbox as the user running the command.
+
+        (Named apart from ``emit``, which prints a command's answer.)
+        """
+        event = inbox.emit_event(self.store, args.name, args.payload, by=operator_caller().id)
+        text = (
+            f"event {event.name} ({event.id}) queued by {event.emitted_by}; a worker runs the schedules listening to it"
+        )
+        self.emit(event_dict(event), text)
 
     def simulate(self, args: argparse.Namespace) -> None:
         now = self.clock.now()
@@ -481,6 +498,7 @@ class Commands:
         upcoming = sorted(
             ((nxt, s) for s in self.store.list() if (nxt := next_run(s, now)) is not None), key=lambda p: p[0]
         )[:STATUS_NEXT_RUNS]
+        recent = self.store.events(limit=STATUS_EVENTS)
         data: dict[str, Any] = {
             "engine": "up" if up else "down",
             "now": iso(now),
@@ -521,6 +539,11 @@ class Commands:
             ],
             "dead_letters": len(letters),
             "alerts": alerts,
+            "events": {
+                "pending": self.store.count_events(EventStatus.PENDING),
+                "last": event_dict(recent[0]) if recent else None,
+                "no_listener": sorted({e.name for e in recent if e.reason == NO_LISTENER}),
+            },
             "next_runs": [
                 {
                     "schedule": s.name,
@@ -816,6 +839,9 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     alerts = data["alerts"]
     pending, undeliverable = alerts[AlertStatus.PENDING.value], alerts[AlertStatus.UNDELIVERABLE.value]
     lines.append(f"unsent alerts: {pending} pending, {undeliverable} undeliverable")
+    lines.append(events_line(data["events"]))
+    if data["events"]["no_listener"]:
+        lines.append(f"  {NO_LISTENER} to: " + ", ".join(data["events"]["no_listener"]))
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"
@@ -992,6 +1018,16 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("name", type=_name, metavar="NAME")
     p = sub.add_parser("run-now", parents=[common], help="queue a manual run of a schedule")
     p.add_argument("name", type=_name, metavar="NAME")
+    p = sub.add_parser("emit", parents=[common], help="emit an event: each event schedule on NAME gets one run")
+    p.add_argument("name", type=_event_name, metavar="NAME", help=triggers.EVENT_HELP)
+    p.add_argument(
+        "--payload",
+        type=_event_payload,
+        default=None,
+        metavar="JSON",
+        help=f"a JSON object of at most {inbox.EVENT_PAYLOAD_BYTES // 1024} KiB, handed to each run as params.payload",
+    )
+    p.set_defaults(method="emit_event")
     p = sub.add_parser("simulate", parents=[common], help="the next fire times of a schedule or an expression")
     p.add_argument("target", type=text_up_to(EXPRESSION_CHARS, single_line=True), metavar="EXPR|NAME")
     p.add_argument(
@@ -1092,6 +1128,24 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
 
 
 _name = text_up_to(NAME_CHARS, single_line=True)
+
+
+def _event_name(text: str) -> str:
+    """argparse type: an event name, as ``inbox.check_event`` takes it."""
+    try:
+        return triggers.check_event_name("name", text)
+    except InvalidSchedule as exc:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: must be {exc.allowed}") from None
+
+
+def _event_payload(text: str) -> dict[str, Any]:
+    """argparse type: an event payload as JSON text, as ``inbox.parse_payload`` takes it."""
+    try:
+        return inbox.parse_payload(text)
+    except InvalidSchedule as exc:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: must be {exc.allowed}") from None
+
+
 _worker_id = text_up_to(WORKER_ID_CHARS, single_line=True)
 _reason = text_up_to(REASON_CHARS)
 _optional_reason = text_up_to(REASON_CHARS, empty=True)
@@ -1218,7 +1272,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
             except (DatabaseNotFound, SchemaMissing) as exc:
                 raise CliError(f"{exc} ({_db_source(args, settings)})") from None
             commands = Commands(store, store.clock, stream, args.json, settings=settings, problems=problems)
-        getattr(commands, args.command.replace("-", "_"))(args)
+        getattr(commands, getattr(args, "method", None) or args.command.replace("-", "_"))(args)
         return 0
     except (CliError, SchedulerError) as exc:
         print(error_line(exc, as_json=args.json), file=sys.stderr)

@@ -16,7 +16,7 @@ class TriggerType(StrEnum):
     CALENDAR = "calendar"
     #: Runs once, at an ISO-8601 instant or a ``+duration`` after creation.
     DELAY = "delay"
-    #: Runs once per ``engine.emit(name, payload)`` of the matching event name.
+    #: Runs once per event of the matching name (``engine.emit``, ``emit`` on the command line, the inbox).
     EVENT = "event"
     #: A periodic sweeper run by the engine, on an interval expression.
     RECONCILIATION = "reconciliation"
@@ -134,6 +134,15 @@ class AlertStatus(StrEnum):
     SENT = "sent"
     #: Due while no notifier was configured; a dispatcher that has one sends it later.
     UNDELIVERABLE = "undeliverable"
+
+
+class EventStatus(StrEnum):
+    """An event in the inbox. Two states and one move (a conditional UPDATE), so no machine."""
+
+    #: Written by a door (command line, topic, Telegram, ``engine.emit``); no worker has taken it yet.
+    PENDING = "pending"
+    #: Taken by exactly one worker, which created its runs in the same transaction (maybe none).
+    CONSUMED = "consumed"
 
 
 class ScheduleSource(StrEnum):

@@ -1,4 +1,4 @@
-"""Small stored records beside schedules and runs: dead letters, alerts, reconciliation reports, proposals."""
+"""Small stored records beside schedules and runs: dead letters, alerts, reconciliation reports, proposals, events."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .enums import AlertStatus
+from .enums import AlertStatus, EventStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,3 +79,25 @@ class ProposalRecord:
     expires_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboxEvent:
+    """An event as the inbox holds it: who emitted what and when, and which worker consumed it with what result."""
+
+    id: str
+    name: str
+    """The event name; event schedules whose expression is this name listen to it."""
+    payload: dict[str, Any] = field(default_factory=dict)
+    """Handed to each run as ``params["payload"]``."""
+    emitted_at: datetime
+    emitted_by: str
+    """Who emitted it: ``cli:<user>``, ``telegram:<chat>``, an agent's id, or ``host`` (``engine.emit``)."""
+    status: EventStatus = EventStatus.PENDING
+    consumed_at: datetime | None = None
+    consumed_by: str | None = None
+    """The worker id that consumed it."""
+    run_ids: tuple[str, ...] = ()
+    """The runs its consumption created, one per listening schedule (none is a valid outcome)."""
+    reason: str | None = None
+    """Why it created no run (or fewer than the schedules listening to its name), else None."""

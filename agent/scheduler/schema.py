@@ -6,7 +6,7 @@ from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, M
 from sqlalchemy.dialects.postgresql import JSONB
 
 #: Bumped when a table or column changes; stored in ``meta`` under ``schema_version``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 ID = 64
@@ -162,6 +162,25 @@ alerts_outbox = Table(
     Index("ix_alerts_status", "status", "created_at"),
 )
 
+# Version 4: events from outside (the command line, the registry, Telegram) waiting for a worker.
+# The payload is kept as the compact JSON text it was checked as, byte for byte.
+event_inbox = Table(
+    "event_inbox",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(NAME), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("emitted_at", DateTime, nullable=False),
+    Column("emitted_by", String(NAME), nullable=False),
+    Column("status", String(ENUM), nullable=False),
+    Column("consumed_at", DateTime),
+    Column("consumed_by", String(NAME)),
+    Column("runs", Integer),
+    Column("run_ids", Text),
+    Column("reason", Text),
+    Index("ix_event_inbox_status", "status", "emitted_at"),
+)
+
 engine_state = Table(
     "engine_state",
     metadata,
@@ -191,5 +210,13 @@ UPGRADES: dict[int, list[str]] = {
         # Decisions of version 2: the policy's are known; a person's door was not recorded.
         "UPDATE proposals SET decided_via = 'policy' WHERE decided_by = 'policy'",
         "UPDATE proposals SET decided_at = updated_at WHERE decided_by IS NOT NULL",
+    ],
+    # The inbox is a new table; ``create_all`` (which runs before the upgrades) may have made it already.
+    3: [
+        "CREATE TABLE IF NOT EXISTS event_inbox (id VARCHAR(64) NOT NULL PRIMARY KEY, name VARCHAR(128) NOT NULL,"
+        " payload TEXT NOT NULL, emitted_at TIMESTAMP NOT NULL, emitted_by VARCHAR(128) NOT NULL,"
+        " status VARCHAR(32) NOT NULL, consumed_at TIMESTAMP, consumed_by VARCHAR(128), runs INTEGER,"
+        " run_ids TEXT, reason TEXT)",
+        "CREATE INDEX IF NOT EXISTS ix_event_inbox_status ON event_inbox (status, emitted_at)",
     ],
 }

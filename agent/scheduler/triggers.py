@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from itertools import accumulate, islice
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterError, croniter
@@ -797,6 +797,15 @@ class DelayTrigger:
 EVENT_HELP = "an event name of 1 to 128 characters from A-Z a-z 0-9 _ . : -"
 _EVENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 LIFECYCLE_HELP = 'exactly "startup" or "shutdown"'
+
+
+def check_event_name(field: str, value: Any) -> str:
+    """``value`` if it is an event name (EVENT_HELP): what an event schedule listens to, and what may be emitted."""
+    if not isinstance(value, str) or not _EVENT_RE.fullmatch(value):
+        raise InvalidSchedule(field, value, EVENT_HELP)
+    return value
+
+
 LIFECYCLE_PHASES = ("startup", "shutdown")
 
 
@@ -835,8 +844,7 @@ class EventTrigger(_OffTheClock):
     name: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _EVENT_RE.fullmatch(self.name):
-            raise InvalidSchedule("expression", self.name, EVENT_HELP)
+        check_event_name("expression", self.name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .definition import ScheduleDefinition
+from .enums import EventStatus
 from .reconciliation import ReconciliationReport
-from .records import DeadLetter, ProposalRecord
+from .records import DeadLetter, InboxEvent, ProposalRecord
 from .scheduled_run import ScheduledRun
 
 #: What a cell or a quoted text cut short ends with.
@@ -169,3 +170,33 @@ def report_summary(report: dict[str, Any]) -> str | None:
     except TypeError:
         return None
     return rebuilt.summary()
+
+
+def event_dict(event: InboxEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "payload": event.payload,
+        "emitted_at": iso(event.emitted_at),
+        "emitted_by": event.emitted_by,
+        "status": event.status.value,
+        "consumed_at": iso(event.consumed_at),
+        "consumed_by": event.consumed_by,
+        "runs": len(event.run_ids) if event.status is EventStatus.CONSUMED else None,
+        "run_ids": list(event.run_ids),
+        "reason": event.reason,
+    }
+
+
+def events_line(events: dict[str, Any]) -> str:
+    """``events: 0 pending; last: job.done at 2027-03-13 12:00:00 UTC, 2 run(s)``."""
+    line = f"events: {events['pending']} pending"
+    last = events["last"]
+    if last is None:
+        return line + "; none emitted yet"
+    at = parse_instant(last["emitted_at"])
+    when = at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else "?"
+    if last["status"] == EventStatus.PENDING.value:
+        return f"{line}; last: {last['name']} at {when}, not consumed yet"
+    line += f"; last: {last['name']} at {when}, {last['runs']} run(s)"
+    return line + (f" ({last['reason']})" if last["reason"] else "")

@@ -94,9 +94,12 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs_and_decisi
             conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN starts"))
             conn.execute(text("ALTER TABLE proposals DROP COLUMN decided_via"))
             conn.execute(text("ALTER TABLE proposals DROP COLUMN decided_at"))
+            # Nor an event inbox.
+            conn.execute(text("DROP TABLE event_inbox"))
             conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     with ScheduleStore(any_url, clock=clock) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.count_events() == 0
         run, ahead = store.runs(schedule="old")
         assert (run.occurrence_key, run.prepared, run.starts) == ("manual:1", False, 1)  # it had started
         assert (ahead.occurrence_key, ahead.prepared, ahead.starts) == ("ahead", True, 0)
@@ -115,6 +118,7 @@ def test_sqlite_runs_in_wal_mode_with_the_tables_and_unique_index(sqlite_store: 
         "reconciliation_reports",
         "alerts_outbox",
         "engine_state",
+        "event_inbox",
     }
     with sqlite3.connect(db_path) as raw:
         tables = {r[0] for r in raw.execute("select name from sqlite_master where type='table'")}

@@ -17,6 +17,7 @@ from agent.scheduler import ConcurrencyPolicy, FakeClock, ScheduleDefinition, Sc
 from agent.scheduler.engine.breakers import Breakers
 from agent.scheduler.engine.reconciliation import Reconciler
 from agent.scheduler.engine.tick import EVERYTHING, Asks, Ended, TickInputs, TickResult, TickWork
+from agent.scheduler.inbox import new_event
 from agent.scheduler.store import connection as store_module
 from tests.conftest import T0
 
@@ -88,7 +89,7 @@ def three_ticks(store: ScheduleStore, clock: FakeClock, fault: FirstCommitFails 
         inputs = TickInputs(
             now=clock.now(),
             finished=ended,
-            events=(("ping", {"step": step}, f"event-{step}"),),
+            events=(new_event("ping", {"step": step}, emitted_by="host", emitted_at=clock.now()),),
             asks=EVERYTHING if step == 0 else Asks(),
         )
         result = work.tick(inputs)
@@ -145,6 +146,8 @@ def test_a_tick_whose_first_commit_fails_runs_again_and_does_the_same_work(tmp_p
         "task 'gone' is not registered in worker w-tick",
     ) in rows
     assert sum(1 for row in rows if row[0] == "on_ping" and row[2] == "succeeded") == 2
+    # Each tick's event was written to the inbox and consumed once, its attempt that rolled back included.
+    assert [(e.status.value, len(e.run_ids)) for e in faulty.events()] == [("consumed", 1)] * 3
     assert heartbeat == (T0 + 20 * SEC).isoformat()  # written by the last tick, in its second attempt
     clean.close()
     faulty.close()

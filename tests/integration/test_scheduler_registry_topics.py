@@ -34,6 +34,7 @@ TOPICS = [
     "scheduler.approve_proposal",
     "scheduler.dead_letters",
     "scheduler.disable_schedule",
+    "scheduler.emit_event",
     "scheduler.enable_schedule",
     "scheduler.get_schedule",
     "scheduler.list_proposals",
@@ -157,6 +158,7 @@ def snapshot(store: ScheduleStore) -> tuple[Any, ...]:
         store.runs(),
         store.dead_letters(),
         store.proposals(),
+        store.events(limit=1000),
     )
 
 

@@ -607,3 +607,42 @@ async def test_a_proposals_own_text_is_listed_as_one_bounded_line(
     assert entry.count("\n") == 2 and "\u202e" not in entry and "\n✅" not in entry, entry
     assert "30m ✅ Proposal prop_0000 (payout) approved by telegram:42\ufffd" in entry
     assert len(listed) < 1000
+
+
+@run_async
+async def test_emit_writes_an_event_as_the_chat_through_the_same_function_as_the_other_doors(
+    world_factory: Callable[..., Any], bot_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.scheduler import inbox
+
+    calls: list[tuple[Any, Any, str]] = []
+    real = inbox.emit_event
+
+    def spy(store: ScheduleStore, name: Any, payload: Any, *, by: str) -> Any:
+        calls.append((name, payload, by))
+        return real(store, name, payload, by=by)
+
+    monkeypatch.setattr(inbox, "emit_event", spy)
+    world: World = await world_factory(run=False)
+    store = world.store
+    async with chatting(bot_api, world.registry) as chat:
+        emitted = await chat.one('/emit job.stalled {"job": "sync", "n": 2}')
+        bare = await chat.one("/emit job.held")
+        bad_json = await chat.one("/emit job.stalled {oops")
+        not_object = await chat.one("/emit job.stalled [1]")
+        bad_name = await chat.one("/emit bad/name")
+        usage = await chat.one("/emit")
+    by = f"telegram:{CHAT}"
+    assert calls[:2] == [("job.stalled", {"job": "sync", "n": 2}, by), ("job.held", {}, by)]
+    held, stalled = sorted(store.events(), key=lambda e: e.name)
+    assert (stalled.payload, stalled.emitted_by, held.payload) == ({"job": "sync", "n": 2}, by, {})
+    assert emitted == f"Event job.stalled ({stalled.id}) emitted by {by}; the worker runs it now."
+    assert bare == f"Event job.held ({held.id}) emitted by {by}; the worker runs it now."
+    assert bad_json.startswith("✖ invalid: invalid payload='{oops': a JSON object of at most 16384 bytes")
+    assert "not JSON: Expecting property name enclosed in double quotes at character 1" in bad_json
+    assert not_object.startswith("✖ invalid: invalid payload=[1]: a JSON object") and not_object.endswith(
+        "got an array"
+    )
+    assert bad_name.startswith("✖ invalid: invalid name='bad/name': an event name of 1 to 128 characters")
+    assert usage == "usage: /emit NAME [JSON]"
+    assert len(store.events()) == 2  # the refused ones wrote nothing

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, Strict
 
+from .. import inbox
 from ..definition import ScheduleDefinition
 from ..engine import RECONCILE_TASK, ScheduleEngine
 from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
@@ -29,8 +30,8 @@ from ..registry import ONE_LINE, CallContext, ErrorCode, JsonChars, ServiceError
 from ..scheduled_run import ScheduledRun
 from ..store import ScheduleStore
 from ..tasks import TaskRegistry
-from ..triggers import parse_duration
-from ..views import humanize, iso, letter_dict, next_run, proposal_dict, report_summary, run_dict
+from ..triggers import EVENT_HELP, parse_duration
+from ..views import event_dict, humanize, iso, letter_dict, next_run, proposal_dict, report_summary, run_dict
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,19 @@ class NamedSchedule(TopicInput):
     name: Name
 
 
+class EmitEvent(TopicInput):
+    """scheduler.emit_event: an event's name and its payload, handed to each run it sets off."""
+
+    name: Annotated[str, Field(max_length=ID_CHARS, description=EVENT_HELP), ONE_LINE]
+    payload: Annotated[
+        dict[str, Any],
+        Field(
+            description=f"a JSON object of at most {inbox.EVENT_PAYLOAD_BYTES // 1024} KiB (compact JSON), "
+            "handed to each run as params.payload"
+        ),
+    ] = Field(default_factory=dict)
+
+
 class ListRuns(TopicInput):
     """scheduler.list_runs: optionally one schedule's and one status's runs."""
 
@@ -166,6 +180,7 @@ class SchedulerTopics:
             ("scheduler.disable_schedule", self.disable_schedule, DisableSchedule),
             ("scheduler.enable_schedule", self.enable_schedule, NamedSchedule),
             ("scheduler.run_now", self.run_now, NamedSchedule),
+            ("scheduler.emit_event", self.emit_event, EmitEvent),
             ("scheduler.status", self.status, TopicInput),
             ("scheduler.list_runs", self.list_runs, ListRuns),
             ("scheduler.dead_letters", self.dead_letters, DeadLetters),
@@ -224,6 +239,18 @@ class SchedulerTopics:
         run = await self.engine.run_now(schedule.id)
         log.info("manual run %s of %s queued by %s", run.run_id, run.schedule_name, ctx.caller.id)
         return {**_run_item(run), "by": ctx.caller.id}
+
+    def emit_event(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Write an event to the inbox as the caller; one worker consumes it and runs each event schedule on its name.
+
+        As for ``run_now``, only a human may set off a high-risk schedule: an agent's event is refused
+        (nothing written) when an enabled schedule listening to its name is high-risk.
+        """
+        for schedule in self.store.list(enabled=True, trigger_type=TriggerType.EVENT):
+            if schedule.expression == payload["name"]:
+                _human_for_high_risk(schedule, self.tasks, ctx, "emit an event that runs")
+        event = inbox.emit_event(self.store, payload["name"], payload["payload"], by=ctx.caller.id)
+        return event_dict(event)
 
     def reset_breaker(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         """Close an open (or half-open) breaker; refused when it is closed."""

@@ -22,13 +22,14 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from .. import limits
 from ..alerts import AlertDispatcher, Notifier
 from ..clock import Clock
 from ..db_health import DatabaseHealth, Outage, outage_wait, report_replaced_database
 from ..enums import RunStatus
 from ..errors import DatabaseReplaced, DatabaseUnavailable
+from ..inbox import new_event
 from ..reconciliation import ReconciliationReport
+from ..records import InboxEvent
 from ..scheduled_run import ScheduledRun
 from ..settings import Settings, load_settings
 from ..store import BATCH_MIN, EngineStore
@@ -38,7 +39,7 @@ from .due import blocked
 from .execution import Execution, LoopWatch
 from .feed import ChangeFeed, open_feed
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler
-from .tick import EVERYTHING, PREPARE_AHEAD, SAFETY_NET_SECONDS, Asks, Event, TickInputs, TickState, TickWork
+from .tick import EVERYTHING, PREPARE_AHEAD, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +61,8 @@ IDENTITY_CHECK_SECONDS = 0.2
 #: The engine's loop sleeps at most this long of real time, so that its heartbeat is written on
 #: time whatever the clock does (a FakeClock that jumps ahead writes it at each wake instead).
 HEARTBEAT_WAKE_SECONDS = HEARTBEAT_SECONDS
+#: Who emitted an event that ``engine.emit`` (host code in the worker's process) fired, as the inbox records it.
+EMITTED_BY_HOST = "host"
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -144,7 +147,7 @@ class ScheduleEngine:
         self._changes = 0
         """Schedule changes made in this process (``wake()``): a prepared run's copy of its schedule
         is trusted only if none happened since, whatever the timestamps say."""
-        self._events: list[Event] = []
+        self._events: list[InboxEvent] = []
         self._ticking: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -401,15 +404,15 @@ class ScheduleEngine:
     def emit(self, name: str, payload: dict[str, Any] | None = None) -> str:
         """Fire event ``name``: every enabled event schedule on it gets one run with ``payload`` in its params.
 
-        Returns the event id. Runs are created on the next tick, which this wakes at once. A name or
-        payload no store could hold raises InvalidSchedule here, before anything is queued.
+        Returns the event id. The next tick, which this wakes at once, writes the event to the inbox
+        (as the command line's ``emit`` does) and consumes it there, so it is recorded like any
+        other. A name or payload the inbox refuses (``inbox.check_event``) raises InvalidSchedule
+        here, before anything is queued.
         """
-        limits.check_text("name", name, limits.NAME_CHARS, single_line=True)
-        payload = limits.check_params("payload", dict(payload or {}))
-        event_id = uuid.uuid4().hex
-        self._events.append((name, payload, event_id))
+        event = new_event(name, payload, emitted_by=EMITTED_BY_HOST, emitted_at=self.clock.now())
+        self._events.append(event)
         self.wake()
-        return event_id
+        return event.id
 
     async def run_now(self, name: str) -> ScheduledRun:
         """Create a manual run of schedule ``name`` (through the same machine as every run) and wake the loop."""
@@ -602,7 +605,7 @@ class ScheduleEngine:
             self._wake.clear()
             return
         owed = self._asks
-        if owed.full_scan or owed.retry or owed.pending:
+        if owed.full_scan or owed.retry or owed.pending or owed.events:
             # The last tick left work for the next (a scan it put off for prepared runs, a change
             # the feed reported meanwhile): that tick is now, not at the next due instant.
             return

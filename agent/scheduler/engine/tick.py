@@ -1,5 +1,5 @@
 """The database work of one tick: materialize, retry or dead-letter, start what is due, record what
-ended, events, leases, the worker's heartbeat; and preparing the next occurrences ahead (database thread).
+ended, the event inbox, leases, the worker's heartbeat; and preparing the next occurrences ahead (database thread).
 
 Everything here runs on the engine's database thread, inside one transaction per call. What the
 tick needs from one call to the next (the next due instants, the last full scan) is a frozen
@@ -20,17 +20,19 @@ from typing import Any
 
 from ..alerts import dead_letter_text
 from ..definition import ScheduleDefinition
-from ..enums import BreakerState, RunStatus, TriggerType
+from ..enums import RunStatus, TriggerType
 from ..errors import GuardRejected, SchedulerError
 from ..policies.concurrency import Action, decide_starts
 from ..policies.missed_run import DuePlan, PlannedRun, is_prepared
 from ..policies.retry import ORPHANED, retry_at
 from ..policies.shutdown import Stopping
 from ..reconciliation import ReconciliationReport
+from ..records import InboxEvent
 from ..scheduled_run import ScheduledRun
 from ..store import BATCH_MIN, EngineStore, Materialization
 from .breakers import Breakers
 from .due import blocked, due_facts, fate, needs_turns, plan_schedule
+from .events import consume_events
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler, count_late_prepared, count_missed
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ PREPARE_AHEAD = timedelta(seconds=1)
 SAFETY_NET_SECONDS = 60.0
 
 Finished = tuple[ScheduledRun, str, dict[str, Any]]
-Event = tuple[str, dict[str, Any], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class Asks:
     """Pending runs may wait to start (a run others waited behind ended, an event arrived)."""
     scan_postponed: bool = False
     """The last tick put its full scan off for prepared runs due then: this one must not again."""
+    events: bool = False
+    """Events may wait in the inbox (the last tick consumed a full batch)."""
 
     def __or__(self, other: Asks) -> Asks:
         return Asks(
@@ -94,11 +97,12 @@ class Asks:
             retry=self.retry or other.retry,
             pending=self.pending or other.pending,
             scan_postponed=self.scan_postponed or other.scan_postponed,
+            events=self.events or other.events,
         )
 
 
 #: What a tick owes after a transaction that did not commit: the database may have changed unseen.
-EVERYTHING = Asks(full_scan=True, retry=True, pending=True)
+EVERYTHING = Asks(full_scan=True, retry=True, pending=True, events=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +138,8 @@ class TickInputs:
 
     now: datetime
     finished: tuple[Ended, ...] = ()
-    events: tuple[Event, ...] = ()
+    events: tuple[InboxEvent, ...] = ()
+    """Events emitted in this process (``engine.emit``) since the last tick: written to the inbox first."""
     renew: tuple[str, ...] = ()
     mine: frozenset[str] = frozenset()
     """Runs in flight in this engine: never orphans."""
@@ -289,9 +294,13 @@ class _Pass:
         lease_due = st.lease_due
         if full or report is not None:
             lease_due = store.next_lease_expiry(now, owner=w.worker_id)
-        if i.events and not i.draining:
-            self._create_event_runs(i.events, now)
-            maybe_pending = True
+        for event in i.events:
+            store.add_event(event)  # into the inbox, as every door's events; consumed below (or by another worker)
+        more_events = False
+        if not i.draining and (full or report is not None or i.events or i.asks.events):
+            consumed = consume_events(store, now=now, worker_id=w.worker_id)
+            maybe_pending |= consumed.runs > 0
+            more_events = consumed.more
         if i.renew:
             store.renew_leases(list(i.renew), owner=w.worker_id, until=now + w.lease, now=now)
         due = st.next_due is not None and st.next_due <= now
@@ -345,7 +354,13 @@ class _Pass:
             waiting=st.waiting if self.waiting is None else self.waiting,
         )
         # A half-open breaker's schedule gets its next occurrence from a full scan, right away.
-        asks = Asks(full_scan=probed or postponed, pending=maybe_pending, retry=maybe_failed, scan_postponed=postponed)
+        asks = Asks(
+            full_scan=probed or postponed,
+            pending=maybe_pending,
+            retry=maybe_failed,
+            scan_postponed=postponed,
+            events=more_events,
+        )
         return TickResult(state=state, started=tuple(self.started), replace=frozenset(self.replace), asks=asks)
 
     def _quiet(self, now: datetime) -> bool:
@@ -385,23 +400,6 @@ class _Pass:
             elif moved.status is RunStatus.SUCCEEDED:
                 succeeded.add(run.schedule_id)
         self.work.breakers.succeeded(succeeded, now)
-
-    def _create_event_runs(self, events: tuple[Event, ...], now: datetime) -> None:
-        store = self.work.store
-        schedules = store.list(enabled=True, trigger_type=TriggerType.EVENT)
-        for name, payload, event_id in events:
-            matching = [s for s in schedules if s.expression == name and s.breaker_state is not BreakerState.OPEN]
-            for schedule in matching:
-                params = {**schedule.params, "event": name, "payload": payload}
-                store.create_run(
-                    schedule,
-                    now,
-                    occurrence_key=f"event:{event_id}",
-                    origin="event",
-                    params=params,
-                    reason=f"event {name}",
-                )
-            log.info("event %s (%s): %d run(s)", name, event_id, len(matching))
 
     def _materialize(self, now: datetime, report: ReconciliationReport | None) -> list[ScheduledRun]:
         """Materialize every due schedule; return the runs created that wait to start."""

@@ -7,6 +7,7 @@ says what the engine needs of it.
 """
 
 from .connection import BATCH_MIN, DEFAULT_DB_PATH, LIMITS_CHECKED_KEY, NOTIFY_CHANNEL, default_url, normalize_url
+from .events import EventRows
 from .outbox import OutboxRows
 from .proposals import ProposalRows
 from .protocol import EngineStore
@@ -14,7 +15,7 @@ from .runs import Materialization, RunRows
 from .state import StateRows
 
 
-class ScheduleStore(RunRows, ProposalRows, OutboxRows, StateRows):
+class ScheduleStore(RunRows, ProposalRows, OutboxRows, EventRows, StateRows):
     """Durable schedules and runs over ``dataset``: any SQLAlchemy URL, SQLite or PostgreSQL.
 
     ``ScheduleStore("sqlite:////abs/path/scheduler.db")`` or a plain path; the schema is created

@@ -8,7 +8,7 @@ dead-letter replays, reports for operators) can change without the engine notici
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -16,7 +16,7 @@ from ..clock import Clock
 from ..definition import ScheduleDefinition
 from ..enums import AlertStatus, RunStatus
 from ..errors import SchedulerError
-from ..records import Alert, StoredReport
+from ..records import Alert, InboxEvent, StoredReport
 from ..scheduled_run import ScheduledRun
 from .runs import Materialization
 
@@ -199,6 +199,19 @@ class EngineStore(Protocol):
         self, ids: Iterable[str], status: AlertStatus | str, *, error: str | None = None, now: datetime | None = None
     ) -> int:
         """Settle claimed alerts: ``sent`` (with the delivery time) or back to ``pending``/``undeliverable``."""
+
+    # the event inbox
+    def add_event(self, event: InboxEvent) -> InboxEvent:
+        """Write a pending event; the engines are told, as for a new run."""
+
+    def consume_event(self, event_id: str, *, worker_id: str, now: datetime) -> bool:
+        """Take a pending event for ``worker_id`` (pending -> consumed, conditionally); True if this call moved it."""
+
+    def pending_events(self, *, limit: int) -> builtins.list[InboxEvent]:
+        """Up to ``limit`` pending events, oldest first (locked until the transaction ends, on PostgreSQL)."""
+
+    def record_event_runs(self, event_id: str, *, run_ids: Sequence[str], reason: str | None) -> None:
+        """Record the runs a consumed event created and, if fewer than hoped, why."""
 
     # engine state and reports
     def get_state(self, key: str) -> dict[str, Any] | None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from .. import limits
 from ..definition import ScheduleDefinition
-from ..enums import AlertStatus, RunStatus
-from ..records import Alert, DeadLetter, ProposalRecord
+from ..enums import AlertStatus, EventStatus, RunStatus
+from ..records import Alert, DeadLetter, InboxEvent, ProposalRecord
 from ..scheduled_run import ScheduledRun
 
 #: Duration fields of ScheduleDefinition and the columns that hold them in seconds.
@@ -158,3 +158,40 @@ def alert_from(row: Any) -> Alert:
 
 def dead_letter_from(row: Any) -> DeadLetter:
     return DeadLetter(**{name: conv(row[col]) for name, col, conv in LETTER_READERS})
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as the compact JSON text the inbox stores (the text its size was checked on)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def event_row(event: InboxEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "payload": compact_json(event.payload),
+        "emitted_at": to_db(event.emitted_at),
+        "emitted_by": event.emitted_by,
+        "status": event.status.value,
+        "consumed_at": to_db(event.consumed_at),
+        "consumed_by": event.consumed_by,
+        "runs": None if event.status is EventStatus.PENDING else len(event.run_ids),
+        "run_ids": None if event.status is EventStatus.PENDING else compact_json(list(event.run_ids)),
+        "reason": event.reason,
+    }
+
+
+def event_from(row: Any) -> InboxEvent:
+    run_ids = json.loads(row["run_ids"]) if row["run_ids"] else []
+    return InboxEvent(
+        id=row["id"],
+        name=row["name"],
+        payload=json.loads(row["payload"]),
+        emitted_at=from_db(row["emitted_at"]) or row["emitted_at"],
+        emitted_by=row["emitted_by"],
+        status=EventStatus(row["status"]),
+        consumed_at=from_db(row["consumed_at"]),
+        consumed_by=row["consumed_by"],
+        run_ids=tuple(str(r) for r in run_ids),
+        reason=row["reason"],
+    )

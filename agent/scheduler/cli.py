@@ -43,6 +43,7 @@ from .errors import InvalidSchedule, SchedulerError
 from .identity import Approvers, Caller, InvalidIdentity
 from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
+from .outcome_words import recent_outcomes
 from .proposals import ProposalService
 from .reconciliation import ReconciliationReport
 from .records import ProposalRecord
@@ -58,6 +59,8 @@ TASKS_ENV = "ACTP_SCHEDULER_TASKS"
 UP_AFTER_HEARTBEATS = 3
 #: How many upcoming runs ``status`` lists.
 STATUS_NEXT_RUNS = 5
+#: ``status`` counts the run outcomes recorded in this last span, in the words the worker logs them.
+STATUS_RECENT = timedelta(hours=1)
 #: ``runs --limit``: the most runs one listing shows.
 MAX_RUNS_LIMIT = 10_000
 #: ``simulate --count``: the most fire times one simulation lists.
@@ -439,6 +442,7 @@ class Commands:
         upcoming = sorted(
             ((nxt, s) for s in self.store.list() if (nxt := _next_run(s, now)) is not None), key=lambda p: p[0]
         )[:STATUS_NEXT_RUNS]
+        recent = recent_outcomes(self.store.runs(updated_since=now - STATUS_RECENT))
         data: dict[str, Any] = {
             "engine": "up" if up else "down",
             "now": _iso(now),
@@ -488,6 +492,13 @@ class Commands:
                 }
                 for at, s in upcoming
             ],
+            "recent_outcomes": {
+                "hours": STATUS_RECENT.total_seconds() / 3600,
+                "schedules": {
+                    name: {"counts": r["counts"], "last": r["last"], "last_at": _iso(r["last_at"])}
+                    for name, r in recent.items()
+                },
+            },
         }
         self.emit(data, _status_text(data, now))
 
@@ -830,6 +841,13 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     alerts = data["alerts"]
     pending, undeliverable = alerts[AlertStatus.PENDING.value], alerts[AlertStatus.UNDELIVERABLE.value]
     lines.append(f"unsent alerts: {pending} pending, {undeliverable} undeliverable")
+    recent = data["recent_outcomes"]
+    window = f"last {recent['hours']:g} hour(s)"
+    lines.append(f"outcomes in the {window}:" if recent["schedules"] else f"outcomes in the {window}: none")
+    for name, r in recent["schedules"].items():
+        counts = ", ".join(f"{word} {n}" for word, n in r["counts"].items())
+        last = f"; last: {r['last']} at {r['last_at']}" if r["last"] else ""
+        lines.append(f"  {name}: {counts}{last}")
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"

@@ -11,10 +11,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
 from agent.scheduler.schema import TABLES
 from agent.scheduler.store import BATCH_MIN
+
+#: Property tests: bounded in examples, never in wall-clock time (a loaded machine is slow, not
+#: wrong). Tests that touch a database (each example opens stores, writes, reads) take the
+#: profile's count; a few pure ones name a larger count of their own. ``HYPOTHESIS_PROFILE=thorough``
+#: runs every test without such a count with ten times as many examples.
+settings.register_profile(
+    "actp",
+    max_examples=50,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", settings.get_profile("actp"), max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "actp"))
 
 #: The fake clock's start in every test that does not choose its own.
 T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
@@ -81,19 +96,23 @@ def postgres_url() -> str:
     pytest.skip('no PostgreSQL for tests: run eval "$(scripts/test-postgres.sh start)" first')
 
 
+@functools.cache
+def _admin_engine(url: str) -> Any:
+    """One connection pool per test database for emptying it, kept for the whole session."""
+    from sqlalchemy import create_engine
+
+    return create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+
+
 def clean_postgres(url: str) -> None:
     """Empty the scheduler's tables (and the telemetry table) in the test database."""
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import inspect, text
 
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            present = set(inspect(conn).get_table_names())
-            tables = [t for t in (*TABLES, "actp_scheduled_runs") if t in present]
-            if tables:
-                conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables)))
-    finally:
-        engine.dispose()
+    with _admin_engine(url).begin() as conn:
+        present = set(inspect(conn).get_table_names())
+        tables = [t for t in (*TABLES, "actp_scheduled_runs") if t in present]
+        if tables:
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables)))
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ from .errors import (
 from .identity import Approvers, Caller, InvalidIdentity
 from .limits import MAX_PARAMS_DEPTH, json_depth
 from .machines.diagrams import MACHINES, mermaid
+from .outcome_words import recent_outcomes
 from .proposals import ProposalService
 from .records import ProposalRecord
 from .settings import Settings, check_settings, read_environment
@@ -86,6 +87,8 @@ EXIT_USAGE = 2
 TASKS_ENV = "ACTP_SCHEDULER_TASKS"
 #: How many upcoming runs ``status`` lists.
 STATUS_NEXT_RUNS = 5
+#: ``status`` counts the run outcomes recorded in this last span, in the words the worker logs them.
+STATUS_RECENT = timedelta(hours=1)
 #: ``runs --limit``: the most runs one listing shows.
 MAX_RUNS_LIMIT = 10_000
 #: ``simulate --count``: the most fire times one simulation lists.
@@ -498,7 +501,8 @@ class Commands:
         upcoming = sorted(
             ((nxt, s) for s in self.store.list() if (nxt := next_run(s, now)) is not None), key=lambda p: p[0]
         )[:STATUS_NEXT_RUNS]
-        recent = self.store.events(limit=STATUS_EVENTS)
+        events = self.store.events(limit=STATUS_EVENTS)
+        outcomes = recent_outcomes(self.store.runs(updated_since=now - STATUS_RECENT))
         data: dict[str, Any] = {
             "engine": "up" if up else "down",
             "now": iso(now),
@@ -541,8 +545,8 @@ class Commands:
             "alerts": alerts,
             "events": {
                 "pending": self.store.count_events(EventStatus.PENDING),
-                "last": event_dict(recent[0]) if recent else None,
-                "no_listener": sorted({e.name for e in recent if e.reason == NO_LISTENER}),
+                "last": event_dict(events[0]) if events else None,
+                "no_listener": sorted({e.name for e in events if e.reason == NO_LISTENER}),
             },
             "next_runs": [
                 {
@@ -553,6 +557,13 @@ class Commands:
                 }
                 for at, s in upcoming
             ],
+            "recent_outcomes": {
+                "hours": STATUS_RECENT.total_seconds() / 3600,
+                "schedules": {
+                    name: {"counts": r["counts"], "last": r["last"], "last_at": iso(r["last_at"])}
+                    for name, r in outcomes.items()
+                },
+            },
         }
         self.emit(data, _status_text(data, now))
 
@@ -842,6 +853,13 @@ def _status_text(data: dict[str, Any], now: datetime) -> str:
     lines.append(events_line(data["events"]))
     if data["events"]["no_listener"]:
         lines.append(f"  {NO_LISTENER} to: " + ", ".join(data["events"]["no_listener"]))
+    recent = data["recent_outcomes"]
+    window = f"last {recent['hours']:g} hour(s)"
+    lines.append(f"outcomes in the {window}:" if recent["schedules"] else f"outcomes in the {window}: none")
+    for name, r in recent["schedules"].items():
+        counts = ", ".join(f"{word} {n}" for word, n in r["counts"].items())
+        last = f"; last: {r['last']} at {r['last_at']}" if r["last"] else ""
+        lines.append(f"  {name}: {counts}{last}")
     lines.append("next runs:" if data["next_runs"] else "next runs: none")
     for n in data["next_runs"]:
         flag = "" if n["breaker_state"] == "closed" else f" [breaker {n['breaker_state']}]"

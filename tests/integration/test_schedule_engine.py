@@ -527,7 +527,9 @@ async def test_with_the_system_clock_a_due_run_starts_on_time_not_on_the_next_ti
     assert run.started_at is not None
     lateness = (run.started_at - run.intended_run_at).total_seconds()
     print(f"lateness of a run due in 200 ms: {lateness * 1000:.1f} ms")
-    assert 0 <= lateness < 0.5  # generous: a loop that waited for its 10 s tick would be 9.8 s late
+    # A loop that waited for its 10 s tick would be 9.8 s late; half of that tells the two apart on
+    # any machine, however loaded (how late exactly is a figure for bench/, not a test).
+    assert 0 <= lateness < 5
     await engine.stop()
     store.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -164,10 +163,9 @@ async def test_a_4xx_raises_with_a_message_saying_what_to_check(service: FakeSer
 
 @run_async
 async def test_a_slow_service_times_out(service: FakeService) -> None:
-    began = time.perf_counter()
+    # A ReadTimeout, not an answer: the call gave up at its timeout, long before the server would answer.
     with pytest.raises(ServiceTimeout, match=r"mplite GET /slow: no answer within 0.2 s \(ReadTimeout\)"):
         await call_service(context(call("/slow", timeout_seconds=0.2)))
-    assert time.perf_counter() - began < SERVER_WAIT_SECONDS / 2
     assert [s.path for s in service.seen] == ["/slow"]
 
 

@@ -42,12 +42,7 @@ def _same(a: Any, b: Any) -> bool:
 
 # The store is shared by the examples on purpose (a store per example would cost a migration each);
 # every example removes the schedule it added.
-@settings(
-    max_examples=100,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(kw=valid_kwargs())
 def test_every_valid_definition_stores_and_reads_back_field_by_field(store: ScheduleStore, kw: dict[str, Any]) -> None:
     stored = store.add(ScheduleDefinition(**kw))
@@ -220,12 +215,7 @@ def test_a_proposal_full_of_nul_and_surrogates_is_stored_rejected_with_escaped_t
     assert err.value.field == "reason"
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=hostile_proposals())
 def test_any_proposal_is_stored_with_its_decision_on_both_stores(store: ScheduleStore, data: Any) -> None:
     record = ProposalService(store, registry()).submit(data)

@@ -401,12 +401,7 @@ def test_cli_proposals_expires_overdue_ones(store: ScheduleStore, db_path: Path,
 # ---------------------------------------------------------------------- random and malformed submissions
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(ANY_PROPOSAL, min_size=1, max_size=3))
 def test_submitting_anything_stores_a_decision_and_only_valid_proposals_become_schedules(batch: list[Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

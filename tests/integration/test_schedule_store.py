@@ -29,7 +29,7 @@ from agent.scheduler.policies.missed_run import PlannedRun
 from agent.scheduler.policies.retry import backoff_delay
 from agent.scheduler.records import ProposalRecord
 from agent.scheduler.schema import SCHEMA_VERSION, TABLES
-from agent.scheduler.store import Materialization
+from agent.scheduler.store import Materialization, connection
 from tests.conftest import BATCH_THRESHOLDS
 
 MakeSchedule = Callable[..., ScheduleDefinition]
@@ -477,7 +477,10 @@ def test_a_locked_database_retries_the_whole_transaction(sqlite_store: ScheduleS
     assert store.meta_get("k") == "v"
 
 
-def test_other_driver_errors_become_store_errors(store: ScheduleStore, mocker: Any) -> None:
+def test_other_driver_errors_become_store_errors(
+    store: ScheduleStore, mocker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection, "OUTAGE_RETRY_SECONDS", 0.0)  # retried as an outage: not for a second here
     broken = OperationalError("SELECT ...", {}, sqlite3.OperationalError("disk I/O error"))
     mocker.patch.object(store, "_once", side_effect=broken)
     with pytest.raises(StoreError, match="disk I/O error") as err:

@@ -139,13 +139,11 @@ async def test_a_thread_still_running_at_the_shutdown_timeout_is_requeued_and_no
     engine = start_engine(live_store, held=held)
     run = await run_one(engine, "sync")
     await until(held.began.is_set, "the thread to begin")
-    began = time.monotonic()
-    await engine.stop()
-    stopped_after = time.monotonic() - began
+    await asyncio.wait_for(engine.stop(), PATIENCE)  # a stop that waited for the thread would never end
     requeued = live_store.get_run(run.run_id)
     assert requeued.status is RunStatus.PENDING
     assert requeued.reason is not None and "its thread ends with the process" in requeued.reason
-    assert not held.ended.is_set() and stopped_after < PATIENCE  # the stop did not wait for the thread
+    assert not held.ended.is_set()  # the stop did not wait for the thread
     held.release.set()  # the thread ends after its run was recorded: nothing more is written
     await until(held.ended.is_set, "the thread to end")
     await asyncio.sleep(0.05)

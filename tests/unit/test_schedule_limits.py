@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import available_timezones
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.scheduler import InvalidSchedule, ScheduleDefinition
@@ -442,7 +442,7 @@ def _all_text_storable(d: ScheduleDefinition) -> bool:
     return all(lim.storable(t) for t in texts) and lim.json_storable(d.params)
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150)
 @given(kw=hostile_kwargs())
 def test_a_definition_of_anything_builds_or_raises_invalid_schedule_naming_a_field(kw: dict[str, Any]) -> None:
     try:
@@ -491,7 +491,7 @@ def _fields_named(findings: tuple[Finding, ...]) -> bool:
     return all(f.rule is Rule.UNKNOWN_FIELD or f.field in known for f in findings)
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150)
 @given(data=hostile_proposals() | ANYTHING)
 def test_a_proposal_of_anything_is_reported_on_never_raised_and_never_unstorable(data: Any) -> None:
     parsed, problems, _ = parse_proposal(data)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from agent.scheduler import ScheduleDefinition
@@ -489,7 +489,7 @@ def _iter_findings(report: ValidationReport) -> Iterator[Any]:
     yield from report.hold_reasons
 
 
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(data=ANY_PROPOSAL)
 def test_validation_of_anything_returns_a_report_and_only_a_valid_one_compiles(data: Any) -> None:
     report = validate(data)

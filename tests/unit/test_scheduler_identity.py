@@ -98,7 +98,7 @@ def test_an_agent_cannot_take_a_human_or_the_policy_id(taken: str) -> None:
         Caller.agent(taken)
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=200)
 @given(st.text(max_size=40) | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:@ -]{0,30}", fullmatch=True))
 def test_no_text_makes_an_agent_an_approver(text: str) -> None:
     try:

@@ -38,6 +38,8 @@ from .breakers import Breakers
 from .due import blocked
 from .execution import Execution, LoopWatch
 from .feed import ChangeFeed, open_feed
+from .outcomes import log as outcome_log
+from .outcomes import tell
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler
 from .tick import EVERYTHING, PREPARE_AHEAD, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork
 
@@ -270,6 +272,7 @@ class ScheduleEngine:
             polling=self._polling,
             may_sweep=not self._health.down,
             quiet_until=self._quiet_until,
+            tell=outcome_log.isEnabledFor(logging.INFO),
         )
         try:
             result = await self._db(self._work.tick, inputs)
@@ -282,6 +285,8 @@ class ScheduleEngine:
             raise
         self._state = result.state
         self._asks = self._asks | result.asks
+        if result.told or result.notes:
+            tell(result.told, result.notes)  # committed: now they are facts
         ex.waiting = result.state.waiting
         for run, schedule in result.started:
             ex.dispatch(run, schedule)

@@ -7,6 +7,9 @@ tick needs from one call to the next (the next due instants, the last full scan)
 ``TickWork`` adopts it only once the transaction has committed. A transaction that runs again (a
 lock, a deadlock, a lost connection) therefore starts from exactly what the first attempt saw and
 does the same work. The loop gets one frozen ``TickResult`` per tick.
+
+The outcomes a tick records travel in its result as ``Told`` values; the loop logs them once the
+transaction has committed (``outcomes.tell``), so an outcome that rolled back is never logged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..enums import RunStatus, TriggerType
 from ..errors import GuardRejected, SchedulerError
 from ..policies.concurrency import Action, decide_starts
 from ..policies.missed_run import DuePlan, PlannedRun, is_prepared
-from ..policies.retry import ORPHANED, retry_at
+from ..policies.retry import ORPHANED, attempts_allowed, retry_at
 from ..policies.shutdown import Stopping
 from ..reconciliation import ReconciliationReport
 from ..records import InboxEvent
@@ -64,6 +67,15 @@ class Ended:
     """The row fields the trigger sets; never changed once the run ended."""
     stopping: Stopping | None = None
     schedule: ScheduleDefinition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """A run outcome a tick recorded, for the log: the run as written, and for a failed attempt
+    what follows it (a retry now or at a time, or none)."""
+
+    run: ScheduledRun
+    retry: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +170,8 @@ class TickInputs:
     """Orphans may be swept (not in the first tick after an outage)."""
     quiet_until: datetime | None = None
     """After an outage, runs whose lease lapsed are not taken over before this instant."""
+    tell: bool = True
+    """Hand back successes and skips for the log (failures and dead letters always are)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +184,10 @@ class TickResult:
     replace: frozenset[str] = frozenset()
     """Schedule ids whose in-flight runs must stop for a replacing run."""
     asks: Asks = Asks()
+    told: tuple[Told, ...] = ()
+    """The outcomes this tick recorded, in the order written: the loop logs them."""
+    notes: tuple[str, ...] = ()
+    """Decisions about schedules to log with them (catch-up of missed occurrences)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +284,10 @@ class _Pass:
     replace: set[str] = field(default_factory=set)
     waiting: frozenset[str] | None = None
     breaker_due: datetime | None = None
+    told: list[Told] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failed_now: dict[str, ScheduledRun] = field(default_factory=dict)
+    """Runs this tick recorded failed: their line waits for the retry decision."""
 
     def run(self) -> TickResult:
         w, i, st = self.work, self.inputs, self.state
@@ -341,6 +363,7 @@ class _Pass:
             schedule_due, schedule_batch = store.next_due(count_up_to=BATCH_MIN)
         if report is not None:
             w.reconciler.save_report(report)  # in this tick's transaction, with the changes it counts
+        self.told += [Told(run) for run in self.failed_now.values()]  # no retry decision reached them
         state = TickState(
             last_full_scan=last_full_scan,
             last_full_scan_real=last_full_scan_real,
@@ -361,7 +384,14 @@ class _Pass:
             scan_postponed=postponed,
             events=more_events,
         )
-        return TickResult(state=state, started=tuple(self.started), replace=frozenset(self.replace), asks=asks)
+        return TickResult(
+            state=state,
+            started=tuple(self.started),
+            replace=frozenset(self.replace),
+            asks=asks,
+            told=tuple(self.told),
+            notes=tuple(self.notes),
+        )
 
     def _quiet(self, now: datetime) -> bool:
         quiet = self.inputs.quiet_until
@@ -394,11 +424,17 @@ class _Pass:
             schedules = {e.schedule.id: e.schedule for e in stops if e.schedule is not None}
             results += store.transition_many(items, now=now, schedules=schedules, facts=facts)
         succeeded: set[str] = set()
+        tell = self.inputs.tell
         for (run, trigger, _), moved in zip(ended + items, results, strict=True):
             if isinstance(moved, SchedulerError):
                 log.warning("could not record %s of run %s: %s", trigger, run.run_id, moved)
-            elif moved.status is RunStatus.SUCCEEDED:
+                continue
+            if moved.status is RunStatus.SUCCEEDED:
                 succeeded.add(run.schedule_id)
+            if moved.status is RunStatus.FAILED:
+                self.failed_now[moved.run_id] = moved
+            elif tell:
+                self.told.append(Told(moved))
         self.work.breakers.succeeded(succeeded, now)
 
     def _materialize(self, now: datetime, report: ReconciliationReport | None) -> list[ScheduledRun]:
@@ -417,12 +453,16 @@ class _Pass:
         if not batch:
             return []
         waiting: list[ScheduledRun] = []
+        tell = self.inputs.tell
         for (schedule, plan), created in zip(plans, store.materialize_many(batch, now=now), strict=True):
             if created is None:
                 continue
             waiting += [run for run in created if run.status is RunStatus.PENDING]
+            if tell:  # missed occurrences recorded as skipped: the skipped run tells how many
+                self.told += [Told(run) for run in created if run.status is RunStatus.SKIPPED]
             if plan.missed is not None:
-                log.info("schedule %s: %s", schedule.name, plan.missed.reason)
+                if tell and plan.missed.caught_up:
+                    self.notes.append(f"{schedule.name}: {plan.missed.reason}")
                 if report is not None:
                     count_missed(report, schedule.name, plan)
         return waiting
@@ -445,9 +485,9 @@ class _Pass:
             store.add_alert(
                 "dead_letter", dead_letter_text(lines), {"runs": [r.run_id for r in lettered], "lines": lines}
             )
+        self._tell_retries(failed, retried, refused, dead, schedules)
         for run, moved in zip(refused, dead, strict=True):
             if isinstance(moved, ScheduledRun):
-                log.warning("run %s of %s dead-lettered: %s", run.run_id, run.schedule_name, moved.reason)
                 probe_at = self.work.breakers.failed(run.schedule_id, now=now, error=run.error)
                 if probe_at is not None:
                     self.breaker_due = min(probe_at, self.breaker_due or probe_at)
@@ -462,6 +502,33 @@ class _Pass:
                 if isinstance(moved, ScheduledRun) and run.error_type == ORPHANED
             )
         return waiting
+
+    def _tell_retries(
+        self,
+        failed: list[ScheduledRun],
+        retried: list[ScheduledRun | SchedulerError],
+        refused: list[ScheduledRun],
+        dead: list[ScheduledRun | SchedulerError],
+        schedules: dict[str, ScheduleDefinition],
+    ) -> None:
+        """The lines of this tick's failed attempts, each with what follows it, and of the dead letters."""
+        lettered = {r.run_id: moved for r, moved in zip(refused, dead, strict=True) if isinstance(moved, ScheduledRun)}
+        for run, moved in zip(failed, retried, strict=True):
+            attempt = self.failed_now.pop(run.run_id, None)
+            letter = lettered.get(run.run_id)
+            if attempt is not None:
+                total = attempts_allowed(schedules[run.schedule_id])
+                if isinstance(moved, ScheduledRun):
+                    retry = f"retry now (attempt {moved.attempt} of {total})"
+                elif letter is not None:
+                    retry = "no retry: dead-lettered"
+                elif (when := retry_at(run, schedules[run.schedule_id])) is not None:
+                    retry = f"retry at {when.isoformat()} (attempt {run.attempt + 1} of {total})"
+                else:
+                    retry = f"no retry yet: {moved}"
+                self.told.append(Told(attempt, retry))
+            if letter is not None:
+                self.told.append(Told(letter))
 
     def _start_due(self, now: datetime, known: list[ScheduledRun], *, scan: bool) -> None:
         """Fire ``due`` on what is due: ``known`` (this tick's new runs and the prepared ones due), or
@@ -540,9 +607,8 @@ class _Pass:
         self.waiting = frozenset(waiting)
         if skips:
             moved_all = store.transition_many(skips, now=now, schedules=schedules, facts=facts)
-            for (run, _, _), moved in zip(skips, moved_all, strict=True):
-                if isinstance(moved, ScheduledRun):
-                    log.info("run %s of %s skipped: %s", run.run_id, run.schedule_name, moved.reason)
+            if i.tell:
+                self.told += [Told(moved) for moved in moved_all if isinstance(moved, ScheduledRun)]
         if starts:
             won = store.start_many(
                 starts.values(),

@@ -154,8 +154,10 @@ class EngineStore(Protocol):
         *,
         limit: int | None = None,
         newest_first: bool = False,
+        updated_since: datetime | None = None,
     ) -> builtins.list[ScheduledRun]:
-        """Runs, oldest intended time first (or newest); ``schedule`` is a name or id, ``status`` one or several."""
+        """Runs, oldest intended time first (or newest); ``schedule`` is a name or id, ``status`` one or
+        several; ``updated_since``: only runs whose row changed at or after that instant."""
 
     def save_checkpoint(self, run_id: str, data: Any, *, owner: str | None = None) -> None:
         """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner)."""

@@ -132,13 +132,17 @@ class RunRows(ScheduleRows):
         *,
         limit: int | None = None,
         newest_first: bool = False,
+        updated_since: datetime | None = None,
     ) -> builtins.list[ScheduledRun]:
-        """Runs, oldest intended time first (or newest); ``schedule`` is a name or id, ``status`` one or several."""
+        """Runs, oldest intended time first (or newest); ``schedule`` is a name or id, ``status`` one or
+        several; ``updated_since``: only runs whose row changed at or after that instant."""
         if schedule is not None:
             lookup_key("schedule", schedule)
         r = schema.scheduled_runs
         order = (r.c.intended_run_at, r.c.created_at, r.c.run_id)
         stmt = select(r).order_by(*(c.desc() for c in order) if newest_first else order)
+        if updated_since is not None:
+            stmt = stmt.where(r.c.updated_at >= to_db(updated_since))
         if schedule is not None:
             stmt = stmt.where(or_(r.c.schedule_name == schedule, r.c.schedule_id == schedule))
         if status is not None:

@@ -40,7 +40,7 @@ from .arguments import (
     whole_number,
 )
 from .clock import Clock, SystemClock
-from .config import GROUPS, Problem, check_config, env_example, mask_url
+from .config import GROUPS, Problem, env_example, mask_url
 from .definition import ScheduleDefinition
 from .engine import HEARTBEAT_SECONDS
 from .engine.events import NO_LISTENER
@@ -62,7 +62,7 @@ from .machines.diagrams import MACHINES, mermaid
 from .outcome_words import recent_outcomes
 from .proposals import ProposalService
 from .records import ProposalRecord
-from .settings import Settings, check_settings, read_environment
+from .settings import Settings, check_settings, config_report, read_environment
 from .store import ScheduleStore
 from .tasks import TaskRegistry
 from .views import (
@@ -620,7 +620,8 @@ class Commands:
         if args.env_example:
             self.out.write(env_example())
             return
-        config, problems = check_config(read_environment())
+        config = config_report(read_environment())
+        problems = config.problems
         rows = config.display()
         for row in rows:
             if row["source"] == "unset" and row["name"] in _COMPUTED_DEFAULTS and not problems:

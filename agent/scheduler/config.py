@@ -1,11 +1,10 @@
 """Every environment variable the worker and its tools read, in one table: default, meaning, secrecy, check.
 
 The worker and the command line read these variables once, into ``settings.Settings``, whose
-fields take their checks and defaults from this table. ``load_config(environ)`` checks every
-variable at once and raises ONE ``ConfigError`` that lists each bad variable with what it
-allows; unset optional variables take their defaults; the ``config`` command shows it. The table
-also writes ``.env.example`` (``python -m agent.scheduler config --env-example``; a test keeps the
-file equal to the table) and masks secrets for display (``Config.display``).
+fields take their checks and defaults from this table; the ``config`` command reports what that
+reading found (``settings.config_report``). The table also writes ``.env.example``
+(``python -m agent.scheduler config --env-example``; a test keeps the file equal to the table),
+masks secrets for display (:func:`mask`) and gives the advice the report carries (:func:`warnings`).
 
 Cloud services follow one pattern, ``ACTP_<SERVICE>_URL`` (base URL), ``ACTP_<SERVICE>_KEY``
 (bearer key, secret) and ``ACTP_<SERVICE>_HEALTH_PATH`` (health probe path): the table lists them
@@ -19,13 +18,13 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidSchedule, OperatorActionRequired
-from .identity import Approvers, InvalidIdentity, operator_name
+from .identity import InvalidIdentity, operator_name
 from .triggers import parse_timezone
 
 #: The cloud services the legacy jobs call (``cron_definitions``); a test keeps this equal to that table.
@@ -593,160 +592,16 @@ def mask(setting: Setting, value: str) -> str:
     return value
 
 
-# ---------------------------------------------------------------------- loading
+# ---------------------------------------------------------------------- advice
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One variable's effective value and where it came from."""
+def warnings(env: Mapping[str, str], set_names: Iterable[str], known: Iterable[str]) -> list[str]:
+    """What works but is probably not meant: a token without chats, a URL without its key, a misspelt name.
 
-    setting: Setting
-    value: Any
-    """The checked value (the default's, when unset), or None when unset without a default."""
-    text: str | None
-    """The text as set, or the default's text, or None."""
-    source: str
-    """env (set), default (unset, the table's default), unset, or invalid (set to a value its check refuses)."""
-
-    @property
-    def shown(self) -> str | None:
-        """The text, masked when it must be."""
-        return None if self.text is None else mask(self.setting, self.text)
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """The checked configuration: every variable of the table plus service variables found in the environment."""
-
-    entries: dict[str, Entry]
-    warnings: tuple[str, ...] = field(default=())
-    """Things that work but are probably not meant (a token without chats, an unknown ACTP_ variable)."""
-
-    def __getitem__(self, name: str) -> Any:
-        return self.entries[name].value
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The value of ``name``, or ``default`` when unknown or unset."""
-        entry = self.entries.get(name)
-        return default if entry is None or entry.value is None else entry.value
-
-    @property
-    def log_level(self) -> str:
-        """ACTP_LOG_LEVEL, upper case."""
-        return str(self["ACTP_LOG_LEVEL"])
-
-    @property
-    def log_format(self) -> str:
-        """ACTP_LOG_FORMAT: human or json."""
-        return str(self["ACTP_LOG_FORMAT"])
-
-    @property
-    def services(self) -> list[str]:
-        """Services whose URL is set (lower-case names)."""
-        return sorted(
-            m.group(1).lower()
-            for name, e in self.entries.items()
-            if e.source == "env" and (m := _SERVICE_VARIABLE.match(name)) and m.group(2) == "URL"
-        )
-
-    def secret_values(self) -> list[str]:
-        """The texts of every secret that is set, and the passwords in URLs (for a log filter that redacts them)."""
-        out: list[str] = []
-        for e in self.entries.values():
-            if e.source != "env" or not e.text:
-                continue
-            if e.setting.check.kind == "url":
-                password = _url_password(e.text)
-                if password:
-                    out.append(password)
-            elif e.setting.secret:
-                out.append(e.text)
-        return out
-
-    def display(self, *, include_unset: bool = True) -> list[dict[str, Any]]:
-        """One dict per variable (name, value masked, source, secret, group, meaning, default), table order."""
-        rows = []
-        for name, e in self.entries.items():
-            if not include_unset and e.source == "unset":
-                continue
-            rows.append(
-                {
-                    "name": name,
-                    "value": e.shown,
-                    "source": e.source,
-                    "secret": e.setting.secret,
-                    "group": e.setting.group,
-                    "meaning": e.setting.meaning,
-                    "default": e.setting.default if e.setting.default is not None else (e.setting.default_note or None),
-                }
-            )
-        return rows
-
-
-def _url_password(value: str) -> str | None:
-    try:
-        return urlsplit(value).password
-    except ValueError:
-        return None
-
-
-def _dynamic_settings(env: Mapping[str, str]) -> list[Setting]:
-    """Service variables set in ``env`` for services outside SERVICES, checked by the same rules."""
-    found: dict[str, Setting] = {}
-    for name in env:
-        m = _SERVICE_VARIABLE.match(name)
-        if m is None or name in BY_NAME:
-            continue
-        for s in service_settings(m.group(1).lower()):
-            found.setdefault(s.name, s)
-    return [found[n] for n in sorted(found) if n in env]
-
-
-def check_config(environ: Mapping[str, str] | None = None) -> tuple[Config, list[Problem]]:
-    """Check every variable; returns the configuration (bad variables as source ``invalid``) and the problems."""
-    if environ is None:
-        from .settings import read_environment
-
-        environ = read_environment()
-    env = environ
-    entries: dict[str, Entry] = {}
-    problems: list[Problem] = []
-    for setting in (*SETTINGS, *_dynamic_settings(env)):
-        raw = env.get(setting.name, "").strip()
-        if raw:
-            try:
-                entries[setting.name] = Entry(setting, setting.check.parse(raw), raw, "env")
-            except BadValue:
-                problems.append(Problem(setting.name, mask(setting, raw), setting.check.allowed))
-                entries[setting.name] = Entry(setting, None, raw, "invalid")
-        elif setting.default is not None:
-            entries[setting.name] = Entry(setting, setting.check.parse(setting.default), setting.default, "default")
-        else:
-            entries[setting.name] = Entry(setting, None, None, "unset")
-    return Config(entries, tuple(_warnings(env, entries))), problems
-
-
-def load_config(environ: Mapping[str, str] | None = None) -> Config:
-    """Check every variable of the table (and service variables found) in ``environ`` (default: the process's).
-
-    Unset or empty variables take their defaults. Raises ConfigError listing EVERY bad variable.
+    ``set_names`` are the variables set to good values, ``known`` every variable checked.
     """
-    config, problems = check_config(environ)
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
-def approvers(config: Config) -> Approvers:
-    """The humans who may approve proposals: TELEGRAM_APPROVER_CHAT_IDS and ACTP_APPROVER_OPERATORS."""
-    return Approvers.of(
-        telegram_chats=config.get("TELEGRAM_APPROVER_CHAT_IDS", []), operators=config.get("ACTP_APPROVER_OPERATORS", [])
-    )
-
-
-def _warnings(env: Mapping[str, str], entries: dict[str, Entry]) -> list[str]:
     out = []
-    set_ = {name for name, e in entries.items() if e.source == "env"}
+    set_ = set(set_names)
     chats = {"TELEGRAM_ALERT_CHAT_IDS", "TELEGRAM_ALLOWED_CHAT_IDS"} & set_
     if "TELEGRAM_BOT_TOKEN" in set_ and not chats:
         out.append("TELEGRAM_BOT_TOKEN is set but no chat ids: set TELEGRAM_ALERT_CHAT_IDS to receive alerts")
@@ -756,15 +611,15 @@ def _warnings(env: Mapping[str, str], entries: dict[str, Entry]) -> list[str]:
         m = _SERVICE_VARIABLE.match(name)
         if m and m.group(2) == "URL" and f"ACTP_{m.group(1)}_KEY" not in set_:
             out.append(f"{name} is set without ACTP_{m.group(1)}_KEY: its authenticated calls are skipped")
-    known = set(entries)
+    checked = set(known)
     listed = [s.name for s in SETTINGS]
     for name in sorted(set_ - set(BY_NAME)):
         near = difflib.get_close_matches(name, listed, n=1, cutoff=0.9)
         if near:
             out.append(f"{name} names a service the legacy jobs do not call (did you mean {near[0]}?)")
     for name in sorted(env):
-        if name.startswith("ACTP_") and name not in known and env[name].strip():
-            near = difflib.get_close_matches(name, known, n=1)
+        if name.startswith("ACTP_") and name not in checked and env[name].strip():
+            near = difflib.get_close_matches(name, checked, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             out.append(f"{name} is not a variable the worker reads{hint}")
     return out

@@ -4,8 +4,8 @@
 replaces it). ``fmt="human"`` writes ``time LEVEL logger: message [key=value ...]``; ``fmt="json"``
 writes one JSON object per line with ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
 every ``extra`` field the call passed (``schedule``, ``run_id``, ``reason``...) and ``exc`` when an
-exception is attached. ``configure_from(config)`` takes level, format and the secrets to redact from
-the loaded ``Settings`` (or a ``Config``).
+exception is attached. ``configure_from(settings)`` takes level, format and the secrets to redact from
+the loaded ``Settings``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from .config import Config
     from .settings import Settings
 
 #: The line of the human format (``extra`` fields are appended as ``[key=value ...]``).
@@ -139,7 +138,7 @@ def configure_logging(
     """Send every log record at ``level`` or above to ``stream`` (stderr) as ``fmt`` (human or json).
 
     Replaces the handler an earlier call installed (others are left alone). ``transitions`` logs
-    only warnings and errors. ``secrets`` (``Config.secret_values()``) are redacted from every line.
+    only warnings and errors. ``secrets`` (``Settings.secret_values()``) are redacted from every line.
     Returns the handler.
     """
     if fmt not in ("human", "json"):
@@ -163,7 +162,7 @@ def configure_logging(
 
 
 def configure_from(
-    config: Config | Settings, *, level: str | int | None = None, stream: TextIO | None = None
+    config: Settings, *, level: str | int | None = None, stream: TextIO | None = None
 ) -> logging.Handler:
     """``configure_logging`` with ACTP_LOG_LEVEL (or ``level``, a command-line override), ACTP_LOG_FORMAT and
     the configuration's secrets."""

@@ -15,12 +15,12 @@ import builtins
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from . import limits, triggers
 from .clock import Clock
@@ -41,14 +41,12 @@ from .enums import (
 )
 from .errors import DuplicateSchedule, InvalidSchedule, SchedulerError, StaleState, TooLong, short
 from .identity import (
-    IDENTITY_HELP,
     POLICY,
     Approvers,
     Caller,
-    InvalidIdentity,
-    normalize_identity,
     same_identity,
 )
+from .proposal_schema import check_proposal, json_keys
 from .records import ProposalRecord
 from .schedule_policy import (
     DEFAULT_RULES,
@@ -83,15 +81,8 @@ WEEK = timedelta(days=7)
 SEAM_DAYS = 400
 SEAM_REACH = timedelta(hours=1)
 SEAM_STEP = timedelta(minutes=15)
-#: Longest text fields, in characters (the store's columns are no wider; see limits.py).
+#: Longest name a proposal's record keeps, in characters (the store's name columns are no wider).
 NAME_CHARS = limits.NAME_CHARS
-EXPRESSION_CHARS = limits.EXPRESSION_CHARS
-TIMEZONE_CHARS = limits.TIMEZONE_CHARS
-OBJECTIVE_CHARS = 2000
-#: The most capability scopes a proposal may ask for.
-MAX_CAPABILITIES = 32
-#: Counts (retries, breaker threshold) above this are refused by the schema, before any policy.
-MAX_COUNT = min(limits.MAX_RETRIES, limits.MAX_BREAKER_THRESHOLD)
 #: The most of a raw proposal kept in its record, as JSON; a bigger one is kept as an excerpt.
 MAX_STORED_PAYLOAD_BYTES = 256 * 1024
 STORED_EXCERPT_CHARS = 4096
@@ -140,146 +131,6 @@ class DecisionRefused(SchedulerError):
 
 
 # ---------------------------------------------------------------------- the proposal format
-
-
-class _Bad(Exception):
-    def __init__(self, rule: Rule, allowed: str) -> None:
-        super().__init__(allowed)
-        self.rule = rule
-        self.allowed = allowed
-
-
-T = TypeVar("T")
-
-
-def _checked(check: Callable[[], T]) -> T:
-    """The value a ``limits`` check returns; its refusal as a schema finding (too long, or wrong)."""
-    try:
-        return check()
-    except TooLong as exc:
-        raise _Bad(Rule.TOO_LONG, exc.allowed) from None
-    except InvalidSchedule as exc:
-        raise _Bad(Rule.WRONG_TYPE, exc.allowed) from None
-
-
-def _text(limit: int, *, single_line: bool = True, blank_ok: bool = True) -> Callable[[Any], str]:
-    def coerce(value: Any) -> str:
-        text: str = _checked(lambda: limits.check_text("", value, limit, single_line=single_line))
-        if not blank_ok and not text.strip():
-            raise _Bad(Rule.WRONG_TYPE, "a string that says something")
-        return text
-
-    return coerce
-
-
-def _proposer(value: Any) -> str:
-    try:
-        return normalize_identity(value)
-    except InvalidIdentity:
-        raise _Bad(Rule.WRONG_TYPE, f"an identity: {IDENTITY_HELP}") from None
-
-
-def _expression(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # A number of seconds (interval); a huge one is refused before str() of it is even tried.
-        if not abs(value) < 10**15:
-            raise _Bad(Rule.WRONG_TYPE, "a number of seconds below 10**15")
-        value = repr(value) if isinstance(value, float) else str(value)
-    if not isinstance(value, str):
-        raise _Bad(Rule.WRONG_TYPE, "a string (or, for interval, a number of seconds)")
-    return _text(EXPRESSION_CHARS)(value)
-
-
-E = TypeVar("E", bound=StrEnum)
-
-
-def _enum(cls: type[E]) -> Callable[[Any], E]:
-    def coerce(value: Any) -> E:
-        if isinstance(value, str) and value in cls._value2member_map_:
-            return cls(value)
-        raise _Bad(Rule.WRONG_TYPE, "one of: " + ", ".join(m.value for m in cls))
-
-    return coerce
-
-
-def _object(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Bad(Rule.WRONG_TYPE, "a JSON object")
-    return value
-
-
-def _duration(high: timedelta) -> Callable[[Any], timedelta]:
-    allowed = (
-        f'a duration above 0 and at most {limits.describe(high)}: seconds as a number, or "90s", "15m", "2h", "1d"'
-    )
-
-    def coerce(value: Any) -> timedelta:
-        if isinstance(value, str) and len(value) > 32:
-            raise _Bad(Rule.TOO_LONG, f"at most 32 characters: {allowed}")
-        if not isinstance(value, str | int | float | timedelta) or isinstance(value, bool):
-            raise _Bad(Rule.WRONG_TYPE, allowed)
-        try:
-            span = triggers.parse_duration(value)
-        except InvalidSchedule:
-            raise _Bad(Rule.WRONG_TYPE, allowed) from None
-        if span > high:
-            raise _Bad(Rule.WRONG_TYPE, allowed)
-        return span
-
-    return coerce
-
-
-def _count(low: int) -> Callable[[Any], int]:
-    def coerce(value: Any) -> int:
-        return _checked(lambda: limits.check_count("", value, low, MAX_COUNT))
-
-    return coerce
-
-
-def _capabilities(value: Any) -> tuple[str, ...]:
-    allowed = f"a list of at most {MAX_CAPABILITIES} scopes, each {limits.text_help(NAME_CHARS, single_line=True)}"
-    if not isinstance(value, list | tuple) or len(value) > MAX_CAPABILITIES:
-        raise _Bad(Rule.WRONG_TYPE, allowed)
-    for scope in value:
-        if not isinstance(scope, str) or not scope:
-            raise _Bad(Rule.WRONG_TYPE, allowed)
-        _text(NAME_CHARS)(scope)
-    return tuple(dict.fromkeys(value))
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    key: str
-    """The JSON key."""
-    attr: str
-    """The ScheduleProposal attribute."""
-    coerce: Callable[[Any], Any]
-    required: bool = False
-
-
-#: The proposal format: JSON key, attribute, coercion; durations are seconds or "15m"-style spans.
-_FIELDS: tuple[_Field, ...] = (
-    _Field("name", "name", _text(NAME_CHARS), required=True),
-    _Field("trigger_type", "trigger_type", _enum(TriggerType), required=True),
-    _Field("expression", "expression", _expression, required=True),
-    _Field("target", "target", _text(NAME_CHARS), required=True),
-    _Field("objective", "objective", _text(OBJECTIVE_CHARS, single_line=False, blank_ok=False), required=True),
-    _Field("proposed_by", "proposed_by", _proposer, required=True),
-    _Field("timezone", "timezone", _text(TIMEZONE_CHARS)),
-    _Field("params", "params", _object),
-    _Field("missed_run_policy", "missed_run_policy", _enum(MissedRunPolicy)),
-    _Field("concurrency_policy", "concurrency_policy", _enum(ConcurrencyPolicy)),
-    _Field("shutdown_policy", "shutdown_policy", _enum(ShutdownPolicy)),
-    _Field("timeout_s", "timeout", _duration(limits.MAX_TIMEOUT)),
-    _Field("max_retries", "max_retries", _count(0)),
-    _Field("retry_backoff_s", "retry_backoff", _duration(limits.MAX_RETRY_BACKOFF)),
-    _Field("breaker_threshold", "breaker_threshold", _count(1)),
-    _Field("risk_estimate", "risk_estimate", _enum(RiskTier)),
-    _Field("capabilities", "capabilities", _capabilities),
-    _Field("bundle", "bundle", _text(NAME_CHARS)),
-    _Field("typical_duration_s", "typical_duration", _duration(limits.MAX_TIMEOUT)),
-)
-_BY_KEY = {f.key: f for f in _FIELDS}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -331,17 +182,12 @@ class ScheduleProposal:
     """How long a run typically takes (JSON ``typical_duration_s``), for the overlap check."""
 
     def __post_init__(self) -> None:
-        problems: list[Finding] = []
-        for spec in _FIELDS:
-            value = getattr(self, spec.attr)
-            if value is None and not spec.required:
-                continue
-            try:
-                object.__setattr__(self, spec.attr, spec.coerce(value))
-            except _Bad as bad:
-                problems.append(Finding(rule=bad.rule, field=spec.key, message=f"{short(value)}: {bad.allowed}"))
-        if problems:
+        given = {f.name: getattr(self, f.name) for f in fields(self)}
+        checked, problems = check_proposal(given, by_attribute=True)
+        if checked is None:
             raise InvalidProposal(problems)
+        for name, value in checked.given.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_dict(cls, data: Any) -> ScheduleProposal:
@@ -354,8 +200,8 @@ class ScheduleProposal:
     def to_dict(self) -> dict[str, Any]:
         """The proposal as JSON (``from_dict`` of it gives it back)."""
         out: dict[str, Any] = {}
-        for spec in _FIELDS:
-            value = getattr(self, spec.attr)
+        for name, key in json_keys().items():
+            value = getattr(self, name)
             if isinstance(value, timedelta):
                 value = value.total_seconds()
             elif isinstance(value, StrEnum):
@@ -363,7 +209,7 @@ class ScheduleProposal:
             elif isinstance(value, tuple):
                 value = list(value)
             if value is not None:
-                out[spec.key] = value
+                out[key] = value
         return out
 
 
@@ -386,34 +232,11 @@ def parse_proposal(data: Any) -> tuple[ScheduleProposal | None, list[Finding], d
     The proposal is None whenever there is a finding. JSON ``null`` for an optional field
     means "not given".
     """
-    if not isinstance(data, Mapping):
-        return None, [Finding(rule=Rule.NOT_AN_OBJECT, field="", message=f"{short(data)}: a JSON object")], {}
-    problems: list[Finding] = []
-    values: dict[str, Any] = {}
-    for key in data:
-        if not isinstance(key, str) or key not in _BY_KEY:
-            known = ", ".join(f.key for f in _FIELDS)
-            problems.append(
-                Finding(
-                    rule=Rule.UNKNOWN_FIELD,
-                    field=limits.escaped(key, NAME_CHARS) if isinstance(key, str) else short(key),
-                    message=f"not a proposal field; known: {known}",
-                )
-            )
-    for spec in _FIELDS:
-        value = data.get(spec.key)
-        if value is None:
-            if spec.required:
-                problems.append(Finding(rule=Rule.REQUIRED, field=spec.key, message="required"))
-            continue
-        try:
-            values[spec.attr] = spec.coerce(value)
-        except _Bad as bad:
-            problems.append(Finding(rule=bad.rule, field=spec.key, message=f"{short(value)}: {bad.allowed}"))
-    if problems:
+    checked, problems = check_proposal(data)
+    if checked is None:
         return None, problems, {}
     defaults = {key: value for key, value in STATIC_DEFAULTS.items() if data.get(key) is None}
-    return ScheduleProposal(**values), [], defaults
+    return ScheduleProposal(**checked.given), [], defaults
 
 
 # ---------------------------------------------------------------------- the report

@@ -130,17 +130,17 @@ def placement(
     workdir: Path | None = None,
     python: Path | None = None,
     worker: Path | None = None,
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str],
     home: Path | None = None,
 ) -> Placement:
     """A placement from what the caller says, made absolute; ServiceError naming the option that is wrong.
 
     ``workdir`` defaults to the current directory, ``python`` to this interpreter, ``worker`` to
-    ``worker.py`` in ``workdir``; the log file is in ACTP_LOG_DIR (of ``environ``) or ~/.actp/logs.
+    ``worker.py`` in ``workdir``; the log file is in ACTP_LOG_DIR (of ``environ``, the variables the
+    caller read: HOME and ACTP_LOG_DIR) or ~/.actp/logs.
     """
-    env = os.environ if environ is None else environ
-    home_dir = home or Path(env.get("HOME") or Path.home())
-    log_dir = env.get("ACTP_LOG_DIR", "").strip() or DEFAULT_LOG_DIR
+    home_dir = home or Path(environ.get("HOME") or Path.home())
+    log_dir = environ.get("ACTP_LOG_DIR", "").strip() or DEFAULT_LOG_DIR
     log_path = Path(log_dir.replace("~", str(home_dir), 1) if log_dir.startswith("~") else log_dir)
     cwd = Path.cwd()
     where = _absolute(workdir or cwd, cwd)
@@ -222,17 +222,17 @@ def render(system: str, where: Placement, *, template: str | None = None) -> str
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
-def destination(system: str, *, home: Path, environ: Mapping[str, str] | None = None) -> Path:
-    """Where the service manager looks: ``~/Library/LaunchAgents/`` or the systemd user unit directory."""
+def destination(system: str, *, home: Path, environ: Mapping[str, str]) -> Path:
+    """Where the service manager looks: ``~/Library/LaunchAgents/`` or the systemd user unit directory
+    (under XDG_CONFIG_HOME of ``environ``, the variables the caller read, when it is set)."""
     if system == "macos":
         return home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
-    env = os.environ if environ is None else environ
-    config_home = env.get("XDG_CONFIG_HOME", "").strip()
+    config_home = environ.get("XDG_CONFIG_HOME", "").strip()
     base = Path(config_home) if config_home and Path(config_home).is_absolute() else home / ".config"
     return base / "systemd" / "user" / f"{SYSTEMD_UNIT}.service"
 
 
-def service_file(system: str, where: Placement, *, environ: Mapping[str, str] | None = None) -> ServiceFile:
+def service_file(system: str, where: Placement, *, environ: Mapping[str, str]) -> ServiceFile:
     """The rendered file for ``system``, its destination and its load command."""
     content = render(system, where)
     path = destination(system, home=where.home, environ=environ)

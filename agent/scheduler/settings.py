@@ -3,11 +3,13 @@
 ``load_settings()`` reads the process environment (with an optional ``.env`` file under it: the
 environment wins) and checks every variable at once; ``load_settings(mapping)`` does the same
 for a mapping, without looking at the process. A bad value raises ONE ``ConfigError`` listing each
-bad variable with what it allows, as ``config.load_config`` does. This is the only module that
-reads the process environment; everything else receives a :class:`Settings`.
+bad variable with what it allows. This is the only module that reads the process environment;
+everything else receives a :class:`Settings`.
 
 Each variable's name, meaning, check and default live in the table of :mod:`.config`; the fields
-below take them from there, so a default is written once.
+below take them from there, so a default is written once. :func:`config_report` (the ``config``
+command) is made from this same reading: each value, where it came from (the model's set fields),
+and the bad ones (pydantic's errors), so each variable is checked in one place.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import socket
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,10 +37,31 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .config import BY_NAME, SERVICES, BadValue, ConfigError, Problem, Setting, mask, read_env_file, service_settings
+from .config import (
+    BY_NAME,
+    SERVICES,
+    SETTINGS,
+    BadValue,
+    ConfigError,
+    Problem,
+    Setting,
+    mask,
+    read_env_file,
+    service_settings,
+    warnings,
+)
 from .identity import Approvers
 
-__all__ = ["ServiceSettings", "Settings", "check_settings", "load_settings", "read_environment"]
+__all__ = [
+    "ConfigReport",
+    "Entry",
+    "ServiceSettings",
+    "Settings",
+    "check_settings",
+    "config_report",
+    "load_settings",
+    "read_environment",
+]
 
 _SERVICE_VARIABLE = re.compile(r"^ACTP_([A-Z][A-Z0-9_]*?)_(URL|KEY|HEALTH_PATH)$")
 #: The error type a variable's check raises inside validation.
@@ -325,4 +349,103 @@ def _problems(exc: ValidationError, env: Mapping[str, str]) -> list[Problem]:
         raw = str(env.get(name, error.get("input", ""))).strip()
         allowed = setting.check.allowed if setting else (error.get("ctx") or {}).get("allowed", error["msg"])
         problems.append(Problem(name, mask(setting, raw) if setting else raw, str(allowed)))
-    return problems
+    return sorted(problems, key=lambda p: _TABLE_ORDER.get(p.variable, (len(_TABLE_ORDER), p.variable)))
+
+
+#: Where each variable of the table stands in it; service variables outside it come after, by name.
+_TABLE_ORDER = {s.name: (i, "") for i, s in enumerate(SETTINGS)}
+#: The field holding each variable that is a field of its own.
+_FIELD_OF = {str(info.validation_alias): name for name, info in Settings.model_fields.items() if info.validation_alias}
+
+
+# ---------------------------------------------------------------------- the configuration report
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One variable's effective value and where it came from."""
+
+    setting: Setting
+    value: Any
+    """The checked value (the default's, when unset), or None when unset without a default or invalid."""
+    text: str | None
+    """The text as set, or the default's text, or None."""
+    source: str
+    """env (set), default (unset, the table's default), unset, or invalid (set to a value its check refuses)."""
+
+    @property
+    def shown(self) -> str | None:
+        """The text, masked when it must be."""
+        return None if self.text is None else mask(self.setting, self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What reading the settings found: every variable of the table plus service variables that are set."""
+
+    settings: Settings
+    """The settings, each bad variable read as unset (as :func:`check_settings` gives them)."""
+    entries: dict[str, Entry]
+    problems: tuple[Problem, ...] = ()
+    """Each variable set to a value its check refuses, in table order."""
+    warnings: tuple[str, ...] = field(default=())
+    """Things that work but are probably not meant (a token without chats, an unknown ACTP_ variable)."""
+
+    @property
+    def services(self) -> list[str]:
+        """Services whose URL is set (lower-case names)."""
+        return sorted(name for name, service in self.settings.services.items() if service.url is not None)
+
+    def display(self, *, include_unset: bool = True) -> list[dict[str, Any]]:
+        """One dict per variable (name, value masked, source, secret, group, meaning, default), table order."""
+        rows = []
+        for name, e in self.entries.items():
+            if not include_unset and e.source == "unset":
+                continue
+            rows.append(
+                {
+                    "name": name,
+                    "value": e.shown,
+                    "source": e.source,
+                    "secret": e.setting.secret,
+                    "group": e.setting.group,
+                    "meaning": e.setting.meaning,
+                    "default": e.setting.default if e.setting.default is not None else (e.setting.default_note or None),
+                }
+            )
+        return rows
+
+
+def config_report(environ: Mapping[str, str]) -> ConfigReport:
+    """The settings read from ``environ`` as the ``config`` command shows them: values, sources, problems, advice."""
+    settings, problems = check_settings(environ)
+    bad = {p.variable for p in problems}
+    extra = sorted(
+        name for name, text in environ.items() if name not in BY_NAME and _service_setting(name) and text.strip()
+    )
+    entries: dict[str, Entry] = {}
+    for setting in (*SETTINGS, *(s for s in map(_service_setting, extra) if s is not None)):
+        name = setting.name
+        value, given = _value(settings, name)
+        if name in bad:
+            entries[name] = Entry(setting, None, environ[name].strip(), "invalid")
+        elif given:
+            entries[name] = Entry(setting, value, settings._variables[name], "env")
+        elif setting.default is not None:
+            entries[name] = Entry(setting, value, setting.default, "default")
+        else:
+            entries[name] = Entry(setting, None, None, "unset")
+    set_names = [name for name, e in entries.items() if e.source == "env"]
+    return ConfigReport(settings, entries, tuple(problems), tuple(warnings(environ, set_names, entries)))
+
+
+def _value(settings: Settings, variable: str) -> tuple[Any, bool]:
+    """The value of ``variable`` in ``settings`` and whether it was set (a field the model was given)."""
+    if variable in _FIELD_OF:
+        name = _FIELD_OF[variable]
+        return getattr(settings, name), name in settings.model_fields_set
+    m = _SERVICE_VARIABLE.match(variable)
+    assert m is not None, variable  # every variable of the table is a field or a service's
+    service, kind = m.group(1).lower(), m.group(2).lower()
+    given = settings.services.get(service)
+    return getattr(settings.service(service), kind), given is not None and kind in given.model_fields_set

@@ -433,3 +433,21 @@ def test_submitting_anything_stores_a_decision_and_only_valid_proposals_become_s
                     assert p.status == "active" and p.report is not None and p.report["decision"] == "approve"
         finally:
             store.close()
+
+
+def test_a_proposal_the_format_refuses_is_stored_rejected_with_the_fields_words_and_writes_no_schedule(
+    store: ScheduleStore,
+) -> None:
+    from tests.unit.test_schedule_proposal_schema import CASES
+
+    svc = service(store)
+    for case, data, rule, field, words in CASES:
+        record = svc.submit(data)
+        assert (record.status, record.schedule_id) == ("rejected", None), case
+        assert record.report is not None and record.report["schema_valid"] is False
+        [error] = record.report["schema_errors"]
+        assert (error["rule"], error["field"]) == (rule.value, field), case
+        assert all(word in error["message"] for word in words), error
+        assert f"{rule.value} ({field})" in (record.decision_reason or "")
+    assert store.list() == [] and store.runs() == []
+    assert {p.status for p in store.proposals()} == {"rejected"} and len(store.proposals()) == len(CASES)

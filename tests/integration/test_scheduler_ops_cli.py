@@ -21,6 +21,7 @@ from agent.scheduler.cli import main
 from agent.scheduler.config import BY_NAME, env_example
 from agent.scheduler.engine import HEARTBEAT_SECONDS, ScheduleEngine
 from agent.scheduler.errors import StoreError
+from agent.scheduler.settings import read_environment
 from agent.scheduler.tasks import TaskRegistry
 from tests.conftest import T0, run_async
 
@@ -321,7 +322,8 @@ def test_install_service_print_writes_nothing(
     home: Path, db_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, text = cli(db_path, clock, "install-service", "--print", "--system", "linux")
-    assert code == 0 and text == sf.render("linux", sf.placement(db=str(db_path)))  # the global --db, by default
+    expected = sf.render("linux", sf.placement(db=str(db_path), environ=read_environment()))
+    assert code == 0 and text == expected  # the global --db, by default
     assert "systemctl --user daemon-reload && systemctl --user enable --now actp-worker" in capsys.readouterr().err
     code, raw = cli(db_path, clock, "install-service", "--print", "--system", "macos", "--json")
     data = json.loads(raw)
@@ -335,7 +337,8 @@ def test_install_service_print_writes_nothing(
 def test_install_service_writes_into_home_and_says_how_to_load_it(home: Path, db_path: Path, clock: FakeClock) -> None:
     unit = home / ".config/systemd/user/actp-worker.service"
     code, text = cli(db_path, clock, "install-service", "--system", "linux")
-    assert code == 0 and unit.read_text() == sf.render("linux", sf.placement(db=str(db_path)))
+    expected = sf.render("linux", sf.placement(db=str(db_path), environ=read_environment()))
+    assert code == 0 and unit.read_text() == expected
     assert text.splitlines()[:2] == [
         f"created {unit} (systemd)",
         "load it with: systemctl --user daemon-reload && systemctl --user enable --now actp-worker",

@@ -1,4 +1,4 @@
-"""The configuration table: each variable checked (good, bad, missing), secrets masked, .env.example in step."""
+"""The configuration table and its report: each variable checked, secrets masked, .env.example in step."""
 
 from __future__ import annotations
 
@@ -17,14 +17,21 @@ from agent.scheduler.config import (
     SERVICES,
     SETTINGS,
     ConfigError,
-    check_config,
     env_example,
-    load_config,
     mask_secret,
     mask_url,
 )
 from agent.scheduler.logging_setup import configure_from, configure_logging
-from agent.scheduler.settings import load_settings
+from agent.scheduler.settings import ConfigReport, config_report, load_settings
+
+
+def load_config(environ: dict[str, str]) -> ConfigReport:
+    """The report of ``environ``; ConfigError, as the worker refuses it, when a variable is bad."""
+    load_settings(environ)
+    report = config_report(environ)
+    assert report.problems == ()
+    return report
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,12 +118,13 @@ def test_parsed_values() -> None:
             "ACTP_DATA_DIR": "~/data",
         }
     )
-    assert config.log_level == "WARNING" and config.log_format == "human"
-    assert config["TELEGRAM_ALERT_CHAT_IDS"] == [42, -100]
-    assert config["ACTP_SCHEDULER_TASKS"] == ["a.b", "c"]
-    assert (config["ACTP_DISK_MIN_FREE_MB"], config["ACTP_LOG_KEEP"]) == (12.5, 3)
-    assert config["ACTP_DATA_DIR"] == Path("~/data").expanduser()
-    assert config.get("TELEGRAM_BOT_TOKEN", "none") == "none"
+    value = {name: entry.value for name, entry in config.entries.items()}
+    assert (value["ACTP_LOG_LEVEL"], value["ACTP_LOG_FORMAT"]) == ("WARNING", "human")
+    assert value["TELEGRAM_ALERT_CHAT_IDS"] == [42, -100]
+    assert value["ACTP_SCHEDULER_TASKS"] == ["a.b", "c"]
+    assert (value["ACTP_DISK_MIN_FREE_MB"], value["ACTP_LOG_KEEP"]) == (12.5, 3)
+    assert value["ACTP_DATA_DIR"] == Path("~/data").expanduser()
+    assert value["TELEGRAM_BOT_TOKEN"] is None and config.entries["TELEGRAM_BOT_TOKEN"].source == "unset"
 
 
 def test_every_bad_variable_is_listed_in_one_error_with_secrets_masked() -> None:
@@ -146,9 +154,10 @@ def test_every_bad_variable_is_listed_in_one_error_with_secrets_masked() -> None
     assert text.startswith("invalid configuration (7 variable(s)):")
     assert "supersecrettokenvalue" not in text and "hunter2hunter2" not in text
     assert "'sup***'" in text and "mysql://root:***@db/x" in text
-    config, problems = check_config(environ)
-    assert len(problems) == 7 and config.entries["ACTP_LOG_FORMAT"].source == "invalid"
-    assert config.log_level == "INFO"
+    report = config_report(environ)
+    assert report.problems == error.problems and report.entries["ACTP_LOG_FORMAT"].source == "invalid"
+    assert report.entries["ACTP_LOG_FORMAT"].value is None and report.entries["ACTP_LOG_FORMAT"].shown == "xml"
+    assert report.entries["TELEGRAM_BOT_TOKEN"].shown == "sup***" and report.settings.log_level == "INFO"
 
 
 def test_service_variables_outside_the_table_are_checked_by_the_same_rules() -> None:
@@ -206,7 +215,7 @@ def test_secrets_show_a_prefix_only_when_long() -> None:
     assert shown["SUPABASE_DB_URL"] == "postgresql://postgres:***@db.x.co:5432/postgres"
     assert shown["ACTP_MPLITE_KEY"] == "sk-***"
     assert shown["ACTP_SCHEDULER_DB"] == "/srv/actp/scheduler.db"
-    assert sorted(config.secret_values()) == ["123456789:AAH-token", "s3cretpw", "sk-0123456789"]
+    assert sorted(config.settings.secret_values()) == ["123456789:AAH-token", "s3cretpw", "sk-0123456789"]
 
 
 def test_env_example_is_generated_from_the_table() -> None:
@@ -312,8 +321,8 @@ def test_transitions_chatter_below_warning_is_quiet(restore_logging: None) -> No
 def test_configuring_again_replaces_the_handler_and_secrets_are_redacted(restore_logging: None) -> None:
     first, second = io.StringIO(), io.StringIO()
     configure_logging("INFO", "human", stream=first)
-    config = load_config({"TELEGRAM_BOT_TOKEN": "123456:SECRETSECRET", "ACTP_LOG_FORMAT": "json"})
-    configure_from(config, stream=second)
+    settings = load_settings({"TELEGRAM_BOT_TOKEN": "123456:SECRETSECRET", "ACTP_LOG_FORMAT": "json"})
+    configure_from(settings, stream=second)
     logging.getLogger("x").warning("token %s rejected", "123456:SECRETSECRET", extra={"detail": "123456:SECRETSECRET"})
     assert first.getvalue() == ""
     line = json.loads(second.getvalue())

@@ -128,7 +128,7 @@ def test_an_unknown_system_asks_for_system() -> None:
 
 def test_destinations_and_load_commands() -> None:
     home = Path("/home/ann")
-    assert sf.destination("macos", home=home) == home / "Library/LaunchAgents/com.actp.worker.plist"
+    assert sf.destination("macos", home=home, environ={}) == home / "Library/LaunchAgents/com.actp.worker.plist"
     assert sf.destination("linux", home=home, environ={}) == home / ".config/systemd/user/actp-worker.service"
     xdg = sf.destination("linux", home=home, environ={"XDG_CONFIG_HOME": "/cfg"})
     assert xdg == Path("/cfg/systemd/user/actp-worker.service")
@@ -160,7 +160,9 @@ def test_placement_takes_explicit_paths_relative_to_the_current_directory(
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "run.py").write_text("")
     monkeypatch.chdir(tmp_path)
-    where = sf.placement(workdir=Path("srv"), worker=Path("bin/run.py"), python=Path(sys.executable), home=tmp_path)
+    where = sf.placement(
+        workdir=Path("srv"), worker=Path("bin/run.py"), python=Path(sys.executable), home=tmp_path, environ={}
+    )
     assert (where.workdir, where.worker) == (tmp_path / "srv", tmp_path / "bin/run.py")
 
 
@@ -179,7 +181,7 @@ def test_placement_names_the_option_that_is_wrong(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(sf.ServiceError, match=re.escape(words)):
-        sf.placement(home=tmp_path, **kwargs)
+        sf.placement(home=tmp_path, environ={}, **kwargs)
 
 
 def test_the_package_knows_nothing_of_the_checkout() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.scheduler.config import BY_NAME, SERVICES, SETTINGS, ConfigError
-from agent.scheduler.settings import Settings, check_settings, load_settings
+from agent.scheduler.settings import Settings, check_settings, config_report, load_settings
 from agent.scheduler.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +88,33 @@ def test_every_bad_variable_is_listed_at_once_and_secrets_are_masked() -> None:
     assert str(caught.value).startswith("invalid configuration (3 variable(s)):")
 
 
-def test_the_same_messages_as_the_configuration_report() -> None:
-    from agent.scheduler.config import check_config
-
-    env = {"ACTP_LOG_LEVEL": "loud", "ACTP_RUN_RETENTION_DAYS": "-1", "SUPABASE_DB_URL": "mysql://u:pw@h/d"}
-    _, problems = check_config(env)
+def test_the_configuration_report_is_the_settings_reading() -> None:
+    env = {
+        "ACTP_LOG_LEVEL": "loud",
+        "ACTP_RUN_RETENTION_DAYS": "-1",
+        "SUPABASE_DB_URL": "mysql://u:pw@h/d",
+        "ACTP_LOG_KEEP": " 4 ",
+        "ACTP_BILLING_URL": "https://billing.example.com",
+        "ACTP_CRM_KEY": "sk-0123456789",
+    }
+    report = config_report(env)
     with pytest.raises(ConfigError) as caught:
         load_settings(env)
-    assert sorted(caught.value.problems, key=str) == sorted(problems, key=str)
+    assert report.problems == caught.value.problems
+    assert [p.variable for p in report.problems] == ["ACTP_LOG_LEVEL", "SUPABASE_DB_URL", "ACTP_RUN_RETENTION_DAYS"]
+    settings = report.settings
+    entries = report.entries
+    assert (entries["ACTP_LOG_KEEP"].source, entries["ACTP_LOG_KEEP"].value, entries["ACTP_LOG_KEEP"].text) == (
+        "env",
+        settings.log_keep,
+        "4",
+    )
+    assert (entries["ACTP_LOG_LEVEL"].source, settings.log_level) == ("invalid", "INFO")
+    assert entries["ACTP_LOG_FORMAT"].source == "default" and entries["ACTP_WORKER_ID"].source == "unset"
+    assert entries["ACTP_BILLING_URL"].value == settings.service("billing").url and report.services == ["billing"]
+    assert entries["ACTP_CRM_KEY"].source == "env" and entries["ACTP_CRM_URL"].source == "unset"
+    assert entries["ACTP_CRM_HEALTH_PATH"].source == "default"
+    assert "ACTP_BILLING_KEY" not in entries  # a service outside the table lists what is set
 
 
 def test_only_reads_the_variables_named_and_check_settings_reads_bad_ones_as_unset() -> None:
@@ -123,17 +142,16 @@ def test_an_env_file_is_read_under_the_environment(tmp_path: Path, monkeypatch: 
 
 #: The one module that reads the process environment; every other one is given a Settings.
 ENVIRONMENT_READER = "agent/scheduler/settings.py"
-#: Describes the user's own directories (HOME, XDG_CONFIG_HOME) to place service files; no setting.
-SERVICE_FILES = "agent/scheduler/service_files.py"
 
 
 def test_nothing_but_the_settings_module_reads_the_environment() -> None:
     sources = [*ROOT.glob("agent/**/*.py"), *ROOT.glob("jobs/**/*.py")]
     sources += [ROOT / n for n in ("worker.py", "telegram_bot.py", "cron_definitions.py")]
-    reading = re.compile(r"os\.environ|getenv|environ\.get\(|from os import")
+    # The process's environment only: a mapping passed in (``environ.get(...)``) is what a caller read here.
+    reading = re.compile(r"os\.environ|getenv|from os import")
     found = sorted(
         str(p.relative_to(ROOT))
         for p in sources
         if reading.search(p.read_text(encoding="utf-8")) and str(p.relative_to(ROOT)) != ENVIRONMENT_READER
     )
-    assert found in ([], [SERVICE_FILES])
+    assert found == []

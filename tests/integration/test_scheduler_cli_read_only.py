@@ -294,6 +294,17 @@ def test_postgresql_read_only_reads_refuses_writes_and_a_missing_schema() -> Non
         engine.dispose()
 
 
+def test_every_read_command_works_on_postgresql_in_its_read_only_session(clock: FakeClock) -> None:
+    url = postgres_url()
+    with ScheduleStore(url, clock=clock) as writer:
+        writer.add(ScheduleDefinition(name="sweep", trigger_type="interval", expression="5m", target="sweep"))
+    for args in [*READ_COMMANDS, ["events"]]:
+        code, out = cli(url, clock, *args)
+        assert code == 0 and out, (args, out)
+    code, out = cli(url, clock, "reconcile", "--dry-run")
+    assert out.startswith("reconciliation dry run, nothing changed") and "1 schedules" in out
+
+
 def test_a_postgresql_failure_is_one_line_naming_the_url_without_its_password(
     clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -313,7 +313,7 @@ class ScheduleRows(StoreCore):
                 .order_by(s.c.next_run_at)
             )
 
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" and not self.read_only:
             # Materializing is this worker's alone until the transaction ends: the due rows are
             # locked in id order, and those another worker holds are left to it (SKIP LOCKED),
             # so two workers never wait on each other here, whatever order they lock in elsewhere.

@@ -205,16 +205,21 @@ class LocalJobs:
     # ------------------------------------------------------------------ database maintenance
 
     def db_maintenance(self, ctx: RunContext) -> str:
-        """Delete finished runs older than ACTP_RUN_RETENTION_DAYS (default 30), then optimize the database.
+        """Delete finished runs and consumed events older than ACTP_RUN_RETENTION_DAYS (default 30), then
+        optimize the database.
 
         Succeeded, skipped and cancelled runs are pruned; dead-lettered ones stay (they can be
-        replayed), and so does the newest run of every schedule.
+        replayed), and so does the newest run of every schedule. Events still pending stay.
         """
         days = config.current(self.settings, "ACTP_RUN_RETENTION_DAYS").run_retention_days
         before = self._now() - timedelta(days=days)
         pruned = store_queries.prune_runs(self.store, before)
+        events = self.store.purge_events(consumed_before=before)
         optimized = store_queries.optimize(self.store)
-        return f"pruned {pruned} finished run(s) last changed before {before.isoformat()} ({days} days); {optimized}"
+        return (
+            f"pruned {pruned} finished run(s) and {events} consumed event(s) last changed before "
+            f"{before.isoformat()} ({days} days); {optimized}"
+        )
 
 
 def _refuse_broad_directory(variable: str, root: Path) -> None:

@@ -261,7 +261,7 @@ class Commands:
 
         (Named apart from ``emit``, which prints a command's answer.)
         """
-        event = inbox.emit_event(self.store, args.name, args.payload, by=operator_caller().id)
+        event = inbox.emit_event(self.store, args.name, args.payload, by=operator_caller())
         text = (
             f"event {event.name} ({event.id}) queued by {event.emitted_by}; a worker runs the schedules listening to it"
         )
@@ -350,6 +350,30 @@ class Commands:
                 raise CliError("dlq purge needs --older-than-days N")
             n = self.store.purge_dead_letters(timedelta(days=args.older_than_days))
             self.emit({"purged": n}, f"{n} dead letter(s) purged")
+
+    def events(self, args: argparse.Namespace) -> None:
+        """``events [list|purge]``: the event inbox, newest first; or delete events consumed long ago."""
+        if args.action == "purge":
+            if args.older_than_days is None:
+                raise CliError("events purge needs --older-than-days N")
+            cutoff = self.clock.now() - timedelta(days=args.older_than_days)
+            n = self.store.purge_events(consumed_before=cutoff)
+            self.emit({"purged": n}, f"{n} consumed event(s) purged (pending ones are kept)")
+            return
+        found = self.store.events(args.status, limit=args.limit)
+        rows = [
+            [
+                e.emitted_at.strftime("%Y-%m-%d %H:%M:%S"),
+                e.name,
+                e.emitted_by,
+                e.status.value,
+                "" if e.status is EventStatus.PENDING else str(len(e.run_ids)),
+                clip(e.reason or "", TEXT_COLUMN_CHARS),
+            ]
+            for e in found
+        ]
+        text = table(rows, ["EMITTED (UTC)", "NAME", "BY", "STATUS", "RUNS", "REASON"]) if rows else "no events"
+        self.emit([event_dict(e) for e in found], text)
 
     def _schedule_option(self, name: str) -> None:
         """CliError naming ``--schedule`` when no schedule has this name."""
@@ -1047,6 +1071,18 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         help=f"a JSON object of at most {inbox.EVENT_PAYLOAD_BYTES // 1024} KiB, handed to each run as params.payload",
     )
     p.set_defaults(method="emit_event")
+    p = sub.add_parser("events", parents=[common], help="the event inbox: list (newest first) or purge")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "purge"])
+    p.add_argument("--status", default=None, choices=[s.value for s in EventStatus])
+    p.add_argument(
+        "--limit", type=whole_number(1, MAX_RUNS_LIMIT), default=20, help=f"1 to {MAX_RUNS_LIMIT} (default 20)"
+    )
+    p.add_argument(
+        "--older-than-days",
+        type=whole_number(1, MAX_PURGE_DAYS, "days"),
+        default=None,
+        help=f"purge: events consumed more than this many days ago, 1 to {MAX_PURGE_DAYS}",
+    )
     p = sub.add_parser("simulate", parents=[common], help="the next fire times of a schedule or an expression")
     p.add_argument("target", type=text_up_to(EXPRESSION_CHARS, single_line=True), metavar="EXPR|NAME")
     p.add_argument(
@@ -1227,8 +1263,12 @@ def _environment_db(settings: Settings, problems: Sequence[Problem]) -> str:
 
 
 def reads_only(args: argparse.Namespace) -> bool:
-    """Whether the command only reads the database (READ_COMMANDS, READ_DLQ_ACTIONS)."""
-    return args.command in READ_COMMANDS or (args.command == "dlq" and args.action in READ_DLQ_ACTIONS)
+    """Whether the command only reads the database (READ_COMMANDS, READ_DLQ_ACTIONS, ``events list``)."""
+    return (
+        args.command in READ_COMMANDS
+        or (args.command == "dlq" and args.action in READ_DLQ_ACTIONS)
+        or (args.command == "events" and args.action == "list")
+    )
 
 
 def _db_source(args: argparse.Namespace, settings: Settings) -> str:

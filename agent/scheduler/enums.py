@@ -154,3 +154,14 @@ class ScheduleSource(StrEnum):
     LEGACY_CRON = "legacy_cron"
     #: Activated from an agent's proposal.
     AGENT = "agent"
+
+
+class CallerKind(StrEnum):
+    """What stands behind an identity."""
+
+    #: An agent: it may propose schedules and use the operator topics, never approve or reject.
+    AGENT = "agent"
+    #: A person at a door that authenticates them (a Telegram chat, the local command line).
+    HUMAN = "human"
+    #: The scheduler's own proposal policy (auto-approval, expiry) or host code in the worker's process.
+    SYSTEM = "system"

@@ -177,6 +177,10 @@ class DatabaseReplaced(StoreError):
         super().__init__(f"the database file {path} {detail}: stopping rather than writing into a file nobody reads")
 
 
+class EventRefused(SchedulerError):
+    """An event was not written to the inbox: its emitter may not send it now (an agent over its hourly quota)."""
+
+
 class OperatorActionRequired(SchedulerError):
     """Base of errors a restart cannot fix (a bad setting, a schema newer than the code, a twin worker).
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .enums import RiskTier
+from .enums import CallerKind, RiskTier
 from .errors import short
 
 #: An identity after normalisation: lower-case ASCII letters, digits and ``_ . : @ -``, starting with
@@ -31,6 +31,8 @@ IDENTITY_HELP = (
 )
 #: Who is recorded as deciding what the proposal policy decided by itself (auto-approval, expiry).
 POLICY_ID = "policy"
+#: Host code in the worker's process (``engine.emit``, scripts on the Python API), as records name it.
+HOST_ID = "host"
 
 
 class InvalidIdentity(ValueError):
@@ -40,17 +42,6 @@ class InvalidIdentity(ValueError):
     def __init__(self, value: Any, allowed: str = IDENTITY_HELP) -> None:
         self.value = value
         super().__init__(f"identity {short(value)}: {allowed}")
-
-
-class CallerKind(StrEnum):
-    """What stands behind an identity."""
-
-    #: An agent: it may propose schedules and use the operator topics, never approve or reject.
-    AGENT = "agent"
-    #: A person at a door that authenticates them (a Telegram chat, the local command line).
-    HUMAN = "human"
-    #: The scheduler's own proposal policy (auto-approval, expiry) or host code in the worker's process.
-    SYSTEM = "system"
 
 
 class Door(StrEnum):
@@ -126,10 +117,12 @@ class Caller:
             raise InvalidIdentity(
                 self.id, f"a person at the {self.door.value} door is {prefix}<who>, as that door names them"
             )
-        if self.kind is CallerKind.AGENT and (self.id.startswith(HUMAN_PREFIXES) or self.id == POLICY_ID):
+        if self.kind is CallerKind.AGENT and (self.id.startswith(HUMAN_PREFIXES) or self.id in (POLICY_ID, HOST_ID)):
             # Else an agent could pose as a human in the records, or poison a human's proposer history.
             reserved = ", ".join(f"{p}..." for p in HUMAN_PREFIXES)
-            raise InvalidIdentity(self.id, f"an agent's id cannot be {POLICY_ID!r} or start with {reserved}")
+            raise InvalidIdentity(
+                self.id, f"an agent's id cannot be {POLICY_ID!r} or {HOST_ID!r}, or start with {reserved}"
+            )
 
     @classmethod
     def agent(cls, name: str) -> Caller:
@@ -150,7 +143,7 @@ class Caller:
         return cls(CallerKind.HUMAN, f"cli:{operator_name(user)}", Door.CLI)
 
     @classmethod
-    def host(cls, name: str = "host") -> Caller:
+    def host(cls, name: str = HOST_ID) -> Caller:
         """Host code in the worker's process (a task module, a script using the Python API)."""
         return cls(CallerKind.SYSTEM, name, Door.API)
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import limits
-from .errors import InvalidSchedule, TooLong
+from .enums import CallerKind
+from .errors import EventRefused, InvalidSchedule, TooLong
+from .identity import Caller
 from .records import InboxEvent
 from .triggers import check_event_name
 
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 EVENT_PAYLOAD_BYTES = 16 * 1024
 #: Longest payload text a door parses, in characters (escapes and spacing take room; the bytes are checked after).
 PAYLOAD_TEXT_CHARS = 4 * EVENT_PAYLOAD_BYTES
+#: The most events one agent may emit in an hour: the inbox keeps every event until it is purged, so an
+#: agent in a loop must not fill the disk. People and host code are not counted.
+AGENT_EVENTS_PER_HOUR = 600
 PAYLOAD_HELP = (
     f"a JSON object of at most {EVENT_PAYLOAD_BYTES} bytes as compact UTF-8 JSON, nested at most "
     f"{limits.MAX_PARAMS_DEPTH} deep (string keys; strings, 64-bit integers, finite floats, booleans, null, "
@@ -74,23 +79,42 @@ def parse_payload(text: str | None) -> dict[str, Any]:
     return check_payload(value)
 
 
-def new_event(name: Any, payload: Any, *, emitted_by: str, emitted_at: datetime) -> InboxEvent:
+def new_event(
+    name: Any, payload: Any, *, emitted_by: str, emitted_at: datetime, emitted_kind: CallerKind = CallerKind.SYSTEM
+) -> InboxEvent:
     """A pending event, checked: what the store writes, and what ``engine.emit`` hands its next tick."""
     name, payload = check_event(name, payload)
     by = limits.check_text("emitted_by", emitted_by, limits.NAME_CHARS, single_line=True)
     at = limits.check_instant("emitted_at", emitted_at, optional=False)
     assert at is not None
-    return InboxEvent(id=f"ev_{uuid.uuid4().hex}", name=name, payload=payload, emitted_at=at, emitted_by=by)
+    return InboxEvent(
+        id=f"ev_{uuid.uuid4().hex}",
+        name=name,
+        payload=payload,
+        emitted_at=at,
+        emitted_by=by,
+        emitted_kind=CallerKind(emitted_kind),
+    )
 
 
-def emit_event(store: ScheduleStore, name: Any, payload: Any, *, by: str) -> InboxEvent:
+def emit_event(store: ScheduleStore, name: Any, payload: Any, *, by: Caller) -> InboxEvent:
     """Check an event and write it to the inbox, pending, for exactly one worker to consume.
 
-    ``by`` is the caller's identity as its door established it (``cli:<user>``, ``telegram:<chat>``,
-    an agent's id). A bad name or payload raises InvalidSchedule naming the field and what is
-    allowed, and nothing is written.
+    ``by`` is the caller as its door established it (``cli:<user>``, ``telegram:<chat>``, an agent);
+    the event keeps its id and kind, so the worker that consumes it never lets an agent's event set
+    off a high-risk schedule. A bad name or payload raises InvalidSchedule naming the field and what
+    is allowed; an agent over AGENT_EVENTS_PER_HOUR gets EventRefused. Either way nothing is written.
     """
-    event = store.add_event(new_event(name, payload, emitted_by=by, emitted_at=store.clock.now()))
+    now = store.clock.now()
+    event = new_event(name, payload, emitted_by=by.id, emitted_at=now, emitted_kind=by.kind)
+    if by.is_agent:
+        sent = store.count_events_by(by.id, since=now - timedelta(hours=1))
+        if sent >= AGENT_EVENTS_PER_HOUR:
+            raise EventRefused(
+                f"{by.id} emitted {sent} events in the last hour; an agent may emit at most "
+                f"{AGENT_EVENTS_PER_HOUR} an hour"
+            )
+    event = store.add_event(event)
     log.info("event %s (%s) emitted by %s", event.name, event.id, event.emitted_by)
     return event
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .enums import AlertStatus, EventStatus
+from .enums import AlertStatus, CallerKind, EventStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +93,8 @@ class InboxEvent:
     emitted_at: datetime
     emitted_by: str
     """Who emitted it: ``cli:<user>``, ``telegram:<chat>``, an agent's id, or ``host`` (``engine.emit``)."""
+    emitted_kind: CallerKind = CallerKind.SYSTEM
+    """What its door vouched the emitter is: an agent's event never sets off a high-risk schedule."""
     status: EventStatus = EventStatus.PENDING
     consumed_at: datetime | None = None
     consumed_by: str | None = None

@@ -172,6 +172,7 @@ event_inbox = Table(
     Column("payload", Text, nullable=False),
     Column("emitted_at", DateTime, nullable=False),
     Column("emitted_by", String(NAME), nullable=False),
+    Column("emitted_kind", String(ENUM), nullable=False),
     Column("status", String(ENUM), nullable=False),
     Column("consumed_at", DateTime),
     Column("consumed_by", String(NAME)),
@@ -179,6 +180,7 @@ event_inbox = Table(
     Column("run_ids", Text),
     Column("reason", Text),
     Index("ix_event_inbox_status", "status", "emitted_at"),
+    Index("ix_event_inbox_emitter", "emitted_by", "emitted_at"),
 )
 
 engine_state = Table(
@@ -215,8 +217,10 @@ UPGRADES: dict[int, list[str]] = {
     3: [
         "CREATE TABLE IF NOT EXISTS event_inbox (id VARCHAR(64) NOT NULL PRIMARY KEY, name VARCHAR(128) NOT NULL,"
         " payload TEXT NOT NULL, emitted_at TIMESTAMP NOT NULL, emitted_by VARCHAR(128) NOT NULL,"
-        " status VARCHAR(32) NOT NULL, consumed_at TIMESTAMP, consumed_by VARCHAR(128), runs INTEGER,"
+        " emitted_kind VARCHAR(32) NOT NULL, status VARCHAR(32) NOT NULL, consumed_at TIMESTAMP,"
+        " consumed_by VARCHAR(128), runs INTEGER,"
         " run_ids TEXT, reason TEXT)",
         "CREATE INDEX IF NOT EXISTS ix_event_inbox_status ON event_inbox (status, emitted_at)",
+        "CREATE INDEX IF NOT EXISTS ix_event_inbox_emitter ON event_inbox (emitted_by, emitted_at)",
     ],
 }

@@ -22,14 +22,15 @@ from agent.scheduler.cli import main, operator_caller
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.engine.events import NO_LISTENER
 from agent.scheduler.enums import EventStatus
-from agent.scheduler.errors import InvalidSchedule, TooLong
+from agent.scheduler.errors import EventRefused, InvalidSchedule, TooLong
+from agent.scheduler.identity import Caller
 from agent.scheduler.schema import TABLES, UPGRADES
 from agent.scheduler.tasks import TaskRegistry
 from tests.conftest import T0, run_async
 
 ROOT = Path(__file__).resolve().parents[2]
 MakeSchedule = Callable[..., ScheduleDefinition]
-BY = "cli:tester"
+BY = Caller.operator("tester")
 
 
 def tasks() -> TaskRegistry:
@@ -82,7 +83,7 @@ async def test_an_event_written_by_another_store_gets_one_run_per_listening_sche
     (consumed,) = store.events()
     assert (consumed.status, consumed.consumed_by, consumed.consumed_at) == (EventStatus.CONSUMED, "w1", clock.now())
     assert sorted(consumed.run_ids) == sorted([a.run_id, b.run_id]) and consumed.reason is None
-    assert (consumed.emitted_by, consumed.payload) == (BY, {"file": "a.csv", "rows": 3})
+    assert (consumed.emitted_by, consumed.payload) == (BY.id, {"file": "a.csv", "rows": 3})
     # Consumed once: more ticks, even full scans, create nothing more.
     engine.wake()
     await engine.tick()
@@ -346,8 +347,8 @@ async def test_the_command_line_and_the_topic_go_through_emit_event(
     calls: list[tuple[str, Any, str]] = []
     real = inbox.emit_event
 
-    def spy(store: ScheduleStore, name: Any, payload: Any, *, by: str) -> Any:
-        calls.append((name, payload, by))
+    def spy(store: ScheduleStore, name: Any, payload: Any, *, by: Caller) -> Any:
+        calls.append((name, payload, by.id))
         return real(store, name, payload, by=by)
 
     monkeypatch.setattr(inbox, "emit_event", spy)
@@ -376,6 +377,96 @@ async def test_the_topic_refuses_bad_events_naming_the_field_and_an_agent_cannot
     assert store.count_events() == 0
     assert (await world.ok("scheduler.emit_event", {"name": "pay.ok"}, APPROVER))["emitted_by"] == APPROVER.id
     assert store.count_events() == 1
+
+
+@run_async
+async def test_an_agent_cannot_queue_an_event_for_a_disabled_high_risk_schedule_to_fire_once_enabled(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    from tests.integration.test_scheduler_registry_topics import make_world
+
+    world = await make_world(store, clock, make_schedule, run=False)
+    store.add(make_schedule("payout_on_ok", trigger_type="event", expression="pay.ok", target="payout"))
+    store.disable("payout_on_ok", reason="not yet")
+    refused = await world.error("scheduler.emit_event", {"name": "pay.ok", "payload": {"amount": 1}})
+    assert refused["code"] == "refused" and "payout_on_ok" in refused["message"]
+    assert store.count_events() == 0
+    await world.close()
+
+
+@run_async
+async def test_the_worker_does_not_let_an_agents_event_start_a_high_risk_schedule_whatever_it_was_when_emitted(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    from tests.integration.test_scheduler_registry_topics import APPROVER, make_world
+
+    world = await make_world(store, clock, make_schedule, run=False)
+    # Emitted while nothing high-risk listened: the door lets it in ...
+    assert (await world.ok("scheduler.emit_event", {"name": "pay.ok", "payload": {"amount": 1}}))["status"] == "pending"
+    # ... then a high-risk schedule on that name appears before a worker consumes the event.
+    store.add(make_schedule("payout_on_ok", trigger_type="event", expression="pay.ok", target="payout", created_at=T0))
+    store.add(make_schedule("note_on_ok", trigger_type="event", expression="pay.ok", target="sweep", created_at=T0))
+    assert (await world.ok("scheduler.emit_event", {"name": "pay.ok"}, APPROVER))["status"] == "pending"
+    world.engine.wake()
+    await world.engine.tick()
+    await world.engine.wait_idle()
+    by_emitter = {e.emitted_by: e for e in store.events()}
+    agents, humans = by_emitter["agent:ops-7"], by_emitter[APPROVER.id]
+    ran = {r.run_id: r.schedule_name for r in store.runs() if r.origin == "event"}
+    assert sorted(ran[r] for r in agents.run_ids) == ["note_on_ok"]
+    assert agents.reason is not None and "payout_on_ok (high-risk: an agent's event does not start it)" in agents.reason
+    assert sorted(ran[r] for r in humans.run_ids) == ["note_on_ok", "payout_on_ok"] and humans.reason is None
+    await world.close()
+
+
+def test_an_agent_may_emit_at_most_its_hourly_quota_and_people_are_not_counted(
+    store: ScheduleStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox, "AGENT_EVENTS_PER_HOUR", 5)  # the rule, not the production size
+    agent = Caller.agent("chatty")
+    for n in range(inbox.AGENT_EVENTS_PER_HOUR):
+        inbox.emit_event(store, "tick.tock", {"n": n}, by=agent)
+    with pytest.raises(EventRefused, match=f"chatty emitted {inbox.AGENT_EVENTS_PER_HOUR} events in the last hour"):
+        inbox.emit_event(store, "tick.tock", {}, by=agent)
+    assert store.count_events() == inbox.AGENT_EVENTS_PER_HOUR
+    inbox.emit_event(store, "tick.tock", {}, by=BY)  # a person at the command line is not counted
+    inbox.emit_event(store, "tick.tock", {}, by=Caller.agent("quiet"))  # nor is another agent
+    clock.advance(timedelta(hours=1, seconds=1))
+    inbox.emit_event(store, "tick.tock", {}, by=agent)  # an hour on, the agent may emit again
+    assert store.count_events() == inbox.AGENT_EVENTS_PER_HOUR + 3
+
+
+def test_purging_the_inbox_deletes_only_events_consumed_before_the_cutoff(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    old = inbox.emit_event(store, "job.done", {}, by=BY)
+    assert store.consume_event(old.id, worker_id="w1", now=clock.now())
+    clock.advance(timedelta(days=10))
+    recent = inbox.emit_event(store, "job.done", {}, by=BY)
+    assert store.consume_event(recent.id, worker_id="w1", now=clock.now())
+    waiting = inbox.emit_event(store, "job.done", {}, by=BY)
+    assert store.purge_events(consumed_before=clock.now() - timedelta(days=7)) == 1
+    assert sorted(e.id for e in store.events()) == sorted([recent.id, waiting.id])
+
+
+def test_the_events_command_lists_the_inbox_read_only_and_purges_consumed_events(
+    store: ScheduleStore, db_path: Path, clock: FakeClock
+) -> None:
+    old = inbox.emit_event(store, "job.done", {"n": 1}, by=BY)
+    assert store.consume_event(old.id, worker_id="w1", now=clock.now())
+    clock.advance(timedelta(days=10))
+    waiting = inbox.emit_event(store, "job.other", {}, by=BY)
+    out = StringIO()
+    assert main(["--db", str(db_path), "events", "--json"], out=out, clock=clock) == 0
+    assert [e["id"] for e in json.loads(out.getvalue())] == [waiting.id, old.id]
+    out = StringIO()
+    assert main(["--db", str(db_path), "events", "--status", "pending"], out=out, clock=clock) == 0
+    assert "job.other" in out.getvalue() and "job.done" not in out.getvalue()
+    assert main(["--db", str(db_path), "events", "purge"], clock=clock) == 2  # needs --older-than-days
+    out = StringIO()
+    assert main(["--db", str(db_path), "events", "purge", "--older-than-days", "7"], out=out, clock=clock) == 0
+    assert out.getvalue().startswith("1 consumed event(s) purged")
+    assert [e.id for e in store.events()] == [waiting.id]
 
 
 # ---------------------------------------------------------------------- the command line reaches a running worker
@@ -449,7 +540,7 @@ def test_the_upgrade_statements_create_the_inbox_as_the_schema_describes_it(any_
     finally:
         engine.dispose()
     assert columns == [c.name for c in TABLES["event_inbox"].columns]
-    assert indexes == [["status", "emitted_at"]]
+    assert sorted(indexes) == [["emitted_by", "emitted_at"], ["status", "emitted_at"]]
     with ScheduleStore(any_url, clock=clock) as store:
         event = inbox.emit_event(store, "job.done", {"a": 1}, by=BY)
         assert store.consume_event(event.id, worker_id="w", now=clock.now())

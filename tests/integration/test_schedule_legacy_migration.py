@@ -20,7 +20,7 @@ import pytest
 from croniter import croniter
 
 import jobs
-from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore, TriggerType
+from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore, TriggerType, inbox
 from agent.scheduler.adapters.legacy_cron import (
     META_MIGRATED,
     META_VERSION,
@@ -34,6 +34,7 @@ from agent.scheduler.adapters.legacy_cron import (
 )
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import ScheduleSource
+from agent.scheduler.identity import Caller
 from agent.scheduler.settings import load_settings
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from cron_definitions import CALL_SERVICE, CRON_JOBS, HEALTH_CHECKED_SERVICES
@@ -502,10 +503,15 @@ def test_db_maintenance_prunes_finished_runs_past_retention_and_optimizes(
     )
     kinds = [RunStatus.SUCCEEDED, RunStatus.SKIPPED, RunStatus.DEAD_LETTERED, RunStatus.PENDING, RunStatus.SUCCEEDED]
     old = [finish(migrated, schedule, T0 - timedelta(hours=5 - i), status) for i, status in enumerate(kinds)]
+    consumed = inbox.emit_event(migrated, "job.done", {}, by=Caller.operator("tester"))
+    assert migrated.consume_event(consumed.id, worker_id="w", now=clock.now())
     clock.advance(timedelta(days=31))
+    waiting = inbox.emit_event(migrated, "job.done", {}, by=Caller.operator("tester"))
     recent = finish(migrated, schedule, clock.now(), RunStatus.SKIPPED)
     outcome = LocalJobs(migrated, "w").db_maintenance(context(migrated, "scheduler_db_maintenance"))
-    assert outcome.startswith("pruned 3 finished run(s)") and "(30 days); PRAGMA optimize done" in outcome
+    assert outcome.startswith("pruned 3 finished run(s) and 1 consumed event(s)"), outcome
+    assert "(30 days); PRAGMA optimize done" in outcome
+    assert [e.id for e in migrated.events()] == [waiting.id]  # pending events stay
     # Dead letters stay replayable, pending runs are not finished, and recent history stays.
     assert {r.run_id for r in migrated.runs(schedule="history")} == {old[2], old[3], recent}
     # The newest run of a schedule stays whatever its age.

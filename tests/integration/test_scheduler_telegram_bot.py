@@ -18,6 +18,7 @@ import telegram_bot
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
 from agent.scheduler.engine import ScheduleEngine
+from agent.scheduler.identity import Caller
 from agent.scheduler.proposals import ProposalService
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
@@ -618,8 +619,8 @@ async def test_emit_writes_an_event_as_the_chat_through_the_same_function_as_the
     calls: list[tuple[Any, Any, str]] = []
     real = inbox.emit_event
 
-    def spy(store: ScheduleStore, name: Any, payload: Any, *, by: str) -> Any:
-        calls.append((name, payload, by))
+    def spy(store: ScheduleStore, name: Any, payload: Any, *, by: Caller) -> Any:
+        calls.append((name, payload, by.id))
         return real(store, name, payload, by=by)
 
     monkeypatch.setattr(inbox, "emit_event", spy)

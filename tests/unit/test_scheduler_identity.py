@@ -81,7 +81,17 @@ AGENT_IDS = [
     "telegram-42",
 ]
 #: Ids only a door gives (a Telegram chat, an operator) or the policy has: no agent may be named so.
-HUMAN_OR_POLICY_IDS = ["telegram:42", "Telegram:42", "cli:alice", "CLI:root", "\uff43li:alice", "policy", " POLICY "]
+HUMAN_OR_POLICY_IDS = [
+    "telegram:42",
+    "Telegram:42",
+    "cli:alice",
+    "CLI:root",
+    "\uff43li:alice",
+    "policy",
+    " POLICY ",
+    "host",
+    "Host",
+]
 
 
 @pytest.mark.parametrize("agent_id", AGENT_IDS)
@@ -94,7 +104,7 @@ def test_an_agent_never_approves_whatever_its_id(agent_id: str) -> None:
 
 @pytest.mark.parametrize("taken", HUMAN_OR_POLICY_IDS)
 def test_an_agent_cannot_take_a_human_or_the_policy_id(taken: str) -> None:
-    with pytest.raises(InvalidIdentity, match="an agent's id cannot be 'policy' or start with telegram:"):
+    with pytest.raises(InvalidIdentity, match="an agent's id cannot be 'policy' or 'host', or start with telegram:"):
         Caller.agent(taken)
 
 

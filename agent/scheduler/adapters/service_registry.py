@@ -244,12 +244,13 @@ class SchedulerTopics:
         """Write an event to the inbox as the caller; one worker consumes it and runs each event schedule on its name.
 
         As for ``run_now``, only a human may set off a high-risk schedule: an agent's event is refused
-        (nothing written) when an enabled schedule listening to its name is high-risk.
+        (nothing written) when a schedule listening to its name, enabled or not, is high-risk. The
+        worker that consumes it judges again (a schedule may be added or its tier raised meanwhile).
         """
-        for schedule in self.store.list(enabled=True, trigger_type=TriggerType.EVENT):
+        for schedule in self.store.list(enabled=None, trigger_type=TriggerType.EVENT):
             if schedule.expression == payload["name"]:
                 _human_for_high_risk(schedule, self.tasks, ctx, "emit an event that runs")
-        event = inbox.emit_event(self.store, payload["name"], payload["payload"], by=ctx.caller.id)
+        event = inbox.emit_event(self.store, payload["name"], payload["payload"], by=ctx.caller)
         return event_dict(event)
 
     def reset_breaker(self, payload: dict[str, Any], ctx: CallContext) -> dict[str, Any]:

@@ -4,12 +4,12 @@ are created in the same transaction, one per enabled event schedule listening to
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..definition import ScheduleDefinition
-from ..enums import BreakerState, TriggerType
+from ..enums import BreakerState, CallerKind, RiskTier, TriggerType
 from ..records import InboxEvent
 from ..store import EngineStore
 
@@ -33,14 +33,23 @@ class Consumed:
     """The pass took a full batch: more events may be waiting."""
 
 
+def _no_tier(_target: str) -> RiskTier | None:
+    return None
+
+
 def listeners(
-    event: InboxEvent, schedules: Sequence[ScheduleDefinition]
+    event: InboxEvent,
+    schedules: Sequence[ScheduleDefinition],
+    task_tier: Callable[[str], RiskTier | None] = _no_tier,
 ) -> tuple[list[ScheduleDefinition], str | None]:
     """The event schedules that get a run for ``event``, and why any other on its name does not (None: all do).
 
     A schedule listens when its expression is the event's name; it gets a run when it is enabled,
-    its breaker is not open, and it existed when the event was emitted (events are not applied
-    retroactively to schedules created after them).
+    its breaker is not open, it existed when the event was emitted (events are not applied
+    retroactively to schedules created after them), and, for an agent's event, neither the
+    schedule nor its task (``task_tier(target)``) is high-risk: only a human sets off high-risk
+    work. That is judged here, when the event is consumed, whatever the schedule was when it was
+    emitted (disabled then, or its tier raised since).
     """
     named = [s for s in schedules if s.trigger_type is TriggerType.EVENT and s.expression == event.name]
     if not named:
@@ -54,12 +63,21 @@ def listeners(
             held.append(f"{s.name} (breaker open)")
         elif s.created_at is not None and s.created_at > event.emitted_at:
             held.append(f"{s.name} (created after the event)")
+        elif event.emitted_kind is CallerKind.AGENT and RiskTier.HIGH in (s.risk_tier, task_tier(s.target)):
+            held.append(f"{s.name} (high-risk: an agent's event does not start it)")
         else:
             hearing.append(s)
     return hearing, ("listening but not run: " + ", ".join(held)) if held else None
 
 
-def consume_events(store: EngineStore, *, now: datetime, worker_id: str, limit: int = EVENTS_PER_TICK) -> Consumed:
+def consume_events(
+    store: EngineStore,
+    *,
+    now: datetime,
+    worker_id: str,
+    limit: int = EVENTS_PER_TICK,
+    task_tier: Callable[[str], RiskTier | None] = _no_tier,
+) -> Consumed:
     """Take the pending events (oldest first) and create their runs; call inside the tick's transaction.
 
     Each take is a conditional UPDATE (pending -> consumed): of two workers sharing a database only
@@ -75,7 +93,7 @@ def consume_events(store: EngineStore, *, now: datetime, worker_id: str, limit: 
             log.debug("event %s was consumed by another worker first", event.id)
             continue
         taken += 1
-        hearing, reason = listeners(event, schedules)
+        hearing, reason = listeners(event, schedules, task_tier)
         run_ids: list[str] = []
         for schedule in hearing:
             run = store.create_run(

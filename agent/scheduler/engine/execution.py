@@ -18,7 +18,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..definition import ScheduleDefinition
-from ..enums import RunStatus
+from ..enums import RiskTier, RunStatus
 from ..errors import GuardRejected, TaskNotConfigured
 from ..machines.run_lifecycle import plan_run
 from ..policies.shutdown import CHECKPOINT_WAIT, STILL_RUNNING, Stopping, asks_the_task, cutoff
@@ -189,6 +189,10 @@ class Execution:
 
     def has_task(self, target: str) -> bool:
         return target in self.builtins or target in self.tasks
+
+    def task_tier(self, target: str) -> RiskTier | None:
+        """The risk tier the task ``target`` declares, or None when this worker does not know it."""
+        return self.tasks.get(target).risk_tier if target in self.tasks else None
 
     @property
     def finished(self) -> bool:

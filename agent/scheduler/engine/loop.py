@@ -27,6 +27,7 @@ from ..clock import Clock
 from ..db_health import DatabaseHealth, Outage, outage_wait, report_replaced_database
 from ..enums import RunStatus
 from ..errors import DatabaseReplaced, DatabaseUnavailable
+from ..identity import HOST_ID
 from ..inbox import new_event
 from ..reconciliation import ReconciliationReport
 from ..records import InboxEvent
@@ -64,7 +65,7 @@ IDENTITY_CHECK_SECONDS = 0.2
 #: time whatever the clock does (a FakeClock that jumps ahead writes it at each wake instead).
 HEARTBEAT_WAKE_SECONDS = HEARTBEAT_SECONDS
 #: Who emitted an event that ``engine.emit`` (host code in the worker's process) fired, as the inbox records it.
-EMITTED_BY_HOST = "host"
+EMITTED_BY_HOST = HOST_ID
 #: The built-in task of reconciliation-type schedules: sweep runs whose lease expired.
 RECONCILE_TASK = "scheduler.reconcile"
 
@@ -140,6 +141,7 @@ class ScheduleEngine:
             lease=self.lease,
             tick_seconds=tick_seconds,
             has_task=self._execution.has_task,
+            task_tier=self._execution.task_tier,
         )
         # Owned by the loop thread.
         self._state = TickState()

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..alerts import dead_letter_text
 from ..definition import ScheduleDefinition
-from ..enums import RunStatus, TriggerType
+from ..enums import RiskTier, RunStatus, TriggerType
 from ..errors import GuardRejected, SchedulerError
 from ..policies.concurrency import Action, decide_starts
 from ..policies.missed_run import DuePlan, PlannedRun, is_prepared
@@ -211,6 +211,7 @@ class TickWork:
         lease: timedelta,
         tick_seconds: float,
         has_task: Callable[[str], bool],
+        task_tier: Callable[[str], RiskTier | None] = lambda _target: None,
     ) -> None:
         self.store = store
         self.reconciler = reconciler
@@ -219,6 +220,7 @@ class TickWork:
         self.lease = lease
         self.tick_seconds = tick_seconds
         self.has_task = has_task
+        self.task_tier = task_tier
         self._state = TickState()
 
     @property
@@ -320,7 +322,7 @@ class _Pass:
             store.add_event(event)  # into the inbox, as every door's events; consumed below (or by another worker)
         more_events = False
         if not i.draining and (full or report is not None or i.events or i.asks.events):
-            consumed = consume_events(store, now=now, worker_id=w.worker_id)
+            consumed = consume_events(store, now=now, worker_id=w.worker_id, task_tier=w.task_tier)
             maybe_pending |= consumed.runs > 0
             more_events = consumed.more
         if i.renew:

@@ -6,7 +6,7 @@ import builtins
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 
 from .. import schema
 from ..enums import EventStatus
@@ -80,6 +80,26 @@ class EventRows(StoreCore):
             stmt = stmt.where(e.c.status == EventStatus(status).value)
         rows = self._tx(lambda c: c.execute(stmt).mappings().all())
         return [event_from(r) for r in rows]
+
+    def count_events_by(self, emitted_by: str, *, since: datetime) -> int:
+        """How many events ``emitted_by`` emitted at or after ``since`` (an agent's hourly quota)."""
+        e = schema.event_inbox
+        stmt = (
+            select(func.count())
+            .select_from(e)
+            .where(and_(e.c.emitted_by == emitted_by, e.c.emitted_at >= to_db(since)))
+        )
+        found: int = self._tx(lambda c: c.execute(stmt).scalar()) or 0
+        return found
+
+    def purge_events(self, *, consumed_before: datetime) -> int:
+        """Delete the events consumed before ``consumed_before``; pending ones are kept. Returns how many went."""
+        e = schema.event_inbox
+        stmt = delete(e).where(and_(e.c.status == EventStatus.CONSUMED.value, e.c.consumed_at < to_db(consumed_before)))
+        gone: int = self._tx(lambda c: c.execute(stmt).rowcount)
+        if gone:
+            self._changed()
+        return gone
 
     def count_events(self, status: EventStatus | str | None = None) -> int:
         """How many events the inbox holds, optionally of one status."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import limits
 from ..definition import ScheduleDefinition
-from ..enums import AlertStatus, EventStatus, RunStatus
+from ..enums import AlertStatus, CallerKind, EventStatus, RunStatus
 from ..records import Alert, DeadLetter, InboxEvent, ProposalRecord
 from ..scheduled_run import ScheduledRun
 
@@ -172,6 +172,7 @@ def event_row(event: InboxEvent) -> dict[str, Any]:
         "payload": compact_json(event.payload),
         "emitted_at": to_db(event.emitted_at),
         "emitted_by": event.emitted_by,
+        "emitted_kind": event.emitted_kind.value,
         "status": event.status.value,
         "consumed_at": to_db(event.consumed_at),
         "consumed_by": event.consumed_by,
@@ -189,6 +190,7 @@ def event_from(row: Any) -> InboxEvent:
         payload=json.loads(row["payload"]),
         emitted_at=from_db(row["emitted_at"]) or row["emitted_at"],
         emitted_by=row["emitted_by"],
+        emitted_kind=CallerKind(row["emitted_kind"]),
         status=EventStatus(row["status"]),
         consumed_at=from_db(row["consumed_at"]),
         consumed_by=row["consumed_by"],

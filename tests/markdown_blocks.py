@@ -76,6 +76,14 @@ def blocks(path: Path, text: str | None = None) -> list[Block]:
     return found
 
 
+def section_blocks(path: Path, heading: str) -> list[Block]:
+    """The fenced blocks of the ``## heading`` section of the markdown file ``path``."""
+    lines = path.read_text().splitlines()
+    start = lines.index(f"## {heading}") + 1
+    end = next((i + 1 for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines) + 1)
+    return [b for b in blocks(path) if start < b.line < end]
+
+
 def section(text: str, heading: str) -> str:
     """The text of the ``## heading`` section of a markdown page, up to the next ``## `` heading."""
     start = text.index(f"\n## {heading}\n")

@@ -18,6 +18,7 @@ from agent.scheduler.enums import BreakerState, ProposalStatus, ScheduleSource
 from agent.scheduler.errors import TaskNotConfigured
 from agent.scheduler.identity import Approvers, Caller
 from agent.scheduler.proposals import ProposalService
+from agent.scheduler.settings import load_settings
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from service_registry import ServiceRegistry
 from tests.conftest import T0, run_async
@@ -303,6 +304,23 @@ async def test_list_schedules_shows_next_run_last_outcome_breaker_and_not_config
     assert nightly["last_status"] is None
     assert items["on_stall"]["next_run_at"] is None and items["on_stall"]["period_s"] is None
     assert items["retired"]["next_run_at"] is None and items["retired"]["enabled"] is False
+
+
+@run_async
+async def test_what_a_task_requires_is_judged_on_the_settings_the_worker_read(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ACTP_FOO_URL", raising=False)  # set only in the worker's settings (its .env, say)
+    world = await make_world(store, clock, make_schedule, run=False)
+    world.tasks.add("fetch", world.work.sweep, requires=["ACTP_FOO_URL"])
+    store.add(make_schedule("fetcher", target="fetch"))
+    world.engine.settings = load_settings({"ACTP_FOO_URL": "https://foo.example"})
+    shown = await world.ok("scheduler.get_schedule", {"name": "fetcher"})
+    assert (shown["schedule"]["not_configured"], shown["schedule"]["missing_configuration"]) == (False, [])
+    world.engine.settings = load_settings({})
+    shown = await world.ok("scheduler.get_schedule", {"name": "fetcher"})
+    assert shown["schedule"]["missing_configuration"] == ["ACTP_FOO_URL"]
+    await world.close()
 
 
 @pytest.mark.parametrize(

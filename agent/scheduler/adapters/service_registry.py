@@ -364,7 +364,8 @@ class SchedulerTopics:
             failed = last.status in (RunStatus.FAILED, RunStatus.DEAD_LETTERED)
             last_reason = (last.error if failed else None) or last.reason
         registered = s.target in self.tasks or s.target == RECONCILE_TASK
-        missing = self.tasks.get(s.target).missing_configuration() if s.target in self.tasks else []
+        spec = self.tasks.get(s.target) if s.target in self.tasks else None
+        missing = spec.missing_configuration(self.engine.settings) if spec is not None else []
         return {
             "name": s.name,
             "id": s.id,

@@ -110,6 +110,8 @@ class ScheduleEngine:
         self.clock: Clock = clock or store.clock
         self.tick_seconds = tick_seconds
         self.worker_id = worker_id or default_worker_id(settings)
+        self.settings = settings
+        """The settings the worker read once (None: a library use; what a task requires is then read when needed)."""
         self.lease = timedelta(seconds=lease_seconds)
         self.boot_id = uuid.uuid4().hex[:12]
         builtins: dict[str, TaskSpec] = {

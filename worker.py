@@ -100,7 +100,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="MODULE",
-        help="module with register(tasks, store); repeatable",
+        help="module with register(tasks, store); repeatable (default: $ACTP_SCHEDULER_TASKS, comma separated)",
     )
     parser.add_argument("--no-legacy", action="store_true", help="do not migrate or run the legacy cron table")
     parser.add_argument(
@@ -151,15 +151,17 @@ def import_task_modules(names: Sequence[str]) -> list[tuple[str, Register]]:
     return found
 
 
-def load_task_modules(names: Sequence[str], tasks: TaskRegistry, store: ScheduleStore) -> None:
-    """Import each ``--tasks`` module and call its ``register(tasks, store)``."""
-    register_task_modules(import_task_modules(names), tasks, store)
-
-
 def register_task_modules(found: Sequence[tuple[str, Register]], tasks: TaskRegistry, store: ScheduleStore) -> None:
-    """Call each imported module's ``register(tasks, store)``."""
+    """Call each imported module's ``register(tasks, store)``; OperatorActionRequired names one that fails."""
     for name, register in found:
-        register(tasks, store)
+        try:
+            register(tasks, store)
+        except SchedulerError:
+            raise
+        except Exception as exc:  # the module's own code: the operator must fix it, a restart would not
+            raise OperatorActionRequired(
+                f"--tasks {name}: its register(tasks, store) failed: {type(exc).__name__}: {exc}"
+            ) from exc
         log.info("tasks from %s registered", name)
 
 
@@ -306,6 +308,8 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
         settings = load_settings(env_file=HERE / ".env")
         if args.db is None:  # the environment's database, checked as --db is
             args.db = database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")
+        if not args.tasks:  # the settings' list (ACTP_SCHEDULER_TASKS, comma separated)
+            args.tasks = settings.task_modules
         import_task_modules(args.tasks)  # a bad --tasks is one line here, before anything is opened
     except (ConfigError, ValueError, OperatorActionRequired) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)

@@ -1204,7 +1204,19 @@ def _event_payload(text: str) -> dict[str, Any]:
 _worker_id = text_up_to(WORKER_ID_CHARS, single_line=True)
 _reason = text_up_to(REASON_CHARS)
 _optional_reason = text_up_to(REASON_CHARS, empty=True)
-_zone_name = text_up_to(TIMEZONE_CHARS, single_line=True)
+_zone_text = text_up_to(TIMEZONE_CHARS, single_line=True)
+
+
+def _zone_name(text: str) -> str:
+    """argparse type: an IANA timezone name this machine knows (``UTC``, ``Europe/Berlin``)."""
+    name = _zone_text(text)
+    try:
+        triggers.parse_timezone(name)
+    except InvalidSchedule as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 _TASKS_HELP = f"module with register(tasks, store), as for the worker; repeatable (default: ${TASKS_ENV})"
 
 

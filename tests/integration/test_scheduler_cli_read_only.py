@@ -294,8 +294,9 @@ def test_postgresql_read_only_reads_refuses_writes_and_a_missing_schema() -> Non
         engine.dispose()
 
 
-def test_every_read_command_works_on_postgresql_in_its_read_only_session(clock: FakeClock) -> None:
-    url = postgres_url()
+@pytest.mark.postgres
+def test_every_read_command_works_on_postgresql_in_its_read_only_session(pg_url: str, clock: FakeClock) -> None:
+    url = pg_url
     with ScheduleStore(url, clock=clock) as writer:
         writer.add(ScheduleDefinition(name="sweep", trigger_type="interval", expression="5m", target="sweep"))
     for args in [*READ_COMMANDS, ["events"]]:
@@ -410,6 +411,51 @@ def test_the_worker_with_a_tasks_module_that_fails_to_import_names_it(tmp_path: 
         "error: --tasks broken_tasks: importing the module failed: RuntimeError: no credentials here\n"
     )
     assert not db.parent.exists()
+
+
+def test_the_worker_takes_its_tasks_modules_from_the_settings_when_no_tasks_option_is_given(tmp_path: Path) -> None:
+    db = tmp_path / "w" / "scheduler.db"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--no-legacy"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "ACTP_SCHEDULER_TASKS": "no_such_tasks_module"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --tasks no_such_tasks_module: cannot import the module: ")
+    assert listing(tmp_path) == {}
+
+
+def test_a_tasks_module_whose_register_fails_stops_the_worker_with_one_line_and_status_2(tmp_path: Path) -> None:
+    (tmp_path / "failing_tasks.py").write_text("def register(tasks, store):\n    raise KeyError('SOME_TOKEN')\n")
+    db = tmp_path / "w" / "scheduler.db"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--tasks", "failing_tasks", "--no-legacy"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr  # a restart would not help: the service stays stopped
+    errors = [line for line in done.stderr.splitlines() if "failing_tasks" in line]
+    assert len(errors) == 1 and "its register(tasks, store) failed: KeyError: 'SOME_TOKEN'" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("zone", ["Mars/Base", "../../etc/passwd", "Europe/Nowhere"])
+@pytest.mark.parametrize("command", [["simulate", "15m"], ["timeline", "--all"]])
+def test_an_unknown_timezone_is_one_line_naming_the_option(
+    tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str], zone: str, command: list[str]
+) -> None:
+    db = tmp_path / "scheduler.db"
+    assert cli(db, clock, *command, "--timezone", zone)[0] == 2
+    one_line(capsys, "--timezone", zone, "IANA timezone name")
+    assert listing(tmp_path) == {}
 
 
 # ---------------------------------------------------------------------- names, not ids; words, not pieces

@@ -371,7 +371,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         name="ACTP_SCHEDULER_TASKS",
-        meaning="task modules the proposal commands load when no --tasks is given",
+        meaning="task modules the worker, the proposal commands and install-service load when no --tasks is given",
         check=modules_check(),
         group="scheduler",
         example="tests.fixtures.sample_tasks",

@@ -28,7 +28,8 @@ MODULE_CHARS = 256
 
 _WHOLE = re.compile(r"[+-]?\d+")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_LONG_QUOTED = re.compile(rf"'([^'\n]{{{SHOWN_CHARS}}})[^'\n]+'")
+#: A quoted value as argparse and the types echo it: its quote opens at the start or after a space.
+_LONG_QUOTED = re.compile(rf"(?:^|(?<=\s))'([^'\n]{{{SHOWN_CHARS}}})[^'\n]+'")
 _LONG_WORD = re.compile(rf"([^'\s]{{{SHOWN_CHARS}}})[^'\s]+")
 _IN_MEMORY = frozenset({":memory:", "sqlite://", "sqlite:///", "sqlite:///:memory:"})
 

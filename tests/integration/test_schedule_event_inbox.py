@@ -301,6 +301,7 @@ def test_the_payload_limit_is_on_the_compact_json_bytes() -> None:
         (["job.done", "--payload", "[1]"], "error: emit: argument --payload: '[1]': must be a JSON object"),
         (["job.done", "--payload", '{"a":'], "not JSON: Expecting value at character 5"),
         (["job.done", "--payload", json.dumps({"a": "x" * 20_000})], "at most 16384 bytes as UTF-8 JSON"),
+        (["job.done", "--payload", '{"a":NaN}'], "a float out of range at payload['a']"),
     ],
 )
 def test_the_emit_command_refuses_bad_input_in_one_line_and_writes_nothing(

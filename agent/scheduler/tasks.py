@@ -49,6 +49,8 @@ class TaskSpec:
 
     def missing_configuration(self, settings: Settings | Mapping[str, str] | None = None) -> list[str]:
         """The required environment variables that are not set (or blank) in ``settings`` (default: read now)."""
+        if not self.requires:  # most tasks: nothing to read, on every run
+            return []
         if settings is None:
             settings = load_settings(only=self.requires)
         if isinstance(settings, Settings):

@@ -116,7 +116,8 @@ async def test_a_simulated_week_of_mixed_schedules_runs_exactly_the_expected_occ
     add("weekly_monday_0900", "calendar", "0 9 * * mon")
     add("on_upload", "event", "file.uploaded")
     add("in_90_minutes", "delay", "+90m")
-    engine = engine_for(store, probe, clock)
+    # The settings read once and passed down, as the worker does (not read again at every run).
+    engine = engine_for(store, probe, clock, settings=load_settings())
     await engine.start()
     end = WEEK_START + timedelta(days=7)
     began = time.perf_counter()

@@ -575,7 +575,9 @@ async def simulate(
     migrate(store, CRON_JOBS, tasks=tasks)
     for name in disabled:
         store.disable(name, reason="simulated separately")
-    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="sim")
+    # The settings read once and passed down, as the worker does (not read again at every run).
+    settings = load_settings()
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="sim", settings=settings)
     began = time.perf_counter()
     await engine.start()
     await engine.run_until(end)

@@ -19,7 +19,7 @@ LINE = re.compile(r"^[a-z_.0-9]+\s+(-?[0-9]+\.[0-9]+|nan)\s+\S+")
     ("script", "args"),
     [
         ("burst.py", ["40", "1"]),
-        ("steady.py", ["10", "1.5"]),
+        ("steady.py", ["10", "1"]),
         ("idle.py", ["50"]),
         ("recovery.py", ["20"]),
         ("memory.py", ["300"]),

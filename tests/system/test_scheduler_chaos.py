@@ -17,7 +17,8 @@ table and the task ledger (``BEGIN``/``END`` per execution, fsync'd by the task 
 - re-executions: extra ``BEGIN`` lines; in a kill storm each must follow a ``BEGIN`` in a killed process.
 
 The scenario functions return their figures; the tests run them small and assert, and
-``bench/chaos.py`` runs the same functions at full size and prints the figures.
+``bench/chaos.py`` runs the same functions at full size and prints the figures. The tests' scenarios
+run in three lanes side by side (see ``LANES``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -795,9 +797,71 @@ def _show(result: Result) -> str:
     return text
 
 
-def test_kill_9_storm_on_sqlite_loses_nothing_and_runs_nothing_twice(tmp_path: Path) -> None:
-    result = kill_storm(tmp_path, f"sqlite:///{tmp_path / 'chaos.db'}", schedules=24, kills=5)
+def sqlite_storm_at_test_size(tmp: Path) -> Result:
+    return kill_storm(tmp, f"sqlite:///{tmp / 'chaos.db'}", schedules=24, kills=5)
+
+
+def postgres_storm_at_test_size(tmp: Path) -> Result:
+    with fresh_postgres_database() as url:
+        return kill_storm(tmp, url, schedules=24, kills=4, workers=3, lease=3.0, up=(1.0, 3.0), down=(0.5, 2.0), seed=5)
+
+
+def postgres_outage_at_test_size(tmp: Path) -> Result:
+    if not pg_admin_url():
+        pytest.skip('no PostgreSQL for tests: run eval "$(scripts/test-postgres.sh start)" first')
+    with fresh_postgres_database() as url:
+        return postgres_outage(tmp, url, schedules=12, outage=6.0)
+
+
+#: Each test's scenario at the test's size, by lane. Lanes run side by side, the scenarios of one
+#: lane one after the other: the PostgreSQL scenarios share one lane (the outage stops the server,
+#: which nothing else of this module uses meanwhile); the SQLite storm has its own; the short
+#: SQLite scenarios share the third. Every scenario has its own workers, database and ledger.
+LANES: tuple[dict[str, Callable[[Path], Result]], ...] = (
+    {
+        "test_kill_9_storm_on_postgres_with_three_workers": postgres_storm_at_test_size,
+        "test_postgres_stopped_and_started_under_three_workers": postgres_outage_at_test_size,
+    },
+    {"test_kill_9_storm_on_sqlite_loses_nothing_and_runs_nothing_twice": sqlite_storm_at_test_size},
+    {
+        "test_database_file_deleted_under_a_running_worker": database_deleted,
+        "test_sigterm_with_sync_tasks_under_each_shutdown_policy": sigterm_sync,
+        "test_a_task_blocking_the_loop_past_its_timeout_fails_with_timeout": loop_blocker,
+        "test_sqlite_disk_full_then_space_freed": lambda tmp: disk_full(tmp, schedules=10, full_seconds=3.0),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def lives(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Result]]]:
+    """The scenarios of the tests selected in this module, started in their lanes; a test waits for its
+    own result, and a scenario that fails (or skips) fails (or skips) its test only."""
+    selected = {getattr(item, "originalname", item.name) for item in request.session.items if item.path == request.path}
+    pools = [ThreadPoolExecutor(max_workers=1) for _ in LANES]
+    try:
+        yield {
+            name: pool.submit(scenario, tmp_path_factory.mktemp(name.removeprefix("test_")[:40]))
+            for pool, lane in zip(pools, LANES, strict=True)
+            for name, scenario in lane.items()
+            if name in selected
+        }
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True)
+
+
+def outcome(lives: dict[str, Future[Result]], request: pytest.FixtureRequest) -> Result:
+    result = lives[request.node.originalname].result()
     print(_show(result))
+    return result
+
+
+def test_kill_9_storm_on_sqlite_loses_nothing_and_runs_nothing_twice(
+    lives: dict[str, Future[Result]], request: pytest.FixtureRequest
+) -> None:
+    result = outcome(lives, request)
     assert result.audit is not None
     assert result.figures["runs_held_at_kills"] > 0, "no kill caught a run in flight: the storm exercised nothing"
     assert result.own_exits == [], _show(result)
@@ -810,12 +874,10 @@ def test_kill_9_storm_on_sqlite_loses_nothing_and_runs_nothing_twice(tmp_path: P
     assert (found, requeued + result.figures["orphans_dead_lettered"]) == (held, held), _show(result)
 
 
-def test_kill_9_storm_on_postgres_with_three_workers(tmp_path: Path) -> None:
-    with fresh_postgres_database() as url:
-        result = kill_storm(
-            tmp_path, url, schedules=24, kills=4, workers=3, lease=3.0, up=(1.0, 3.0), down=(0.5, 2.0), seed=5
-        )
-    print(_show(result))
+def test_kill_9_storm_on_postgres_with_three_workers(
+    lives: dict[str, Future[Result]], request: pytest.FixtureRequest
+) -> None:
+    result = outcome(lives, request)
     assert result.audit is not None
     assert result.own_exits == [], _show(result)
     assert set(result.stop_codes.values()) == {0}, _show(result)
@@ -827,12 +889,10 @@ def test_kill_9_storm_on_postgres_with_three_workers(tmp_path: Path) -> None:
     assert result.figures["takeover_max_s"] < 60, _show(result)
 
 
-def test_postgres_stopped_and_started_under_three_workers(tmp_path: Path) -> None:
-    if not pg_admin_url():
-        pytest.skip('no PostgreSQL for tests: run eval "$(scripts/test-postgres.sh start)" first')
-    with fresh_postgres_database() as url:
-        result = postgres_outage(tmp_path, url, schedules=12, outage=6.0)
-    print(_show(result))
+def test_postgres_stopped_and_started_under_three_workers(
+    lives: dict[str, Future[Result]], request: pytest.FixtureRequest
+) -> None:
+    result = outcome(lives, request)
     assert result.audit is not None
     assert result.own_exits == [], _show(result)
     assert result.figures["first_start_after_back_s"] is not None, _show(result)
@@ -844,9 +904,8 @@ def test_postgres_stopped_and_started_under_three_workers(tmp_path: Path) -> Non
     assert result.audit.ended_unrecorded == 0, _show(result)
 
 
-def test_sqlite_disk_full_then_space_freed(tmp_path: Path) -> None:
-    result = disk_full(tmp_path, schedules=10, full_seconds=3.0)
-    print(_show(result))
+def test_sqlite_disk_full_then_space_freed(lives: dict[str, Future[Result]], request: pytest.FixtureRequest) -> None:
+    result = outcome(lives, request)
     assert result.audit is not None
     assert result.own_exits == [], _show(result)
     assert result.figures["first_start_after_free_s"] is not None, _show(result)
@@ -854,9 +913,10 @@ def test_sqlite_disk_full_then_space_freed(tmp_path: Path) -> None:
     assert result.audit.bad() == dict.fromkeys(result.audit.bad(), 0), _show(result)
 
 
-def test_database_file_deleted_under_a_running_worker(tmp_path: Path) -> None:
-    result = database_deleted(tmp_path)
-    print(_show(result))
+def test_database_file_deleted_under_a_running_worker(
+    lives: dict[str, Future[Result]], request: pytest.FixtureRequest
+) -> None:
+    result = outcome(lives, request)
     status = EXIT_DATABASE_REPLACED
     assert result.figures["exit_status"] is not None, f"the worker still runs on a deleted database: {_show(result)}"
     assert result.figures["exit_status"] == status, _show(result)
@@ -865,17 +925,19 @@ def test_database_file_deleted_under_a_running_worker(tmp_path: Path) -> None:
     assert re.search(r"(?i)database|\.db", result.figures["error_lines"][0]), _show(result)
 
 
-def test_sigterm_with_sync_tasks_under_each_shutdown_policy(tmp_path: Path) -> None:
-    result = sigterm_sync(tmp_path)
-    print(_show(result))
+def test_sigterm_with_sync_tasks_under_each_shutdown_policy(
+    lives: dict[str, Future[Result]], request: pytest.FixtureRequest
+) -> None:
+    result = outcome(lives, request)
     assert result.stop_codes == {"chaos-0": 0}, _show(result)
     assert result.figures["mismatches"] == [], _show(result)
     assert result.figures["exit_after_s"] <= result.figures["limit_s"], _show(result)
 
 
-def test_a_task_blocking_the_loop_past_its_timeout_fails_with_timeout(tmp_path: Path) -> None:
-    result = loop_blocker(tmp_path)
-    print(_show(result))
+def test_a_task_blocking_the_loop_past_its_timeout_fails_with_timeout(
+    lives: dict[str, Future[Result]], request: pytest.FixtureRequest
+) -> None:
+    result = outcome(lives, request)
     assert (result.figures["status"], result.figures["reason"]) == ("failed", "timeout"), _show(result)
     assert result.figures["stall_lines"], f"no log line about the loop stall: {_show(result)}"
     assert set(result.stop_codes.values()) == {0}, _show(result)

@@ -1,4 +1,7 @@
-"""Durability proven on the real worker process: SIGTERM under each shutdown policy, kill -9, restarts."""
+"""Durability proven on the real worker process: SIGTERM under each shutdown policy, kill -9, restarts.
+
+Each test's scenario drives its own worker processes on its own database; the scenarios run side by side.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import pairwise
@@ -79,7 +84,7 @@ def marker(rig: Rig) -> dict:  # type: ignore[type-arg]
     return state
 
 
-def test_sigterm_with_graceful_finish_lets_the_run_complete(tmp_path: Path) -> None:
+def graceful_finish(tmp_path: Path) -> None:
     rig = Rig(tmp_path, "graceful_once", {"SAMPLE_SLOW_SECONDS": "2"})
     worker = rig.start()
     try:
@@ -92,7 +97,7 @@ def test_sigterm_with_graceful_finish_lets_the_run_complete(tmp_path: Path) -> N
     assert len(rig.ledger_lines()) == 1 and marker(rig)["clean"] is True
 
 
-def test_sigterm_with_requeue_leaves_a_pending_run_that_runs_after_restart(tmp_path: Path) -> None:
+def requeue(tmp_path: Path) -> None:
     rig = Rig(tmp_path, "requeue_once", {"SAMPLE_SLOW_SECONDS": "30"})
     worker = rig.start()
     try:
@@ -112,7 +117,7 @@ def test_sigterm_with_requeue_leaves_a_pending_run_that_runs_after_restart(tmp_p
     assert [line.split()[0] for line in rig.ledger_lines()] == [run.idempotency_key]
 
 
-def test_sigterm_with_checkpoint_and_stop_pauses_and_the_restart_finishes_the_rest_once(tmp_path: Path) -> None:
+def checkpoint_and_stop(tmp_path: Path) -> None:
     rig = Rig(tmp_path, "steps_once", {"SAMPLE_STEPS": "10", "SAMPLE_STEP_SECONDS": "0.3"})
     worker = rig.start()
     try:
@@ -148,7 +153,7 @@ def executions(rig: Rig) -> list[tuple[float, float]]:
     return sorted(spans)
 
 
-def test_kill_9_in_flight_then_restart_reconciles_every_orphan_and_loses_nothing(tmp_path: Path) -> None:
+def kill_in_flight(tmp_path: Path) -> None:
     rig = Rig(tmp_path, "ledger_every_second,forbid_slow", {"SAMPLE_SLOW_SECONDS": "1.5"})
     worker = rig.start()
     try:
@@ -191,7 +196,7 @@ def test_kill_9_in_flight_then_restart_reconciles_every_orphan_and_loses_nothing
     assert all(b_start >= a_end for (_, a_end), (b_start, _) in pairwise(spans)), spans
 
 
-def test_random_kill_9_cycles_lose_no_occurrence_and_rerun_only_what_was_in_flight(tmp_path: Path) -> None:
+def random_kills(tmp_path: Path) -> str:
     # Each execution records itself, then works 0.4 s more: a kill in that window re-executes it.
     rig = Rig(tmp_path, "ledger_every_second", {"SAMPLE_AFTER_SECONDS": "0.4"})
     rng = random.Random(20271313)
@@ -227,7 +232,68 @@ def test_random_kill_9_cycles_lose_no_occurrence_and_rerun_only_what_was_in_flig
     # At least once, never lost: an occurrence ran twice only if it was in flight at a kill.
     assert again <= in_flight_at_kill
     assert in_flight_at_kill, "no kill caught a run in flight: the test exercised nothing"
-    print(
+    return (
         f"kill -9 cycles: {cycles}, occurrences: {len(runs)}, re-executions: {sum(executed[k] - 1 for k in again)}, "
         f"in flight at a kill: {len(in_flight_at_kill)}, elapsed: {elapsed:.1f} s"
     )
+
+
+# ---------------------------------------------------------------------------------------------- the tests
+
+#: Each test's scenario (above; it asserts as it goes). The scenarios run side by side, each with its
+#: own worker processes, database and ledger, and spend most of their time waiting on the workers.
+SCENARIOS: dict[str, Callable[[Path], str | None]] = {
+    "test_sigterm_with_graceful_finish_lets_the_run_complete": graceful_finish,
+    "test_sigterm_with_requeue_leaves_a_pending_run_that_runs_after_restart": requeue,
+    "test_sigterm_with_checkpoint_and_stop_pauses_and_the_restart_finishes_the_rest_once": checkpoint_and_stop,
+    "test_kill_9_in_flight_then_restart_reconciles_every_orphan_and_loses_nothing": kill_in_flight,
+    "test_random_kill_9_cycles_lose_no_occurrence_and_rerun_only_what_was_in_flight": random_kills,
+}
+
+
+@pytest.fixture(scope="module")
+def lives(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[str | None]]]:
+    """The scenarios of the tests selected in this module, started together; a test waits for its own,
+    and one that fails fails its test only."""
+    selected = [getattr(item, "originalname", item.name) for item in request.session.items if item.path == request.path]
+    wanted = {name: SCENARIOS[name] for name in selected if name in SCENARIOS}
+    with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
+        yield {name: pool.submit(fn, tmp_path_factory.mktemp(fn.__name__)) for name, fn in wanted.items()}
+
+
+def outcome(lives: dict[str, Future[str | None]], request: pytest.FixtureRequest) -> None:
+    figures = lives[request.node.originalname].result()
+    if figures:
+        print(figures)
+
+
+def test_sigterm_with_graceful_finish_lets_the_run_complete(
+    lives: dict[str, Future[str | None]], request: pytest.FixtureRequest
+) -> None:
+    outcome(lives, request)
+
+
+def test_sigterm_with_requeue_leaves_a_pending_run_that_runs_after_restart(
+    lives: dict[str, Future[str | None]], request: pytest.FixtureRequest
+) -> None:
+    outcome(lives, request)
+
+
+def test_sigterm_with_checkpoint_and_stop_pauses_and_the_restart_finishes_the_rest_once(
+    lives: dict[str, Future[str | None]], request: pytest.FixtureRequest
+) -> None:
+    outcome(lives, request)
+
+
+def test_kill_9_in_flight_then_restart_reconciles_every_orphan_and_loses_nothing(
+    lives: dict[str, Future[str | None]], request: pytest.FixtureRequest
+) -> None:
+    outcome(lives, request)
+
+
+def test_random_kill_9_cycles_lose_no_occurrence_and_rerun_only_what_was_in_flight(
+    lives: dict[str, Future[str | None]], request: pytest.FixtureRequest
+) -> None:
+    outcome(lives, request)

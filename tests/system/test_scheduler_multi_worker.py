@@ -17,6 +17,14 @@ from tests.system.worker_process import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.system
 
+#: A pending run due longer ago than this (seconds) is a backlog not yet worked off; one due more
+#: recently may just be on its way to a worker.
+BACKLOG_SECONDS = 1.0
+#: How long each of the takeover test's runs works (seconds), and how much of that the victim's
+#: run must still have ahead of it when the victim is killed: it is still running at the kill.
+TAKEOVER_TASK_SECONDS = 2.0
+TAKEOVER_TASK_LEFT = 1.0
+
 
 def spans(path: Path) -> list[tuple[float, float]]:
     started: dict[str, float] = {}
@@ -72,8 +80,12 @@ def test_three_workers_execute_each_of_500_due_occurrences_exactly_once(tmp_path
     try:
 
         def settled() -> bool:
+            # Worked off: no pending run is overdue. The next occurrence of each schedule is prepared
+            # ahead of its time, so "no pending run at all" holds only at a lucky instant.
+            overdue = SystemClock().now() - timedelta(seconds=BACKLOG_SECONDS)
             with ScheduleStore(url) as s:
-                return s.count_runs(status=RunStatus.SUCCEEDED) >= 620 and not s.runs(status=RunStatus.PENDING)
+                backlog = [r for r in s.runs(status=RunStatus.PENDING) if r.intended_run_at <= overdue]
+                return s.count_runs(status=RunStatus.SUCCEEDED) >= 620 and not backlog
 
         wait_for(settled, 120, "the burst and the forbid schedule to be worked off")
         for p in procs:
@@ -111,7 +123,8 @@ def test_a_killed_worker_s_runs_are_taken_over_after_its_lease_expires(tmp_path:
                 max_retries=5,
             )
         )
-    env = {"SAMPLE_LEDGER": str(ledger), "SAMPLE_SPANS": str(span_file), "SAMPLE_SLOW_SECONDS": "4"}
+    slow = f"{TAKEOVER_TASK_SECONDS:g}"
+    env = {"SAMPLE_LEDGER": str(ledger), "SAMPLE_SPANS": str(span_file), "SAMPLE_SLOW_SECONDS": slow}
     procs = [
         WorkerProcess(
             url, tmp_path / f"w{i}.log", {**env, "SAMPLE_SCHEDULES": ""}, "--lease", "3", worker_id=f"pg-worker-{i}"
@@ -123,15 +136,21 @@ def test_a_killed_worker_s_runs_are_taken_over_after_its_lease_expires(tmp_path:
     try:
 
         def victim_busy() -> bool:
+            recent = SystemClock().now() - timedelta(seconds=TAKEOVER_TASK_SECONDS - TAKEOVER_TASK_LEFT)
             with ScheduleStore(url) as s:
-                return any(r.owner == "pg-worker-0" for r in s.runs(status=RunStatus.RUNNING))
+                return any(
+                    r.owner == "pg-worker-0" and r.started_at is not None and r.started_at >= recent
+                    for r in s.runs(status=RunStatus.RUNNING)
+                )
 
-        wait_for(victim_busy, 60, "worker 0 to hold a run")
-        with ScheduleStore(url) as s:
-            held = {r.run_id for r in s.runs(status=RunStatus.RUNNING) if r.owner == "pg-worker-0"}
+        wait_for(victim_busy, 60, "worker 0 to start a run")
         procs[0].signal(signal.SIGKILL)
         procs[0].wait(timeout=10)
         killed_at = time.monotonic()
+        # What the dead worker held: its rows still running (no one takes them before its lease ends).
+        with ScheduleStore(url) as s:
+            held = {r.run_id for r in s.runs(status=RunStatus.RUNNING) if r.owner == "pg-worker-0"}
+        assert held, "worker 0 held no run when it was killed: the test exercised nothing"
 
         def taken_over() -> bool:
             with ScheduleStore(url) as s:

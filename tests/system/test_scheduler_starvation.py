@@ -15,6 +15,8 @@ database showed while it ran:
 
 A last test stops a worker whose tasks leave code running that no stop can end (a thread of
 ``asyncio.to_thread``, a task that swallows its cancel): the exit is still bounded.
+
+The three workers (async, sync, leftover) run side by side, each on its own database and ledger.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import statistics
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -250,9 +254,35 @@ def beside_slow_schedules(tmp: Path, kind: str) -> Outcome:
     return live(tmp, env, until="healthy", run_seconds=RUN_SECONDS, stop_within=stop_within)
 
 
+#: The leftover test's shutdown timeout (seconds) and the bound on its worker's exit after SIGTERM.
+LEFTOVER_SHUTDOWN_TIMEOUT = 1.0
+LEFTOVER_STOP_BOUND = LEFTOVER_SHUTDOWN_TIMEOUT + CUT_GRACE_SECONDS + EXIT_GRACE_SECONDS + STOP_MARGIN
+
+
+def with_leftover_tasks(tmp: Path) -> Outcome:
+    """The healthy schedule beside two one-shot tasks whose code outlives their run."""
+    env = {LEFTOVER_ENV: f"30:{LEFTOVER_SHUTDOWN_TIMEOUT:g}"}
+    return live(tmp, env, until="deaf", run_seconds=0.5, stop_within=LEFTOVER_STOP_BOUND, mid_grid=False)
+
+
+@pytest.fixture(scope="module")
+def lives(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Outcome]]]:
+    """The module's three worker lives, run side by side: each is its own process with its own
+    database and ledger, and spends most of its time waiting on its schedules, so they do not
+    disturb one another. A test waits for the life it asserts on; one that fails fails its test only."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        yield {
+            "async": pool.submit(beside_slow_schedules, tmp_path_factory.mktemp("starve_async"), "async"),
+            "sync": pool.submit(beside_slow_schedules, tmp_path_factory.mktemp("starve_sync"), "sync"),
+            "leftover": pool.submit(with_leftover_tasks, tmp_path_factory.mktemp("starve_leftover")),
+        }
+
+
 @pytest.mark.parametrize("kind", ["async", "sync"])
-def test_a_slow_schedule_under_each_concurrency_policy_never_delays_a_healthy_one(tmp_path: Path, kind: str) -> None:
-    out = beside_slow_schedules(tmp_path, kind)
+def test_a_slow_schedule_under_each_concurrency_policy_never_delays_a_healthy_one(
+    lives: dict[str, Future[Outcome]], kind: str
+) -> None:
+    out = lives[kind].result()
     print(f"{kind}: {out.summary()}")
     signalled = out.signalled_at
 
@@ -315,14 +345,11 @@ def test_a_slow_schedule_under_each_concurrency_policy_never_delays_a_healthy_on
         assert cut or name != "slow_allow", out.summary()
 
 
-def test_sigterm_ends_the_worker_even_when_task_code_outlives_its_run(tmp_path: Path) -> None:
-    shutdown_timeout = 1.0
-    env = {LEFTOVER_ENV: f"30:{shutdown_timeout:g}"}
-    bound = shutdown_timeout + CUT_GRACE_SECONDS + EXIT_GRACE_SECONDS + STOP_MARGIN
-    out = live(tmp_path, env, until="deaf", run_seconds=0.5, stop_within=bound, mid_grid=False)
+def test_sigterm_ends_the_worker_even_when_task_code_outlives_its_run(lives: dict[str, Future[Outcome]]) -> None:
+    out = lives["leftover"].result()
     print(f"leftover: stop {out.stop_seconds:.2f}s, exit {out.exit_code}")
     assert out.exit_code == 0, out.log[-3000:]
-    assert out.stop_seconds <= bound
+    assert out.stop_seconds <= LEFTOVER_STOP_BOUND
     assert {r.schedule_name: r.reason for r in out.runs if r.schedule_name != "healthy"} == {
         "offloaded": "shutdown: still running at the shutdown timeout",
         "deaf": "shutdown: still running at the shutdown timeout; it did not end when cancelled and is left to "

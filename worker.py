@@ -36,7 +36,7 @@ from agent.scheduler.arguments import (
 )
 from agent.scheduler.config import ConfigError
 from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker_id
-from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired
+from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired, StoreError
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
 from agent.scheduler.settings import Settings, load_settings
@@ -156,11 +156,11 @@ def register_task_modules(found: Sequence[tuple[str, Register]], tasks: TaskRegi
     for name, register in found:
         try:
             register(tasks, store)
-        except SchedulerError:
-            raise
-        except Exception as exc:  # the module's own code: the operator must fix it, a restart would not
+        except (StoreError, OperatorActionRequired):
+            raise  # the database (a restart may help) or already the operator's, named
+        except Exception as exc:  # the module's own code (a bad or duplicate schedule too): a restart would not help
             raise OperatorActionRequired(
-                f"--tasks {name}: its register(tasks, store) failed: {type(exc).__name__}: {exc}"
+                f"--tasks {name}: its register(tasks, store) failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
             ) from exc
         log.info("tasks from %s registered", name)
 

@@ -17,6 +17,7 @@ from agent.scheduler import ConcurrencyPolicy, FakeClock, ScheduleDefinition, Sc
 from agent.scheduler.engine.breakers import Breakers
 from agent.scheduler.engine.reconciliation import Reconciler
 from agent.scheduler.engine.tick import EVERYTHING, Asks, Ended, TickInputs, TickResult, TickWork
+from agent.scheduler.enums import RiskTier
 from agent.scheduler.inbox import new_event
 from agent.scheduler.store import connection as store_module
 from tests.conftest import T0
@@ -73,6 +74,7 @@ def tick_work(store: ScheduleStore) -> TickWork:
         lease=timedelta(seconds=30),
         tick_seconds=10,
         has_task=lambda target: target == "work",
+        task_tier=lambda target: RiskTier.LOW if target == "work" else None,
     )
 
 

@@ -10,11 +10,12 @@ import pytest
 
 from agent.scheduler import ScheduleDefinition, TriggerType
 from agent.scheduler.engine.events import NO_LISTENER, listeners
-from agent.scheduler.enums import BreakerState
+from agent.scheduler.enums import BreakerState, CallerKind, RiskTier
 from agent.scheduler.errors import InvalidSchedule, TooLong
 from agent.scheduler.inbox import EVENT_PAYLOAD_BYTES, check_event, new_event, parse_payload
 
 T0 = datetime(2027, 3, 13, 12, tzinfo=UTC)
+KNOWN = {"t": RiskTier.LOW}.get
 
 
 def on(name: str, expression: str, **state: Any) -> ScheduleDefinition:
@@ -99,9 +100,29 @@ def test_an_event_reaches_the_enabled_schedules_on_its_name_that_existed_when_it
         on("later", "job.done", created_at=T0 + timedelta(microseconds=1)),
         on("elsewhere", "job.other"),
     ]
-    hearing, reason = listeners(event, schedules)
+    hearing, reason = listeners(event, schedules, KNOWN)
     assert hearing == [ready, same_instant, half_open]
     assert reason == "listening but not run: off (disabled), tripped (breaker open), later (created after the event)"
-    assert listeners(event, [ready]) == ([ready], None)
-    assert listeners(event, [on("elsewhere", "job.other")]) == ([], NO_LISTENER)
-    assert listeners(event, []) == ([], NO_LISTENER)
+    assert listeners(event, [ready], KNOWN) == ([ready], None)
+    assert listeners(event, [on("elsewhere", "job.other")], KNOWN) == ([], NO_LISTENER)
+    assert listeners(event, [], KNOWN) == ([], NO_LISTENER)
+
+
+def test_an_agents_event_starts_neither_high_risk_work_nor_a_task_whose_risk_this_worker_cannot_tell() -> None:
+    tiers = {"t": RiskTier.LOW, "payout": RiskTier.HIGH}
+    schedules = [
+        on("low", "job.done"),
+        on("high_schedule", "job.done", risk_tier=RiskTier.HIGH),
+        on("high_task", "job.done", target="payout"),
+        on("unknown_task", "job.done", target="elsewhere"),
+    ]
+    agents = replace(new_event("job.done", {}, emitted_by="agent:a", emitted_at=T0), emitted_kind=CallerKind.AGENT)
+    hearing, reason = listeners(agents, schedules, tiers.get)
+    assert [s.name for s in hearing] == ["low"]
+    assert reason == (
+        "listening but not run: high_schedule (high-risk: an agent's event does not start it), "
+        "high_task (high-risk task: an agent's event does not start it), "
+        "unknown_task (task elsewhere unknown to this worker, its risk unknown: an agent's event does not start it)"
+    )
+    for kind in (CallerKind.HUMAN, CallerKind.SYSTEM):  # a person's or the host's event starts them all
+        assert listeners(replace(agents, emitted_kind=kind), schedules, tiers.get) == (schedules, None)

@@ -33,14 +33,19 @@ class Consumed:
     """The pass took a full batch: more events may be waiting."""
 
 
-def _no_tier(_target: str) -> RiskTier | None:
-    return None
+def _agent_may_not_start(schedule: ScheduleDefinition, task_tier: Callable[[str], RiskTier | None]) -> str | None:
+    if schedule.risk_tier is RiskTier.HIGH:
+        return "high-risk"
+    tier = task_tier(schedule.target)
+    if tier is None:
+        return f"task {schedule.target} unknown to this worker, its risk unknown"
+    return "high-risk task" if tier is RiskTier.HIGH else None
 
 
 def listeners(
     event: InboxEvent,
     schedules: Sequence[ScheduleDefinition],
-    task_tier: Callable[[str], RiskTier | None] = _no_tier,
+    task_tier: Callable[[str], RiskTier | None],
 ) -> tuple[list[ScheduleDefinition], str | None]:
     """The event schedules that get a run for ``event``, and why any other on its name does not (None: all do).
 
@@ -48,8 +53,9 @@ def listeners(
     its breaker is not open, it existed when the event was emitted (events are not applied
     retroactively to schedules created after them), and, for an agent's event, neither the
     schedule nor its task (``task_tier(target)``) is high-risk: only a human sets off high-risk
-    work. That is judged here, when the event is consumed, whatever the schedule was when it was
-    emitted (disabled then, or its tier raised since).
+    work. A task this worker does not know (``task_tier`` gives None) may be high-risk, so an
+    agent's event does not start it either. That is judged here, when the event is consumed,
+    whatever the schedule was when it was emitted (disabled then, or its tier raised since).
     """
     named = [s for s in schedules if s.trigger_type is TriggerType.EVENT and s.expression == event.name]
     if not named:
@@ -63,8 +69,8 @@ def listeners(
             held.append(f"{s.name} (breaker open)")
         elif s.created_at is not None and s.created_at > event.emitted_at:
             held.append(f"{s.name} (created after the event)")
-        elif event.emitted_kind is CallerKind.AGENT and RiskTier.HIGH in (s.risk_tier, task_tier(s.target)):
-            held.append(f"{s.name} (high-risk: an agent's event does not start it)")
+        elif event.emitted_kind is CallerKind.AGENT and (why := _agent_may_not_start(s, task_tier)):
+            held.append(f"{s.name} ({why}: an agent's event does not start it)")
         else:
             hearing.append(s)
     return hearing, ("listening but not run: " + ", ".join(held)) if held else None
@@ -76,7 +82,7 @@ def consume_events(
     now: datetime,
     worker_id: str,
     limit: int = EVENTS_PER_TICK,
-    task_tier: Callable[[str], RiskTier | None] = _no_tier,
+    task_tier: Callable[[str], RiskTier | None],
 ) -> Consumed:
     """Take the pending events (oldest first) and create their runs; call inside the tick's transaction.
 

@@ -192,7 +192,8 @@ class Execution:
 
     def task_tier(self, target: str) -> RiskTier | None:
         """The risk tier the task ``target`` declares, or None when this worker does not know it."""
-        return self.tasks.get(target).risk_tier if target in self.tasks else None
+        spec = self._spec(target) if self.has_task(target) else None
+        return None if spec is None else spec.risk_tier
 
     @property
     def finished(self) -> bool:

@@ -211,7 +211,7 @@ class TickWork:
         lease: timedelta,
         tick_seconds: float,
         has_task: Callable[[str], bool],
-        task_tier: Callable[[str], RiskTier | None] = lambda _target: None,
+        task_tier: Callable[[str], RiskTier | None],
     ) -> None:
         self.store = store
         self.reconciler = reconciler

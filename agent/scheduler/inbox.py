@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import limits
 from .enums import CallerKind
-from .errors import EventRefused, InvalidSchedule, TooLong
+from .errors import InvalidSchedule, TooLong
 from .identity import Caller
 from .records import InboxEvent
 from .triggers import check_event_name
@@ -107,14 +107,7 @@ def emit_event(store: ScheduleStore, name: Any, payload: Any, *, by: Caller) -> 
     """
     now = store.clock.now()
     event = new_event(name, payload, emitted_by=by.id, emitted_at=now, emitted_kind=by.kind)
-    if by.is_agent:
-        sent = store.count_events_by(by.id, since=now - timedelta(hours=1))
-        if sent >= AGENT_EVENTS_PER_HOUR:
-            raise EventRefused(
-                f"{by.id} emitted {sent} events in the last hour; an agent may emit at most "
-                f"{AGENT_EVENTS_PER_HOUR} an hour"
-            )
-    event = store.add_event(event)
+    event = store.add_event(event, hourly_quota=AGENT_EVENTS_PER_HOUR if by.is_agent else None)
     log.info("event %s (%s) emitted by %s", event.name, event.id, event.emitted_by)
     return event
 

@@ -437,6 +437,38 @@ def test_an_agent_may_emit_at_most_its_hourly_quota_and_people_are_not_counted(
     assert store.count_events() == inbox.AGENT_EVENTS_PER_HOUR + 3
 
 
+def test_simultaneous_emits_by_one_agent_never_pass_its_quota(
+    any_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight stores (eight connections, as eight processes would have) emit at once: the count and
+    the write are one transaction under the emitter's lock, so exactly the quota gets in."""
+    monkeypatch.setattr(inbox, "AGENT_EVENTS_PER_HOUR", 20)
+    agent = Caller.agent("burst")
+    stores = [ScheduleStore(any_url, clock=clock) for _ in range(8)]
+    start = threading.Barrier(len(stores))
+    written: list[str] = []
+    refused: list[str] = []
+
+    def emit_ten(store: ScheduleStore) -> None:
+        start.wait()
+        for n in range(10):
+            try:
+                written.append(inbox.emit_event(store, "tick.tock", {"n": n}, by=agent).id)
+            except EventRefused as exc:
+                refused.append(str(exc))
+
+    threads = [threading.Thread(target=emit_ten, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    with ScheduleStore(any_url, clock=clock) as store:
+        assert (len(written), len(refused), store.count_events()) == (20, 60, 20)
+    assert all(r.startswith(f"{agent.id} emitted 20 events in the last hour") for r in refused)
+
+
 def test_purging_the_inbox_deletes_only_events_consumed_before_the_cutoff(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

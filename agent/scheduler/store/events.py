@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, select, update
 
 from .. import schema
 from ..enums import EventStatus
+from ..errors import EventRefused
 from ..inbox import check_event
 from ..records import InboxEvent
 from .connection import StoreCore
 from .rows import compact_json, event_from, event_row, to_db
+from .schedules import turn_key
+
+#: PostgreSQL advisory lock namespace of an emitter's quota lock: "ACTE".
+EMITTER_LOCK_NAMESPACE = 0x41435445
 
 
 class EventRows(StoreCore):
     """The event inbox: events written by any door, each consumed by exactly one worker with a conditional UPDATE."""
 
-    def add_event(self, event: InboxEvent) -> InboxEvent:
+    def add_event(self, event: InboxEvent, *, hourly_quota: int | None = None) -> InboxEvent:
         """Write a pending event (``inbox.new_event`` builds one); the engines are told, as for a new run.
 
         The name and payload are checked again here (InvalidSchedule naming the field): nothing
-        reaches the inbox that a worker could not turn into runs.
+        reaches the inbox that a worker could not turn into runs. With ``hourly_quota``, an emitter
+        that already has that many events in the hour before this one's ``emitted_at`` gets
+        EventRefused and nothing is written; the count and the write are one transaction under the
+        emitter's lock (SQLite: the write lock; PostgreSQL: an advisory lock on the emitter), so
+        simultaneous calls cannot pass the quota together.
         """
         check_event(event.name, event.payload)
         if event.status is not EventStatus.PENDING:
@@ -31,7 +40,21 @@ class EventRows(StoreCore):
         row = event_row(event)
         # An event handed in again (a tick whose commit was in doubt, written twice) is written once.
         stmt = self._insert(schema.event_inbox).on_conflict_do_nothing()
-        self._tx(lambda c: c.execute(stmt, row))
+
+        def work(conn: Connection) -> None:
+            if hourly_quota is not None:
+                if self.dialect == "postgresql":
+                    key = {"ns": EMITTER_LOCK_NAMESPACE, "key": turn_key(event.emitted_by)}
+                    conn.execute(select(func.pg_advisory_xact_lock(bindparam("ns"), bindparam("key"))), key).all()
+                sent = self._count_by(conn, event.emitted_by, since=event.emitted_at - timedelta(hours=1))
+                if sent >= hourly_quota:
+                    raise EventRefused(
+                        f"{event.emitted_by} emitted {sent} events in the last hour; at most {hourly_quota} "
+                        "an hour are accepted from it"
+                    )
+            conn.execute(stmt, row)
+
+        self._tx(work)
         self._changed()
         return event
 
@@ -81,15 +104,15 @@ class EventRows(StoreCore):
         rows = self._tx(lambda c: c.execute(stmt).mappings().all())
         return [event_from(r) for r in rows]
 
-    def count_events_by(self, emitted_by: str, *, since: datetime) -> int:
-        """How many events ``emitted_by`` emitted at or after ``since`` (an agent's hourly quota)."""
+    @staticmethod
+    def _count_by(conn: Connection, emitted_by: str, *, since: datetime) -> int:
         e = schema.event_inbox
         stmt = (
             select(func.count())
             .select_from(e)
             .where(and_(e.c.emitted_by == emitted_by, e.c.emitted_at >= to_db(since)))
         )
-        found: int = self._tx(lambda c: c.execute(stmt).scalar()) or 0
+        found: int = conn.execute(stmt).scalar() or 0
         return found
 
     def purge_events(self, *, consumed_before: datetime) -> int:

@@ -203,7 +203,7 @@ class EngineStore(Protocol):
         """Settle claimed alerts: ``sent`` (with the delivery time) or back to ``pending``/``undeliverable``."""
 
     # the event inbox
-    def add_event(self, event: InboxEvent) -> InboxEvent:
+    def add_event(self, event: InboxEvent, *, hourly_quota: int | None = None) -> InboxEvent:
         """Write a pending event; the engines are told, as for a new run."""
 
     def consume_event(self, event_id: str, *, worker_id: str, now: datetime) -> bool:

@@ -407,6 +407,10 @@ async def test_the_worker_does_not_let_an_agents_event_start_a_high_risk_schedul
     # ... then a high-risk schedule on that name appears before a worker consumes the event.
     store.add(make_schedule("payout_on_ok", trigger_type="event", expression="pay.ok", target="payout", created_at=T0))
     store.add(make_schedule("note_on_ok", trigger_type="event", expression="pay.ok", target="sweep", created_at=T0))
+    # A task another worker may know but this one does not: its risk cannot be told, so it is held too.
+    store.add(
+        make_schedule("mystery_on_ok", trigger_type="event", expression="pay.ok", target="elsewhere", created_at=T0)
+    )
     assert (await world.ok("scheduler.emit_event", {"name": "pay.ok"}, APPROVER))["status"] == "pending"
     world.engine.wake()
     await world.engine.tick()
@@ -415,8 +419,13 @@ async def test_the_worker_does_not_let_an_agents_event_start_a_high_risk_schedul
     agents, humans = by_emitter["agent:ops-7"], by_emitter[APPROVER.id]
     ran = {r.run_id: r.schedule_name for r in store.runs() if r.origin == "event"}
     assert sorted(ran[r] for r in agents.run_ids) == ["note_on_ok"]
-    assert agents.reason is not None and "payout_on_ok (high-risk: an agent's event does not start it)" in agents.reason
-    assert sorted(ran[r] for r in humans.run_ids) == ["note_on_ok", "payout_on_ok"] and humans.reason is None
+    assert (
+        agents.reason is not None
+        and "payout_on_ok (high-risk task: an agent's event does not start it)" in agents.reason
+    )
+    assert "mystery_on_ok (task elsewhere unknown to this worker, its risk unknown" in agents.reason
+    assert sorted(ran[r] for r in humans.run_ids) == ["mystery_on_ok", "note_on_ok", "payout_on_ok"]
+    assert humans.reason is None
     await world.close()
 
 

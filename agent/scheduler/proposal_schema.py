@@ -150,7 +150,10 @@ def _seconds_as_text(value: Any) -> Any:
     return value
 
 
-def _as_tuple(value: Any) -> Any:
+def _capabilities(value: Any) -> Any:
+    """A list as a tuple, refused before its items are looked at when it has too many of them."""
+    if isinstance(value, list | tuple) and len(value) > MAX_CAPABILITIES:
+        raise _refused(Rule.TOO_LONG, f"{_CAPABILITIES_HELP}; got {len(value)} items")
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -216,7 +219,7 @@ class ProposalInput(BaseModel):
         Annotated[
             tuple[Annotated[str, _SCOPE], ...],
             Field(max_length=MAX_CAPABILITIES),
-            BeforeValidator(_as_tuple),
+            BeforeValidator(_capabilities),
         ]
         | None
     ) = Field(default=None, description=_CAPABILITIES_HELP)

@@ -61,6 +61,13 @@ CASES: list[tuple[str, Any, Rule, str, tuple[str, ...]]] = [
         ("a list of at most 32 scopes", "got 33 items"),
     ),
     (
+        "a huge list of bad scopes",  # refused for its length before any item is looked at
+        proposal(capabilities=[5] * 100_000),
+        Rule.TOO_LONG,
+        "capabilities",
+        ("a list of at most 32 scopes", "got 100000 items"),
+    ),
+    (
         "scope not text",
         proposal(capabilities=["fs:tmp", 5]),
         Rule.WRONG_TYPE,

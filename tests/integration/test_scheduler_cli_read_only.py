@@ -447,6 +447,51 @@ def test_a_tasks_module_whose_register_fails_stops_the_worker_with_one_line_and_
     assert "Traceback" not in done.stderr
 
 
+DUPLICATE_REGISTER = """
+from agent.scheduler import ScheduleDefinition
+
+def register(tasks, store):
+    tasks.add("noop", lambda ctx: None)
+    for _ in range(2):
+        store.add(ScheduleDefinition(name="twice", trigger_type="interval", expression="1h", target="noop"))
+"""
+INVALID_REGISTER = """
+from agent.scheduler import ScheduleDefinition
+
+def register(tasks, store):
+    store.add(ScheduleDefinition(name="bad", trigger_type="calendar", expression="every now and then", target="noop"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        (DUPLICATE_REGISTER, "failed: DuplicateSchedule: "),
+        (INVALID_REGISTER, "failed: InvalidSchedule: invalid expression="),
+    ],
+    ids=["duplicate schedule", "invalid schedule"],
+)
+def test_a_tasks_module_whose_register_breaks_a_scheduler_rule_is_named_in_one_line_with_status_2(
+    tmp_path: Path, source: str, words: str
+) -> None:
+    """A scheduler error from the module's own register (not from the database) is the operator's to fix."""
+    (tmp_path / "rule_tasks.py").write_text(source)
+    db = tmp_path / "w" / "scheduler.db"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--tasks", "rule_tasks", "--no-legacy"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "rule_tasks" in line]
+    assert len(errors) == 1 and "--tasks rule_tasks: its register(tasks, store) failed" in errors[0], done.stderr
+    assert words in errors[0] and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("zone", ["Mars/Base", "../../etc/passwd", "Europe/Nowhere"])
 @pytest.mark.parametrize("command", [["simulate", "15m"], ["timeline", "--all"]])
 def test_an_unknown_timezone_is_one_line_naming_the_option(

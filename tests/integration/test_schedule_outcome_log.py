@@ -246,3 +246,57 @@ async def test_without_info_only_failures_are_logged_and_nothing_else_is_formatt
     messages = [r.getMessage() for r in caplog.records if r.name == outcome_log.name]
     assert [m.split(" (")[0].split(" ", 3)[-1] for m in messages] == [ATTEMPT_FAILED, DEAD_LETTERED]
     assert all(m.startswith("broken: ") for m in messages)
+
+
+@pytest.mark.parametrize("found_by", ["the restart of its worker", "another worker's sweep"])
+@run_async
+async def test_an_orphaned_attempt_is_one_line_with_what_follows_and_status_counts_it_the_same(
+    store: ScheduleStore,
+    db_path: Path,
+    clock: FakeClock,
+    make_schedule: MakeSchedule,
+    caplog: pytest.LogCaptureFixture,
+    found_by: str,
+) -> None:
+    from tests.integration.test_schedule_durability import Work, crash
+    from tests.integration.test_schedule_durability import engine as make_engine
+
+    store.add(make_schedule("retryable", trigger_type="delay", expression="+1m", target="blocked"))
+    store.add(make_schedule("one_shot", trigger_type="delay", expression="+1m", target="blocked", max_retries=0))
+    work = Work(clock)
+    first = make_engine(store, work, clock)
+    await first.start()
+    await first.run_until(clock.now() + timedelta(minutes=1))
+    await crash(first)  # both runs left running, owned by w1
+    work.gate.set()
+    with caplog.at_level(logging.INFO, logger=outcome_log.name):
+        if found_by == "the restart of its worker":
+            clock.advance(5)
+            second = make_engine(store, work, clock)
+            assert (await second.start()).orphans_found == 2
+        else:
+            second = make_engine(store, work, clock, worker="survivor")
+            assert (await second.start()).orphans_found == 0
+            store.add(make_schedule("sweeper", expression="10s", target="scheduler.reconcile"))
+            await second.run_until(clock.now() + timedelta(seconds=40))  # the 30 s leases lapse
+        await second.wait_idle()
+        await second.stop()
+    lines = [line for line in outcome_lines(caplog) if line["schedule"] != "sweeper"]
+    words = Counter((line["schedule"], line["word"]) for line in lines)
+    assert words == {
+        ("retryable", ATTEMPT_FAILED): 1,
+        ("retryable", SUCCEEDED): 1,
+        ("one_shot", ATTEMPT_FAILED): 1,
+        ("one_shot", DEAD_LETTERED): 1,
+    }
+    failed = {line["schedule"]: line for line in lines if line["word"] == ATTEMPT_FAILED}
+    for line in failed.values():
+        assert line["attempt"] == "1" and line["level"] == logging.WARNING
+        assert line["detail"].startswith("Orphaned: orphaned: owner w1 stopped renewing its lease")
+    assert failed["retryable"]["detail"].endswith("; retry now (attempt 2 of 4)")
+    assert failed["one_shot"]["detail"].endswith("; no retry: dead-lettered")
+
+    _, data = cli_status(db_path, clock)
+    recent = data["recent_outcomes"]["schedules"]
+    counted = Counter({(name, word): n for name, r in recent.items() for word, n in r["counts"].items()})
+    assert counted - Counter({k: v for k, v in counted.items() if k[0] == "sweeper"}) == words

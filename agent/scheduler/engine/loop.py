@@ -154,6 +154,8 @@ class ScheduleEngine:
         """Schedule changes made in this process (``wake()``): a prepared run's copy of its schedule
         is trusted only if none happened since, whatever the timestamps say."""
         self._events: list[InboxEvent] = []
+        self._orphaned: tuple[ScheduledRun, ...] = ()
+        """Runs orphaned outside a tick (startup, the reconcile task): the next tick tells their attempts."""
         self._ticking: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -216,7 +218,8 @@ class ScheduleEngine:
         await self._db(self.store.disable_out_of_bounds)
         # The report is written in the same transaction as the first changes it counts, brought up
         # to date by the startup tick's, and closed at the end: a start cut short leaves it true.
-        report = await self._db(self._reconciler.reconcile, now)
+        report, orphaned = await self._db(self._reconciler.reconcile, now)
+        self._orphaned += orphaned
         await self.tick(report=report)
         report.finished_at = self.clock.now()
         await self._db(self._reconciler.save_report, report)
@@ -257,6 +260,7 @@ class ScheduleEngine:
         renewed_before = ex.last_renewal
         renew = ex.renewal(now)
         asks, self._asks = self._asks, Asks()
+        orphaned, self._orphaned = self._orphaned, ()
         if self._feed is not None and self._feed.changed():
             asks = asks | Asks(full_scan=True)  # another process wrote: look at everything
         prepared = ex.take_due_prepared(now)
@@ -277,6 +281,7 @@ class ScheduleEngine:
             may_sweep=not self._health.down,
             quiet_until=self._quiet_until,
             tell=outcome_log.isEnabledFor(logging.INFO),
+            orphaned=orphaned,
         )
         try:
             result = await self._db(self._work.tick, inputs)
@@ -285,6 +290,7 @@ class ScheduleEngine:
             # everything, since the database may have changed in ways this engine did not see.
             ex.give_back(finished, prepared, renewed_before)
             self._events[:0] = events
+            self._orphaned = orphaned + self._orphaned
             self._asks = self._asks | asks | EVERYTHING
             raise
         self._state = result.state
@@ -660,8 +666,8 @@ class ScheduleEngine:
         mine = frozenset(self._execution.in_flight)
         swept = await self._db(self._reconciler.sweep_orphans, self.clock.now(), mine)
         if swept:
-            self._asks = self._asks | Asks(retry=True)  # the next tick retries or dead-letters them
-        return f"{swept} orphaned run(s) swept"
+            self._orphaned += swept  # the next tick retries or dead-letters them, and tells each
+        return f"{len(swept)} orphaned run(s) swept"
 
     async def _run_shutdown_schedules(self, began: datetime) -> None:
         """Start the shutdown schedules' runs; each may finish until its shutdown timeout after ``began``."""

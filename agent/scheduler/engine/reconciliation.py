@@ -68,12 +68,15 @@ class Reconciler:
 
     # ------------------------------------------------------------------ start
 
-    def reconcile(self, now: datetime) -> ReconciliationReport:
-        """Reconcile what the previous life left, in one transaction; the report is stored with it."""
-        report, report_id = self.store.atomic_kept(self._reconcile, now)
+    def reconcile(self, now: datetime) -> tuple[ReconciliationReport, tuple[ScheduledRun, ...]]:
+        """Reconcile what the previous life left, in one transaction; the report is stored with it.
+
+        Returns the report and the runs it orphaned (failed), whose attempts the next tick tells
+        with its retry decision."""
+        report, report_id, orphaned = self.store.atomic_kept(self._reconcile, now)
         self.started_at = now
         self._report_id = report_id
-        return report
+        return report, orphaned
 
     def preview(self, now: datetime) -> ReconciliationReport:
         """The report a start would produce now, computed without changing anything."""
@@ -110,12 +113,12 @@ class Reconciler:
         report.schedules_loaded = len(self.store.list())
         return report, previous
 
-    def _reconcile(self, now: datetime) -> tuple[ReconciliationReport, str]:
+    def _reconcile(self, now: datetime) -> tuple[ReconciliationReport, str, tuple[ScheduledRun, ...]]:
         report, previous = self._survey(now, dry_run=False)
         orphans = self._orphans(now, previous)
         report.orphans_found = len(orphans)
         paused = self.store.runs(status=RunStatus.PAUSED)
-        self.fire_orphans(orphans, now)
+        orphaned = self.fire_orphans(orphans, now)
         for moved in self.store.transition_many(
             ((r, "resume", {"reason": "resumed after restart"}) for r in paused), now=now
         ):
@@ -131,7 +134,7 @@ class Reconciler:
             worker_id=self.worker_id, started_at=report.started_at, finished_at=None, report=report.to_dict()
         )
         report.keep()
-        return report, stored.id
+        return report, stored.id, orphaned
 
     def save_report(self, report: ReconciliationReport) -> None:
         """Bring this start's stored report up to date (the row ``reconcile`` wrote)."""
@@ -174,7 +177,8 @@ class Reconciler:
             )
         ]
 
-    def fire_orphans(self, orphans: list[ScheduledRun], now: datetime) -> None:
+    def fire_orphans(self, orphans: list[ScheduledRun], now: datetime) -> tuple[ScheduledRun, ...]:
+        """Fire ``orphan`` on these runs (their attempt failed when their owner died); returns those it moved."""
         items: list[Finished] = []
         for run in orphans:
             died = run.lease_expires_at if run.lease_expires_at and run.lease_expires_at <= now else now
@@ -182,16 +186,12 @@ class Reconciler:
             # The run failed when its owner died, not now: backoff counts from then.
             changes = {"reason": why, "completed_at": died, "error_type": ORPHANED, "error": f"{ORPHANED}: {why}"}
             items.append((run, "orphan", changes))
-        for (run, _, _), moved in zip(items, self.store.transition_many(items, now=now), strict=True):
-            if isinstance(moved, ScheduledRun):
-                log.warning("run %s of %s %s", run.run_id, run.schedule_name, moved.reason)
+        return tuple(moved for moved in self.store.transition_many(items, now=now) if isinstance(moved, ScheduledRun))
 
-    def sweep_orphans(self, now: datetime, mine: frozenset[str]) -> int:
-        """Fire ``orphan`` on runs whose lease lapsed (not ``mine``); returns how many (the next tick
-        retries or dead-letters them)."""
-        orphans = self._orphans(now, None, mine)
-        self.fire_orphans(orphans, now)
-        return len(orphans)
+    def sweep_orphans(self, now: datetime, mine: frozenset[str]) -> tuple[ScheduledRun, ...]:
+        """Fire ``orphan`` on runs whose lease lapsed (not ``mine``); returns those it moved (a tick
+        retries or dead-letters them, and tells each failed attempt with that decision)."""
+        return self.fire_orphans(self._orphans(now, None, mine), now)
 
     # ------------------------------------------------------------------ lifecycle runs and the state row
 

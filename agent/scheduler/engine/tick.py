@@ -172,6 +172,9 @@ class TickInputs:
     """After an outage, runs whose lease lapsed are not taken over before this instant."""
     tell: bool = True
     """Hand back successes and skips for the log (failures and dead letters always are)."""
+    orphaned: tuple[ScheduledRun, ...] = ()
+    """Runs orphaned outside a tick (at startup, by the reconcile task): this tick decides their
+    retry and tells their failed attempt with it, as it does for attempts it records failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +307,8 @@ class _Pass:
             full, postponed = False, True
         elif full:
             last_full_scan, last_full_scan_real, postponed = now, time.monotonic(), False
-        maybe_pending, maybe_failed = i.asks.pending, i.asks.retry
+        maybe_pending, maybe_failed = i.asks.pending, i.asks.retry or bool(i.orphaned)
+        self.failed_now.update((r.run_id, r) for r in i.orphaned)
         if i.finished:
             self._record_finished(i.finished, now)
             # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.
@@ -314,7 +318,9 @@ class _Pass:
             # A worker that died mid-run stops renewing its leases: its runs are taken over here.
             # Ours are excluded: those in flight, and those just recorded above.
             mine = i.mine | {e.run.run_id for e in i.finished}
-            maybe_failed |= w.reconciler.sweep_orphans(now, mine) > 0
+            swept = w.reconciler.sweep_orphans(now, mine)
+            self.failed_now.update((r.run_id, r) for r in swept)
+            maybe_failed |= bool(swept)
         lease_due = st.lease_due
         if full or report is not None:
             lease_due = store.next_lease_expiry(now, owner=w.worker_id)

@@ -20,7 +20,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
@@ -39,15 +38,12 @@ from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired, StoreError
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.settings import Settings, load_settings
+from agent.scheduler.settings import ENV_FILE, Settings, load_settings
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
 from telegram_bot import OperatorBot
 
 log = logging.getLogger("worker")
-
-#: The directory of this script: its optional ``.env`` is read from here.
-HERE = Path(__file__).resolve().parent
 
 #: Exit statuses. The service files restart the worker on any failure except EXIT_CONFIGURATION.
 EXIT_OK = 0
@@ -304,8 +300,9 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
     args = parse_args(argv)
     try:
         # Read once, every variable checked at once (one error lists each bad one); the optional
-        # .env file is under the real environment, which wins.
-        settings = load_settings(env_file=HERE / ".env")
+        # .env in the working directory (a service's, as for the command line) is under the real
+        # environment, which wins.
+        settings = load_settings(env_file=ENV_FILE)
         if args.db is None:  # the environment's database, checked as --db is
             args.db = database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")
         if not args.tasks:  # the settings' list (ACTP_SCHEDULER_TASKS, comma separated)

@@ -19,7 +19,7 @@ import pwd
 import sys
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -62,7 +62,7 @@ from .machines.diagrams import MACHINES, mermaid
 from .outcome_words import recent_outcomes
 from .proposals import ProposalService
 from .records import ProposalRecord
-from .settings import Settings, check_settings, config_report, read_environment
+from .settings import ENV_FILE, Settings, check_settings, config_report, read_environment
 from .store import ScheduleStore
 from .tasks import TaskRegistry
 from .views import (
@@ -155,10 +155,13 @@ class Commands:
         *,
         settings: Settings | None = None,
         problems: Sequence[Problem] = (),
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.store, self.clock, self.out, self.as_json = store, clock, out, as_json
+        self.environ: Mapping[str, str] = read_environment() if environ is None else environ
+        """The environment the settings were read from (``main``: the process's over ``./.env``)."""
         if settings is None:
-            settings, found = check_settings()
+            settings, found = check_settings(self.environ)
             problems = [*problems, *found]
         self.settings, self.problems = settings, list(problems)
 
@@ -644,7 +647,7 @@ class Commands:
         if args.env_example:
             self.out.write(env_example())
             return
-        config = config_report(read_environment())
+        config = config_report(self.environ)
         problems = config.problems
         rows = config.display()
         for row in rows:
@@ -671,7 +674,7 @@ class Commands:
 
     def install_service(self, args: argparse.Namespace) -> None:
         system = service_files.current_system(None if args.system is None else _SYSTEM_NAMES[args.system])
-        environ = read_environment()
+        environ = self.environ
         where = service_files.placement(
             db=args.service_db or args.db,
             tasks=args.service_tasks or self._tasks_from_environment(),
@@ -1323,9 +1326,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
         # approval, a retried connection) are the worker's to print, not this command's.
         logging.getLogger().addHandler(logging.NullHandler())
     store = None
-    # Read once; a bad variable stops only the commands that need it.
-    settings, problems = check_settings()
     try:
+        # Read once (the environment over ./.env, as the worker does); a bad variable stops only
+        # the commands that need it.
+        environ = read_environment(ENV_FILE)
+        settings, problems = check_settings(environ)
         if args.command in OFFLINE_COMMANDS:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
             commands = Commands(
@@ -1335,6 +1340,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
                 args.json,
                 settings=settings,
                 problems=problems,
+                environ=environ,
             )
         else:
             url = args.db or _environment_db(settings, problems)
@@ -1342,7 +1348,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
                 store = ScheduleStore(url, clock=clock or SystemClock(), read_only=reads_only(args))
             except (DatabaseNotFound, SchemaMissing) as exc:
                 raise CliError(f"{exc} ({_db_source(args, settings)})") from None
-            commands = Commands(store, store.clock, stream, args.json, settings=settings, problems=problems)
+            commands = Commands(
+                store, store.clock, stream, args.json, settings=settings, problems=problems, environ=environ
+            )
         getattr(commands, getattr(args, "method", None) or args.command.replace("-", "_"))(args)
         return 0
     except (CliError, SchedulerError) as exc:

@@ -292,6 +292,11 @@ def _url_secrets(text: str) -> list[str]:
     return found
 
 
+#: The optional settings file of the worker and the command line, read from their working directory
+#: (a service's WorkingDirectory): ``NAME=value`` lines under the real environment, which wins.
+ENV_FILE = ".env"
+
+
 def read_environment(env_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
     """The process environment, over the ``NAME=value`` lines of ``env_file`` when given (the environment wins)."""
     values = read_env_file(env_file) if env_file is not None else {}

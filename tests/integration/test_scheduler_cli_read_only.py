@@ -429,6 +429,43 @@ def test_the_worker_takes_its_tasks_modules_from_the_settings_when_no_tasks_opti
     assert listing(tmp_path) == {}
 
 
+def test_the_worker_and_the_command_line_read_the_dotenv_of_their_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a service runs them (launchd's and systemd's WorkingDirectory): the worker and the command
+    line see the same settings, so ``status`` looks at the worker's database."""
+    workdir = tmp_path / "service"
+    workdir.mkdir()
+    db = tmp_path / "from-dotenv.db"
+    (workdir / ".env").write_text(f"ACTP_SCHEDULER_DB={db}\nACTP_SCHEDULER_TASKS=tasks_named_in_dotenv\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ACTP_SCHEDULER_DB", "ACTP_SCHEDULER_TASKS")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), "--no-legacy"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --tasks tasks_named_in_dotenv: cannot import the module: ")
+    monkeypatch.delenv("ACTP_SCHEDULER_DB", raising=False)
+    monkeypatch.chdir(workdir)
+    out = StringIO()
+    assert main(["config", "--json"], out=out) == 0
+    assert json.loads(out.getvalue())["database"] == {"value": str(db), "source": "ACTP_SCHEDULER_DB"}
+    with ScheduleStore(f"sqlite:///{db}") as store:
+        store.add(ScheduleDefinition(name="seen", trigger_type="interval", expression="1h", target="t"))
+    out = StringIO()
+    assert main(["list", "--json"], out=out) == 0
+    assert [s["name"] for s in json.loads(out.getvalue())] == ["seen"]
+    monkeypatch.setenv("ACTP_SCHEDULER_DB", str(tmp_path / "elsewhere.db"))  # the environment wins
+    out = StringIO()
+    assert main(["config", "--json"], out=out) == 0
+    assert json.loads(out.getvalue())["database"]["value"] == str(tmp_path / "elsewhere.db")
+
+
 def test_a_tasks_module_whose_register_fails_stops_the_worker_with_one_line_and_status_2(tmp_path: Path) -> None:
     (tmp_path / "failing_tasks.py").write_text("def register(tasks, store):\n    raise KeyError('SOME_TOKEN')\n")
     db = tmp_path / "w" / "scheduler.db"

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.scheduler import BreakerState, RunStatus, ScheduleDefinition, ScheduledRun, TriggerType
 from agent.scheduler.errors import GuardRejected, InvalidTransition, StaleRun
@@ -18,10 +20,13 @@ from agent.scheduler.machines.run_lifecycle import (
     RUN_MACHINE,
     RunMove,
     fire_run,
+    plan_run,
     plan_runs,
     run_effects,
 )
+from agent.scheduler.policies.missed_run import DueFacts
 from agent.scheduler.policies.retry import backoff_delay
+from agent.scheduler.policies.shutdown import Stopping
 
 NOW = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
 S = RunStatus
@@ -330,3 +335,95 @@ def test_closing_and_resetting_clear_the_failure_count() -> None:
     for trigger in ("close", "reset"):
         closed = fire_breaker(half, trigger, now=NOW, persist=lambda *a: None)
         assert (closed.consecutive_failures, closed.breaker_opened_at) == (0, None)
+
+
+# ---------------------------------------------------------------------- many at once, as one at a time
+
+_POLICY_SCHEDULES = {
+    f"sch_{i}": replace(schedule(**kw), id=f"sch_{i}")
+    for i, kw in enumerate(
+        [
+            {"max_retries": 2, "retry_backoff": timedelta(seconds=10)},
+            {"max_retries": 0, "missed_run_policy": "skip", "shutdown_policy": "requeue"},
+            {"missed_run_policy": "catch_up_once", "shutdown_policy": "checkpoint_and_stop", "grace": 30},
+            {"missed_run_policy": "catch_up_all", "shutdown_policy": "graceful_finish", "shutdown_timeout": 20},
+        ]
+    )
+}
+
+
+@st.composite
+def _planned_items(draw: st.DrawFn) -> tuple[list[tuple[ScheduledRun, str, dict[str, Any]]], dict[str, Any]]:
+    """Runs in every status, of schedules with different policies, at different lateness and
+    attempts, each given a trigger: groups whose guards judge their runs alike and differently."""
+    items: list[tuple[ScheduledRun, str, dict[str, Any]]] = []
+    facts: dict[str, Any] = {}
+    # A few (status, trigger) pairs shared by many runs: the groups the machine is fired on.
+    statuses = st.sampled_from(list(RunStatus))
+    triggers = st.sampled_from([*RUN_TRIGGERS, "due", "stop", "no_such_trigger"])
+    guarded = st.sampled_from(
+        [
+            (S.PENDING, "due"),
+            (S.RUNNING, "stop"),
+            (S.FAILED, "retry"),
+            (S.FAILED, "dead_letter"),
+            (S.DEAD_LETTERED, "replay"),
+        ]
+    )
+    pairs = draw(st.lists(st.one_of(guarded, st.tuples(statuses, triggers)), min_size=1, max_size=3))
+    for i in range(draw(st.integers(1, 24))):
+        status, trigger = draw(st.sampled_from(pairs))
+        r = run(
+            status,
+            run_id=f"run_{i:02d}",
+            schedule_id=draw(st.sampled_from(sorted(_POLICY_SCHEDULES))),
+            intended_run_at=NOW - timedelta(seconds=draw(st.sampled_from([0, 5, 45, 3600]))),
+            attempt=draw(st.integers(1, 4)),
+            starts=draw(st.integers(0, 2)),
+            prepared=draw(st.booleans()),
+            origin=draw(st.sampled_from(["schedule", "manual", "catch_up"])),
+            completed_at=NOW - timedelta(seconds=draw(st.sampled_from([1, 15, 120]))),
+        )
+        if trigger == "due":
+            facts[r.run_id] = DueFacts(later_due=draw(st.booleans()))
+        elif trigger == "stop":
+            facts[r.run_id] = Stopping(
+                began=NOW - timedelta(seconds=draw(st.sampled_from([0, 10, 40]))),
+                checkpoint_saved=draw(st.booleans()),
+                hurried=draw(st.booleans()),
+            )
+        changes = draw(st.sampled_from([{}, {"reason": "given"}, {"outcome": "ok", "owner": "w2"}]))
+        items.append((r, trigger, changes))
+    return items, facts
+
+
+def _as_comparable(result: Any) -> Any:
+    if isinstance(result, RunMove):
+        return ("move", result.run, result.transition, result.fields, result.moved)
+    return (type(result).__name__, str(result), getattr(result, "reason", None))
+
+
+@given(_planned_items())
+def test_planning_many_at_once_gives_what_planning_each_alone_gives(
+    case: tuple[list[tuple[ScheduledRun, str, dict[str, Any]]], dict[str, Any]],
+) -> None:
+    """plan_runs fires the machine once per group of runs in one status given one trigger; every
+    move and refusal must be the one plan_run gives that run alone."""
+    items, facts = case
+    together = plan_runs(items, now=NOW, schedules=_POLICY_SCHEDULES, facts=facts)
+    alone = []
+    for r, trigger, changes in items:
+        try:
+            alone.append(
+                plan_run(
+                    r,
+                    trigger,
+                    now=NOW,
+                    schedule=_POLICY_SCHEDULES[r.schedule_id],
+                    changes=changes,
+                    facts=facts.get(r.run_id),
+                )
+            )
+        except InvalidTransition as refusal:
+            alone.append(refusal)
+    assert [_as_comparable(x) for x in together] == [_as_comparable(x) for x in alone]

@@ -41,11 +41,38 @@ class Binding(Generic[T]):
         self.result: T | None = None
 
 
+class GroupBinding(Binding[T]):
+    """Many entities in one state, bound together to fire one trigger once.
+
+    Each guard is asked about every member (``members``, each a Binding of its own that keeps its
+    own reason); the group takes an edge when the guard allows every member and passes it over
+    when it refuses every one. When it allows some and refuses others, it raises MixedVerdicts
+    before anything is persisted: the caller splits the group by that verdict and fires each part.
+    The persistence callback then computes each member's move from its own reason.
+    """
+
+    def __init__(self, state: str, members: list[Binding[Any]], persist: Callable[[Transition], T]) -> None:
+        super().__init__(f"a group of {len(members)}", state, persist)
+        self.members = members
+
+
+class MixedVerdicts(Exception):
+    """A guard allowed some members of a group and refused others (``allowed``, by member)."""
+
+    def __init__(self, allowed: list[bool]) -> None:
+        super().__init__("a guard allowed some members of the group and refused others")
+        self.allowed = allowed
+
+
 def guard(check: Callable[[Any], Decision]) -> Callable[[EventData], bool]:
-    """Adapt a policy ``check(binding) -> Decision`` into a transitions condition that keeps the reason."""
+    """Adapt a policy ``check(binding) -> Decision`` into a transitions condition that keeps the reason.
+
+    On a GroupBinding the policy judges each member (see there)."""
 
     def condition(event: EventData) -> bool:
         binding = cast("Binding[Any]", event.model)
+        if isinstance(binding, GroupBinding):
+            return _judge_group(binding, check)
         decision = check(binding)
         if decision.allowed:
             binding.guard_reason = decision.reason
@@ -56,6 +83,19 @@ def guard(check: Callable[[Any], Decision]) -> Callable[[EventData], bool]:
     condition.__name__ = getattr(check, "__name__", "guard")
     condition.__qualname__ = condition.__name__
     return condition
+
+
+def _judge_group(group: GroupBinding[Any], check: Callable[[Any], Decision]) -> bool:
+    decisions = [check(member) for member in group.members]
+    allowed = [d.allowed for d in decisions]
+    if any(allowed) and not all(allowed):
+        raise MixedVerdicts(allowed)
+    for member, decision in zip(group.members, decisions, strict=True):
+        if decision.allowed:
+            member.guard_reason = decision.reason
+        else:
+            member.rejection = decision.reason
+    return allowed[0] if allowed else True
 
 
 def persist_before_change(event: EventData) -> None:

@@ -18,7 +18,7 @@ the same destination (``RUN_EFFECTS_BY_DESTINATION``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..policies import Decision, missed_run, shutdown
 from ..policies.breaker import may_replay
 from ..policies.retry import may_dead_letter, may_retry
 from ..scheduled_run import ScheduledRun
-from .binding import Binding, Transition, build_machine, fire, guard
+from .binding import Binding, GroupBinding, MixedVerdicts, Transition, build_machine, fire, guard
 
 S = RunStatus
 
@@ -317,20 +317,80 @@ def plan_runs(
 ) -> list[RunMove | InvalidTransition | GuardRejected]:
     """``plan_run`` for many ``(run, trigger, changes)``: per item, its move or the machine's refusal.
 
-    ``schedules`` (by id) feed the guards that read a run's schedule (retry, dead_letter, replay,
-    due, stop); ``facts`` (by run id) feed the guards of ``due`` and ``stop``.
+    The machine is fired once per group of runs in the same status given the same trigger (a
+    GroupBinding): the guards judge every run of the group, each run's move is computed from its
+    own reason and changes, and a group whose runs the guards judge differently is split and fired
+    again per verdict. The moves and refusals are those ``plan_run`` gives run by run (a property
+    test holds the two to that). ``schedules`` (by id) feed the guards that read a run's schedule
+    (retry, dead_letter, replay, due, stop); ``facts`` (by run id) feed the guards of ``due`` and
+    ``stop``.
     """
     known = schedules or {}
     given = facts or {}
-    out: list[RunMove | InvalidTransition | GuardRejected] = []
-    for run, trigger, changes in items:
-        try:
-            schedule = known.get(run.schedule_id)
-            found = given.get(run.run_id)
-            out.append(plan_run(run, trigger, now=now, schedule=schedule, changes=changes, facts=found))
-        except (InvalidTransition, GuardRejected) as refusal:
-            out.append(refusal)
-    return out
+    batch = list(items)
+    out: list[RunMove | InvalidTransition | GuardRejected | None] = [None] * len(batch)
+    groups: dict[tuple[RunStatus, str], list[int]] = {}
+    for i, (run, trigger, _) in enumerate(batch):
+        groups.setdefault((run.status, trigger), []).append(i)
+    for (status, trigger), positions in groups.items():
+        _plan_group(batch, positions, status=status, trigger=trigger, now=now, known=known, given=given, out=out)
+    return [r for r in out if r is not None]
+
+
+def _no_persist(transition: Transition) -> RunMove:
+    raise AssertionError("a member of a group is never fired on its own")
+
+
+def _plan_group(
+    batch: list[tuple[ScheduledRun, str, dict[str, Any]]],
+    positions: list[int],
+    *,
+    status: RunStatus,
+    trigger: str,
+    now: datetime,
+    known: Mapping[str, ScheduleDefinition],
+    given: Mapping[str, Any],
+    out: list[RunMove | InvalidTransition | GuardRejected | None],
+) -> None:
+    members: list[RunBinding] = []
+    for i in positions:
+        run = batch[i][0]
+        member = RunBinding(run, known.get(run.schedule_id), now, _no_persist)
+        member.facts = given.get(run.run_id)
+        members.append(member)
+
+    def write(transition: Transition) -> list[RunMove]:
+        return [
+            _move(m.run, replace(transition, reason=m.guard_reason), now, batch[i][2])
+            for m, i in zip(members, positions, strict=True)
+        ]
+
+    try:
+        moves = fire(RUN_MACHINE, GroupBinding(status.value, list(members), write), trigger)
+    except MixedVerdicts as mixed:
+        for verdict in (True, False):
+            part = [i for i, allowed in zip(positions, mixed.allowed, strict=True) if allowed is verdict]
+            _plan_group(batch, part, status=status, trigger=trigger, now=now, known=known, given=given, out=out)
+        return
+    except InvalidTransition:
+        # Refused for the whole group (no such edge, or every guard said no to every run): each run
+        # gets the refusal plan_run gives it, with its own id and reason.
+        for i in positions:
+            run, _, changes = batch[i]
+            try:
+                out[i] = plan_run(
+                    run,
+                    trigger,
+                    now=now,
+                    schedule=known.get(run.schedule_id),
+                    changes=changes,
+                    facts=given.get(run.run_id),
+                )
+            except (InvalidTransition, GuardRejected) as refusal:
+                out[i] = refusal
+        return
+    for i, move in zip(positions, moves, strict=True):
+        out[i] = move
 
 
 def fire_run(

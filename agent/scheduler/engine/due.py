@@ -73,7 +73,7 @@ def fate(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: 
     """Where ``due`` takes ``run``: the pure judgement the machine's ``due`` guards are built from
     (``due_fate``), asked without firing the machine. The write fires ``due`` through the machine with
     the same facts, so its guards decide again, once, with the reason that goes on the row."""
-    return RunStatus.RUNNING if due_fate(run, schedule, now, facts)[0] is Fate.START else RunStatus.SKIPPED
+    return RunStatus.RUNNING if due_fate(run, schedule, now, facts) is Fate.START else RunStatus.SKIPPED
 
 
 def needs_turns(schedule: ScheduleDefinition) -> bool:

@@ -189,52 +189,75 @@ def describe_span(delta: timedelta) -> str:
     return "".join(parts)
 
 
-def _fate_of(
-    schedule: ScheduleDefinition, intended_at: datetime, now: datetime, *, later_due: bool
-) -> tuple[Fate, str]:
-    """The fate of an occurrence prepared for ``intended_at`` and not started by ``now``, and why."""
+def _fate_of(schedule: ScheduleDefinition, intended_at: datetime, now: datetime, *, later_due: bool) -> Fate:
+    """The fate of an occurrence prepared for ``intended_at`` and not started by ``now`` (``_fate_words``: why)."""
+    if now - intended_at <= schedule.grace:
+        return Fate.START
+    policy = schedule.missed_run_policy
+    if policy is MissedRunPolicy.SKIP:
+        return Fate.SKIP
+    if policy is MissedRunPolicy.CATCH_UP_ONCE and later_due:
+        return Fate.COALESCE
+    return Fate.START
+
+
+def _fate_words(schedule: ScheduleDefinition, intended_at: datetime, now: datetime, *, later_due: bool) -> str:
+    """Why ``_fate_of`` says what it says, for the row's reason."""
     late = now - intended_at
     if late <= schedule.grace:
-        return Fate.START, f"on time: {describe_span(late)} late, within the grace of {describe_span(schedule.grace)}"
+        return f"on time: {describe_span(late)} late, within the grace of {describe_span(schedule.grace)}"
     missed = (
         f"missed by {describe_span(late)}: prepared for {intended_at.isoformat()}, not started within the grace "
         f"of {describe_span(schedule.grace)} (its worker stopped or stalled)"
     )
     policy = schedule.missed_run_policy
     if policy is MissedRunPolicy.SKIP:
-        return Fate.SKIP, f"{missed}; policy skip"
+        return f"{missed}; policy skip"
     if policy is MissedRunPolicy.CATCH_UP_ONCE and later_due:
-        return Fate.COALESCE, f"{missed}; policy catch_up_once: the run of a later due occurrence stands for it"
+        return f"{missed}; policy catch_up_once: the run of a later due occurrence stands for it"
     if policy is MissedRunPolicy.CATCH_UP_ONCE:
-        return Fate.START, f"{missed}; policy catch_up_once: it is the one catch-up run"
-    return Fate.START, f"{missed}; policy catch_up_all runs every missed occurrence"
+        return f"{missed}; policy catch_up_once: it is the one catch-up run"
+    return f"{missed}; policy catch_up_all runs every missed occurrence"
 
 
-def due_fate(
-    run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None
-) -> tuple[Fate, str]:
-    """The fate of the pending ``run`` whose time has come at ``now``, and why (see the module docstring)."""
+def due_fate(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None) -> Fate:
+    """The fate of the pending ``run`` whose time has come at ``now`` (module docstring); ``due_reason``: why."""
+    if not is_prepared(run):
+        return Fate.START
+    return _fate_of(schedule, run.intended_run_at, now, later_due=(facts or DueFacts()).later_due)
+
+
+def due_reason(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None) -> str:
+    """Why ``due_fate`` gives the fate it gives, in the words that go on the row."""
     if not is_prepared(run):
         if run.starts or run.attempt > 1:
-            return Fate.START, f"due: work that started before (attempt {run.attempt}), never a missed occurrence"
-        return Fate.START, f"due: a {run.origin} run, its occurrence judged when it was planned"
-    return _fate_of(schedule, run.intended_run_at, now, later_due=(facts or DueFacts()).later_due)
+            return f"due: work that started before (attempt {run.attempt}), never a missed occurrence"
+        return f"due: a {run.origin} run, its occurrence judged when it was planned"
+    return _fate_words(schedule, run.intended_run_at, now, later_due=(facts or DueFacts()).later_due)
+
+
+def _due_guard(
+    wanted: Fate, run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None
+) -> Decision:
+    # The words are built only for the edge taken: of the three guards of ``due`` exactly one allows.
+    fate = due_fate(run, schedule, now, facts)
+    if fate is not wanted:
+        return Decision(False, f"its fate is {fate.value}, not {wanted.value}")
+    return Decision(True, due_reason(run, schedule, now, facts))
 
 
 def missed_under_skip(
     run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None
 ) -> Decision:
     """Guard of ``pending -> skipped`` on ``due``: a prepared run found later than the grace, policy skip."""
-    fate, reason = due_fate(run, schedule, now, facts)
-    return Decision(fate is Fate.SKIP, reason)
+    return _due_guard(Fate.SKIP, run, schedule, now, facts)
 
 
 def coalesced_into_later(
     run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, facts: DueFacts | None = None
 ) -> Decision:
     """Guard of ``pending -> skipped`` on ``due``: catch_up_once, and a later due occurrence stands for it."""
-    fate, reason = due_fate(run, schedule, now, facts)
-    return Decision(fate is Fate.COALESCE, reason)
+    return _due_guard(Fate.COALESCE, run, schedule, now, facts)
 
 
 def starts_when_due(
@@ -242,8 +265,7 @@ def starts_when_due(
 ) -> Decision:
     """Guard of ``pending -> running`` on ``due``: on time, a catch-up the policy runs, or not an occurrence
     that could be missed at all."""
-    fate, reason = due_fate(run, schedule, now, facts)
-    return Decision(fate is Fate.START, reason)
+    return _due_guard(Fate.START, run, schedule, now, facts)
 
 
 def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: datetime) -> str | None:
@@ -253,8 +275,10 @@ def decide_prepared(schedule: ScheduleDefinition, intended_at: datetime, now: da
     after ``now`` (the schedule as it was before that occurrence was planned).
     """
     later = schedule.next_run_at
-    fate, reason = _fate_of(schedule, intended_at, now, later_due=later is not None and later <= now)
-    return None if fate is Fate.START else reason
+    later_due = later is not None and later <= now
+    if _fate_of(schedule, intended_at, now, later_due=later_due) is Fate.START:
+        return None
+    return _fate_words(schedule, intended_at, now, later_due=later_due)
 
 
 def is_prepared(run: ScheduledRun) -> bool:

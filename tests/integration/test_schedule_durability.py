@@ -219,15 +219,24 @@ async def test_a_start_cut_short_leaves_a_report_that_matches_the_rows(
     work = Work(clock)
     await _two_orphans(store, clock, make_schedule, work)
     second = engine(store, work, clock)
-    # Killed after reconciliation moved the orphans, before the startup tick retried them.
+    # Killed after reconciliation found the orphans, before the startup tick failed them over.
     mocker.patch.object(store, "next_due", side_effect=RuntimeError("killed"))
     with pytest.raises(RuntimeError, match="killed"):
         await second.start()
     stored, _first_life = store.reports()
-    orphaned = [r for r in store.runs() if r.error_type == "Orphaned"]
     assert stored.finished_at is None  # never closed: the start did not finish
-    assert stored.report["orphans_found"] == len(orphaned) == 2
-    assert stored.report["orphans_requeued"] == 0 and all(r.status is RunStatus.FAILED for r in orphaned)
+    # Found, and untouched: failing them over, retrying them and telling it is one transaction,
+    # which rolled back; the next start finds them again.
+    assert stored.report["orphans_found"] == 2 and stored.report["orphans_requeued"] == 0
+    assert [(r.status, r.attempt, r.error_type) for r in store.runs()] == [(RunStatus.RUNNING, 1, None)] * 2
+    third = engine(store, work, clock, worker="w1")
+    mocker.stopall()
+    work.gate.set()
+    report = await third.start()
+    await third.wait_idle()
+    assert (report.orphans_found, report.orphans_requeued) == (2, 2)
+    assert [(r.status, r.attempt) for r in store.runs()] == [(RunStatus.SUCCEEDED, 2)] * 2
+    await third.stop()
 
 
 @run_async

@@ -19,6 +19,7 @@ from agent.scheduler import FakeClock, MissedRunPolicy, RunStatus, ScheduleDefin
 from agent.scheduler.cli import main
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.engine.outcomes import log as outcome_log
+from agent.scheduler.engine.reconciliation import Reconciler
 from agent.scheduler.outcome_words import ATTEMPT_FAILED, DEAD_LETTERED, SKIPPED, SUCCEEDED, outcome_text
 from agent.scheduler.scheduled_run import ScheduledRun
 from agent.scheduler.tasks import RunContext, TaskRegistry
@@ -248,7 +249,9 @@ async def test_without_info_only_failures_are_logged_and_nothing_else_is_formatt
     assert all(m.startswith("broken: ") for m in messages)
 
 
-@pytest.mark.parametrize("found_by", ["the restart of its worker", "another worker's sweep"])
+@pytest.mark.parametrize(
+    "found_by", ["the restart of its worker", "another worker's full scan", "another worker's reconcile task"]
+)
 @run_async
 async def test_an_orphaned_attempt_is_one_line_with_what_follows_and_status_counts_it_the_same(
     store: ScheduleStore,
@@ -256,6 +259,7 @@ async def test_an_orphaned_attempt_is_one_line_with_what_follows_and_status_coun
     clock: FakeClock,
     make_schedule: MakeSchedule,
     caplog: pytest.LogCaptureFixture,
+    mocker: Any,
     found_by: str,
 ) -> None:
     from tests.integration.test_schedule_durability import Work, crash
@@ -275,6 +279,8 @@ async def test_an_orphaned_attempt_is_one_line_with_what_follows_and_status_coun
             second = make_engine(store, work, clock)
             assert (await second.start()).orphans_found == 2
         else:
+            if found_by == "another worker's reconcile task":  # not the full scan's sweep: the task's
+                mocker.patch.object(Reconciler, "sweep_orphans", return_value=())
             second = make_engine(store, work, clock, worker="survivor")
             assert (await second.start()).orphans_found == 0
             store.add(make_schedule("sweeper", expression="10s", target="scheduler.reconcile"))
@@ -300,3 +306,8 @@ async def test_an_orphaned_attempt_is_one_line_with_what_follows_and_status_coun
     recent = data["recent_outcomes"]["schedules"]
     counted = Counter({(name, word): n for name, r in recent.items() for word, n in r["counts"].items()})
     assert counted - Counter({k: v for k, v in counted.items() if k[0] == "sweeper"}) == words
+    if found_by == "another worker's reconcile task":
+        sweeps = [
+            r.outcome for r in store.runs(schedule="sweeper") if r.outcome not in (None, "0 orphaned run(s) swept")
+        ]
+        assert sweeps == ["2 orphaned run(s) swept"]

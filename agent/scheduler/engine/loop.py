@@ -154,8 +154,8 @@ class ScheduleEngine:
         """Schedule changes made in this process (``wake()``): a prepared run's copy of its schedule
         is trusted only if none happened since, whatever the timestamps say."""
         self._events: list[InboxEvent] = []
-        self._orphaned: tuple[ScheduledRun, ...] = ()
-        """Runs orphaned outside a tick (startup, the reconcile task): the next tick tells their attempts."""
+        self._orphans: tuple[ScheduledRun, ...] = ()
+        """Orphans found outside a tick (startup, the reconcile task): the next tick fails them over."""
         self._ticking: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -218,8 +218,8 @@ class ScheduleEngine:
         await self._db(self.store.disable_out_of_bounds)
         # The report is written in the same transaction as the first changes it counts, brought up
         # to date by the startup tick's, and closed at the end: a start cut short leaves it true.
-        report, orphaned = await self._db(self._reconciler.reconcile, now)
-        self._orphaned += orphaned
+        report, orphans = await self._db(self._reconciler.reconcile, now)
+        self._orphans += orphans
         await self.tick(report=report)
         report.finished_at = self.clock.now()
         await self._db(self._reconciler.save_report, report)
@@ -260,7 +260,7 @@ class ScheduleEngine:
         renewed_before = ex.last_renewal
         renew = ex.renewal(now)
         asks, self._asks = self._asks, Asks()
-        orphaned, self._orphaned = self._orphaned, ()
+        orphans, self._orphans = self._orphans, ()
         if self._feed is not None and self._feed.changed():
             asks = asks | Asks(full_scan=True)  # another process wrote: look at everything
         prepared = ex.take_due_prepared(now)
@@ -281,7 +281,7 @@ class ScheduleEngine:
             may_sweep=not self._health.down,
             quiet_until=self._quiet_until,
             tell=outcome_log.isEnabledFor(logging.INFO),
-            orphaned=orphaned,
+            orphans=orphans,
         )
         try:
             result = await self._db(self._work.tick, inputs)
@@ -290,7 +290,7 @@ class ScheduleEngine:
             # everything, since the database may have changed in ways this engine did not see.
             ex.give_back(finished, prepared, renewed_before)
             self._events[:0] = events
-            self._orphaned = orphaned + self._orphaned
+            self._orphans = orphans + self._orphans
             self._asks = self._asks | asks | EVERYTHING
             raise
         self._state = result.state
@@ -664,10 +664,13 @@ class ScheduleEngine:
 
     async def _reconcile_task(self, ctx: RunContext) -> str:
         mine = frozenset(self._execution.in_flight)
-        swept = await self._db(self._reconciler.sweep_orphans, self.clock.now(), mine)
-        if swept:
-            self._orphaned += swept  # the next tick retries or dead-letters them, and tells each
-        return f"{len(swept)} orphaned run(s) swept"
+        found = await self._db(self._reconciler.find_orphans, self.clock.now(), mine)
+        if found:
+            # The next tick fails them over, retries or dead-letters them and tells each, in one
+            # transaction: until it commits, nothing of them has changed.
+            self._orphans += found
+            self._wake.set()
+        return f"{len(found)} orphaned run(s) swept"
 
     async def _run_shutdown_schedules(self, began: datetime) -> None:
         """Start the shutdown schedules' runs; each may finish until its shutdown timeout after ``began``."""

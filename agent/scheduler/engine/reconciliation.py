@@ -71,8 +71,8 @@ class Reconciler:
     def reconcile(self, now: datetime) -> tuple[ReconciliationReport, tuple[ScheduledRun, ...]]:
         """Reconcile what the previous life left, in one transaction; the report is stored with it.
 
-        Returns the report and the runs it orphaned (failed), whose attempts the next tick tells
-        with its retry decision."""
+        Returns the report and the running runs it found orphaned: the startup tick fires
+        ``orphan`` on them, decides their retry and tells each attempt, in one transaction."""
         report, report_id, orphaned = self.store.atomic_kept(self._reconcile, now)
         self.started_at = now
         self._report_id = report_id
@@ -118,7 +118,6 @@ class Reconciler:
         orphans = self._orphans(now, previous)
         report.orphans_found = len(orphans)
         paused = self.store.runs(status=RunStatus.PAUSED)
-        orphaned = self.fire_orphans(orphans, now)
         for moved in self.store.transition_many(
             ((r, "resume", {"reason": "resumed after restart"}) for r in paused), now=now
         ):
@@ -134,7 +133,7 @@ class Reconciler:
             worker_id=self.worker_id, started_at=report.started_at, finished_at=None, report=report.to_dict()
         )
         report.keep()
-        return report, stored.id, orphaned
+        return report, stored.id, tuple(orphans)
 
     def save_report(self, report: ReconciliationReport) -> None:
         """Bring this start's stored report up to date (the row ``reconcile`` wrote)."""
@@ -188,9 +187,13 @@ class Reconciler:
             items.append((run, "orphan", changes))
         return tuple(moved for moved in self.store.transition_many(items, now=now) if isinstance(moved, ScheduledRun))
 
+    def find_orphans(self, now: datetime, mine: frozenset[str]) -> tuple[ScheduledRun, ...]:
+        """The running runs whose lease lapsed (not ``mine``), read only: a tick fires ``orphan`` on them."""
+        return tuple(self._orphans(now, None, mine))
+
     def sweep_orphans(self, now: datetime, mine: frozenset[str]) -> tuple[ScheduledRun, ...]:
-        """Fire ``orphan`` on runs whose lease lapsed (not ``mine``); returns those it moved (a tick
-        retries or dead-letters them, and tells each failed attempt with that decision)."""
+        """Fire ``orphan`` on runs whose lease lapsed (not ``mine``); returns those it moved (the same
+        tick retries or dead-letters them, and tells each failed attempt with that decision)."""
         return self.fire_orphans(self._orphans(now, None, mine), now)
 
     # ------------------------------------------------------------------ lifecycle runs and the state row

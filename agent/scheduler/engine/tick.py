@@ -172,9 +172,10 @@ class TickInputs:
     """After an outage, runs whose lease lapsed are not taken over before this instant."""
     tell: bool = True
     """Hand back successes and skips for the log (failures and dead letters always are)."""
-    orphaned: tuple[ScheduledRun, ...] = ()
-    """Runs orphaned outside a tick (at startup, by the reconcile task): this tick decides their
-    retry and tells their failed attempt with it, as it does for attempts it records failed."""
+    orphans: tuple[ScheduledRun, ...] = ()
+    """Running runs found orphaned outside a tick (at startup, by the reconcile task): this tick
+    fires ``orphan`` on them, decides their retry and tells each failed attempt with that decision,
+    all in its one transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +308,11 @@ class _Pass:
             full, postponed = False, True
         elif full:
             last_full_scan, last_full_scan_real, postponed = now, time.monotonic(), False
-        maybe_pending, maybe_failed = i.asks.pending, i.asks.retry or bool(i.orphaned)
-        self.failed_now.update((r.run_id, r) for r in i.orphaned)
+        maybe_pending, maybe_failed = i.asks.pending, i.asks.retry
+        if i.orphans:
+            orphaned = w.reconciler.fire_orphans(list(i.orphans), now)
+            self.failed_now.update((r.run_id, r) for r in orphaned)
+            maybe_failed |= bool(orphaned)
         if i.finished:
             self._record_finished(i.finished, now)
             # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.

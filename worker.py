@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from agent.scheduler import SchedulerError, ScheduleStore, SystemClock
 from agent.scheduler.adapters.service_registry import register_scheduler_topics
@@ -38,12 +39,15 @@ from agent.scheduler.engine import LEASE_SECONDS, ScheduleEngine, default_worker
 from agent.scheduler.errors import DatabaseReplaced, OperatorActionRequired, StoreError
 from agent.scheduler.logging_setup import configure_from
 from agent.scheduler.proposals import ProposalService
-from agent.scheduler.settings import ENV_FILE, Settings, load_settings
+from agent.scheduler.settings import ENV_FILE, Settings, environment, load_settings
 from agent.scheduler.tasks import TaskRegistry
 from service_registry import ServiceRegistry
 from telegram_bot import OperatorBot
 
 log = logging.getLogger("worker")
+
+#: The directory of this script: a .env beside it is read too, under the working directory's.
+HERE = Path(__file__).resolve().parent
 
 #: Exit statuses. The service files restart the worker on any failure except EXIT_CONFIGURATION.
 EXIT_OK = 0
@@ -299,10 +303,13 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
     """
     args = parse_args(argv)
     try:
-        # Read once, every variable checked at once (one error lists each bad one); the optional
-        # .env in the working directory (a service's, as for the command line) is under the real
-        # environment, which wins.
-        settings = load_settings(env_file=ENV_FILE)
+        # Read once, every variable checked at once (one error lists each bad one), from the real
+        # environment over the optional .env files: the working directory's (a service's, as for
+        # the command line) over the one beside this script.
+        environ = environment([HERE / ENV_FILE, ENV_FILE])
+        if environ.problems:
+            raise ConfigError(environ.problems)
+        settings = load_settings(environ.values)
         if args.db is None:  # the environment's database, checked as --db is
             args.db = database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")
         if not args.tasks:  # the settings' list (ACTP_SCHEDULER_TASKS, comma separated)
@@ -312,6 +319,7 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_CONFIGURATION
     configure_from(settings, level=args.log_level)
+    log.info("settings: the environment%s", "".join(f" over {f}" for f in reversed(environ.files)))
     try:
         return asyncio.run(run(args, settings) if exit_grace is None else run_then_exit(args, settings, exit_grace))
     except SchedulerError as exc:

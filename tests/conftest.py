@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, TriggerType
+from agent.scheduler import cli as cli_module
 from agent.scheduler.schema import TABLES
 from agent.scheduler.store import BATCH_MIN
 
@@ -36,6 +37,13 @@ T0 = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)
 #: Batch thresholds a suite runs its stores with: 1 sends every batch method through its
 #: batch statements, the production value sends small batches one item at a time.
 BATCH_THRESHOLDS = [pytest.param(1, id="batch_min=1"), pytest.param(BATCH_MIN, id=f"batch_min={BATCH_MIN}")]
+
+
+@pytest.fixture(autouse=True)
+def no_dotenv_of_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line reads ``./.env``: a developer's own (the README says to copy one) must not
+    change what tests see. A test of that reading points it back."""
+    monkeypatch.setattr(cli_module, "ENV_FILE", os.devnull)
 
 
 @pytest.fixture

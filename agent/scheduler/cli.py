@@ -62,7 +62,15 @@ from .machines.diagrams import MACHINES, mermaid
 from .outcome_words import recent_outcomes
 from .proposals import ProposalService
 from .records import ProposalRecord
-from .settings import ENV_FILE, Settings, check_settings, config_report, read_environment
+from .settings import (
+    ENV_FILE,
+    Environment,
+    Settings,
+    check_settings,
+    config_report,
+    environment,
+    read_environment,
+)
 from .store import ScheduleStore
 from .tasks import TaskRegistry
 from .views import (
@@ -155,14 +163,15 @@ class Commands:
         *,
         settings: Settings | None = None,
         problems: Sequence[Problem] = (),
-        environ: Mapping[str, str] | None = None,
+        environ: Environment | None = None,
     ) -> None:
         self.store, self.clock, self.out, self.as_json = store, clock, out, as_json
-        self.environ: Mapping[str, str] = read_environment() if environ is None else environ
+        self.environment = Environment(read_environment()) if environ is None else environ
         """The environment the settings were read from (``main``: the process's over ``./.env``)."""
+        self.environ: Mapping[str, str] = self.environment.values
         if settings is None:
             settings, found = check_settings(self.environ)
-            problems = [*problems, *found]
+            problems = [*self.environment.problems, *problems, *found]
         self.settings, self.problems = settings, list(problems)
 
     def _approvers(self) -> Approvers:
@@ -647,7 +656,9 @@ class Commands:
         if args.env_example:
             self.out.write(env_example())
             return
-        config = config_report(self.environ)
+        config = config_report(
+            self.environ, from_file=self.environment.from_file, file_problems=self.environment.problems
+        )
         problems = config.problems
         rows = config.display()
         for row in rows:
@@ -1015,7 +1026,8 @@ def _config_text(data: dict[str, Any], *, show_all: bool) -> str:
         rows = [
             r
             for r in data["variables"]
-            if r["group"] == group and (show_all or group not in quiet_groups or r["source"] in ("env", "invalid"))
+            if r["group"] == group
+            and (show_all or group not in quiet_groups or r["source"] not in ("default", "unset", "computed"))
         ]
         if not rows:
             continue
@@ -1286,12 +1298,13 @@ def reads_only(args: argparse.Namespace) -> bool:
     )
 
 
-def _db_source(args: argparse.Namespace, settings: Settings) -> str:
+def _db_source(args: argparse.Namespace, settings: Settings, environ: Environment) -> str:
     """Where the database came from, as a failure to open it names it."""
     if args.db:
         return "check --db"
     if settings.is_set("ACTP_SCHEDULER_DB"):
-        return "check ACTP_SCHEDULER_DB"
+        where = environ.from_file.get("ACTP_SCHEDULER_DB")
+        return f"check ACTP_SCHEDULER_DB in {where}" if where else "check ACTP_SCHEDULER_DB"
     return "the default, as no --db was given"
 
 
@@ -1327,10 +1340,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
         logging.getLogger().addHandler(logging.NullHandler())
     store = None
     try:
-        # Read once (the environment over ./.env, as the worker does); a bad variable stops only
-        # the commands that need it.
-        environ = read_environment(ENV_FILE)
-        settings, problems = check_settings(environ)
+        # Read once (the environment over ./.env, as the worker does); a bad variable, or a bad
+        # line of the file, stops only the commands that need it (config shows each).
+        environ = environment([ENV_FILE])
+        settings, problems = check_settings(environ.values)
+        problems = [*environ.problems, *problems]
         if args.command in OFFLINE_COMMANDS:
             # They must work when the database cannot be opened (a bad ACTP_SCHEDULER_DB, say).
             commands = Commands(
@@ -1347,7 +1361,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, clock:
             try:
                 store = ScheduleStore(url, clock=clock or SystemClock(), read_only=reads_only(args))
             except (DatabaseNotFound, SchemaMissing) as exc:
-                raise CliError(f"{exc} ({_db_source(args, settings)})") from None
+                raise CliError(f"{exc} ({_db_source(args, settings, environ)})") from None
             commands = Commands(
                 store, store.clock, stream, args.json, settings=settings, problems=problems, environ=environ
             )

@@ -628,18 +628,22 @@ def warnings(env: Mapping[str, str], set_names: Iterable[str], known: Iterable[s
 # ---------------------------------------------------------------------- .env files
 
 
-def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``NAME=value`` lines of a ``.env`` file (blank lines, ``#`` comments and ``export`` prefixes allowed;
-    one pair of surrounding quotes is removed). A missing file is empty; a malformed line raises ConfigError."""
+def parse_env_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[Problem]]:
+    """The ``NAME=value`` lines of a ``.env`` file (blank lines, ``#`` comments and ``export`` prefixes
+    allowed; one pair of surrounding quotes is removed), and a problem for each line that is not one.
+
+    A missing file is empty. A problem names the file and the line, never the line's text: a line
+    that is not ``NAME=value`` may be part of a secret written over several lines.
+    """
     file = Path(path)
     if not file.exists():
-        return {}
+        return {}, []
     values: dict[str, str] = {}
     problems: list[Problem] = []
     try:
         text_of_file = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(str(file), "(unreadable)", f"a readable UTF-8 text file ({exc})")]) from None
+        return {}, [Problem(str(file), "(unreadable)", f"a readable UTF-8 text file ({type(exc).__name__})")]
     for number, line in enumerate(text_of_file.splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -647,14 +651,22 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         name, sep, value = text.removeprefix("export ").partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            problems.append(Problem(f"{file.name} line {number}", name or text[:20], "NAME=value"))
+            problems.append(
+                Problem(f"{file} line {number}", "(not shown)", "NAME=value on one line (NAME: letters, digits, _)")
+            )
             continue
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         if "\x00" in value:  # no environment variable can hold it
-            problems.append(Problem(f"{file.name} line {number}", name, "a value without NUL"))
+            problems.append(Problem(f"{file} line {number}", name, "a value without NUL"))
             continue
         values[name] = value
+    return values, problems
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``parse_env_file``, refusing a file with any bad line (ConfigError naming each)."""
+    values, problems = parse_env_file(path)
     if problems:
         raise ConfigError(problems)
     return values

@@ -46,6 +46,7 @@ from .config import (
     Problem,
     Setting,
     mask,
+    parse_env_file,
     read_env_file,
     service_settings,
     warnings,
@@ -54,11 +55,13 @@ from .identity import Approvers
 
 __all__ = [
     "ConfigReport",
+    "Environment",
     "Entry",
     "ServiceSettings",
     "Settings",
     "check_settings",
     "config_report",
+    "environment",
     "load_settings",
     "read_environment",
 ]
@@ -297,6 +300,41 @@ def _url_secrets(text: str) -> list[str]:
 ENV_FILE = ".env"
 
 
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """The process environment over optional ``.env`` files, and what came from where."""
+
+    values: dict[str, str]
+    from_file: dict[str, str] = field(default_factory=dict)
+    """Variable -> the file its value came from (the environment did not set it)."""
+    files: tuple[str, ...] = ()
+    """The files that were there and were read."""
+    problems: tuple[Problem, ...] = ()
+    """The files' bad lines (named by file and line, never shown): every other line was read."""
+
+
+def environment(env_files: Iterable[str | os.PathLike[str]] = ()) -> Environment:
+    """The process environment over the ``NAME=value`` lines of ``env_files``: a later file wins over
+    an earlier one, the environment over every file. A bad line is a problem; the rest are read."""
+    values: dict[str, str] = {}
+    source: dict[str, str] = {}
+    files: list[str] = []
+    problems: list[Problem] = []
+    seen: set[Path] = set()
+    for env_file in env_files:
+        if (where := Path(env_file).resolve()) in seen:
+            continue  # the working directory is the script's: one file, read once
+        seen.add(where)
+        found, bad = parse_env_file(env_file)
+        if found or bad or Path(env_file).is_file():
+            files.append(str(env_file))
+        values.update(found)
+        source.update(dict.fromkeys(found, str(env_file)))
+        problems += bad
+    from_file = {name: path for name, path in source.items() if name not in os.environ}
+    return Environment({**values, **os.environ}, from_file, tuple(files), tuple(problems))
+
+
 def read_environment(env_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
     """The process environment, over the ``NAME=value`` lines of ``env_file`` when given (the environment wins)."""
     values = read_env_file(env_file) if env_file is not None else {}
@@ -421,9 +459,17 @@ class ConfigReport:
         return rows
 
 
-def config_report(environ: Mapping[str, str]) -> ConfigReport:
-    """The settings read from ``environ`` as the ``config`` command shows them: values, sources, problems, advice."""
+def config_report(
+    environ: Mapping[str, str], *, from_file: Mapping[str, str] | None = None, file_problems: Iterable[Problem] = ()
+) -> ConfigReport:
+    """The settings read from ``environ`` as the ``config`` command shows them: values, sources, problems, advice.
+
+    A variable in ``from_file`` (name -> file) shows that file as its source; ``file_problems`` (a
+    ``.env`` file's bad lines) come first among the problems.
+    """
+    files = from_file or {}
     settings, problems = check_settings(environ)
+    problems = [*file_problems, *problems]
     bad = {p.variable for p in problems}
     extra = sorted(
         name for name, text in environ.items() if name not in BY_NAME and _service_setting(name) and text.strip()
@@ -435,12 +481,12 @@ def config_report(environ: Mapping[str, str]) -> ConfigReport:
         if name in bad:
             entries[name] = Entry(setting, None, environ[name].strip(), "invalid")
         elif given:
-            entries[name] = Entry(setting, value, settings._variables[name], "env")
+            entries[name] = Entry(setting, value, settings._variables[name], files.get(name, "env"))
         elif setting.default is not None:
             entries[name] = Entry(setting, value, setting.default, "default")
         else:
             entries[name] = Entry(setting, None, None, "unset")
-    set_names = [name for name, e in entries.items() if e.source == "env"]
+    set_names = [name for name, e in entries.items() if e.source not in ("invalid", "default", "unset")]
     return ConfigReport(settings, entries, tuple(problems), tuple(warnings(environ, set_names, entries)))
 
 

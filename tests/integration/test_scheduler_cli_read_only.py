@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleEngine, ScheduleStore, TaskRegistry
+from agent.scheduler import cli as cli_module
 from agent.scheduler import schema as schema_module
 from agent.scheduler.cli import main
 from agent.scheduler.errors import DatabaseNotFound, SchemaMissing, StoreError
@@ -451,10 +452,15 @@ def test_the_worker_and_the_command_line_read_the_dotenv_of_their_working_direct
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: --tasks tasks_named_in_dotenv: cannot import the module: ")
     monkeypatch.delenv("ACTP_SCHEDULER_DB", raising=False)
+    monkeypatch.delenv("ACTP_SCHEDULER_TASKS", raising=False)
+    monkeypatch.setattr(cli_module, "ENV_FILE", ".env")  # the suite points it away (conftest)
     monkeypatch.chdir(workdir)
     out = StringIO()
     assert main(["config", "--json"], out=out) == 0
-    assert json.loads(out.getvalue())["database"] == {"value": str(db), "source": "ACTP_SCHEDULER_DB"}
+    shown = json.loads(out.getvalue())
+    assert shown["database"] == {"value": str(db), "source": "ACTP_SCHEDULER_DB"}
+    [tasks] = [v for v in shown["variables"] if v["name"] == "ACTP_SCHEDULER_TASKS"]
+    assert (tasks["value"], tasks["source"]) == ("tasks_named_in_dotenv", ".env")
     with ScheduleStore(f"sqlite:///{db}") as store:
         store.add(ScheduleDefinition(name="seen", trigger_type="interval", expression="1h", target="t"))
     out = StringIO()
@@ -464,6 +470,41 @@ def test_the_worker_and_the_command_line_read_the_dotenv_of_their_working_direct
     out = StringIO()
     assert main(["config", "--json"], out=out) == 0
     assert json.loads(out.getvalue())["database"]["value"] == str(tmp_path / "elsewhere.db")
+
+
+def test_a_bad_dotenv_line_is_named_never_shown_and_stops_only_what_needs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another project's .env, with a key written over several lines: the command line still works,
+    ``config`` names the file and lines without their text, and the worker refuses to start."""
+    (tmp_path / ".env").write_text(
+        'ACTP_LOG_FORMAT=json\nPRIVATE_KEY="-----BEGIN KEY-----\nMIIsecretpart\n-----END KEY-----"\n'
+    )
+    monkeypatch.setattr(cli_module, "ENV_FILE", ".env")
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "s.db"
+    with ScheduleStore(f"sqlite:///{db}") as store:
+        store.add(ScheduleDefinition(name="ok", trigger_type="interval", expression="1h", target="t"))
+    out = StringIO()
+    assert main(["--db", str(db), "list", "--json"], out=out) == 0
+    assert [s["name"] for s in json.loads(out.getvalue())] == ["ok"]
+    out = StringIO()
+    assert main(["config", "--json"], out=out) == 2
+    problems = json.loads(out.getvalue())["problems"]
+    assert [p["variable"] for p in problems] == [".env line 3", ".env line 4"]  # line 2 is NAME=value
+    assert {p["value"] for p in problems} == {"(not shown)"}
+    err = capsys.readouterr().err
+    assert "MIIsecretpart" not in out.getvalue() + err and "BEGIN" not in out.getvalue() + err
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), "--no-legacy", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "line 3='(not shown)'" in done.stderr, done.stderr
+    assert "MIIsecretpart" not in done.stderr and "BEGIN" not in done.stderr
 
 
 def test_a_tasks_module_whose_register_fails_stops_the_worker_with_one_line_and_status_2(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.scheduler.config import BY_NAME, SERVICES, SETTINGS, ConfigError
-from agent.scheduler.settings import Settings, check_settings, config_report, load_settings
+from agent.scheduler.config import BY_NAME, SERVICES, SETTINGS, ConfigError, read_env_file
+from agent.scheduler.settings import Settings, check_settings, config_report, environment, load_settings
 from agent.scheduler.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +138,28 @@ def test_an_env_file_is_read_under_the_environment(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("ACTP_LOG_KEEP", raising=False)
     settings = load_settings(env_file=env_file)
     assert (settings.worker_id, settings.log_keep) == ("from-environment", 4)
+
+
+def test_env_files_stack_under_the_environment_and_say_where_each_value_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    beside, workdir = tmp_path / "beside.env", tmp_path / "workdir.env"
+    beside.write_text("ACTP_WORKER_ID=beside\nACTP_LOG_KEEP=3\nACTP_LOG_LEVEL=DEBUG\n", encoding="utf-8")
+    workdir.write_text("ACTP_WORKER_ID=workdir\nnot a line\n", encoding="utf-8")
+    monkeypatch.setenv("ACTP_LOG_LEVEL", "INFO")
+    monkeypatch.delenv("ACTP_WORKER_ID", raising=False)
+    monkeypatch.delenv("ACTP_LOG_KEEP", raising=False)
+    env = environment([beside, workdir, tmp_path / "missing.env", beside])
+    assert (env.values["ACTP_WORKER_ID"], env.values["ACTP_LOG_KEEP"], env.values["ACTP_LOG_LEVEL"]) == (
+        "workdir",  # the later file wins
+        "3",
+        "INFO",  # the environment wins over every file
+    )
+    assert env.from_file == {"ACTP_WORKER_ID": str(workdir), "ACTP_LOG_KEEP": str(beside)}
+    assert env.files == (str(beside), str(workdir))  # read once each; a missing one is not listed
+    assert [(p.variable, p.shown) for p in env.problems] == [(f"{workdir} line 2", "(not shown)")]
+    with pytest.raises(ConfigError, match="line 2='\\(not shown\\)'"):
+        read_env_file(workdir)
 
 
 #: The one module that reads the process environment; every other one is given a Settings.

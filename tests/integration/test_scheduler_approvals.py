@@ -187,6 +187,22 @@ async def test_an_agent_cannot_start_resume_or_retry_a_high_risk_schedule_a_huma
     answer = await agent.call("scheduler.run_now", {"name": "host_payout"})
     assert answer["ok"] is False and answer["error"]["code"] == "refused", answer
     assert shared_store.runs(schedule="host_payout") == []
+    # A task this worker does not know may be high-risk on another: an agent is refused it too.
+    shared_store.add(
+        ScheduleDefinition(name="elsewhere", trigger_type="interval", expression="1h", target="other_hosts_task")
+    )
+    shared_store.add(ScheduleDefinition(name="on_done", trigger_type="event", expression="done", target="nowhere"))
+    for topic, payload in (("scheduler.run_now", {"name": "elsewhere"}), ("scheduler.emit_event", {"name": "done"})):
+        answer = await agent.call(topic, payload)
+        assert answer["ok"] is False and answer["error"]["code"] == "refused", answer
+        assert "is not registered in this worker (its risk cannot be told)" in answer["error"]["message"]
+    assert shared_store.runs(schedule="elsewhere") == [] and shared_store.count_events() == 0
+    assert (await reg.call("scheduler.run_now", {"name": "elsewhere"}, caller=Caller.telegram(42)))["ok"] is True
+    # The scheduler's own sweep is known everywhere, and low-risk.
+    shared_store.add(
+        ScheduleDefinition(name="sweeper", trigger_type="interval", expression="1m", target="scheduler.reconcile")
+    )
+    assert (await agent.call("scheduler.run_now", {"name": "sweeper"}))["ok"] is True
     reg.close()
 
 

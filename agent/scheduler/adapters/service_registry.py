@@ -21,7 +21,7 @@ from pydantic import Field, Strict
 from .. import inbox
 from ..definition import ScheduleDefinition
 from ..engine import RECONCILE_TASK, ScheduleEngine
-from ..enums import BreakerState, ProposalStatus, RunStatus, ScheduleSource, TriggerType
+from ..enums import BreakerState, ProposalStatus, RiskTier, RunStatus, ScheduleSource, TriggerType
 from ..errors import InvalidSchedule, ScheduleNotFound
 from ..identity import high_risk_refusal
 from ..proposals import ProposalService
@@ -397,9 +397,21 @@ class SchedulerTopics:
 
 
 def _human_for_high_risk(schedule: ScheduleDefinition, tasks: TaskRegistry, ctx: CallContext, action: str) -> None:
-    """REFUSED, logged, when the identity rules keep ``ctx.caller`` from ``action`` on ``schedule``."""
-    task_tier = tasks.get(schedule.target).risk_tier if schedule.target in tasks else None
-    why = high_risk_refusal(ctx.caller, (schedule.risk_tier, task_tier), action, schedule.name)
+    """REFUSED, logged, when the identity rules keep ``ctx.caller`` from ``action`` on ``schedule``.
+
+    A task this worker does not know may be high-risk where it is known: an agent is refused it too.
+    """
+    why: str | None
+    if schedule.target == RECONCILE_TASK or schedule.target in tasks:
+        task_tier = RiskTier.LOW if schedule.target == RECONCILE_TASK else tasks.get(schedule.target).risk_tier
+        why = high_risk_refusal(ctx.caller, (schedule.risk_tier, task_tier), action, schedule.name)
+    elif ctx.caller.is_agent:
+        why = (
+            f"{ctx.caller.id} is an agent: only a human may {action} schedule {schedule.name}, whose task "
+            f"{schedule.target} is not registered in this worker (its risk cannot be told)"
+        )
+    else:
+        why = None
     if why is not None:
         log.warning("%s by %s refused: %s", ctx.topic, ctx.caller.id, why)
         raise ServiceError(ErrorCode.REFUSED, why)

@@ -135,6 +135,24 @@ def read_only(*paths: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
 
 
+def run_worker(
+    *args: str, cwd: Path = ROOT, modules: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``worker.py ARGS`` as a process that is expected to stop at once; ``modules`` go on its path."""
+    environ = {**os.environ, **(env or {})}
+    if modules is not None:
+        environ["PYTHONPATH"] = f"{modules}{os.pathsep}{ROOT}"
+    return subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+
+
 # ---------------------------------------------------------------------- read commands create nothing
 
 
@@ -381,14 +399,7 @@ def test_a_missing_tasks_module_is_one_line_naming_it(
 
 def test_the_worker_with_a_missing_tasks_module_says_so_in_one_line_and_creates_nothing(tmp_path: Path) -> None:
     db = tmp_path / "w" / "scheduler.db"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--tasks", "no_such_tasks_module", "--no-legacy"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    done = run_worker("--db", str(db), "--tasks", "no_such_tasks_module", "--no-legacy")
     assert done.returncode == 2
     assert done.stderr.startswith("error: --tasks no_such_tasks_module: cannot import the module: ")
     assert done.stderr.count("\n") == 1 and done.stdout == ""
@@ -398,15 +409,7 @@ def test_the_worker_with_a_missing_tasks_module_says_so_in_one_line_and_creates_
 def test_the_worker_with_a_tasks_module_that_fails_to_import_names_it(tmp_path: Path) -> None:
     (tmp_path / "broken_tasks.py").write_text("raise RuntimeError('no credentials here')\n")
     db = tmp_path / "w" / "scheduler.db"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--tasks", "broken_tasks", "--no-legacy"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
-        timeout=60,
-        check=False,
-    )
+    done = run_worker("--db", str(db), "--tasks", "broken_tasks", "--no-legacy", modules=tmp_path)
     assert done.returncode == 2
     assert done.stderr == (
         "error: --tasks broken_tasks: importing the module failed: RuntimeError: no credentials here\n"
@@ -416,15 +419,7 @@ def test_the_worker_with_a_tasks_module_that_fails_to_import_names_it(tmp_path: 
 
 def test_the_worker_takes_its_tasks_modules_from_the_settings_when_no_tasks_option_is_given(tmp_path: Path) -> None:
     db = tmp_path / "w" / "scheduler.db"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--no-legacy"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "ACTP_SCHEDULER_TASKS": "no_such_tasks_module"},
-        timeout=60,
-        check=False,
-    )
+    done = run_worker("--db", str(db), "--no-legacy", env={"ACTP_SCHEDULER_TASKS": "no_such_tasks_module"})
     assert done.returncode == 2
     assert done.stderr.startswith("error: --tasks no_such_tasks_module: cannot import the module: ")
     assert listing(tmp_path) == {}
@@ -439,20 +434,11 @@ def test_the_worker_and_the_command_line_read_the_dotenv_of_their_working_direct
     workdir.mkdir()
     db = tmp_path / "from-dotenv.db"
     (workdir / ".env").write_text(f"ACTP_SCHEDULER_DB={db}\nACTP_SCHEDULER_TASKS=tasks_named_in_dotenv\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("ACTP_SCHEDULER_DB", "ACTP_SCHEDULER_TASKS")}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--no-legacy"],
-        capture_output=True,
-        text=True,
-        cwd=workdir,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: --tasks tasks_named_in_dotenv: cannot import the module: ")
     monkeypatch.delenv("ACTP_SCHEDULER_DB", raising=False)
     monkeypatch.delenv("ACTP_SCHEDULER_TASKS", raising=False)
+    done = run_worker("--no-legacy", cwd=workdir)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --tasks tasks_named_in_dotenv: cannot import the module: ")
     monkeypatch.setattr(cli_module, "ENV_FILE", ".env")  # the suite points it away (conftest)
     monkeypatch.chdir(workdir)
     out = StringIO()
@@ -495,14 +481,7 @@ def test_a_bad_dotenv_line_is_named_never_shown_and_stops_only_what_needs_it(
     assert {p["value"] for p in problems} == {"(not shown)"}
     err = capsys.readouterr().err
     assert "MIIsecretpart" not in out.getvalue() + err and "BEGIN" not in out.getvalue() + err
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--no-legacy", "--db", str(db)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    done = run_worker("--no-legacy", "--db", str(db), cwd=tmp_path)
     assert done.returncode == 2 and "line 3='(not shown)'" in done.stderr, done.stderr
     assert "MIIsecretpart" not in done.stderr and "BEGIN" not in done.stderr
 
@@ -510,15 +489,7 @@ def test_a_bad_dotenv_line_is_named_never_shown_and_stops_only_what_needs_it(
 def test_a_tasks_module_whose_register_fails_stops_the_worker_with_one_line_and_status_2(tmp_path: Path) -> None:
     (tmp_path / "failing_tasks.py").write_text("def register(tasks, store):\n    raise KeyError('SOME_TOKEN')\n")
     db = tmp_path / "w" / "scheduler.db"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--tasks", "failing_tasks", "--no-legacy"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
-        timeout=60,
-        check=False,
-    )
+    done = run_worker("--db", str(db), "--tasks", "failing_tasks", "--no-legacy", modules=tmp_path)
     assert done.returncode == 2, done.stderr  # a restart would not help: the service stays stopped
     errors = [line for line in done.stderr.splitlines() if "failing_tasks" in line]
     assert len(errors) == 1 and "its register(tasks, store) failed: KeyError: 'SOME_TOKEN'" in errors[0]
@@ -555,15 +526,7 @@ def test_a_tasks_module_whose_register_breaks_a_scheduler_rule_is_named_in_one_l
     """A scheduler error from the module's own register (not from the database) is the operator's to fix."""
     (tmp_path / "rule_tasks.py").write_text(source)
     db = tmp_path / "w" / "scheduler.db"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py"), "--db", str(db), "--tasks", "rule_tasks", "--no-legacy"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
-        timeout=60,
-        check=False,
-    )
+    done = run_worker("--db", str(db), "--tasks", "rule_tasks", "--no-legacy", modules=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "rule_tasks" in line]
     assert len(errors) == 1 and "--tasks rule_tasks: its register(tasks, store) failed" in errors[0], done.stderr

@@ -185,16 +185,19 @@ class ScheduleDefinition:
         self = object.__new__(cls)
         put = object.__setattr__
         for name in _FIELD_NAMES:
-            value = values[name]
-            kind = _ENUM_FIELDS.get(name)
-            put(self, name, kind(value) if kind is not None and value is not None else value)
+            put(self, name, _trusted_value(name, values[name]))
         return self
 
     def with_state(self, **changes: Any) -> ScheduleDefinition:
         """A copy with engine-computed state changed (next_run_at, anchor_at...), not validated again."""
-        values = {name: getattr(self, name) for name in _FIELD_NAMES}
-        values.update(changes)
-        return ScheduleDefinition.from_trusted(**values)
+        unknown = changes.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"not ScheduleDefinition fields: {', '.join(sorted(unknown))}")
+        new = object.__new__(ScheduleDefinition)
+        put = object.__setattr__
+        for name in _FIELD_NAMES:
+            put(new, name, _trusted_value(name, changes[name]) if name in changes else getattr(self, name))
+        return new
 
     @property
     def is_time_based(self) -> bool:
@@ -239,3 +242,17 @@ _ENUM_FIELDS: dict[str, type[StrEnum]] = {
 }
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ScheduleDefinition))
+_FIELD_SET = frozenset(_FIELD_NAMES)
+#: Each enum field's members by value (a member is its own value too): a dict lookup, not Enum(value).
+_ENUM_MEMBERS: dict[str, dict[str, StrEnum]] = {
+    name: {member.value: member for member in kind} for name, kind in _ENUM_FIELDS.items()
+}
+
+
+def _trusted_value(name: str, value: Any) -> Any:
+    """A stored value of field ``name`` as the definition holds it (an enum field's member)."""
+    members = _ENUM_MEMBERS.get(name)
+    if members is None or value is None:
+        return value
+    member = members.get(value)
+    return member if member is not None else _ENUM_FIELDS[name](value)  # ValueError naming the value

@@ -29,7 +29,11 @@ SPAN_COLUMNS = {
 
 def to_db(instant: datetime | None) -> datetime | None:
     # Naive UTC in the database: SQLite would otherwise keep local wall time, Postgres convert.
-    return None if instant is None else instant.astimezone(UTC).replace(tzinfo=None)
+    if instant is None:
+        return None
+    if instant.tzinfo is UTC:  # the usual case: no conversion to make
+        return instant.replace(tzinfo=None)
+    return instant.astimezone(UTC).replace(tzinfo=None)
 
 
 def from_db(value: datetime | None) -> datetime | None:
@@ -119,21 +123,26 @@ def schedule_from(row: Any) -> ScheduleDefinition:
     return ScheduleDefinition.from_trusted(**{name: conv(row[col]) for name, col, conv in SCHEDULE_READERS})
 
 
+_RUN_FIELDS = tuple(f.name for f in fields(ScheduledRun))
+_RUN_STATUSES: dict[str, RunStatus] = {s.value: s for s in RunStatus}
+
+
 def run_row(run: ScheduledRun) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for f in fields(run):
-        value = getattr(run, f.name)
+    for name in _RUN_FIELDS:
+        value = getattr(run, name)
         if isinstance(value, datetime):
             value = to_db(value)
         elif isinstance(value, StrEnum):
             value = value.value
-        row[f.name] = value
+        row[name] = value
     return row
 
 
 def run_from(row: Any) -> ScheduledRun:
     kwargs = {name: conv(row[col]) for name, col, conv in RUN_READERS}
-    kwargs["status"] = RunStatus(kwargs["status"])
+    status = kwargs["status"]
+    kwargs["status"] = _RUN_STATUSES.get(status) or RunStatus(status)
     return ScheduledRun(**kwargs)
 
 

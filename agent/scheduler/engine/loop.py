@@ -666,8 +666,7 @@ class ScheduleEngine:
         mine = frozenset(self._execution.in_flight)
         found = await self._db(self._reconciler.find_orphans, self.clock.now(), mine)
         if found:
-            # The next tick fails them over, retries or dead-letters them and tells each, in one
-            # transaction: until it commits, nothing of them has changed.
+            # The next tick fails them over, decides their retry and tells each, in one transaction.
             self._orphans += found
             self._wake.set()
         return f"{len(found)} orphaned run(s) swept"

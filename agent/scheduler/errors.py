@@ -79,6 +79,7 @@ class InvalidTransition(SchedulerError):
         self.entity_id = entity_id
         self.state = state
         self.trigger = trigger
+        self.detail = detail
         why = f": {detail}" if detail else ""
         super().__init__(f"cannot {trigger} {entity_id} from state {state!r}{why}")
 

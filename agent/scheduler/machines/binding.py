@@ -87,7 +87,7 @@ def guard(check: Callable[[Any], Decision]) -> Callable[[EventData], bool]:
 
 def _judge_group(group: GroupBinding[Any], check: Callable[[Any], Decision]) -> bool:
     decisions = [check(member) for member in group.members]
-    allowed = [d.allowed for d in decisions]
+    allowed = [bool(d.allowed) for d in decisions]
     if any(allowed) and not all(allowed):
         raise MixedVerdicts(allowed)
     for member, decision in zip(group.members, decisions, strict=True):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from ..definition import ScheduleDefinition
 from ..enums import RunStatus
@@ -334,7 +334,8 @@ def plan_runs(
         groups.setdefault((run.status, trigger), []).append(i)
     for (status, trigger), positions in groups.items():
         _plan_group(batch, positions, status=status, trigger=trigger, now=now, known=known, given=given, out=out)
-    return [r for r in out if r is not None]
+    assert all(r is not None for r in out), "every item is planned"
+    return cast("list[RunMove | InvalidTransition | GuardRejected]", out)
 
 
 def _no_persist(transition: Transition) -> RunMove:
@@ -372,22 +373,15 @@ def _plan_group(
             part = [i for i, allowed in zip(positions, mixed.allowed, strict=True) if allowed is verdict]
             _plan_group(batch, part, status=status, trigger=trigger, now=now, known=known, given=given, out=out)
         return
-    except InvalidTransition:
-        # Refused for the whole group (no such edge, or every guard said no to every run): each run
-        # gets the refusal plan_run gives it, with its own id and reason.
-        for i in positions:
-            run, _, changes = batch[i]
-            try:
-                out[i] = plan_run(
-                    run,
-                    trigger,
-                    now=now,
-                    schedule=known.get(run.schedule_id),
-                    changes=changes,
-                    facts=given.get(run.run_id),
-                )
-            except (InvalidTransition, GuardRejected) as refusal:
-                out[i] = refusal
+    except GuardRejected:
+        # Every guard refused every run: each gets the refusal plan_run gives it, with its own reason.
+        for m, i in zip(members, positions, strict=True):
+            out[i] = GuardRejected(m.entity_id, status.value, trigger, m.rejection or "a guard refused")
+        return
+    except InvalidTransition as refused:
+        # No such edge from this status (or no such trigger): the same words for each run, with its id.
+        for m, i in zip(members, positions, strict=True):
+            out[i] = InvalidTransition(m.entity_id, status.value, trigger, refused.detail)
         return
     for i, move in zip(positions, moves, strict=True):
         out[i] = move

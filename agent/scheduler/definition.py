@@ -185,6 +185,8 @@ class ScheduleDefinition:
         self = object.__new__(cls)
         put = object.__setattr__
         for name in _FIELD_NAMES:
+            put(self, name, values[name])
+        for name in _ENUM_FIELDS:  # only these need converting
             put(self, name, _trusted_value(name, values[name]))
         return self
 

@@ -8,13 +8,14 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.engine import ScheduleEngine
+from agent.scheduler.engine.reconciliation import Reconciler
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import run_async
 
@@ -225,9 +226,9 @@ async def test_a_start_cut_short_leaves_a_report_that_matches_the_rows(
         await second.start()
     stored, _first_life = store.reports()
     assert stored.finished_at is None  # never closed: the start did not finish
-    # Found, and untouched: failing them over, retrying them and telling it is one transaction,
-    # which rolled back; the next start finds them again.
-    assert stored.report["orphans_found"] == 2 and stored.report["orphans_requeued"] == 0
+    # Untouched, and the report says so: failing them over, counting, retrying and telling them is
+    # one transaction, which rolled back; the next start finds them again.
+    assert stored.report["orphans_found"] == 0 and stored.report["orphans_requeued"] == 0
     assert [(r.status, r.attempt, r.error_type) for r in store.runs()] == [(RunStatus.RUNNING, 1, None)] * 2
     third = engine(store, work, clock, worker="w1")
     mocker.stopall()
@@ -494,3 +495,33 @@ async def test_a_sync_task_saves_its_checkpoint_from_its_thread(
     [run] = store.runs(schedule="sync_steps")
     assert (run.status, run.outcome, seen) == (RunStatus.SUCCEEDED, "saved", [{"next": 3}])
     await e.stop()
+
+
+@run_async
+async def test_a_run_whose_owner_renews_after_the_reconcile_task_found_it_is_left_to_its_owner(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, mocker: Any
+) -> None:
+    """The reconcile task finds runs in one transaction, the next tick fails them over in another:
+    an owner that was only stalled and renews in between keeps its run (no takeover, no second run)."""
+    store.add(make_schedule("job", trigger_type="delay", expression="+1m", target="blocked"))
+    store.add(make_schedule("gone", trigger_type="delay", expression="+1m", target="blocked"))
+    work = Work(clock)
+    first = engine(store, work, clock)
+    await first.start()
+    await first.run_until(clock.now() + timedelta(minutes=1))
+    await crash(first)
+    mocker.patch.object(Reconciler, "sweep_orphans", return_value=())  # only the task's path
+    survivor = engine(store, work, clock, worker="survivor")
+    await survivor.start()
+    clock.advance(40)  # w1's 30 s leases lapsed
+    said = await survivor._reconcile_task(cast(RunContext, None))
+    assert said == "2 orphaned run(s) found; the next tick fails them over"
+    [stalled] = store.runs(schedule="job")
+    assert store.renew_leases([stalled.run_id], owner="w1", until=clock.now() + timedelta(seconds=30)) == 1
+    await survivor.tick()
+    [kept], [taken] = store.runs(schedule="job"), store.runs(schedule="gone")
+    assert (kept.status, kept.attempt, kept.owner, kept.error_type) == (RunStatus.RUNNING, 1, "w1", None)
+    assert (taken.attempt, taken.owner) == (2, "survivor")  # the one whose owner stayed away was taken over
+    work.gate.set()
+    await survivor.wait_idle()
+    await survivor.stop()

@@ -669,7 +669,7 @@ class ScheduleEngine:
             # The next tick fails them over, decides their retry and tells each, in one transaction.
             self._orphans += found
             self._wake.set()
-        return f"{len(found)} orphaned run(s) swept"
+        return f"{len(found)} orphaned run(s) found; the next tick fails them over"
 
     async def _run_shutdown_schedules(self, began: datetime) -> None:
         """Start the shutdown schedules' runs; each may finish until its shutdown timeout after ``began``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -86,8 +87,8 @@ class Reconciler:
             report.previous_shutdown = RUNNING
             report.actions.append(f"worker {self.worker_id} is up: a start beside it would find what follows")
             previous = None
+        # Failed over by the startup tick, which counts them (orphans_found) as it writes them.
         orphans = self._orphans(now, previous)
-        report.orphans_found = len(orphans)
         paused = self.store.runs(status=RunStatus.PAUSED)
         report.paused_resumed = len(paused)
         report.actions.append(f"would orphan {len(orphans)} run(s) and resume {len(paused)} paused run(s)")
@@ -115,8 +116,8 @@ class Reconciler:
 
     def _reconcile(self, now: datetime) -> tuple[ReconciliationReport, str, tuple[ScheduledRun, ...]]:
         report, previous = self._survey(now, dry_run=False)
+        # Failed over by the startup tick, which counts them (orphans_found) as it writes them.
         orphans = self._orphans(now, previous)
-        report.orphans_found = len(orphans)
         paused = self.store.runs(status=RunStatus.PAUSED)
         for moved in self.store.transition_many(
             ((r, "resume", {"reason": "resumed after restart"}) for r in paused), now=now
@@ -124,8 +125,6 @@ class Reconciler:
             if isinstance(moved, ScheduledRun):
                 report.paused_resumed += 1
         report.breakers_half_opened += self.breakers.half_open_after_restart(now)
-        if report.orphans_found:
-            report.actions.append(f"orphaned {report.orphans_found} run(s)")
         if report.paused_resumed:
             report.actions.append(f"resumed {report.paused_resumed} paused run(s)")
         self.create_lifecycle_runs("startup", now)
@@ -191,6 +190,25 @@ class Reconciler:
         """The running runs whose lease lapsed (not ``mine``), read only: a tick fires ``orphan`` on them."""
         return tuple(self._orphans(now, None, mine))
 
+    def fire_found(self, found: Iterable[ScheduledRun], now: datetime, *, startup: bool) -> tuple[ScheduledRun, ...]:
+        """Fire ``orphan`` on the runs found earlier (``find_orphans``, or the start's survey) that are
+        still as they were found; returns those it moved.
+
+        A run whose owner renewed its lease since, or that another worker took or ended, is left
+        alone: its owner is alive, or it is someone else's now. Outside the start, a run whose lease
+        has not lapsed by ``now`` is left alone too.
+        """
+        current = {r.run_id: r for r in self.store.runs(status=RunStatus.RUNNING)}
+        still = []
+        for run in found:
+            now_row = current.get(run.run_id)
+            if now_row is None or _hold(now_row) != _hold(run):
+                continue
+            if not startup and (run.lease_expires_at is None or run.lease_expires_at > now):
+                continue
+            still.append(now_row)
+        return self.fire_orphans(still, now)
+
     def sweep_orphans(self, now: datetime, mine: frozenset[str]) -> tuple[ScheduledRun, ...]:
         """Fire ``orphan`` on runs whose lease lapsed (not ``mine``); returns those it moved (the same
         tick retries or dead-letters them, and tells each failed attempt with that decision)."""
@@ -232,6 +250,11 @@ class Reconciler:
             "tick_seconds": self.tick_seconds,
             "heartbeat_seconds": HEARTBEAT_SECONDS,
         }
+
+
+def _hold(run: ScheduledRun) -> tuple[Any, ...]:
+    """Who holds a running run, and until when: what a renewal or a takeover changes."""
+    return (run.attempt, run.starts, run.owner, run.lease_expires_at)
 
 
 def count_late_prepared(

@@ -309,10 +309,15 @@ class _Pass:
         elif full:
             last_full_scan, last_full_scan_real, postponed = now, time.monotonic(), False
         maybe_pending, maybe_failed = i.asks.pending, i.asks.retry
-        if i.orphans:
-            orphaned = w.reconciler.fire_orphans(list(i.orphans), now)
+        if i.orphans and (report is not None or (i.may_sweep and not self._quiet(now))):
+            # Found earlier (the start, the reconcile task): those still as found are failed over here.
+            orphaned = w.reconciler.fire_found(i.orphans, now, startup=report is not None)
             self.failed_now.update((r.run_id, r) for r in orphaned)
             maybe_failed |= bool(orphaned)
+            if report is not None:
+                report.orphans_found = len(orphaned)
+                if orphaned:
+                    report.actions.append(f"orphaned {len(orphaned)} run(s)")
         if i.finished:
             self._record_finished(i.finished, now)
             # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.

@@ -40,10 +40,10 @@ BATCH_THRESHOLDS = [pytest.param(1, id="batch_min=1"), pytest.param(BATCH_MIN, i
 
 
 @pytest.fixture(autouse=True)
-def no_dotenv_of_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_dotenv_of_the_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The command line reads ``./.env``: a developer's own (the README says to copy one) must not
-    change what tests see. A test of that reading points it back."""
-    monkeypatch.setattr(cli_module, "ENV_FILE", os.devnull)
+    change what tests see, so it reads a file that is not there. A test of that reading points it back."""
+    monkeypatch.setattr(cli_module, "ENV_FILE", str(tmp_path_factory.getbasetemp() / "no-such.env"))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -628,6 +629,10 @@ def warnings(env: Mapping[str, str], set_names: Iterable[str], known: Iterable[s
 # ---------------------------------------------------------------------- .env files
 
 
+#: The largest ``.env`` file read: settings are a few kilobytes; anything far larger is not one.
+ENV_FILE_BYTES = 1024 * 1024
+
+
 def parse_env_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[Problem]]:
     """The ``NAME=value`` lines of a ``.env`` file (blank lines, ``#`` comments and ``export`` prefixes
     allowed; one pair of surrounding quotes is removed), and a problem for each line that is not one.
@@ -636,14 +641,25 @@ def parse_env_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[P
     that is not ``NAME=value`` may be part of a secret written over several lines.
     """
     file = Path(path)
-    if not file.exists():
+    readable = f"a readable UTF-8 text file of at most {ENV_FILE_BYTES // 1024} KiB"
+    try:
+        info = file.stat()
+    except FileNotFoundError:
+        if file.is_symlink():
+            return {}, [Problem(str(file), "(unreadable)", f"{readable} (a broken symbolic link)")]
         return {}, []
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop, a permission
+        return {}, [Problem(str(file), "(unreadable)", f"{readable} ({type(exc).__name__})")]
+    if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO, a device: nothing to read, or no end to it
+        return {}, [Problem(str(file), "(unreadable)", f"{readable} (not a regular file)")]
+    if info.st_size > ENV_FILE_BYTES:
+        return {}, [Problem(str(file), "(unreadable)", f"{readable} (got {info.st_size} bytes)")]
     values: dict[str, str] = {}
     problems: list[Problem] = []
     try:
         text_of_file = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return {}, [Problem(str(file), "(unreadable)", f"a readable UTF-8 text file ({type(exc).__name__})")]
+        return {}, [Problem(str(file), "(unreadable)", f"{readable} ({type(exc).__name__})")]
     for number, line in enumerate(text_of_file.splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):

@@ -322,7 +322,11 @@ def environment(env_files: Iterable[str | os.PathLike[str]] = ()) -> Environment
     problems: list[Problem] = []
     seen: set[Path] = set()
     for env_file in env_files:
-        if (where := Path(env_file).resolve()) in seen:
+        try:
+            where = Path(env_file).resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop: parse_env_file names it
+            where = Path(os.path.abspath(env_file))
+        if where in seen:
             continue  # the working directory is the script's: one file, read once
         seen.add(where)
         found, bad = parse_env_file(env_file)

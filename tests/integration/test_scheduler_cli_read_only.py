@@ -486,6 +486,27 @@ def test_a_bad_dotenv_line_is_named_never_shown_and_stops_only_what_needs_it(
     assert "MIIsecretpart" not in done.stderr and "BEGIN" not in done.stderr
 
 
+@pytest.mark.parametrize("bad", ["a symbolic link loop", "a line that is not NAME=value"])
+def test_the_worker_stops_with_status_2_on_a_bad_dotenv_beside_it_or_where_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    import worker
+
+    beside, workdir = tmp_path / "checkout", tmp_path / "service"
+    beside.mkdir()
+    workdir.mkdir()
+    monkeypatch.setattr(worker, "HERE", beside)
+    monkeypatch.chdir(workdir)
+    if bad == "a symbolic link loop":
+        (workdir / ".env").symlink_to(workdir / ".env")
+    else:
+        (beside / ".env").write_text("ACTP_LOG_FORMAT=json\n-----END KEY-----\n")
+    assert worker.main(["--no-legacy", "--db", str(tmp_path / "never.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid configuration") and err.count("\n") == 1 and "END KEY" not in err
+    assert not (tmp_path / "never.db").exists()
+
+
 def test_a_tasks_module_whose_register_fails_stops_the_worker_with_one_line_and_status_2(tmp_path: Path) -> None:
     (tmp_path / "failing_tasks.py").write_text("def register(tasks, store):\n    raise KeyError('SOME_TOKEN')\n")
     db = tmp_path / "w" / "scheduler.db"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -160,6 +161,30 @@ def test_env_files_stack_under_the_environment_and_say_where_each_value_came_fro
     assert [(p.variable, p.shown) for p in env.problems] == [(f"{workdir} line 2", "(not shown)")]
     with pytest.raises(ConfigError, match="line 2='\\(not shown\\)'"):
         read_env_file(workdir)
+
+
+def test_an_env_file_that_is_no_file_to_read_is_a_problem_not_a_crash_nor_a_hang(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.env"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling.env"
+    dangling.symlink_to(tmp_path / "nowhere")
+    fifo = tmp_path / "fifo.env"
+    os.mkfifo(fifo)
+    device = tmp_path / "device.env"
+    device.symlink_to("/dev/zero")
+    huge = tmp_path / "huge.env"
+    huge.write_text("A=" + "x" * (2 * 1024 * 1024) + "\n")
+    env = environment([loop, dangling, fifo, device, huge, tmp_path / "missing.env"])
+    assert [p.variable for p in env.problems] == [str(loop), str(dangling), str(fifo), str(device), str(huge)]
+    assert {p.shown for p in env.problems} == {"(unreadable)"}
+    assert [p.allowed.rpartition(" (")[2] for p in env.problems] == [
+        "OSError)",  # a symbolic link loop
+        "a broken symbolic link)",
+        "not a regular file)",
+        "not a regular file)",
+        f"got {huge.stat().st_size} bytes)",
+    ]
+    assert env.values == dict(os.environ)
 
 
 #: The one module that reads the process environment; every other one is given a Settings.

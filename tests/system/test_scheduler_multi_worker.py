@@ -102,9 +102,10 @@ def test_three_workers_execute_each_of_500_due_occurrences_exactly_once(tmp_path
     assert len(burst) >= 600
     assert {r.idempotency_key for r in runs} == set(executed)
     assert max(executed.values()) == 1  # exactly once: no occurrence ran on two workers
-    owners = {r.owner for r in burst}
-    # several workers shared the burst (which ones, and how many, depends on who wakes first)
-    assert owners <= {"pg-worker-0", "pg-worker-1", "pg-worker-2"} and len(owners) >= 2
+    # Which workers ran the burst depends on who wakes first: the first to tick may materialize and
+    # claim every due schedule in one transaction (a fast start often does), so only that they were
+    # ours is asserted; exactly once is the property, asserted above.
+    assert {r.owner for r in burst} <= {"pg-worker-0", "pg-worker-1", "pg-worker-2"}
     assert all(b_start >= a_end for (_, a_end), (b_start, _) in pairwise(spans(span_file)))
 
 

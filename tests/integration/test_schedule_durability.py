@@ -525,3 +525,17 @@ async def test_a_run_whose_owner_renews_after_the_reconcile_task_found_it_is_lef
     work.gate.set()
     await survivor.wait_idle()
     await survivor.stop()
+
+
+@run_async
+async def test_a_dry_run_after_a_crash_counts_the_orphans_a_start_would_fail_over_and_changes_nothing(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    work = Work(clock)
+    await _two_orphans(store, clock, make_schedule, work)
+    clock.advance(120)  # their leases lapsed (its process, this one, still looks up: only leases count)
+    before = [(r.status, r.attempt, r.owner) for r in store.runs()]
+    report = await engine(store, work, clock).reconcile_dry_run()
+    assert (report.dry_run, report.orphans_found) == (True, 2)
+    assert "would orphan 2 run(s)" in " ".join(report.actions)
+    assert [(r.status, r.attempt, r.owner) for r in store.runs()] == before == [(RunStatus.RUNNING, 1, "w1")] * 2

@@ -87,8 +87,8 @@ class Reconciler:
             report.previous_shutdown = RUNNING
             report.actions.append(f"worker {self.worker_id} is up: a start beside it would find what follows")
             previous = None
-        # Failed over by the startup tick, which counts them (orphans_found) as it writes them.
         orphans = self._orphans(now, previous)
+        report.orphans_found = len(orphans)
         paused = self.store.runs(status=RunStatus.PAUSED)
         report.paused_resumed = len(paused)
         report.actions.append(f"would orphan {len(orphans)} run(s) and resume {len(paused)} paused run(s)")

@@ -306,9 +306,7 @@ def main(argv: Sequence[str] | None = None, *, exit_grace: float | None = None) 
         # Read once, every variable checked at once (one error lists each bad one), from the real
         # environment over the optional .env files: the working directory's (a service's, as for
         # the command line) over the one beside this script.
-        environ = environment([HERE / ENV_FILE, ENV_FILE])
-        if environ.problems:
-            raise ConfigError(environ.problems)
+        environ = environment([HERE / ENV_FILE, ENV_FILE]).checked()
         settings = load_settings(environ.values)
         if args.db is None:  # the environment's database, checked as --db is
             args.db = database_from_environment(settings.scheduler_db, "ACTP_SCHEDULER_DB")

@@ -656,9 +656,7 @@ class Commands:
         if args.env_example:
             self.out.write(env_example())
             return
-        config = config_report(
-            self.environ, from_file=self.environment.from_file, file_problems=self.environment.problems
-        )
+        config = config_report(self.environment)
         problems = config.problems
         rows = config.display()
         for row in rows:

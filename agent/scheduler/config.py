@@ -18,7 +18,7 @@ import difflib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -686,20 +686,6 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     if problems:
         raise ConfigError(problems)
     return values
-
-
-def apply_env_file(path: str | os.PathLike[str], environ: MutableMapping[str, str]) -> list[str]:
-    """Set each variable of the ``.env`` file at ``path`` that ``environ`` does not have yet.
-
-    The environment wins over the file, as with systemd's EnvironmentFile. Returns the names set.
-    """
-    env = environ
-    applied = []
-    for name, value in read_env_file(path).items():
-        if name not in env:
-            env[name] = value
-            applied.append(name)
-    return applied
 
 
 # ---------------------------------------------------------------------- .env.example

@@ -47,7 +47,6 @@ from .config import (
     Setting,
     mask,
     parse_env_file,
-    read_env_file,
     service_settings,
     warnings,
 )
@@ -312,6 +311,12 @@ class Environment:
     problems: tuple[Problem, ...] = ()
     """The files' bad lines (named by file and line, never shown): every other line was read."""
 
+    def checked(self) -> Environment:
+        """This environment, or ConfigError naming each bad line of its files (the worker's reading)."""
+        if self.problems:
+            raise ConfigError(self.problems)
+        return self
+
 
 def environment(env_files: Iterable[str | os.PathLike[str]] = ()) -> Environment:
     """The process environment over the ``NAME=value`` lines of ``env_files``: a later file wins over
@@ -340,9 +345,9 @@ def environment(env_files: Iterable[str | os.PathLike[str]] = ()) -> Environment
 
 
 def read_environment(env_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """The process environment, over the ``NAME=value`` lines of ``env_file`` when given (the environment wins)."""
-    values = read_env_file(env_file) if env_file is not None else {}
-    return {**values, **os.environ}
+    """The process environment, over the ``NAME=value`` lines of ``env_file`` when given (the environment
+    wins); ConfigError names each bad line of the file."""
+    return environment([] if env_file is None else [env_file]).checked().values
 
 
 def load_settings(
@@ -418,7 +423,8 @@ class Entry:
     text: str | None
     """The text as set, or the default's text, or None."""
     source: str
-    """env (set), default (unset, the table's default), unset, or invalid (set to a value its check refuses)."""
+    """env (set in the environment), the path of the ``.env`` file that set it, default (unset, the
+    table's default), unset, or invalid (set to a value its check refuses)."""
 
     @property
     def shown(self) -> str | None:
@@ -463,17 +469,16 @@ class ConfigReport:
         return rows
 
 
-def config_report(
-    environ: Mapping[str, str], *, from_file: Mapping[str, str] | None = None, file_problems: Iterable[Problem] = ()
-) -> ConfigReport:
+def config_report(environ: Mapping[str, str] | Environment) -> ConfigReport:
     """The settings read from ``environ`` as the ``config`` command shows them: values, sources, problems, advice.
 
-    A variable in ``from_file`` (name -> file) shows that file as its source; ``file_problems`` (a
-    ``.env`` file's bad lines) come first among the problems.
+    Given an :class:`Environment`, a value that came from a ``.env`` file shows that file as its
+    source, and the files' bad lines come first among the problems.
     """
-    files = from_file or {}
+    env = environ if isinstance(environ, Environment) else Environment(dict(environ))
+    environ, files = env.values, env.from_file
     settings, problems = check_settings(environ)
-    problems = [*file_problems, *problems]
+    problems = [*env.problems, *problems]
     bad = {p.variable for p in problems}
     extra = sorted(
         name for name, text in environ.items() if name not in BY_NAME and _service_setting(name) and text.strip()

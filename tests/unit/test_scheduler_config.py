@@ -342,9 +342,11 @@ def test_an_env_file_fills_what_the_environment_lacks(tmp_path: Path) -> None:
     env_file.write_text(
         "# comment\n\nACTP_LOG_FORMAT=json\nexport ACTP_WORKER_ID='laptop 1'\nTELEGRAM_ALERT_CHAT_IDS=\"42\"\n"
     )
-    environ = {"ACTP_LOG_FORMAT": "human"}
-    assert cfg.apply_env_file(env_file, environ) == ["ACTP_WORKER_ID", "TELEGRAM_ALERT_CHAT_IDS"]
-    assert environ == {"ACTP_LOG_FORMAT": "human", "ACTP_WORKER_ID": "laptop 1", "TELEGRAM_ALERT_CHAT_IDS": "42"}
+    assert cfg.read_env_file(env_file) == {
+        "ACTP_LOG_FORMAT": "json",
+        "ACTP_WORKER_ID": "laptop 1",
+        "TELEGRAM_ALERT_CHAT_IDS": "42",
+    }  # the environment winning over the file: test_scheduler_settings
     assert cfg.read_env_file(tmp_path / "missing.env") == {}
     env_file.write_text("ACTP_LOG_FORMAT json\n")
     with pytest.raises(ConfigError, match="line 1"):

@@ -309,7 +309,9 @@ class _Pass:
         elif full:
             last_full_scan, last_full_scan_real, postponed = now, time.monotonic(), False
         maybe_pending, maybe_failed = i.asks.pending, i.asks.retry
-        if i.orphans and (report is not None or (i.may_sweep and not self._quiet(now))):
+        # Runs whose lease lapsed are taken over after the start, and not right after an outage.
+        takes_over = report is None and i.may_sweep and not self._quiet(now)
+        if i.orphans and (report is not None or takes_over):
             # Found earlier (the start, the reconcile task): those still as found are failed over here.
             orphaned = w.reconciler.fire_found(i.orphans, now, startup=report is not None)
             self.failed_now.update((r.run_id, r) for r in orphaned)
@@ -323,7 +325,7 @@ class _Pass:
             # A finished run frees its schedule: runs waiting behind it (forbid, enqueue_one) may start.
             maybe_pending |= any(e.run.schedule_id in st.waiting for e in i.finished)
             maybe_failed |= any(e.trigger == "fail" for e in i.finished)
-        if full and report is None and i.may_sweep and not self._quiet(now):
+        if full and takes_over:
             # A worker that died mid-run stops renewing its leases: its runs are taken over here.
             # Ours are excluded: those in flight, and those just recorded above.
             mine = i.mine | {e.run.run_id for e in i.finished}

@@ -258,3 +258,21 @@ def test_a_name_never_crosses_another_schedules_id(store: ScheduleStore, make_sc
     assert store.get(critical.id) == store.get("critical") and store.get("other") == other
     report = ProposalService(store, registry()).validate(proposal(name=critical.id))
     assert any(f.rule == "name_free" and "has the id" in f.message for f in report.findings)
+
+
+def test_a_batch_of_schedules_never_crosses_an_id_stored_or_in_the_batch(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    critical = store.add(make_schedule("critical"))
+    crossing = [
+        [make_schedule("fine"), make_schedule(critical.id)],  # a name that is a stored id
+        [make_schedule("fine"), make_schedule("other", id="critical")],  # an id that is a stored name
+        [make_schedule("fine", id="one"), make_schedule("one")],  # one's name is the other's id
+    ]
+    for batch in crossing:
+        with pytest.raises(DuplicateSchedule):
+            store.add_many(batch)
+        assert store.list() == [critical]  # nothing of the batch was written
+    # Adding a stored schedule again is skipped, not refused; its id crosses nothing.
+    added = store.add_many([critical, make_schedule("fine", id="fine")])
+    assert [d.name for d in added] == ["fine"] and {d.name for d in store.list()} == {"critical", "fine"}

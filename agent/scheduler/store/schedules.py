@@ -96,15 +96,15 @@ class ScheduleRows(StoreCore):
         now = self.clock.now()
         staged = [d.with_changes(created_at=d.created_at or now, updated_at=now) for d in definitions]
 
+        def build() -> Any:
+            stmt = self._insert(schema.schedules)
+            return stmt.on_conflict_do_nothing() if skip_existing else stmt
+
+        insert = self._prepared(("add_schedule", skip_existing), build)
+
         def work(conn: Connection) -> list[ScheduleDefinition]:
-            added = []
-            for d in staged:
-                stmt = self._insert(schema.schedules).values(**schedule_row(d))
-                if skip_existing:
-                    stmt = stmt.on_conflict_do_nothing()
-                if conn.execute(stmt).rowcount == 1:
-                    added.append(d)
-            return added
+            self._refuse_crossed_many(conn, staged)
+            return [d for d in staged if conn.execute(insert, schedule_row(d)).rowcount == 1]
 
         try:
             return self._tx(work)
@@ -127,6 +127,32 @@ class ScheduleRows(StoreCore):
         crossed = select(s.c.id).where(or_(s.c.id == d.name, s.c.name == d.id), s.c.id != d.id).limit(1)
         if conn.execute(crossed).first() is not None:
             raise DuplicateSchedule(d.name)
+
+    def _refuse_crossed_many(self, conn: Connection, staged: builtins.list[ScheduleDefinition]) -> None:
+        """``_refuse_crossed`` for a batch: against the stored schedules and each other, a few queries."""
+        ids = {d.id: d for d in staged}
+        for d in staged:
+            other = ids.get(d.name)
+            if other is not None and other is not d:
+                raise DuplicateSchedule(d.name)
+        s = schema.schedules
+
+        def build() -> Any:
+            names: Any = bindparam("names", expanding=True)
+            keys: Any = bindparam("ids", expanding=True)
+            return select(s.c.id, s.c.name).where(or_(s.c.id.in_(names), s.c.name.in_(keys)))
+
+        crossed = self._prepared("crossed_schedules", build)
+        names = {d.name: d for d in staged}
+        for at in range(0, len(staged), CLAIM_CHUNK):
+            chunk = staged[at : at + CLAIM_CHUNK]
+            params = {"names": [d.name for d in chunk], "ids": [d.id for d in chunk]}
+            for row in conn.execute(crossed, params):
+                by_name, by_id = names.get(row.id), ids.get(row.name)
+                if by_name is not None and by_name.id != row.id:
+                    raise DuplicateSchedule(by_name.name)
+                if by_id is not None and by_id.id != row.id:
+                    raise DuplicateSchedule(by_id.name)
 
     def get(self, name_or_id: str) -> ScheduleDefinition:
         """The schedule with this name (or id); ScheduleNotFound when there is none."""

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.engine import PREPARE_AHEAD, ScheduleEngine
+from agent.scheduler.engine import BATCH_AHEAD, PREPARE_AHEAD, ScheduleEngine
 from agent.scheduler.policies.missed_run import PlannedRun, describe_span, plan_due
-from agent.scheduler.store import Materialization
+from agent.scheduler.store import BATCH_MIN, Materialization
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from tests.conftest import BATCH_THRESHOLDS, T0, run_async
 
@@ -303,3 +303,76 @@ async def test_catch_up_once_runs_only_the_latest_overdue_occurrence_in_grace_or
     assert left.status is RunStatus.SKIPPED and left.reason is not None and "stands for it" in left.reason
     assert not [r for r in runs.values() if r.reason and "overlap" in r.reason]
     await second.stop()
+
+
+@run_async
+async def test_a_delay_is_disabled_as_its_run_is_prepared_and_the_run_starts_on_its_time(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    at = T0 + 5 * SEC
+    store.add(make_schedule("beat", expression="1s", target="record"))  # ticks every second
+    for name in ("once", "held"):
+        store.add(make_schedule(name, trigger_type="delay", expression=at.isoformat(), target="record"))
+    calls: list[RunContext] = []
+    first = engine(store, clock, calls)
+    await first.start()
+    await first.run_until(at - SEC)  # the tick at +4 s prepares the delays due at +5 s
+    for name in ("once", "held"):
+        fired = store.get(name)
+        assert (fired.enabled, fired.disabled_reason) == (False, f"delay fired at {at.isoformat()}")
+        [run] = store.runs(schedule=name)
+        assert (run.status, run.prepared, run.created_at) == (RunStatus.PENDING, True, at - SEC)
+    store.disable("held", "not today")  # after its run was prepared: takes it back
+    await first.run_until(at)
+    await first.wait_idle()
+    [once] = store.runs(schedule="once")
+    assert (once.status, once.started_at) == (RunStatus.SUCCEEDED, at)
+    assert by_time(store, "held") == {5 * SEC: (RunStatus.SKIPPED, "schedule disabled before this run's time")}
+    assert [c.schedule.name for c in calls if c.intended_run_at == at and c.schedule.name != "beat"] == ["once"]
+    await first.stop()
+
+
+@run_async
+async def test_a_delay_prepared_by_a_worker_that_stopped_starts_on_its_time_in_the_next(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    at = T0 + 2 * SEC
+    store.add(make_schedule("beat", expression="1s", target="record"))
+    store.add(make_schedule("once", trigger_type="delay", expression=at.isoformat(), target="record"))
+    first = engine(store, clock, [])
+    await first.start()
+    await first.run_until(T0 + SEC)  # prepared the delay at +1 s, disabled as it fired
+    await first.stop()
+    assert not store.get("once").enabled
+    clock.advance(0.5)
+    calls: list[RunContext] = []
+    second = engine(store, clock, calls)
+    await second.start()  # reads the run and its disabled schedule: nobody wrote it since
+    await second.run_until(at)
+    await second.wait_idle()
+    assert by_time(store, "once") == {2 * SEC: (RunStatus.SUCCEEDED, None)}
+    assert at in [c.intended_run_at for c in calls if c.schedule.name == "once"]
+    await second.stop()
+
+
+@run_async
+async def test_a_batch_due_together_is_prepared_further_ahead_and_a_smaller_group_is_not(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    minute = timedelta(minutes=1)
+    store.add_many(make_schedule(f"lot{i}", expression="1m", target="record") for i in range(BATCH_MIN))
+    store.add_many(
+        make_schedule(f"few{i}", expression="1m", target="record", anchor_at=T0 + 30 * SEC)
+        for i in range(BATCH_MIN - 1)
+    )
+    e = engine(store, clock, [])
+    await e.start()
+    await e.run_until(T0 + 2 * minute)
+    await e.wait_idle()
+    runs = [r for r in store.runs() if r.status is RunStatus.SUCCEEDED]
+    lot = {(r.intended_run_at, r.created_at) for r in runs if r.schedule_name.startswith("lot")}
+    few = {(r.intended_run_at, r.created_at) for r in runs if r.schedule_name.startswith("few")}
+    assert lot == {(T0 + minute, T0 + minute - BATCH_AHEAD), (T0 + 2 * minute, T0 + 2 * minute - BATCH_AHEAD)}
+    assert few == {(T0 + 90 * SEC, T0 + 90 * SEC)}  # the first occurrence after the anchor, made at its time
+    assert all(r.started_at == r.intended_run_at for r in runs)
+    await e.stop()

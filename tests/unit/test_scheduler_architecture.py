@@ -245,6 +245,7 @@ def test_the_engine_lives_only_in_its_package() -> None:
     assert sorted(engine.__all__) == sorted(
         [
             "ALERT_SWEEP",
+            "BATCH_AHEAD",
             "CHECKPOINT_WAIT_SECONDS",
             "CUT_GRACE_SECONDS",
             "DELIVERY_ON_STOP_SECONDS",

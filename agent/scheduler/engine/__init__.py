@@ -11,10 +11,11 @@ from .loop import (
     default_worker_id,
 )
 from .reconciliation import HEARTBEAT_SECONDS
-from .tick import PREPARE_AHEAD
+from .tick import BATCH_AHEAD, PREPARE_AHEAD
 
 __all__ = [
     "ALERT_SWEEP",
+    "BATCH_AHEAD",
     "CHECKPOINT_WAIT_SECONDS",
     "CUT_GRACE_SECONDS",
     "DELIVERY_ON_STOP_SECONDS",

@@ -33,7 +33,7 @@ from ..reconciliation import ReconciliationReport
 from ..records import InboxEvent
 from ..scheduled_run import ScheduledRun
 from ..settings import Settings, load_settings
-from ..store import BATCH_MIN, EngineStore
+from ..store import EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .breakers import Breakers
 from .due import blocked
@@ -42,7 +42,7 @@ from .feed import ChangeFeed, open_feed
 from .outcomes import log as outcome_log
 from .outcomes import tell
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler
-from .tick import EVERYTHING, PREPARE_AHEAD, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork
+from .tick import EVERYTHING, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -303,8 +303,8 @@ class ScheduleEngine:
         ex.disarm(p.run.run_id for p in prepared)  # due now but not started: skipped, or another's
         for schedule_id in result.replace:
             ex.request_stop(schedule_id, now)
-        soon = self._state.schedule_due
-        if not self._draining and soon is not None and soon <= self.clock.now() + PREPARE_AHEAD:
+        soon = self._state.prepare_at
+        if not self._draining and soon is not None and soon <= self.clock.now():
             ahead = await self._db(self._work.prepare, self.clock.now(), self._changes)
             self._state = ahead.state
             ex.adopt_prepared(ahead.prepared)
@@ -603,9 +603,8 @@ class ScheduleEngine:
             candidates.append(max(st.lease_due, self._quiet_until or st.lease_due))
         if (prepared := self._execution.earliest_prepared()) is not None:
             candidates.append(prepared)
-        due = st.schedule_due
-        if due is not None and st.schedule_batch >= BATCH_MIN and due - PREPARE_AHEAD > now:
-            candidates.append(due - PREPARE_AHEAD)  # a batch: wake to prepare it before its time
+        if st.batch_due is not None and st.prepare_at is not None and st.prepare_at > now:
+            candidates.append(st.prepare_at)  # a batch: wake to prepare it before its time
         candidates += self._execution.next_instants(now)
         return max(min(candidates), now) if candidates else None
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from ..alerts import dead_letter_text
 from ..definition import ScheduleDefinition
-from ..enums import RiskTier, RunStatus, TriggerType
+from ..enums import RiskTier, RunStatus
 from ..errors import GuardRejected, SchedulerError
 from ..policies.concurrency import Action, decide_starts
-from ..policies.missed_run import DuePlan, PlannedRun, is_prepared
+from ..policies.missed_run import DuePlan, PlannedRun, fired_reason, is_prepared
 from ..policies.retry import ORPHANED, attempts_allowed, retry_at
 from ..policies.shutdown import Stopping
 from ..reconciliation import ReconciliationReport
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: Right after a tick's runs are dispatched, occurrences due within this long are prepared (stored
 #: as pending runs), so that at their time only a claim stands between them and their start.
 PREPARE_AHEAD = timedelta(seconds=1)
+#: A batch (BATCH_MIN or more schedules due at one instant) is prepared this long ahead instead:
+#: the loop wakes for it, since preparing ten thousand runs and arming their tasks takes about a second.
+BATCH_AHEAD = timedelta(seconds=2)
 #: With a live change feed, a full scan still runs at least this often (real seconds; or every
 #: ``tick_seconds`` if that is longer). The feed reports every write made through a ScheduleStore;
 #: the safety net is for what it cannot see: a write made around the store, a PostgreSQL
@@ -136,6 +139,18 @@ class TickState:
     last_heartbeat: datetime | None = None
     waiting: frozenset[str] = frozenset()
     """Schedules whose due runs wait behind a running one (forbid, enqueue_one, replace)."""
+
+    @property
+    def batch_due(self) -> datetime | None:
+        """``schedule_due`` when a batch shares it, else None."""
+        return self.schedule_due if self.schedule_batch >= BATCH_MIN else None
+
+    @property
+    def prepare_at(self) -> datetime | None:
+        """From when the next due schedules are to be prepared: PREPARE_AHEAD before, a batch BATCH_AHEAD."""
+        if self.schedule_due is None:
+            return None
+        return self.schedule_due - (PREPARE_AHEAD if self.batch_due is None else BATCH_AHEAD)
 
     @property
     def next_due(self) -> datetime | None:
@@ -250,15 +265,22 @@ class TickWork:
         return _Pass(self, inputs, state).run()
 
     def _prepare(self, now: datetime, changes: int, state: TickState) -> PrepareResult:
-        """Only each schedule's next occurrence, and only one on the clock (not a one-shot delay):
-        one that is already due is left to the next tick, where the missed-run policy sees it."""
+        """Each schedule's next occurrence due within PREPARE_AHEAD, and those of a batch (``lot``)
+        due within BATCH_AHEAD; only the next, and only one not yet due: one that is already due is
+        left to the next tick, where the missed-run policy sees it. A delay is disabled as it fires,
+        here as in the tick; its prepared run still starts (``prepared_blocked``)."""
+        window = now + PREPARE_AHEAD
+        lot = state.batch_due
+        if lot is not None and lot > now + BATCH_AHEAD:
+            lot = None
         batch: list[Materialization] = []
-        for schedule in self.store.due_schedules(now + PREPARE_AHEAD):
+        for schedule in self.store.due_schedules(window if lot is None else max(window, lot)):
             first = schedule.next_run_at
-            if first is None or first <= now or schedule.trigger_type is TriggerType.DELAY:
+            if first is None or first <= now or (first > window and first != lot):
                 continue
             upcoming = schedule.trigger().next_after(first)
-            batch.append(Materialization(schedule, [PlannedRun(first)], upcoming, prepared=True))
+            fired = fired_reason(schedule, first)
+            batch.append(Materialization(schedule, [PlannedRun(first)], upcoming, disable_reason=fired, prepared=True))
         if not batch:
             return PrepareResult(state=state)
         prepared: list[Prepared] = []
@@ -269,6 +291,8 @@ class TickWork:
             snapshot = m.schedule.with_state(
                 next_run_at=m.next_run_at, last_run_at=m.schedule.next_run_at, updated_at=now
             )
+            if m.disable_reason is not None:
+                snapshot = snapshot.with_state(enabled=False, disabled_reason=m.disable_reason)
             prepared += [Prepared(run, snapshot, changes) for run in created]
         due, count = self.store.next_due(count_up_to=BATCH_MIN)
         return PrepareResult(state=replace(state, schedule_due=due, schedule_batch=count), prepared=tuple(prepared))
@@ -464,9 +488,7 @@ class _Pass:
         for schedule in store.due_schedules(now):
             self.fresh[schedule.id] = schedule
             plan, anchor = plan_schedule(schedule, now)
-            disable = None
-            if schedule.trigger_type is TriggerType.DELAY and plan.runs:
-                disable = f"delay fired at {plan.runs[-1].intended_at.isoformat()}"
+            disable = fired_reason(schedule, plan.runs[-1].intended_at) if plan.runs else None
             plans.append((schedule, plan))
             batch.append(Materialization(schedule, plan.runs, plan.next_run_at, anchor, disable))
         if not batch:

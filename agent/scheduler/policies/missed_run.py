@@ -21,11 +21,11 @@ were due but are later than ``grace`` by the time anyone looks. The policy acts 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from ..enums import MissedRunPolicy
+from ..enums import MissedRunPolicy, TriggerType
 from .decision import Decision
 
 if TYPE_CHECKING:
@@ -287,14 +287,26 @@ def is_prepared(run: ScheduledRun) -> bool:
     return run.prepared
 
 
+def fired_reason(schedule: ScheduleDefinition, at: datetime) -> str | None:
+    """Why materializing the occurrence at ``at`` disables ``schedule``: a delay fires once."""
+    if schedule.trigger_type is not TriggerType.DELAY:
+        return None
+    return f"delay fired at {at.astimezone(UTC).isoformat()}"
+
+
 def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
     """Why a run prepared ahead of its time must not start at ``now`` whatever its lateness, or None.
 
-    Disabling or changing a schedule after its next run was prepared takes that run back. How
-    late it is, is for the ``due`` guards (``due_fate``).
+    Disabling or changing a schedule after its next run was prepared takes that run back. A delay
+    disabled by the very firing that prepared this run is not disabled before its time: that is
+    how a delay fires (anyone else's disable replaces the reason). How late it is, is for the
+    ``due`` guards (``due_fate``).
     ``current``: ``schedule`` is known unchanged since the run was prepared.
     """
-    if not schedule.enabled:
+    fired = schedule.disabled_reason is not None and schedule.disabled_reason == fired_reason(
+        schedule, run.intended_run_at
+    )
+    if not schedule.enabled and not fired:
         return "schedule disabled before this run's time"
     # The schedule may have been edited since: is the run's time still one of its occurrences?
     if not current and schedule.trigger().next_after(run.intended_run_at - _TICK) != run.intended_run_at:

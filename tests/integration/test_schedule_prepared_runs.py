@@ -376,3 +376,30 @@ async def test_a_batch_due_together_is_prepared_further_ahead_and_a_smaller_grou
     assert few == {(T0 + 90 * SEC, T0 + 90 * SEC)}  # the first occurrence after the anchor, made at its time
     assert all(r.started_at == r.intended_run_at for r in runs)
     await e.stop()
+
+
+@run_async
+async def test_a_batch_due_every_second_has_one_occurrence_prepared_at_a_time_across_workers(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, db_path: Path, batch_min: int
+) -> None:
+    names = sorted(f"s{i:02d}" for i in range(BATCH_MIN))
+    store.add_many(make_schedule(name, expression="1s", target="record") for name in names)
+    first = engine(store, clock, [])
+    await first.start()
+    for k in range(1, 4):
+        await first.run_until(T0 + k * SEC)
+        await first.wait_idle()
+        pending = [r for r in store.runs() if r.status is RunStatus.PENDING]
+        assert sorted(r.schedule_name for r in pending) == names  # one each, not two seconds' worth
+        assert {r.intended_run_at for r in pending} == {T0 + (k + 1) * SEC}
+    # A second worker, with nothing prepared of its own, leaves alone the schedules whose next
+    # occurrence the first prepared.
+    other_store = ScheduleStore(f"sqlite:///{db_path}", clock=clock, batch_min=batch_min)
+    other = ScheduleEngine(other_store, engine(other_store, clock, []).tasks, clock=clock, worker_id="w2")
+    await other.start()
+    await other.wait_idle()
+    pending = [r for r in store.runs() if r.status is RunStatus.PENDING]
+    assert sorted(r.schedule_name for r in pending) == names
+    await other.stop()
+    await first.stop()
+    other_store.close()

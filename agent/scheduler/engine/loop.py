@@ -303,9 +303,9 @@ class ScheduleEngine:
         ex.disarm(p.run.run_id for p in prepared)  # due now but not started: skipped, or another's
         for schedule_id in result.replace:
             ex.request_stop(schedule_id, now)
-        soon = self._state.prepare_at
+        soon, lot = self._state.ahead(ex.earliest_prepared())
         if not self._draining and soon is not None and soon <= self.clock.now():
-            ahead = await self._db(self._work.prepare, self.clock.now(), self._changes)
+            ahead = await self._db(self._work.prepare, self.clock.now(), self._changes, lot)
             self._state = ahead.state
             ex.adopt_prepared(ahead.prepared)
             ex.arm()
@@ -603,8 +603,9 @@ class ScheduleEngine:
             candidates.append(max(st.lease_due, self._quiet_until or st.lease_due))
         if (prepared := self._execution.earliest_prepared()) is not None:
             candidates.append(prepared)
-        if st.batch_due is not None and st.prepare_at is not None and st.prepare_at > now:
-            candidates.append(st.prepare_at)  # a batch: wake to prepare it before its time
+        soon, lot = st.ahead(prepared)
+        if lot is not None and soon is not None and soon > now:
+            candidates.append(soon)  # a batch: wake to prepare it before its time
         candidates += self._execution.next_instants(now)
         return max(min(candidates), now) if candidates else None
 

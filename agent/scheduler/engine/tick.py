@@ -140,17 +140,20 @@ class TickState:
     waiting: frozenset[str] = frozenset()
     """Schedules whose due runs wait behind a running one (forbid, enqueue_one, replace)."""
 
-    @property
-    def batch_due(self) -> datetime | None:
-        """``schedule_due`` when a batch shares it, else None."""
-        return self.schedule_due if self.schedule_batch >= BATCH_MIN else None
+    def ahead(self, earliest_prepared: datetime | None) -> tuple[datetime | None, datetime | None]:
+        """When to prepare the next due schedules, and the instant of a batch to prepare then too.
 
-    @property
-    def prepare_at(self) -> datetime | None:
-        """From when the next due schedules are to be prepared: PREPARE_AHEAD before, a batch BATCH_AHEAD."""
-        if self.schedule_due is None:
-            return None
-        return self.schedule_due - (PREPARE_AHEAD if self.batch_due is None else BATCH_AHEAD)
+        Next occurrences are prepared PREPARE_AHEAD ahead, right after a tick. A batch (BATCH_MIN
+        or more schedules due at one instant) is prepared BATCH_AHEAD ahead, the loop waking for
+        it, unless runs this engine prepared are due before it: their schedules may be the
+        batch's, and a schedule has one occurrence prepared at a time.
+        """
+        due = self.schedule_due
+        if due is None:
+            return None, None
+        if self.schedule_batch >= BATCH_MIN and (earliest_prepared is None or earliest_prepared >= due):
+            return due - BATCH_AHEAD, due
+        return due - PREPARE_AHEAD, None
 
     @property
     def next_due(self) -> datetime | None:
@@ -253,9 +256,10 @@ class TickWork:
         self._state = result.state
         return result
 
-    def prepare(self, now: datetime, changes: int) -> PrepareResult:
-        """Store the occurrences due within PREPARE_AHEAD as pending runs, in one transaction."""
-        result = self.store.atomic_kept(self._prepare, now, changes, self._state)
+    def prepare(self, now: datetime, changes: int, lot: datetime | None = None) -> PrepareResult:
+        """Store the occurrences due within PREPARE_AHEAD, and those of a batch due at ``lot``, as
+        pending runs, in one transaction."""
+        result = self.store.atomic_kept(self._prepare, now, changes, lot, self._state)
         self._state = result.state
         return result
 
@@ -264,19 +268,17 @@ class TickWork:
             inputs.report.restore()  # the whole transaction may run again: count from the start
         return _Pass(self, inputs, state).run()
 
-    def _prepare(self, now: datetime, changes: int, state: TickState) -> PrepareResult:
-        """Each schedule's next occurrence due within PREPARE_AHEAD, and those of a batch (``lot``)
-        due within BATCH_AHEAD; only the next, and only one not yet due: one that is already due is
-        left to the next tick, where the missed-run policy sees it. A delay is disabled as it fires,
-        here as in the tick; its prepared run still starts (``prepared_blocked``)."""
+    def _prepare(self, now: datetime, changes: int, lot: datetime | None, state: TickState) -> PrepareResult:
+        """Each schedule's next occurrence due within PREPARE_AHEAD or at ``lot``: only the next,
+        only one not yet due (one that is already due is left to the next tick, where the
+        missed-run policy sees it), and none of a schedule with an occurrence stored ahead already
+        (another worker's prepared run). A delay is disabled as it fires, here as in the tick; its
+        prepared run still starts (``prepared_blocked``)."""
         window = now + PREPARE_AHEAD
-        lot = state.batch_due
-        if lot is not None and lot > now + BATCH_AHEAD:
-            lot = None
         batch: list[Materialization] = []
         for schedule in self.store.due_schedules(window if lot is None else max(window, lot)):
-            first = schedule.next_run_at
-            if first is None or first <= now or (first > window and first != lot):
+            first, last = schedule.next_run_at, schedule.last_run_at
+            if first is None or first <= now or (first > window and first != lot) or (last and last > now):
                 continue
             upcoming = schedule.trigger().next_after(first)
             fired = fired_reason(schedule, first)

@@ -205,6 +205,20 @@ def test_a_name_taken_by_an_operator_s_own_schedule_is_reported_not_overwritten(
     assert legacy_store.get("crm_sync").source is ScheduleSource.USER
 
 
+def test_a_schedule_named_as_an_entry_s_id_is_reported_and_the_other_entries_migrate(
+    legacy_store: ScheduleStore,
+) -> None:
+    # An operator's schedule named "legacy_crm_sync" would answer to the entry's id: not added,
+    # reported, and the worker still starts with the other 32 (on every start).
+    mine = legacy_store.add(
+        ScheduleDefinition(name="legacy_crm_sync", trigger_type="interval", expression="1h", target="mine")
+    )
+    for _ in range(2):
+        result = migrate(legacy_store, CRON_JOBS, timezone=NEW_YORK)
+        assert result.conflicts == ("crm_sync",) and len(result.added) + len(result.present) == 32
+    assert legacy_store.get("legacy_crm_sync") == mine and "crm_sync" not in {s.name for s in legacy_store.list()}
+
+
 def test_a_bad_entry_fails_the_migration_naming_it_and_nothing_is_migrated(legacy_store: ScheduleStore) -> None:
     bad = CronJob(name="broken_report", kind=JobKind.DAILY, cron="0 25 * * *", task=CALL_SERVICE, description="x")
     with pytest.raises(LegacyCronError) as caught:

@@ -267,12 +267,21 @@ def test_a_batch_of_schedules_never_crosses_an_id_stored_or_in_the_batch(
     crossing = [
         [make_schedule("fine"), make_schedule(critical.id)],  # a name that is a stored id
         [make_schedule("fine"), make_schedule("other", id="critical")],  # an id that is a stored name
-        [make_schedule("fine", id="one"), make_schedule("one")],  # one's name is the other's id
+        [make_schedule("fine", id="one"), make_schedule("one")],  # the second's name is the first's id
+        [make_schedule("fine"), make_schedule("two", id="fine")],  # the second's id is the first's name
     ]
     for batch in crossing:
         with pytest.raises(DuplicateSchedule):
-            store.add_many(batch)
+            store.add_many(batch, skip_existing=False)
         assert store.list() == [critical]  # nothing of the batch was written
-    # Adding a stored schedule again is skipped, not refused; its id crosses nothing.
-    added = store.add_many([critical, make_schedule("fine", id="fine")])
-    assert [d.name for d in added] == ["fine"] and {d.name for d in store.list()} == {"critical", "fine"}
+        # Skipping what exists skips the crossing one too, and adds the rest.
+        added = store.add_many(batch)
+        assert [d.name for d in added] == ["fine"] and {d.name for d in store.list()} == {"critical", "fine"}
+        store.remove("fine")
+    # Adding stored schedules again is skipped, not refused, also when a name is its own id, or
+    # the same definition comes twice.
+    same = make_schedule("same", id="same")
+    assert [d.name for d in store.add_many([critical, same, same])] == ["same"]
+    assert [d.name for d in store.add_many([critical, same], skip_existing=True)] == []
+    assert store.add_many([make_schedule("same", id="elsewhere")]) == []  # name taken: skipped
+    assert {d.name for d in store.list()} == {"critical", "same"}

@@ -223,7 +223,8 @@ class MigrationResult:
     retired: tuple[str, ...] = ()
     """Entries migrated earlier and since removed by an operator: not added again."""
     conflicts: tuple[str, ...] = ()
-    """Entries whose name is taken by a schedule that is not theirs: not added."""
+    """Entries whose name is taken by a schedule that is not theirs, or whose name or id another
+    schedule's id or name would answer to: not added."""
     version: int = MIGRATION_VERSION
 
     def summary(self) -> str:
@@ -232,7 +233,7 @@ class MigrationResult:
         if self.retired:
             text += f", removed by an operator and not re-added {len(self.retired)} ({', '.join(self.retired)})"
         if self.conflicts:
-            text += f", name taken by another schedule {len(self.conflicts)} ({', '.join(self.conflicts)})"
+            text += f", name or id taken by another schedule {len(self.conflicts)} ({', '.join(self.conflicts)})"
         return text
 
 
@@ -391,7 +392,6 @@ def _migrate_in_transaction(store: ScheduleStore, definitions: list[ScheduleDefi
     migrated = set(json.loads(store.meta_get(META_MIGRATED) or "[]"))
     existing = store.list()
     ids = {s.id for s in existing}
-    names = {s.name for s in existing}
     retired = [d.name for d in definitions if d.name in migrated and d.id not in ids]
     wanted = [d for d in definitions if d.name not in retired]
     added = {d.name for d in store.add_many(wanted, skip_existing=True)}
@@ -399,10 +399,10 @@ def _migrate_in_transaction(store: ScheduleStore, definitions: list[ScheduleDefi
     # waited for its lock (they then did nothing); what it stored counts as present, not lost.
     existing = store.list()
     ids |= {s.id for s in existing}
-    names |= {s.name for s in existing}
     migrated |= set(json.loads(store.meta_get(META_MIGRATED) or "[]"))
     present = [d.name for d in wanted if d.name not in added and d.id in ids]
-    conflicts = [d.name for d in wanted if d.name not in added and d.id not in ids and d.name in names]
+    # Not added and not present: its name is taken, or it would cross another schedule's id or name.
+    conflicts = [d.name for d in wanted if d.name not in added and d.id not in ids]
     store.meta_set(META_MIGRATED, json.dumps(sorted(migrated | added | set(present))))
     stored_version = int(store.meta_get(META_VERSION) or 0)
     store.meta_set(META_VERSION, str(max(stored_version, MIGRATION_VERSION)))

@@ -89,7 +89,9 @@ class ScheduleRows(StoreCore):
     def add_many(
         self, definitions: Iterable[ScheduleDefinition], *, skip_existing: bool = True
     ) -> list[ScheduleDefinition]:
-        """Store several schedules in one transaction; with ``skip_existing`` a taken name or id is left as is.
+        """Store several schedules in one transaction; with ``skip_existing`` a taken name or id is
+        left as is, and so is a definition whose name is another schedule's id or whose id is
+        another's name (stored, or earlier in the batch); without it either raises DuplicateSchedule.
 
         Returns the schedules that were added. Nothing is written if any write fails.
         """
@@ -103,8 +105,12 @@ class ScheduleRows(StoreCore):
         insert = self._prepared(("add_schedule", skip_existing), build)
 
         def work(conn: Connection) -> list[ScheduleDefinition]:
-            self._refuse_crossed_many(conn, staged)
-            return [d for d in staged if conn.execute(insert, schedule_row(d)).rowcount == 1]
+            crossing = self._crossing(conn, staged)
+            if crossing and not skip_existing:
+                raise DuplicateSchedule(next(d.name for d in staged if d.id in crossing))
+            return [
+                d for d in staged if d.id not in crossing and conn.execute(insert, schedule_row(d)).rowcount == 1
+            ]
 
         try:
             return self._tx(work)
@@ -128,13 +134,17 @@ class ScheduleRows(StoreCore):
         if conn.execute(crossed).first() is not None:
             raise DuplicateSchedule(d.name)
 
-    def _refuse_crossed_many(self, conn: Connection, staged: builtins.list[ScheduleDefinition]) -> None:
-        """``_refuse_crossed`` for a batch: against the stored schedules and each other, a few queries."""
-        ids = {d.id: d for d in staged}
+    def _crossing(self, conn: Connection, staged: builtins.list[ScheduleDefinition]) -> set[str]:
+        """The ids of ``staged`` definitions that would cross another schedule (``_refuse_crossed``):
+        a stored one, or one earlier in the batch; a few queries for the whole batch."""
+        crossing: set[str] = set()
+        earlier_names: dict[str, str] = {}  # name -> id, of the batch so far
+        earlier_ids: dict[str, str] = {}  # id -> name
         for d in staged:
-            other = ids.get(d.name)
-            if other is not None and other is not d:
-                raise DuplicateSchedule(d.name)
+            if earlier_ids.get(d.name, d.id) != d.id or earlier_names.get(d.id, d.id) != d.id:
+                crossing.add(d.id)
+            earlier_names.setdefault(d.name, d.id)
+            earlier_ids.setdefault(d.id, d.name)
         s = schema.schedules
 
         def build() -> Any:
@@ -142,17 +152,18 @@ class ScheduleRows(StoreCore):
             keys: Any = bindparam("ids", expanding=True)
             return select(s.c.id, s.c.name).where(or_(s.c.id.in_(names), s.c.name.in_(keys)))
 
-        crossed = self._prepared("crossed_schedules", build)
-        names = {d.name: d for d in staged}
+        stored = self._prepared("crossed_schedules", build)
+        by_name: dict[str, builtins.list[str]] = {}
+        for d in staged:
+            by_name.setdefault(d.name, []).append(d.id)
         for at in range(0, len(staged), CLAIM_CHUNK):
             chunk = staged[at : at + CLAIM_CHUNK]
             params = {"names": [d.name for d in chunk], "ids": [d.id for d in chunk]}
-            for row in conn.execute(crossed, params):
-                by_name, by_id = names.get(row.id), ids.get(row.name)
-                if by_name is not None and by_name.id != row.id:
-                    raise DuplicateSchedule(by_name.name)
-                if by_id is not None and by_id.id != row.id:
-                    raise DuplicateSchedule(by_id.name)
+            for row in conn.execute(stored, params):
+                crossing |= {i for i in by_name.get(row.id, ()) if i != row.id}  # those named as its id
+                if row.name in earlier_ids and row.id != row.name:
+                    crossing.add(row.name)  # the definition whose id is its name
+        return crossing
 
     def get(self, name_or_id: str) -> ScheduleDefinition:
         """The schedule with this name (or id); ScheduleNotFound when there is none."""

@@ -108,9 +108,7 @@ class ScheduleRows(StoreCore):
             crossing = self._crossing(conn, staged)
             if crossing and not skip_existing:
                 raise DuplicateSchedule(next(d.name for d in staged if d.id in crossing))
-            return [
-                d for d in staged if d.id not in crossing and conn.execute(insert, schedule_row(d)).rowcount == 1
-            ]
+            return [d for d in staged if d.id not in crossing and conn.execute(insert, schedule_row(d)).rowcount == 1]
 
         try:
             return self._tx(work)

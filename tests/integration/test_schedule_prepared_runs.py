@@ -333,6 +333,30 @@ async def test_a_delay_is_disabled_as_its_run_is_prepared_and_the_run_starts_on_
 
 
 @run_async
+async def test_a_delay_re_timed_after_its_run_was_prepared_fires_at_its_new_time(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    at, later = T0 + 5 * SEC, T0 + 15 * SEC
+    store.add(make_schedule("beat", expression="1s", target="record"))
+    store.add(make_schedule("moved", trigger_type="delay", expression=at.isoformat(), target="record"))
+    calls: list[RunContext] = []
+    e = engine(store, clock, calls)
+    await e.start()
+    await e.run_until(at - SEC)  # prepared, and the delay disabled as it fired
+    store.update("moved", expression=later.isoformat())  # postponed before it ran
+    await e.run_until(later)
+    await e.wait_idle()
+    assert by_time(store, "moved") == {
+        5 * SEC: (RunStatus.SKIPPED, "schedule changed before this run's time: no longer one of its occurrences"),
+        15 * SEC: (RunStatus.SUCCEEDED, None),
+    }
+    assert [c.intended_run_at for c in calls if c.schedule.name == "moved"] == [later]
+    moved = store.get("moved")
+    assert (moved.enabled, moved.disabled_reason) == (False, f"delay fired at {later.isoformat()}")
+    await e.stop()
+
+
+@run_async
 async def test_a_delay_prepared_by_a_worker_that_stopped_starts_on_its_time_in_the_next(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

@@ -232,6 +232,24 @@ class ScheduleRows(StoreCore):
             return current
         return self.update(name_or_id, enabled=True, disabled_reason=None, next_run_at=None)
 
+    def rearm(self, schedule_id: str, reason: str, *, now: datetime) -> bool:
+        """Enable again a schedule still disabled for ``reason``, its next run to plan afresh: a
+        delay whose prepared run was taken back before its time. Anyone else's disable stays."""
+        s = schema.schedules
+
+        def build() -> Any:
+            held = and_(s.c.id == bindparam("w_id"), s.c.enabled.is_(False), s.c.disabled_reason == bindparam("w_why"))
+            now_at = bindparam("v_now", type_=DateTime)
+            return update(s).where(held).values(enabled=True, disabled_reason=None, next_run_at=None, updated_at=now_at)
+
+        stmt = self._prepared("rearm", build)
+        done = bool(
+            self._tx(lambda c: c.execute(stmt, {"w_id": schedule_id, "w_why": reason, "v_now": to_db(now)}).rowcount)
+        )
+        if done:
+            self._changed()
+        return done
+
     def remove(self, name_or_id: str) -> None:
         """Delete a schedule; its runs and dead letters stay as history."""
         current = self.get(name_or_id)

@@ -641,6 +641,28 @@ def test_many_schedules_advance_together_and_one_another_worker_advanced_first_g
     assert [(r.status, r.reason) for r in created[6] or []] == [(RunStatus.SKIPPED, "missed: skip policy")]
 
 
+def test_pending_due_runs_with_those_just_created_taken_as_they_are_equal_those_read_back(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    older = store.create_run(store.add(make_schedule("older")), T0 - timedelta(minutes=5))  # another life's
+    started = store.create_run(store.get("older"), T0 - timedelta(minutes=4))
+    store.start_many([started], owner="w", lease_until=T0 + timedelta(minutes=1), now=T0)  # not pending
+    schedules = [store.add(make_schedule(f"s{i}")) for i in range(40)]
+    at = T0 + timedelta(minutes=1)
+
+    def work() -> tuple[list[ScheduledRun], list[ScheduledRun]]:
+        plans = [
+            Materialization(s, [PlannedRun(T0 - timedelta(seconds=i + 1)), PlannedRun(T0 + timedelta(seconds=i))], at)
+            for i, s in enumerate(schedules)
+        ]
+        created = [run for runs in store.materialize_many(plans, now=at) for run in runs or []]
+        return store.pending_due(at, fresh=created), store.pending_due(at)
+
+    taken, read = store.atomic(work)
+    assert taken == read and len(read) == 81 and read[0] == older  # oldest first, the older run included
+    assert [r.intended_run_at for r in read] == sorted(r.intended_run_at for r in read)
+
+
 def test_an_operator_s_update_does_not_undo_what_the_engine_wrote_meanwhile(
     store: ScheduleStore, make_schedule: MakeSchedule, mocker: Any
 ) -> None:

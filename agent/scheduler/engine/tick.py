@@ -395,7 +395,7 @@ class _Pass:
             # Runs left waiting (forbid, enqueue_one) are only found by a scan.
             scan = full or maybe_pending or bool(st.waiting)
             maybe_pending = False
-            self._start_due(now, [p.run for p in i.prepared] + created, scan=scan)
+            self._start_due(now, [p.run for p in i.prepared], created, scan=scan)
         last_heartbeat = st.last_heartbeat
         if last_heartbeat is None or (now - last_heartbeat).total_seconds() >= HEARTBEAT_SECONDS:
             last_heartbeat = now
@@ -573,8 +573,10 @@ class _Pass:
             if letter is not None:
                 self.told.append(Told(letter))
 
-    def _start_due(self, now: datetime, known: list[ScheduledRun], *, scan: bool) -> None:
-        """Fire ``due`` on what is due: ``known`` (this tick's new runs and the prepared ones due), or
+    def _start_due(
+        self, now: datetime, prepared: list[ScheduledRun], created: list[ScheduledRun], *, scan: bool
+    ) -> None:
+        """Fire ``due`` on what is due: this tick's ``created`` runs and the ``prepared`` ones due, or
         with ``scan`` every pending due run in the database.
 
         A run held back whatever its time (schedule removed or disabled, breaker open, task missing)
@@ -585,9 +587,9 @@ class _Pass:
         w, i, store, report = self.work, self.inputs, self.work.store, self.inputs.report
         # Without a reason to look for other pending runs, the due ones are those this engine knows.
         if scan:
-            pending = store.pending_due(now)
+            pending = store.pending_due(now, fresh=created)
         else:
-            pending = sorted(known, key=lambda r: (r.intended_run_at, r.created_at or now))
+            pending = sorted(prepared + created, key=lambda r: (r.intended_run_at, r.created_at or now))
         if not pending:
             return
         wanted = {r.schedule_id for r in pending}

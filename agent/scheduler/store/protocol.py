@@ -141,8 +141,8 @@ class EngineStore(Protocol):
     def next_pending_at(self, now: datetime) -> datetime | None:
         """The earliest intended time of a pending run not yet due (a run prepared ahead of its time)."""
 
-    def pending_due(self, now: datetime) -> builtins.list[ScheduledRun]:
-        """Pending runs due at ``now``, oldest first."""
+    def pending_due(self, now: datetime, *, fresh: Iterable[ScheduledRun] = ()) -> builtins.list[ScheduledRun]:
+        """Pending runs due at ``now``, oldest first (``fresh``: created by this transaction, not read back)."""
 
     def renew_leases(self, run_ids: Iterable[str], *, owner: str, until: datetime, now: datetime | None = None) -> int:
         """Extend the lease of running runs held by ``owner``; returns how many were still held."""

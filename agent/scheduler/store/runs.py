@@ -699,21 +699,35 @@ class RunRows(ScheduleRows):
             updated_at=now,
         )
 
-    def pending_due(self, now: datetime) -> builtins.list[ScheduledRun]:
-        """Pending runs whose intended time has come, oldest first."""
+    def pending_due(self, now: datetime, *, fresh: Iterable[ScheduledRun] = ()) -> builtins.list[ScheduledRun]:
+        """Pending runs whose intended time has come, oldest first.
+
+        ``fresh``: runs the calling transaction created and has not changed since; they are taken
+        as they are instead of read back (after days down, tens of thousands of catch-up runs).
+        """
         r = schema.scheduled_runs
-        stmt = self._prepared(
-            "pending_due",
-            lambda: (
-                select(r)
-                .where(
-                    and_(r.c.status == RunStatus.PENDING.value, r.c.intended_run_at <= bindparam("now", type_=DateTime))
-                )
-                .order_by(r.c.intended_run_at, r.c.created_at)
-            ),
+        due = and_(r.c.status == RunStatus.PENDING.value, r.c.intended_run_at <= bindparam("now", type_=DateTime))
+        order = (r.c.intended_run_at, r.c.created_at)
+        known = {run.run_id: run for run in fresh}
+        if not known:
+            stmt = self._prepared("pending_due", lambda: select(r).where(due).order_by(*order))
+            rows = self._tx(lambda c: c.execute(stmt, {"now": to_db(now)}).mappings().all())
+            return [run_from(row) for row in rows]
+        ids_stmt = self._prepared("pending_due_ids", lambda: select(r.c.run_id).where(due).order_by(*order))
+        rows_stmt = self._prepared(
+            "runs_by_id", lambda: select(r).where(r.c.run_id.in_(bindparam("ids", expanding=True)))
         )
-        rows = self._tx(lambda c: c.execute(stmt, {"now": to_db(now)}).mappings().all())
-        return [run_from(row) for row in rows]
+
+        def work(conn: Connection) -> builtins.list[ScheduledRun]:
+            ids = conn.execute(ids_stmt, {"now": to_db(now)}).scalars().all()
+            unknown = [i for i in ids if i not in known]
+            read: dict[str, ScheduledRun] = {}
+            for k in range(0, len(unknown), CLAIM_CHUNK):
+                rows = conn.execute(rows_stmt, {"ids": unknown[k : k + CLAIM_CHUNK]}).mappings()
+                read.update((row["run_id"], run_from(row)) for row in rows)
+            return [run for i in ids if (run := known.get(i) or read.get(i)) is not None]
+
+        return self._tx(work)
 
     def finished_runs_after(
         self, cursor: tuple[datetime, str] | None, *, limit: int = 500

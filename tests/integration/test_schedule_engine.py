@@ -538,6 +538,38 @@ async def test_with_the_system_clock_a_due_run_starts_on_time_not_on_the_next_ti
 
 
 @run_async
+async def test_with_the_system_clock_a_prepared_run_is_claimed_as_of_its_time_and_never_starts_before_it(
+    tmp_path: Path, make_schedule: MakeSchedule
+) -> None:
+    clock = SystemClock()
+    store = ScheduleStore(tmp_path / "live.db", clock=clock)
+    began: list[tuple[datetime, datetime]] = []
+
+    async def mark(ctx: RunContext) -> None:
+        began.append((clock.now(), ctx.intended_run_at))
+
+    tasks = TaskRegistry()
+    tasks.add("mark", mark)
+    start = clock.now()
+    for i in range(3):  # each prepared ahead, its claim begun ahead of its time (CLAIM_LEAD)
+        due = start + timedelta(milliseconds=600 + 300 * i)
+        store.add(make_schedule(f"soon{i}", trigger_type="delay", expression=due.isoformat(), target="mark"))
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=10, worker_id="live")
+    await engine.start()
+    await engine.run_until(start + timedelta(milliseconds=1600))
+    await engine.wait_idle()
+    runs = [r for r in store.runs() if r.status is RunStatus.SUCCEEDED]
+    assert len(runs) == len(began) == 3
+    # A task never begins before its time: the claim written ahead is committed at it, not before.
+    assert all(at >= intended for at, intended in began)
+    # The tick that woke ahead planned the claim as of the run's time: recorded as started at it
+    # (a loop woken late on a loaded machine plans as of when it woke; one of three is enough).
+    assert any(r.started_at == r.intended_run_at for r in runs)
+    await engine.stop()
+    store.close()
+
+
+@run_async
 async def test_a_finished_run_is_recorded_with_the_moment_its_task_ended_not_the_tick_that_records_it(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

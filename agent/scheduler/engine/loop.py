@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from ..alerts import AlertDispatcher, Notifier
-from ..clock import Clock
+from ..clock import Clock, SystemClock
 from ..db_health import DatabaseHealth, Outage, outage_wait, report_replaced_database
 from ..enums import RunStatus
 from ..errors import DatabaseReplaced, DatabaseUnavailable
@@ -42,7 +42,7 @@ from .feed import ChangeFeed, open_feed
 from .outcomes import log as outcome_log
 from .outcomes import tell
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler
-from .tick import EVERYTHING, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork
+from .tick import CLAIM_LEAD, EVERYTHING, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork, claim_instant
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,6 +108,7 @@ class ScheduleEngine:
         self.store = store
         self.tasks = tasks
         self.clock: Clock = clock or store.clock
+        self._lead = CLAIM_LEAD if isinstance(self.clock, SystemClock) else timedelta(0)
         self.tick_seconds = tick_seconds
         self.worker_id = worker_id or default_worker_id(settings)
         self.settings = settings
@@ -253,8 +254,10 @@ class ScheduleEngine:
 
     async def _tick(self, report: ReconciliationReport | None) -> None:
         ex = self._execution
-        now = self.clock.now()
-        ex.enforce_deadlines(now)
+        real = self.clock.now()
+        ex.enforce_deadlines(real)
+        at = claim_instant(real, ex.earliest_prepared(), self._lead) if report is None else None
+        now = at or real
         finished = ex.take_finished()
         events, self._events = tuple(self._events), []
         renewed_before = ex.last_renewal
@@ -282,6 +285,7 @@ class ScheduleEngine:
             quiet_until=self._quiet_until,
             tell=outcome_log.isEnabledFor(logging.INFO),
             orphans=orphans,
+            release=None if at is None else time.monotonic() + (at - real).total_seconds(),
         )
         try:
             result = await self._db(self._work.tick, inputs)
@@ -626,6 +630,8 @@ class ScheduleEngine:
             return
         now = self.clock.now()
         instant = self._wake_at(now)
+        if instant is not None and instant == self._execution.earliest_prepared():
+            instant = max(now, instant - self._lead)  # the tick begins ahead, commits on time
         if until is not None:
             instant = until if instant is None else min(instant, until)
         delay = None if instant is None else (instant - now).total_seconds()
@@ -648,8 +654,7 @@ class ScheduleEngine:
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the database thread; the only way work crosses to it."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     def _due_meanwhile(self) -> str:
         now = self.clock.now()
@@ -680,15 +685,9 @@ class ScheduleEngine:
         schedules = await self._db(self.store.schedules_by_id, [r.schedule_id for r in runs])
         # The same guard as every start: a shutdown run whose task is missing is skipped, with why.
         items: list[tuple[ScheduledRun, str, dict[str, Any]]] = []
+        has_task, me = self._execution.has_task, self.worker_id
         for run in runs:
-            why = blocked(
-                run,
-                schedules.get(run.schedule_id),
-                now,
-                has_task=self._execution.has_task,
-                worker_id=self.worker_id,
-            )
-            if why:
+            if why := blocked(run, schedules.get(run.schedule_id), now, has_task=has_task, worker_id=me):
                 items.append((run, "skip", {"reason": why}))
                 log.warning("shutdown run %s of %s skipped: %s", run.run_id, run.schedule_name, why)
             else:

@@ -46,6 +46,9 @@ PREPARE_AHEAD = timedelta(seconds=1)
 #: A batch (BATCH_MIN or more schedules due at one instant) is prepared this long ahead instead:
 #: the loop wakes for it, since preparing ten thousand runs and arming their tasks takes about a second.
 BATCH_AHEAD = timedelta(seconds=2)
+#: With the system clock, a tick for prepared runs begins up to this long before their time, plans
+#: and writes as of that time, and commits at it: at the instant only the commit is left to wait for.
+CLAIM_LEAD = timedelta(milliseconds=50)
 #: With a live change feed, a full scan still runs at least this often (real seconds; or every
 #: ``tick_seconds`` if that is longer). The feed reports every write made through a ScheduleStore;
 #: the safety net is for what it cannot see: a write made around the store, a PostgreSQL
@@ -162,6 +165,13 @@ class TickState:
         return min(dues) if dues else None
 
 
+def claim_instant(now: datetime, earliest_prepared: datetime | None, lead: timedelta) -> datetime | None:
+    """The time of prepared runs due within ``lead`` of ``now``: a tick begun now is theirs, as of it."""
+    if earliest_prepared is not None and now < earliest_prepared <= now + lead:
+        return earliest_prepared
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TickInputs:
     """Everything the loop hands one tick; read-only for the database side."""
@@ -190,6 +200,8 @@ class TickInputs:
     """After an outage, runs whose lease lapsed are not taken over before this instant."""
     tell: bool = True
     """Hand back successes and skips for the log (failures and dead letters always are)."""
+    release: float | None = None
+    """A tick begun ahead of prepared runs' time (``now``): commit no earlier than this ``time.monotonic()``."""
     orphans: tuple[ScheduledRun, ...] = ()
     """Running runs found orphaned outside a tick (at startup, by the reconcile task): this tick
     fires ``orphan`` on them, decides their retry and tells each failed attempt with that decision,
@@ -266,7 +278,10 @@ class TickWork:
     def _attempt(self, inputs: TickInputs, state: TickState) -> TickResult:
         if inputs.report is not None:
             inputs.report.restore()  # the whole transaction may run again: count from the start
-        return _Pass(self, inputs, state).run()
+        result = _Pass(self, inputs, state).run()
+        if inputs.release is not None:  # written as of ``now``: committed, and so seen, from then on
+            time.sleep(max(0.0, inputs.release - time.monotonic()))
+        return result
 
     def _prepare(self, now: datetime, changes: int, lot: datetime | None, state: TickState) -> PrepareResult:
         """Each schedule's next occurrence due within PREPARE_AHEAD or at ``lot``: only the next,

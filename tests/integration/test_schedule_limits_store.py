@@ -285,3 +285,7 @@ def test_a_batch_of_schedules_never_crosses_an_id_stored_or_in_the_batch(
     assert [d.name for d in store.add_many([critical, same], skip_existing=True)] == []
     assert store.add_many([make_schedule("same", id="elsewhere")]) == []  # name taken: skipped
     assert {d.name for d in store.list()} == {"critical", "same"}
+    # Only what is kept counts against the rest of the batch: the first crosses a stored id and is
+    # skipped, so the second, named as the first's id, crosses nothing.
+    kept = store.add_many([make_schedule(critical.id, id="first"), make_schedule("first", id="second")])
+    assert [(d.id, d.name) for d in kept] == [("second", "first")]

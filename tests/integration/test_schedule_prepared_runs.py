@@ -336,23 +336,34 @@ async def test_a_delay_is_disabled_as_its_run_is_prepared_and_the_run_starts_on_
 async def test_a_delay_re_timed_after_its_run_was_prepared_fires_at_its_new_time(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:
-    at, later = T0 + 5 * SEC, T0 + 15 * SEC
+    at, later, sooner = T0 + 5 * SEC, T0 + 15 * SEC, T0 + 4.5 * SEC
     store.add(make_schedule("beat", expression="1s", target="record"))
-    store.add(make_schedule("moved", trigger_type="delay", expression=at.isoformat(), target="record"))
+    for name in ("moved", "early"):
+        store.add(
+            make_schedule(
+                name, trigger_type="delay", expression=at.isoformat(), target="record", missed_run_policy="skip"
+            )
+        )
     calls: list[RunContext] = []
     e = engine(store, clock, calls)
     await e.start()
-    await e.run_until(at - SEC)  # prepared, and the delay disabled as it fired
-    store.update("moved", expression=later.isoformat())  # postponed before it ran
+    await e.run_until(at - SEC)  # prepared, and the delays disabled as they fired
+    assert not store.get("moved").enabled and not store.get("early").enabled
+    assert store.update("moved", expression=later.isoformat()).enabled  # postponed before it ran
+    store.update("early", expression=sooner.isoformat())  # brought forward, still ahead
     await e.run_until(later)
     await e.wait_idle()
-    assert by_time(store, "moved") == {
-        5 * SEC: (RunStatus.SKIPPED, "schedule changed before this run's time: no longer one of its occurrences"),
-        15 * SEC: (RunStatus.SUCCEEDED, None),
-    }
-    assert [c.intended_run_at for c in calls if c.schedule.name == "moved"] == [later]
-    moved = store.get("moved")
-    assert (moved.enabled, moved.disabled_reason) == (False, f"delay fired at {later.isoformat()}")
+    taken_back = (RunStatus.SKIPPED, "schedule changed before this run's time: no longer one of its occurrences")
+    assert by_time(store, "moved") == {5 * SEC: taken_back, 15 * SEC: (RunStatus.SUCCEEDED, None)}
+    # Brought forward, it fired at its new time, and so was disabled again before the old one.
+    early = {5 * SEC: (RunStatus.SKIPPED, "schedule disabled before this run's time")}
+    assert by_time(store, "early") == {**early, 4.5 * SEC: (RunStatus.SUCCEEDED, None)}
+    assert [c.intended_run_at for c in calls if c.schedule.name != "beat"] == [sooner, later]
+    for name, when in (("moved", later), ("early", sooner)):
+        fired = store.get(name)
+        assert (fired.enabled, fired.disabled_reason) == (False, f"delay fired at {when.isoformat()}")
+    # A delay that really fired stays disabled when re-timed: it is not re-armed.
+    assert not store.update("early", expression=later.isoformat()).enabled
     await e.stop()
 
 

@@ -26,7 +26,7 @@ from ..definition import ScheduleDefinition
 from ..enums import RiskTier, RunStatus
 from ..errors import GuardRejected, SchedulerError
 from ..policies.concurrency import Action, decide_starts
-from ..policies.missed_run import DuePlan, PlannedRun, fired_reason, is_prepared, unfired
+from ..policies.missed_run import DuePlan, PlannedRun, fired_reason, is_prepared
 from ..policies.retry import ORPHANED, attempts_allowed, retry_at
 from ..policies.shutdown import Stopping
 from ..reconciliation import ReconciliationReport
@@ -624,7 +624,6 @@ class _Pass:
         schedules.update(store.schedules_by_id(wanted - set(schedules)))
         by_schedule: dict[str, list[ScheduledRun]] = {}
         skips: list[Finished] = []
-        rearm: list[tuple[str, str]] = []
         facts = due_facts(pending)
         for run in pending:
             schedule = schedules.get(run.schedule_id)
@@ -639,8 +638,6 @@ class _Pass:
             missed = False
             if why:
                 skips.append((run, "skip", {"reason": why}))
-                if schedule is not None and is_prepared(run) and (reason := unfired(run, schedule)):
-                    rearm.append((schedule.id, reason))
             elif schedule is not None and fate(run, schedule, now, facts.get(run.run_id)) is RunStatus.SKIPPED:
                 missed = True
                 skips.append((run, "due", {}))
@@ -672,8 +669,6 @@ class _Pass:
             moved_all = store.transition_many(skips, now=now, schedules=schedules, facts=facts)
             if i.tell:
                 self.told += [Told(moved) for moved in moved_all if isinstance(moved, ScheduledRun)]
-        for schedule_id, reason in rearm:  # a delay re-timed before it fired: it fires at its new time
-            store.rearm(schedule_id, reason, now=now)
         if starts:
             won = store.start_many(
                 starts.values(),

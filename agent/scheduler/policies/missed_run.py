@@ -294,15 +294,6 @@ def fired_reason(schedule: ScheduleDefinition, at: datetime) -> str | None:
     return f"delay fired at {at.astimezone(UTC).isoformat()}"
 
 
-def unfired(run: ScheduledRun, schedule: ScheduleDefinition) -> str | None:
-    """The reason a delay is still disabled for, if the firing that prepared ``run`` disabled it and
-    ``run`` is taken back for a change of its time: the delay has not fired and is to plan afresh."""
-    reason = fired_reason(schedule, run.intended_run_at)
-    if reason is None or schedule.enabled or schedule.disabled_reason != reason:
-        return None
-    return reason if schedule.trigger().next_after(run.intended_run_at - _TICK) != run.intended_run_at else None
-
-
 def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
     """Why a run prepared ahead of its time must not start at ``now`` whatever its lateness, or None.
 

@@ -91,9 +91,6 @@ class EngineStore(Protocol):
     def record_outcome(self, schedule_id: str, *, failed: bool) -> ScheduleDefinition | None:
         """Count a terminal failure (or reset the count on success) in one atomic UPDATE."""
 
-    def rearm(self, schedule_id: str, reason: str, *, now: datetime) -> bool:
-        """Enable again a schedule still disabled for ``reason`` (a delay whose prepared run was taken back)."""
-
     def reset_failures(self, schedule_ids: Iterable[str]) -> builtins.list[ScheduleDefinition]:
         """After successes: zero the failure counts of these schedules; return those whose breaker is not closed."""
 

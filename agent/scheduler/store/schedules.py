@@ -15,10 +15,11 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import limits, schema
 from ..definition import TIME_BASED, ScheduleDefinition
-from ..enums import BreakerState, TriggerType
+from ..enums import BreakerState, RunStatus, TriggerType
 from ..errors import DuplicateSchedule, InvalidSchedule, ScheduleNotFound, StaleBreaker
 from ..machines.binding import Transition
 from ..machines.breaker import FAILURE_COUNT, fire_breaker, success_effects
+from ..policies.missed_run import fired_reason
 from .connection import CLAIM_CHUNK, LIMITS_CHECKED, LIMITS_CHECKED_KEY, StoreCore, execute
 from .rows import SPAN_COLUMNS, from_db, lookup_key, schedule_from, schedule_row, to_db
 
@@ -134,15 +135,8 @@ class ScheduleRows(StoreCore):
 
     def _crossing(self, conn: Connection, staged: builtins.list[ScheduleDefinition]) -> set[str]:
         """The ids of ``staged`` definitions that would cross another schedule (``_refuse_crossed``):
-        a stored one, or one earlier in the batch; a few queries for the whole batch."""
+        a stored one, or one earlier in the batch that does not cross; a few queries for the batch."""
         crossing: set[str] = set()
-        earlier_names: dict[str, str] = {}  # name -> id, of the batch so far
-        earlier_ids: dict[str, str] = {}  # id -> name
-        for d in staged:
-            if earlier_ids.get(d.name, d.id) != d.id or earlier_names.get(d.id, d.id) != d.id:
-                crossing.add(d.id)
-            earlier_names.setdefault(d.name, d.id)
-            earlier_ids.setdefault(d.id, d.name)
         s = schema.schedules
 
         def build() -> Any:
@@ -154,13 +148,24 @@ class ScheduleRows(StoreCore):
         by_name: dict[str, builtins.list[str]] = {}
         for d in staged:
             by_name.setdefault(d.name, []).append(d.id)
+        ids = {d.id for d in staged}
         for at in range(0, len(staged), CLAIM_CHUNK):
             chunk = staged[at : at + CLAIM_CHUNK]
             params = {"names": [d.name for d in chunk], "ids": [d.id for d in chunk]}
             for row in conn.execute(stored, params):
                 crossing |= {i for i in by_name.get(row.id, ()) if i != row.id}  # those named as its id
-                if row.name in earlier_ids and row.id != row.name:
+                if row.name in ids and row.id != row.name:
                     crossing.add(row.name)  # the definition whose id is its name
+        earlier_names: dict[str, str] = {}  # name -> id, of the batch so far, kept
+        earlier_ids: dict[str, str] = {}  # id -> name
+        for d in staged:
+            if d.id in crossing:
+                continue
+            if earlier_ids.get(d.name, d.id) != d.id or earlier_names.get(d.id, d.id) != d.id:
+                crossing.add(d.id)
+                continue
+            earlier_names.setdefault(d.name, d.id)
+            earlier_ids.setdefault(d.id, d.name)
         return crossing
 
     def get(self, name_or_id: str) -> ScheduleDefinition:
@@ -192,7 +197,8 @@ class ScheduleRows(StoreCore):
                 raise InvalidSchedule(key, value, "not changeable here (breaker fields move through the breaker)")
         current = self.get(name_or_id)
         changed = current.with_changes(updated_at=self.clock.now(), **changes)  # validates the whole result
-        if any(getattr(changed, f) != getattr(current, f) for f in ("trigger_type", "expression", "timezone")):
+        retimed = any(getattr(changed, f) != getattr(current, f) for f in ("trigger_type", "expression", "timezone"))
+        if retimed:
             # New occurrences: the next one is computed afresh from the new trigger, not the old time.
             changes = {**changes, "next_run_at": None}
             changed = changed.with_state(next_run_at=None)
@@ -201,11 +207,16 @@ class ScheduleRows(StoreCore):
         columns = {SPAN_COLUMNS.get(name, name) for name in (*changes, "updated_at")}
         row = {k: v for k, v in schedule_row(changed).items() if k in columns}
         s = schema.schedules
+        rearmed = False
 
         def work(conn: Connection) -> int:
+            nonlocal rearmed
             if "name" in changes:
                 self._refuse_crossed(conn, changed)
-            return int(conn.execute(update(s).where(s.c.id == current.id).values(**row)).rowcount)
+            # A delay disabled as its run was prepared has not fired yet: re-timed, it fires at its new time.
+            rearmed = retimed and "enabled" not in changes and self._fired_ahead(conn, current)
+            values = {**row, "enabled": True, "disabled_reason": None} if rearmed else row
+            return int(conn.execute(update(s).where(s.c.id == current.id).values(**values)).rowcount)
 
         try:
             count = self._tx(work)
@@ -213,6 +224,8 @@ class ScheduleRows(StoreCore):
             raise DuplicateSchedule(changed.name) from exc
         if count != 1:
             raise ScheduleNotFound(name_or_id)
+        if rearmed:
+            changed = changed.with_state(enabled=True, disabled_reason=None)
         self._changed()
         return self.get(current.id)
 
@@ -232,23 +245,20 @@ class ScheduleRows(StoreCore):
             return current
         return self.update(name_or_id, enabled=True, disabled_reason=None, next_run_at=None)
 
-    def rearm(self, schedule_id: str, reason: str, *, now: datetime) -> bool:
-        """Enable again a schedule still disabled for ``reason``, its next run to plan afresh: a
-        delay whose prepared run was taken back before its time. Anyone else's disable stays."""
-        s = schema.schedules
-
-        def build() -> Any:
-            held = and_(s.c.id == bindparam("w_id"), s.c.enabled.is_(False), s.c.disabled_reason == bindparam("w_why"))
-            now_at = bindparam("v_now", type_=DateTime)
-            return update(s).where(held).values(enabled=True, disabled_reason=None, next_run_at=None, updated_at=now_at)
-
-        stmt = self._prepared("rearm", build)
-        done = bool(
-            self._tx(lambda c: c.execute(stmt, {"w_id": schedule_id, "w_why": reason, "v_now": to_db(now)}).rowcount)
+    @staticmethod
+    def _fired_ahead(conn: Connection, schedule: ScheduleDefinition) -> bool:
+        """Whether ``schedule`` is a delay disabled by the preparing of its run, which has not started."""
+        at = schedule.last_run_at
+        if schedule.enabled or at is None or schedule.disabled_reason != fired_reason(schedule, at):
+            return False
+        r = schema.scheduled_runs
+        waiting = and_(
+            r.c.schedule_id == schedule.id,
+            r.c.intended_run_at == to_db(at),
+            r.c.status == RunStatus.PENDING.value,
+            r.c.prepared.is_(True),
         )
-        if done:
-            self._changed()
-        return done
+        return conn.execute(select(r.c.run_id).where(waiting).limit(1)).first() is not None
 
     def remove(self, name_or_id: str) -> None:
         """Delete a schedule; its runs and dead letters stay as history."""

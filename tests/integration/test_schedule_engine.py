@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -566,6 +567,53 @@ async def test_with_the_system_clock_a_prepared_run_is_claimed_as_of_its_time_an
     # (a loop woken late on a loaded machine plans as of when it woke; one of three is enough).
     assert any(r.started_at == r.intended_run_at for r in runs)
     await engine.stop()
+    store.close()
+
+
+@run_async
+async def test_with_the_system_clock_claims_begun_ahead_leave_the_write_lock_to_other_writers(
+    tmp_path: Path, make_schedule: MakeSchedule
+) -> None:
+    # Thirty every-second schedules at spread moments: thirty ticks a second, each begun ahead of
+    # its runs' time and holding SQLite's write lock until it. The lead is what the work needs, so
+    # another writer (the command line, another worker) still gets the lock at once, every time.
+    clock = SystemClock()
+    path = tmp_path / "live.db"
+    store = ScheduleStore(path, clock=clock)
+    start = clock.now()
+    store.add_many(
+        make_schedule(f"s{i}", expression="1s", target="record", anchor_at=start + timedelta(milliseconds=33 * i))
+        for i in range(30)
+    )
+    engine = ScheduleEngine(store, registry(Probe()), clock=clock, tick_seconds=10, worker_id="live")
+    waits: list[float] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=1.0)
+        while not done.is_set():
+            began = time.monotonic()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                waits.append(time.monotonic() - began)
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                errors.append(str(exc))
+            time.sleep(0.005)
+        conn.close()
+
+    await engine.start()
+    await engine.run_until(start + timedelta(seconds=1.2))  # every schedule prepared, the leads measured
+    thread = threading.Thread(target=writer)
+    thread.start()
+    await engine.run_until(clock.now() + timedelta(seconds=2))
+    done.set()
+    thread.join()
+    await engine.stop()
+    assert errors == [] and waits
+    assert sorted(waits)[len(waits) // 2] < 0.1  # a lock held from one lead tick into the next starved it
+    assert len([r for r in store.runs() if r.status is RunStatus.SUCCEEDED]) >= 30
     store.close()
 
 

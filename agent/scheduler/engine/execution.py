@@ -217,6 +217,11 @@ class Execution:
     def earliest_prepared(self) -> datetime | None:
         return min((p.run.intended_run_at for p in self.prepared.values()), default=None)
 
+    def due_next(self) -> tuple[datetime | None, int]:
+        """The earliest time of a prepared run, and how many prepared runs share it."""
+        at = self.earliest_prepared()
+        return at, sum(1 for p in self.prepared.values() if p.run.intended_run_at == at)
+
     def renewal(self, now: datetime) -> tuple[str, ...]:
         """Runs whose leases the tick should renew now (every third of a lease)."""
         if self.in_flight and (self.last_renewal is None or now - self.last_renewal >= self.lease / 3):

@@ -42,7 +42,7 @@ from .feed import ChangeFeed, open_feed
 from .outcomes import log as outcome_log
 from .outcomes import tell
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler
-from .tick import CLAIM_LEAD, EVERYTHING, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork, claim_instant
+from .tick import EVERYTHING, SAFETY_NET_SECONDS, Asks, ClaimLead, TickInputs, TickState, TickWork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,7 +108,7 @@ class ScheduleEngine:
         self.store = store
         self.tasks = tasks
         self.clock: Clock = clock or store.clock
-        self._lead = CLAIM_LEAD if isinstance(self.clock, SystemClock) else timedelta(0)
+        self._lead = ClaimLead() if isinstance(self.clock, SystemClock) else None  # a FakeClock wakes on time
         self.tick_seconds = tick_seconds
         self.worker_id = worker_id or default_worker_id(settings)
         self.settings = settings
@@ -256,7 +256,7 @@ class ScheduleEngine:
         ex = self._execution
         real = self.clock.now()
         ex.enforce_deadlines(real)
-        at = claim_instant(real, ex.earliest_prepared(), self._lead) if report is None else None
+        at = self._lead.instant(real, ex.due_next()) if self._lead is not None and report is None else None
         now = at or real
         finished = ex.take_finished()
         events, self._events = tuple(self._events), []
@@ -298,6 +298,8 @@ class ScheduleEngine:
             self._asks = self._asks | asks | EVERYTHING
             raise
         self._state = result.state
+        if self._lead is not None and prepared:
+            self._lead.observe(result.busy, len(prepared))
         self._asks = self._asks | result.asks
         if result.told or result.notes:
             tell(result.told, result.notes)  # committed: now they are facts
@@ -630,8 +632,8 @@ class ScheduleEngine:
             return
         now = self.clock.now()
         instant = self._wake_at(now)
-        if instant is not None and instant == self._execution.earliest_prepared():
-            instant = max(now, instant - self._lead)  # the tick begins ahead, commits on time
+        if self._lead is not None and instant is not None and instant == (due := self._execution.due_next())[0]:
+            instant = max(now, instant - self._lead.ahead(due[1]))  # the tick begins ahead, commits on time
         if until is not None:
             instant = until if instant is None else min(instant, until)
         delay = None if instant is None else (instant - now).total_seconds()
@@ -670,8 +672,7 @@ class ScheduleEngine:
     async def _reconcile_task(self, ctx: RunContext) -> str:
         mine = frozenset(self._execution.in_flight)
         found = await self._db(self._reconciler.find_orphans, self.clock.now(), mine)
-        if found:
-            # The next tick fails them over, decides their retry and tells each, in one transaction.
+        if found:  # the next tick fails them over, decides their retry and tells each, in one transaction
             self._orphans += found
             self._wake.set()
         return f"{len(found)} orphaned run(s) found; the next tick fails them over"

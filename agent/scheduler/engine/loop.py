@@ -37,12 +37,12 @@ from ..store import EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .breakers import Breakers
 from .due import blocked
-from .execution import Execution, LoopWatch
+from .execution import ClaimLead, Execution, LoopWatch
 from .feed import ChangeFeed, open_feed
 from .outcomes import log as outcome_log
 from .outcomes import tell
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler
-from .tick import EVERYTHING, SAFETY_NET_SECONDS, Asks, ClaimLead, TickInputs, TickState, TickWork
+from .tick import EVERYTHING, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -46,10 +46,6 @@ PREPARE_AHEAD = timedelta(seconds=1)
 #: A batch (BATCH_MIN or more schedules due at one instant) is prepared this long ahead instead:
 #: the loop wakes for it, since preparing ten thousand runs and arming their tasks takes about a second.
 BATCH_AHEAD = timedelta(seconds=2)
-#: With the system clock, a tick for prepared runs begins up to this long before their time, plans
-#: and writes as of that time, and commits at it: at the instant only the commit is left to wait for.
-#: How long before exactly, ``ClaimLead`` says (what the work needs: the wait holds the write lock).
-CLAIM_LEAD = timedelta(milliseconds=50)
 #: With a live change feed, a full scan still runs at least this often (real seconds; or every
 #: ``tick_seconds`` if that is longer). The feed reports every write made through a ScheduleStore;
 #: the safety net is for what it cannot see: a write made around the store, a PostgreSQL
@@ -166,32 +162,6 @@ class TickState:
         return min(dues) if dues else None
 
 
-@dataclass(slots=True)
-class ClaimLead:
-    """How long before prepared runs' time their tick begins, with the system clock: what the last
-    claim took a run, times the runs due, with a margin, up to CLAIM_LEAD. The tick waits out what
-    is left of the lead holding its transaction open (on SQLite, the write lock), so the lead is
-    kept to what the work needs and other writers (the command line, other workers) get in between.
-    """
-
-    per_run: float = 40e-6
-    """Seconds a claim took per run (the last one measured; a guess until then)."""
-
-    def observe(self, busy: float, runs: int) -> None:
-        """A tick that claimed ``runs`` prepared runs worked ``busy`` seconds (its wait not counted)."""
-        if runs:
-            self.per_run = busy / runs
-
-    def ahead(self, runs: int) -> timedelta:
-        return min(CLAIM_LEAD, timedelta(seconds=(0.001 + self.per_run * runs) * 1.25))
-
-    def instant(self, now: datetime, due: tuple[datetime | None, int]) -> datetime | None:
-        """The time of the ``due`` prepared runs (their time, how many) if a tick begun ``now`` is
-        theirs, planning and writing as of that time."""
-        at, runs = due
-        return at if at is not None and now < at <= now + self.ahead(runs) else None
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TickInputs:
     """Everything the loop hands one tick; read-only for the database side."""
@@ -243,7 +213,7 @@ class TickResult:
     notes: tuple[str, ...] = ()
     """Decisions about schedules to log with them (catch-up of missed occurrences)."""
     busy: float = 0.0
-    """Seconds the tick's work took, a wait for ``release`` not counted (``ClaimLead.observe``)."""
+    """Seconds the tick's work took, a wait for ``release`` not counted (``execution.ClaimLead.observe``)."""
 
 
 @dataclass(frozen=True, slots=True)

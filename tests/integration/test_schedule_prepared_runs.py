@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
 from agent.scheduler.engine import BATCH_AHEAD, PREPARE_AHEAD, ScheduleEngine
@@ -355,15 +356,52 @@ async def test_a_delay_re_timed_after_its_run_was_prepared_fires_at_its_new_time
     await e.wait_idle()
     taken_back = (RunStatus.SKIPPED, "schedule changed before this run's time: no longer one of its occurrences")
     assert by_time(store, "moved") == {5 * SEC: taken_back, 15 * SEC: (RunStatus.SUCCEEDED, None)}
-    # Brought forward, it fired at its new time, and so was disabled again before the old one.
-    early = {5 * SEC: (RunStatus.SKIPPED, "schedule disabled before this run's time")}
-    assert by_time(store, "early") == {**early, 4.5 * SEC: (RunStatus.SUCCEEDED, None)}
+    assert by_time(store, "early") == {5 * SEC: taken_back, 4.5 * SEC: (RunStatus.SUCCEEDED, None)}
     assert [c.intended_run_at for c in calls if c.schedule.name != "beat"] == [sooner, later]
     for name, when in (("moved", later), ("early", sooner)):
         fired = store.get(name)
         assert (fired.enabled, fired.disabled_reason) == (False, f"delay fired at {when.isoformat()}")
     # A delay that really fired stays disabled when re-timed: it is not re-armed.
     assert not store.update("early", expression=later.isoformat()).enabled
+    await e.stop()
+
+
+@run_async
+async def test_re_timing_a_delay_takes_its_prepared_run_back_at_once_and_an_operator_s_disable_stays(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, mocker: MockerFixture
+) -> None:
+    at, later = T0 + 5 * SEC, T0 + 15 * SEC
+    store.add(make_schedule("beat", expression="1s", target="record"))
+    for name in ("moved", "stale", "paused"):
+        store.add(make_schedule(name, trigger_type="delay", expression=at.isoformat(), target="record"))
+    before = store.get("stale")  # as read before its run was prepared: still enabled
+    calls: list[RunContext] = []
+    e = engine(store, clock, calls)
+    await e.start()
+    await e.run_until(at - SEC)
+    taken_back = (RunStatus.SKIPPED, "schedule changed before this run's time: no longer one of its occurrences")
+    # The update itself takes the prepared run back, in its transaction: no claim can start it later.
+    store.update("moved", expression=later.isoformat())
+    assert by_time(store, "moved") == {5 * SEC: taken_back}
+    # The update decides from the row as it is in its transaction, not from the copy it read first.
+    real_get = store.get
+    mocker.patch.object(store, "get", side_effect=lambda key: before if key == "stale" else real_get(key))
+    store.update("stale", expression=later.isoformat())
+    mocker.stopall()
+    assert by_time(store, "stale") == {5 * SEC: taken_back} and store.get("stale").enabled
+    # An operator's disable is theirs (it gets a reason of its own): re-timing does not undo it.
+    store.update("paused", enabled=False)
+    assert store.get("paused").disabled_reason == "disabled"
+    assert not store.update("paused", expression=later.isoformat()).enabled
+    await e.run_until(later)
+    await e.wait_idle()
+    assert (
+        by_time(store, "moved")
+        == by_time(store, "stale")
+        == {5 * SEC: taken_back, 15 * SEC: (RunStatus.SUCCEEDED, None)}
+    )
+    assert by_time(store, "paused") == {5 * SEC: (RunStatus.SKIPPED, "schedule disabled before this run's time")}
+    assert sorted(c.schedule.name for c in calls if c.schedule.name != "beat") == ["moved", "stale"]
     await e.stop()
 
 

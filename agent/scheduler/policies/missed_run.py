@@ -287,6 +287,10 @@ def is_prepared(run: ScheduledRun) -> bool:
     return run.prepared
 
 
+#: Why a run prepared ahead of its time is skipped when its schedule's new trigger no longer has it.
+CHANGED_BEFORE = "schedule changed before this run's time: no longer one of its occurrences"
+
+
 def fired_reason(schedule: ScheduleDefinition, at: datetime) -> str | None:
     """Why materializing the occurrence at ``at`` disables ``schedule``: a delay fires once."""
     if schedule.trigger_type is not TriggerType.DELAY:
@@ -310,5 +314,5 @@ def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datet
         return "schedule disabled before this run's time"
     # The schedule may have been edited since: is the run's time still one of its occurrences?
     if not current and schedule.trigger().next_after(run.intended_run_at - _TICK) != run.intended_run_at:
-        return "schedule changed before this run's time: no longer one of its occurrences"
+        return CHANGED_BEFORE
     return None

@@ -16,6 +16,7 @@ from ..definition import ScheduleDefinition
 from ..enums import RunStatus
 from ..errors import RunNotFound, SchedulerError, StaleRun
 from ..machines.run_lifecycle import RunMove, plan_run, plan_runs
+from ..policies.missed_run import CHANGED_BEFORE
 from ..records import DeadLetter
 from ..scheduled_run import ScheduledRun, time_occurrence_key
 from .connection import CLAIM_CHUNK
@@ -455,6 +456,27 @@ class RunRows(ScheduleRows):
         move = plan_run(run, trigger, now=now, schedule=schedule, changes=changes, facts=facts)
         self._write_run(conn, move, now=now, actor=None)
         return move.moved
+
+    def _skip_prepared(self, conn: Connection, schedule: ScheduleDefinition, at: datetime) -> bool:
+        """Skip the prepared, never started run of ``schedule`` at ``at`` (its schedule changed before
+        its time); whether there was one. Conditional: a claim that came first keeps the run."""
+        r = schema.scheduled_runs
+        waiting = and_(
+            r.c.schedule_id == schedule.id,
+            r.c.intended_run_at == to_db(at),
+            r.c.status == RunStatus.PENDING.value,
+            r.c.prepared.is_(True),
+        )
+        row = conn.execute(select(r).where(waiting).limit(1)).mappings().first()
+        if row is None:
+            return False
+        try:
+            self._fire_in(
+                conn, run_from(row), "skip", now=self.clock.now(), changes={"reason": CHANGED_BEFORE}, schedule=schedule
+            )
+        except StaleRun:
+            return False
+        return True
 
     def save_checkpoint(self, run_id: str, data: Any, *, owner: str | None = None) -> None:
         """Store a running run's checkpoint (JSON); only while it runs (and, if given, for its owner).

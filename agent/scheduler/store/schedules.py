@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import limits, schema
 from ..definition import TIME_BASED, ScheduleDefinition
-from ..enums import BreakerState, RunStatus, TriggerType
+from ..enums import BreakerState, TriggerType
 from ..errors import DuplicateSchedule, InvalidSchedule, ScheduleNotFound, StaleBreaker
 from ..machines.binding import Transition
 from ..machines.breaker import FAILURE_COUNT, fire_breaker, success_effects
@@ -195,6 +195,9 @@ class ScheduleRows(StoreCore):
         for key, value in changes.items():
             if key in GUARDED_SCHEDULE_FIELDS:
                 raise InvalidSchedule(key, value, "not changeable here (breaker fields move through the breaker)")
+        if changes.get("enabled") is False and "disabled_reason" not in changes:
+            # As disable(): a reason of its own, never one left by the engine (a delay's "fired").
+            changes = {**changes, "disabled_reason": "disabled"}
         current = self.get(name_or_id)
         changed = current.with_changes(updated_at=self.clock.now(), **changes)  # validates the whole result
         retimed = any(getattr(changed, f) != getattr(current, f) for f in ("trigger_type", "expression", "timezone"))
@@ -213,8 +216,9 @@ class ScheduleRows(StoreCore):
             nonlocal rearmed
             if "name" in changes:
                 self._refuse_crossed(conn, changed)
-            # A delay disabled as its run was prepared has not fired yet: re-timed, it fires at its new time.
-            rearmed = retimed and "enabled" not in changes and self._fired_ahead(conn, current)
+            # A delay disabled as its run was prepared has not fired yet: re-timed, it fires at its
+            # new time, its prepared run taken back here (so that it never runs at the old time too).
+            rearmed = retimed and "enabled" not in changes and self._take_back_fired(conn, current.id)
             values = {**row, "enabled": True, "disabled_reason": None} if rearmed else row
             return int(conn.execute(update(s).where(s.c.id == current.id).values(**values)).rowcount)
 
@@ -245,20 +249,23 @@ class ScheduleRows(StoreCore):
             return current
         return self.update(name_or_id, enabled=True, disabled_reason=None, next_run_at=None)
 
-    @staticmethod
-    def _fired_ahead(conn: Connection, schedule: ScheduleDefinition) -> bool:
-        """Whether ``schedule`` is a delay disabled by the preparing of its run, which has not started."""
+    def _take_back_fired(self, conn: Connection, schedule_id: str) -> bool:
+        """If the schedule is a delay disabled by the preparing of its run, which has not started, skip
+        that run (through the machine, conditionally: a claim that came first keeps it); whether it
+        was. The schedule is read inside the transaction (and locked on PostgreSQL)."""
+        s = schema.schedules
+        row = conn.execute(select(s).where(s.c.id == schedule_id).with_for_update()).mappings().first()
+        if row is None:
+            return False
+        schedule = schedule_from(row)
         at = schedule.last_run_at
         if schedule.enabled or at is None or schedule.disabled_reason != fired_reason(schedule, at):
             return False
-        r = schema.scheduled_runs
-        waiting = and_(
-            r.c.schedule_id == schedule.id,
-            r.c.intended_run_at == to_db(at),
-            r.c.status == RunStatus.PENDING.value,
-            r.c.prepared.is_(True),
-        )
-        return conn.execute(select(r.c.run_id).where(waiting).limit(1)).first() is not None
+        return self._skip_prepared(conn, schedule, at)
+
+    def _skip_prepared(self, conn: Connection, schedule: ScheduleDefinition, at: datetime) -> bool:
+        """Skip the prepared, never started run of ``schedule`` at ``at``; whether there was one (runs.py)."""
+        raise NotImplementedError
 
     def remove(self, name_or_id: str) -> None:
         """Delete a schedule; its runs and dead letters stay as history."""

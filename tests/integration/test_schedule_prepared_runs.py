@@ -406,6 +406,20 @@ async def test_re_timing_a_delay_takes_its_prepared_run_back_at_once_and_an_oper
 
 
 @run_async
+async def test_re_timing_a_disabled_schedule_that_is_not_a_fired_delay_leaves_it_disabled(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    e = engine(store, clock, [])
+    await e.start()
+    await e.run_until(T0 + SEC)  # ran +1 s, prepared +2 s
+    store.update("fast", enabled=False, disabled_reason=None)  # disabled without a reason (as older rows are)
+    assert not store.update("fast", expression="2s").enabled
+    assert by_time(store, "fast")[2 * SEC][0] is RunStatus.PENDING  # left to the tick, which skips it
+    await e.stop()
+
+
+@run_async
 async def test_a_delay_prepared_by_a_worker_that_stopped_starts_on_its_time_in_the_next(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

@@ -298,6 +298,12 @@ def fired_reason(schedule: ScheduleDefinition, at: datetime) -> str | None:
     return f"delay fired at {at.astimezone(UTC).isoformat()}"
 
 
+def fired_by(schedule: ScheduleDefinition, at: datetime) -> bool:
+    """Whether ``schedule`` is disabled by the firing of its occurrence at ``at`` (a delay, prepared or run)."""
+    reason = fired_reason(schedule, at)
+    return not schedule.enabled and reason is not None and schedule.disabled_reason == reason
+
+
 def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datetime, *, current: bool) -> str | None:
     """Why a run prepared ahead of its time must not start at ``now`` whatever its lateness, or None.
 
@@ -307,10 +313,7 @@ def prepared_blocked(run: ScheduledRun, schedule: ScheduleDefinition, now: datet
     ``due`` guards (``due_fate``).
     ``current``: ``schedule`` is known unchanged since the run was prepared.
     """
-    fired = schedule.disabled_reason is not None and schedule.disabled_reason == fired_reason(
-        schedule, run.intended_run_at
-    )
-    if not schedule.enabled and not fired:
+    if not schedule.enabled and not fired_by(schedule, run.intended_run_at):
         return "schedule disabled before this run's time"
     # The schedule may have been edited since: is the run's time still one of its occurrences?
     if not current and schedule.trigger().next_after(run.intended_run_at - _TICK) != run.intended_run_at:

@@ -19,7 +19,7 @@ from ..enums import BreakerState, TriggerType
 from ..errors import DuplicateSchedule, InvalidSchedule, ScheduleNotFound, StaleBreaker
 from ..machines.binding import Transition
 from ..machines.breaker import FAILURE_COUNT, fire_breaker, success_effects
-from ..policies.missed_run import fired_reason
+from ..policies.missed_run import fired_by
 from .connection import CLAIM_CHUNK, LIMITS_CHECKED, LIMITS_CHECKED_KEY, StoreCore, execute
 from .rows import SPAN_COLUMNS, from_db, lookup_key, schedule_from, schedule_row, to_db
 
@@ -228,8 +228,6 @@ class ScheduleRows(StoreCore):
             raise DuplicateSchedule(changed.name) from exc
         if count != 1:
             raise ScheduleNotFound(name_or_id)
-        if rearmed:
-            changed = changed.with_state(enabled=True, disabled_reason=None)
         self._changed()
         return self.get(current.id)
 
@@ -259,9 +257,7 @@ class ScheduleRows(StoreCore):
             return False
         schedule = schedule_from(row)
         at = schedule.last_run_at
-        if schedule.enabled or at is None or schedule.disabled_reason != fired_reason(schedule, at):
-            return False
-        return self._skip_prepared(conn, schedule, at)
+        return at is not None and fired_by(schedule, at) and self._skip_prepared(conn, schedule, at)
 
     def _skip_prepared(self, conn: Connection, schedule: ScheduleDefinition, at: datetime) -> bool:
         """Skip the prepared, never started run of ``schedule`` at ``at``; whether there was one (runs.py)."""

@@ -299,11 +299,10 @@ class TickWork:
             if not created:
                 continue
             # The schedule as materialize_many left it: current until someone else writes it.
-            snapshot = m.schedule.with_state(
-                next_run_at=m.next_run_at, last_run_at=m.schedule.next_run_at, updated_at=now
-            )
+            left: dict[str, Any] = {"next_run_at": m.next_run_at, "last_run_at": m.schedule.next_run_at}
             if m.disable_reason is not None:
-                snapshot = snapshot.with_state(enabled=False, disabled_reason=m.disable_reason)
+                left.update(enabled=False, disabled_reason=m.disable_reason)
+            snapshot = m.schedule.with_state(updated_at=now, **left)
             prepared += [Prepared(run, snapshot, changes) for run in created]
         due, count = self.store.next_due(count_up_to=BATCH_MIN)
         return PrepareResult(state=replace(state, schedule_due=due, schedule_batch=count), prepared=tuple(prepared))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from .enums import RunStatus
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# No slots: a move copies a run's fields as one dict (``evolved``), five times faster than the
+# constructor, and the engine makes two such copies of every run it executes.
+@dataclass(frozen=True, kw_only=True)
 class ScheduledRun:
     """A run as stored: an immutable snapshot of its row.
 
@@ -80,9 +82,27 @@ class ScheduledRun:
         """Schedule id + occurrence: the same for every attempt of this occurrence."""
         return f"{self.schedule_id}:{self.occurrence_key}"
 
+    def evolved(self, changes: dict[str, Any], status: RunStatus) -> ScheduledRun:
+        """A copy in ``status`` with ``changes`` (field -> value), as ``dataclasses.replace`` makes it but
+        without calling the constructor again: every field is taken as it is (the machine's moves)."""
+        if not changes.keys() <= RUN_FIELDS:
+            unknown = ", ".join(sorted(changes.keys() - RUN_FIELDS))
+            raise TypeError(f"ScheduledRun has no field(s) {unknown}")
+        moved = object.__new__(ScheduledRun)
+        values = moved.__dict__
+        values.update(self.__dict__)
+        values.update(changes)
+        values["status"] = status
+        return moved
+
+
+#: The names of ScheduledRun's fields.
+RUN_FIELDS = frozenset(f.name for f in fields(ScheduledRun))
+
 
 def time_occurrence_key(instant: datetime) -> str:
     """The occurrence key of a time-based run: its intended instant in UTC, to the microsecond."""
     if instant.tzinfo is None:
         raise ValueError("occurrence instants must be timezone-aware")
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = instant if instant.tzinfo is UTC else instant.astimezone(UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # %Y-%m-%dT%H:%M:%S.%fZ

@@ -18,7 +18,7 @@ the same destination (``RUN_EFFECTS_BY_DESTINATION``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -243,17 +243,6 @@ def _destination(run: ScheduledRun, trigger: str) -> str:
     return str(edges[0].dest)
 
 
-_RUN_FIELDS = tuple(f.name for f in fields(ScheduledRun))
-
-
-def _evolve(run: ScheduledRun, fields: dict[str, Any], status: RunStatus) -> ScheduledRun:
-    # dataclasses.replace, without looking the fields up again on every call (a hot path).
-    values = {name: getattr(run, name) for name in _RUN_FIELDS}
-    values.update(fields)
-    values["status"] = status
-    return ScheduledRun(**values)
-
-
 @dataclass(frozen=True, slots=True)
 class RunMove:
     """One accepted transition of a run: the edge, every row field it writes, and the run after it."""
@@ -273,7 +262,7 @@ def _move(run: ScheduledRun, transition: Transition, now: datetime, changes: dic
     if transition.reason is not None:
         fields["reason"] = transition.reason
     fields.update(changes or {})
-    return RunMove(run, transition, fields, _evolve(run, fields, RunStatus(transition.dest)))
+    return RunMove(run, transition, fields, run.evolved(fields, RunStatus(transition.dest)))
 
 
 def plan_run(
@@ -361,8 +350,9 @@ def _plan_group(
         members.append(member)
 
     def write(transition: Transition) -> list[RunMove]:
+        edge = (transition.trigger, transition.source, transition.dest)  # each member's with its own reason
         return [
-            _move(m.run, replace(transition, reason=m.guard_reason), now, batch[i][2])
+            _move(m.run, Transition(*edge, reason=m.guard_reason), now, batch[i][2])
             for m, i in zip(members, positions, strict=True)
         ]
 

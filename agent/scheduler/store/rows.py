@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-import uuid
+import os
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -73,7 +73,9 @@ def lookup_key(argument: str, value: Any) -> str:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    # 128 random bits in hex, as uuid4().hex has them (less six fixed bits), at a third of its cost:
+    # every run gets one.
+    return f"{prefix}_{os.urandom(16).hex()}"
 
 
 def schedule_row(d: ScheduleDefinition) -> dict[str, Any]:
@@ -123,19 +125,15 @@ def schedule_from(row: Any) -> ScheduleDefinition:
     return ScheduleDefinition.from_trusted(**{name: conv(row[col]) for name, col, conv in SCHEDULE_READERS})
 
 
-_RUN_FIELDS = tuple(f.name for f in fields(ScheduledRun))
+_RUN_INSTANTS = tuple(name for name, _, conv in RUN_READERS if conv is from_db)
 _RUN_STATUSES: dict[str, RunStatus] = {s.value: s for s in RunStatus}
 
 
 def run_row(run: ScheduledRun) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name in _RUN_FIELDS:
-        value = getattr(run, name)
-        if isinstance(value, datetime):
-            value = to_db(value)
-        elif isinstance(value, StrEnum):
-            value = value.value
-        row[name] = value
+    row = dict(vars(run))  # every field, as it is: only the instants and the status differ in the row
+    for name in _RUN_INSTANTS:
+        row[name] = to_db(row[name])
+    row["status"] = run.status.value
     return row
 
 

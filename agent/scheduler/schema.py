@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, false
+import secrets
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 #: Bumped when a table or column changes; stored in ``meta`` under ``schema_version``.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+
+def new_version() -> int:
+    """A schedule row's version: a random token, drawn again by every write (never reused, so a
+    token a rolled-back transaction drew matches no row, ever)."""
+    return secrets.randbits(62)
+
 
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 ID = 64
@@ -56,6 +79,9 @@ schedules = Table(
     Column("breaker_opened_at", DateTime),
     Column("disabled_reason", Text),
     *_stamps(),
+    # Version 5: drawn again by every INSERT and UPDATE made through SQLAlchemy (``default`` and
+    # ``onupdate``), unless the statement sets it: a row whose version is unchanged is unchanged.
+    Column("version", BigInteger, nullable=False, default=new_version, onupdate=new_version, server_default="0"),
     Index("ix_schedules_due", "enabled", "next_run_at"),
 )
 
@@ -223,4 +249,6 @@ UPGRADES: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS ix_event_inbox_status ON event_inbox (status, emitted_at)",
         "CREATE INDEX IF NOT EXISTS ix_event_inbox_emitter ON event_inbox (emitted_by, emitted_at)",
     ],
+    # Existing rows start at version 0; every write from now on draws a new one.
+    4: ["ALTER TABLE schedules ADD COLUMN version BIGINT NOT NULL DEFAULT 0"],
 }

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
+from sqlalchemy import text
 
 from agent.scheduler import FakeClock, ScheduleDefinition, ScheduleStore, SystemClock, TriggerType
 from agent.scheduler.engine import ScheduleEngine
-from agent.scheduler.engine.feed import POLL_SECONDS, SqliteChangeFeed, open_feed
+from agent.scheduler.engine.feed import POLL_SECONDS, NoFeed, SqliteChangeFeed, open_feed
 from agent.scheduler.enums import RunStatus
 from agent.scheduler.errors import WorkerIdInUse
 from agent.scheduler.tasks import RunContext, TaskRegistry
@@ -223,4 +225,35 @@ async def test_a_refused_start_leaves_no_feed_watching_and_no_subscription(tmp_p
             await engine.start()
     assert len(feeds) == 1 and not feeds[0].live  # stopped: no timer, no connection
     assert store._listeners == [] and store._alert_listeners == []
+    store.close()
+
+
+@run_async
+async def test_a_schedule_edited_around_the_store_is_seen_by_the_next_scan_the_feed_cannot_replace(
+    tmp_path: Path, mocker: MockerFixture
+) -> None:
+    # Raw SQL draws no new version of the row, so the store would keep serving the definition it
+    # mapped; the scans that stand in for what no feed sees (every tick_seconds here, with no live
+    # feed) make it map every row again.
+    mocker.patch("agent.scheduler.engine.loop.open_feed", return_value=NoFeed())
+    clock = FakeClock(T0)
+    store = ScheduleStore(tmp_path / "raw.db", clock=clock)
+    schedule = store.add(
+        ScheduleDefinition(
+            name="minutely", trigger_type=TriggerType.INTERVAL, expression="1m", target="work", params={"n": 1}
+        )
+    )
+    tasks = TaskRegistry()
+    seen: list[object] = []
+    tasks.add("work", lambda ctx: seen.append(ctx.params["n"]))
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=10, worker_id="w")
+    await engine.start()
+    await engine.run_until(T0 + timedelta(minutes=1, seconds=5))
+    await engine.wait_idle()
+    with store.db.engine.begin() as conn:  # type: ignore[union-attr]
+        conn.execute(text("UPDATE schedules SET params = '{\"n\": 2}' WHERE id = :id"), {"id": schedule.id})
+    await engine.run_until(T0 + timedelta(minutes=3, seconds=5))
+    await engine.wait_idle()
+    assert seen == [1, 2, 2]
+    await engine.stop()
     store.close()

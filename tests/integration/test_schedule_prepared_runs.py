@@ -252,10 +252,11 @@ async def test_a_prepared_run_that_started_and_was_cut_is_retried_to_its_end_und
         first = schedule.trigger(T0).next_after(T0)
         assert first is not None
         plan = [PlannedRun(first)]
-        [created] = store.materialize_many(
+        [done] = store.materialize_many(
             [Materialization(schedule, plan, first + timedelta(minutes=1), anchor_at=T0, prepared=True)], now=T0
         )
-        assert created is not None and created[0].prepared
+        assert done is not None and done.runs[0].prepared
+        created = done.runs
         clock.advance(first - clock.now())
         [cut] = store.start_many(created, owner="dead", lease_until=first + 30 * SEC, now=first)
         assert not cut.prepared  # the first start clears the stored fact

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from agent.scheduler import (
@@ -94,12 +95,17 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs_and_decisi
             conn.execute(text("ALTER TABLE scheduled_runs DROP COLUMN starts"))
             conn.execute(text("ALTER TABLE proposals DROP COLUMN decided_via"))
             conn.execute(text("ALTER TABLE proposals DROP COLUMN decided_at"))
-            # Nor an event inbox.
+            # Nor an event inbox, nor a version of each schedule row.
             conn.execute(text("DROP TABLE event_inbox"))
+            conn.execute(text("ALTER TABLE schedules DROP COLUMN version"))
             conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     with ScheduleStore(any_url, clock=clock) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         assert store.count_events() == 0
+        before = store.schedule_versions([schedule.id])[schedule.id]
+        assert before == 0  # rows of earlier versions start at 0; a write draws a new one
+        store.update(schedule.id, description="moved on")
+        assert store.schedule_versions([schedule.id])[schedule.id] != before
         run, ahead = store.runs(schedule="old")
         assert (run.occurrence_key, run.prepared, run.starts) == ("manual:1", False, 1)  # it had started
         assert (ahead.occurrence_key, ahead.prepared, ahead.starts) == ("ahead", True, 0)
@@ -627,18 +633,24 @@ def test_many_schedules_advance_together_and_one_another_worker_advanced_first_g
         None,
         disable_reason="its last occurrence",
     )
-    created = store.materialize_many(plans, now=at)
-    assert created[4] is None  # due1: not this worker's to advance
-    assert [len(runs or []) for runs in created] == [1, 1, 1, 1, 0, 1, 1]
-    for plan, runs in zip(plans, created, strict=True):
-        if runs is None:
+    done = store.materialize_many(plans, now=at)
+    assert done[4] is None  # due1: not this worker's to advance
+    assert [len(d.runs) if d else 0 for d in done] == [1, 1, 1, 1, 0, 1, 1]
+    for plan, d in zip(plans, done, strict=True):
+        if d is None:
             continue
         stored = store.get(plan.schedule.id)
         assert (stored.next_run_at, stored.last_run_at) == (plan.next_run_at, plan.runs[0].intended_at)
-        assert runs == store.runs(schedule=plan.schedule.id)
+        assert d.runs == store.runs(schedule=plan.schedule.id)
+        # The schedule as written is the row as read back, and the store does not map that row again.
+        assert d.schedule == stored
+        assert store.schedules_by_id([stored.id])[stored.id] is d.schedule
     assert store.get("due1").next_run_at == at
     assert (store.get("due3").enabled, store.get("due3").disabled_reason) == (False, "its last occurrence")
-    assert [(r.status, r.reason) for r in created[6] or []] == [(RunStatus.SKIPPED, "missed: skip policy")]
+    last = done[6]
+    assert last is not None and [(r.status, r.reason) for r in last.runs] == [
+        (RunStatus.SKIPPED, "missed: skip policy")
+    ]
 
 
 def test_pending_due_runs_with_those_just_created_taken_as_they_are_equal_those_read_back(
@@ -655,7 +667,7 @@ def test_pending_due_runs_with_those_just_created_taken_as_they_are_equal_those_
             Materialization(s, [PlannedRun(T0 - timedelta(seconds=i + 1)), PlannedRun(T0 + timedelta(seconds=i))], at)
             for i, s in enumerate(schedules)
         ]
-        created = [run for runs in store.materialize_many(plans, now=at) for run in runs or []]
+        created = [run for done in store.materialize_many(plans, now=at) if done for run in done.runs]
         return store.pending_due(at, fresh=created), store.pending_due(at)
 
     taken, read = store.atomic(work)
@@ -689,8 +701,11 @@ def test_what_the_loop_reads_to_plan_its_waits(
     store.add(make_schedule("off", next_run_at=clock.now(), anchor_at=clock.now(), enabled=False))
     assert store.next_due() == (soon, 2)  # when, and how many schedules share that moment
     assert store.next_due(count_up_to=1) == (soon, 1)  # counted only as far as asked
-    versions = store.schedule_versions([store.get("a").id, store.get("c").id, "gone"])
-    assert versions == {store.get("a").id: store.get("a").updated_at, store.get("c").id: store.get("c").updated_at}
+    a, c = store.get("a").id, store.get("c").id
+    versions = store.schedule_versions([a, c, "gone"])
+    assert set(versions) == {a, c} and versions[a] != versions[c]  # each write draws its own
+    store.update(a, description="changed")
+    assert store.schedule_versions([a, c]) == {a: store.schedule_versions([a])[a], c: versions[c]} != versions
     # A run stored ahead of its time (prepared) is what next_pending_at finds; a due one is not.
     c = store.get("c")
     store.create_run(c, later)
@@ -725,3 +740,76 @@ def test_a_new_trigger_drops_the_next_run_time_the_old_one_planned(
     assert store.update("edited", description="same trigger").next_run_at == planned
     assert store.update("edited", expression="5m").next_run_at == planned  # unchanged value: kept
     assert store.update("edited", expression="1h").next_run_at is None  # the engine plans it afresh
+
+
+# ------------------------------------------------------------------ rows mapped once per version
+
+
+def _trip(store: ScheduleStore, sid: str) -> None:
+    # The failures counted around the store, keeping the version: only the trip itself may draw one.
+    version = store.schedule_versions([sid])[sid]
+    with store.db.engine.begin() as conn:  # type: ignore[union-attr]
+        conn.execute(
+            sa.text("UPDATE schedules SET consecutive_failures = breaker_threshold, version = :v WHERE id = :id"),
+            {"v": version, "id": sid},
+        )
+    store.forget_mapped()
+    store.schedules_by_id([sid])
+    store.transition_breaker(sid, "trip")
+
+
+WRITES: dict[str, Callable[[ScheduleStore, str], Any]] = {
+    "update": lambda s, sid: s.update(sid, description="edited"),
+    "disable": lambda s, sid: s.disable(sid, "paused by alice"),
+    "a failure counted (nothing else changes)": lambda s, sid: s.record_outcome(sid, failed=True),
+    "the breaker tripped": _trip,
+    "materialized": lambda s, sid: s.materialize(s.get(sid), [PlannedRun(T0)], next_run_at=T0 + timedelta(hours=1)),
+}
+
+
+@pytest.mark.parametrize("write", WRITES)
+def test_every_write_draws_a_new_version_and_the_next_read_maps_the_row_again(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, write: str
+) -> None:
+    sid = store.add(make_schedule("watched", next_run_at=T0)).id
+    [before] = store.schedules_by_id([sid]).values()
+    assert store.schedules_by_id([sid])[sid] is before  # unchanged: not mapped again
+    version = store.schedule_versions([sid])[sid]
+    WRITES[write](store, sid)  # at the same instant: updated_at alone could not tell
+    assert store.schedule_versions([sid])[sid] != version
+    [after] = store.schedules_by_id([sid]).values()
+    assert after is not before and after == store.get(sid) != before
+    assert store.due_schedules(T0 + timedelta(days=1)) in ([], [after])  # the due read maps the same row alike
+
+
+def test_a_write_by_another_store_is_seen_and_a_rolled_back_one_is_not(
+    any_url: str, store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    sid = store.add(make_schedule("shared", next_run_at=T0)).id
+    [mine] = store.due_schedules(T0).copy()
+    with ScheduleStore(any_url, clock=clock) as other:  # another process
+        other.update(sid, params={"from": "elsewhere"})
+    [seen] = store.due_schedules(T0)
+    assert seen is not mine and seen.params == {"from": "elsewhere"}
+
+    def advance_then_fail() -> None:
+        store.materialize(seen, [PlannedRun(T0)], next_run_at=T0 + timedelta(hours=1))
+        raise RuntimeError("the transaction rolls back")
+
+    with pytest.raises(RuntimeError):
+        store.atomic(advance_then_fail)
+    [still] = store.due_schedules(T0)  # the copy that write made is never taken for the row
+    assert still.next_run_at == T0 and still == seen
+
+
+def test_a_write_around_the_store_is_seen_once_the_mapped_rows_are_forgotten(
+    sqlite_store: ScheduleStore, db_path: Path, make_schedule: MakeSchedule
+) -> None:
+    store = sqlite_store
+    sid = store.add(make_schedule("edited_by_hand", next_run_at=T0)).id
+    store.schedules_by_id([sid])
+    with sqlite3.connect(db_path) as raw:  # raw SQL draws no new version
+        raw.execute("UPDATE schedules SET description = 'by hand' WHERE id = ?", (sid,))
+    assert store.schedules_by_id([sid])[sid].description != "by hand"
+    store.forget_mapped()  # what the engine's safety-net scan does
+    assert store.schedules_by_id([sid])[sid].description == "by hand"

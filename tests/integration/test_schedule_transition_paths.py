@@ -200,7 +200,11 @@ class World:
             letters = sorted(
                 (index[row["run_id"]], _without_ids(dict(row))) for row in conn.execute(select(dead_letters)).mappings()
             )
-            kept = {self.ids[row["id"]]: _without_ids(dict(row)) for row in conn.execute(select(schedules)).mappings()}
+            # A schedule row's version is a random token each store draws for itself.
+            kept = {
+                self.ids[row["id"]]: _without_ids({k: v for k, v in row.items() if k != "version"})
+                for row in conn.execute(select(schedules)).mappings()
+            }
         engine.dispose()
         return {"runs": runs, "dead_letters": letters, "schedules": kept}
 

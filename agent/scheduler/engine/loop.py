@@ -151,9 +151,6 @@ class ScheduleEngine:
         """The database side's state as the last committed tick handed it back (read-only here)."""
         self._asks = EVERYTHING
         """What the next tick owes, whatever the instants say (the first one looks at everything)."""
-        self._changes = 0
-        """Schedule changes made in this process (``wake()``): a prepared run's copy of its schedule
-        is trusted only if none happened since, whatever the timestamps say."""
         self._events: list[InboxEvent] = []
         self._orphans: tuple[ScheduledRun, ...] = ()
         """Orphans found outside a tick (startup, the reconcile task): the next tick fails them over."""
@@ -278,7 +275,6 @@ class ScheduleEngine:
             earliest_prepared=ex.earliest_prepared(),
             report=report,
             asks=asks,
-            changes=self._changes,
             draining=self._draining,
             polling=self._polling,
             may_sweep=not self._health.down,
@@ -311,7 +307,7 @@ class ScheduleEngine:
             ex.request_stop(schedule_id, now)
         soon, lot = self._state.ahead(ex.earliest_prepared())
         if not self._draining and soon is not None and soon <= self.clock.now():
-            ahead = await self._db(self._work.prepare, self.clock.now(), self._changes, lot)
+            ahead = await self._db(self._work.prepare, self.clock.now(), lot)
             self._state = ahead.state
             ex.adopt_prepared(ahead.prepared)
             ex.arm()
@@ -455,7 +451,6 @@ class ScheduleEngine:
 
     def _woken(self) -> None:
         self._asks = self._asks | Asks(full_scan=True)
-        self._changes += 1
         self._wake.set()
 
     def _on_loop(self, fn: Callable[[], None]) -> None:

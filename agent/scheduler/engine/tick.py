@@ -83,12 +83,11 @@ class Told:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A run this engine prepared, its schedule as the preparing transaction left it, and the loop's
-    count of schedule changes then (a copy is trusted only if none happened since)."""
+    """A run this engine prepared, and its schedule as the preparing transaction wrote it: while the
+    row is unchanged, the store's reads give this very object (``EngineStore.schedules_by_id``)."""
 
     run: ScheduledRun
     schedule: ScheduleDefinition
-    changes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +179,6 @@ class TickInputs:
     """The earliest of this engine's prepared runs not yet due."""
     report: ReconciliationReport | None = None
     asks: Asks = Asks()
-    changes: int = 0
     draining: bool = False
     polling: bool = True
     """No live change feed: changes elsewhere are found by scanning every ``tick_seconds``."""
@@ -260,10 +258,10 @@ class TickWork:
         self._state = result.state
         return result
 
-    def prepare(self, now: datetime, changes: int, lot: datetime | None = None) -> PrepareResult:
+    def prepare(self, now: datetime, lot: datetime | None = None) -> PrepareResult:
         """Store the occurrences due within PREPARE_AHEAD, and those of a batch due at ``lot``, as
         pending runs, in one transaction."""
-        result = self.store.atomic_kept(self._prepare, now, changes, lot, self._state)
+        result = self.store.atomic_kept(self._prepare, now, lot, self._state)
         self._state = result.state
         return result
 
@@ -277,7 +275,7 @@ class TickWork:
             time.sleep(max(0.0, inputs.release - done))
         return replace(result, busy=done - began)
 
-    def _prepare(self, now: datetime, changes: int, lot: datetime | None, state: TickState) -> PrepareResult:
+    def _prepare(self, now: datetime, lot: datetime | None, state: TickState) -> PrepareResult:
         """Each schedule's next occurrence due within PREPARE_AHEAD or at ``lot``: only the next,
         only one not yet due (one that is already due is left to the next tick, where the
         missed-run policy sees it), and none of a schedule with an occurrence stored ahead already
@@ -294,16 +292,12 @@ class TickWork:
             batch.append(Materialization(schedule, [PlannedRun(first)], upcoming, disable_reason=fired, prepared=True))
         if not batch:
             return PrepareResult(state=state)
-        prepared: list[Prepared] = []
-        for m, created in zip(batch, self.store.materialize_many(batch, now=now), strict=True):
-            if not created:
-                continue
-            # The schedule as materialize_many left it: current until someone else writes it.
-            left: dict[str, Any] = {"next_run_at": m.next_run_at, "last_run_at": m.schedule.next_run_at}
-            if m.disable_reason is not None:
-                left.update(enabled=False, disabled_reason=m.disable_reason)
-            snapshot = m.schedule.with_state(updated_at=now, **left)
-            prepared += [Prepared(run, snapshot, changes) for run in created]
+        prepared = [
+            Prepared(run, done.schedule)
+            for done in self.store.materialize_many(batch, now=now)
+            if done is not None
+            for run in done.runs
+        ]
         due, count = self.store.next_due(count_up_to=BATCH_MIN)
         return PrepareResult(state=replace(state, schedule_due=due, schedule_batch=count), prepared=tuple(prepared))
 
@@ -341,6 +335,8 @@ class _Pass:
             # Prepared runs are waiting for their start: the full scan waits for the next tick (once).
             full, postponed = False, True
         elif full:
+            if self._timed_scan(now):  # what no feed sees (a write around the store) is seen from now on
+                store.forget_mapped()
             last_full_scan, last_full_scan_real, postponed = now, time.monotonic(), False
         maybe_pending, maybe_failed = i.asks.pending, i.asks.retry
         # Runs whose lease lapsed are taken over after the start, and not right after an outage.
@@ -452,13 +448,21 @@ class _Pass:
 
     def _scan_due(self, now: datetime) -> bool:
         """Whether this tick makes a full scan: asked for (a change, a wake), or the safety net is due."""
-        i, st, tick_seconds = self.inputs, self.state, self.work.tick_seconds
+        i, st = self.inputs, self.state
         if i.asks.full_scan or st.last_full_scan is None:
             return True
-        if i.polling:
-            return (now - st.last_full_scan).total_seconds() >= tick_seconds
-        if st.lease_due is not None and st.lease_due <= now and not self._quiet(now):
+        if st.lease_due is not None and st.lease_due <= now and not i.polling and not self._quiet(now):
             return True  # another worker's lease lapsed: take its run over if it is gone
+        return self._timed_scan(now)
+
+    def _timed_scan(self, now: datetime) -> bool:
+        """Whether a full scan is due by time alone: every ``tick_seconds`` without a live change feed,
+        else the safety net."""
+        st, tick_seconds = self.state, self.work.tick_seconds
+        if st.last_full_scan is None:
+            return True
+        if self.inputs.polling:
+            return (now - st.last_full_scan).total_seconds() >= tick_seconds
         return time.monotonic() - st.last_full_scan_real >= max(tick_seconds, SAFETY_NET_SECONDS)
 
     def _record_finished(self, finished: tuple[Ended, ...], now: datetime) -> None:
@@ -505,9 +509,10 @@ class _Pass:
             return []
         waiting: list[ScheduledRun] = []
         tell = self.inputs.tell
-        for (schedule, plan), created in zip(plans, store.materialize_many(batch, now=now), strict=True):
-            if created is None:
+        for (schedule, plan), done in zip(plans, store.materialize_many(batch, now=now), strict=True):
+            if done is None:
                 continue
+            created = done.runs
             waiting += [run for run in created if run.status is RunStatus.PENDING]
             if tell:  # missed occurrences recorded as skipped: the skipped run tells how many
                 self.told += [Told(run) for run in created if run.status is RunStatus.SKIPPED]
@@ -601,20 +606,12 @@ class _Pass:
         if not pending:
             return
         wanted = {r.schedule_id for r in pending}
-        # Schedules read earlier in this same transaction are current; so are the copies kept
-        # with prepared runs whose row nobody wrote since. Read only the others.
+        # Schedules read earlier in this same transaction are current; the others are read (a row
+        # unchanged since it was last read or written here is not mapped again). A prepared run's
+        # schedule is the very copy kept with it while nobody wrote its row since.
         schedules = {sid: self.fresh[sid] for sid in wanted if sid in self.fresh}
-        kept = {
-            p.schedule.id: p.schedule
-            for p in i.prepared
-            if p.changes == i.changes and p.schedule.id in wanted and p.schedule.id not in schedules
-        }
-        verified: set[str] = set()
-        if kept:
-            versions = store.schedule_versions(kept)
-            verified = {sid for sid, s in kept.items() if versions.get(sid) == s.updated_at}
-            schedules.update({sid: kept[sid] for sid in verified})
         schedules.update(store.schedules_by_id(wanted - set(schedules)))
+        kept = {p.run.run_id: p.schedule for p in i.prepared}
         by_schedule: dict[str, list[ScheduledRun]] = {}
         skips: list[Finished] = []
         facts = due_facts(pending)
@@ -626,7 +623,7 @@ class _Pass:
                 now,
                 has_task=w.has_task,
                 worker_id=w.worker_id,
-                current=run.schedule_id in verified,
+                current=schedule is not None and kept.get(run.run_id) is schedule,
             )
             missed = False
             if why:

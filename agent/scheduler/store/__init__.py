@@ -11,7 +11,7 @@ from .events import EventRows
 from .outbox import OutboxRows
 from .proposals import ProposalRows
 from .protocol import EngineStore
-from .runs import Materialization, RunRows
+from .runs import Materialization, Materialized, RunRows
 from .state import StateRows
 
 
@@ -32,6 +32,7 @@ __all__ = [
     "EngineStore",
     "LIMITS_CHECKED_KEY",
     "Materialization",
+    "Materialized",
     "NOTIFY_CHANNEL",
     "ScheduleStore",
     "default_url",

@@ -18,7 +18,7 @@ from ..enums import AlertStatus, RunStatus
 from ..errors import SchedulerError
 from ..records import Alert, InboxEvent, StoredReport
 from ..scheduled_run import ScheduledRun
-from .runs import Materialization
+from .runs import Materialization, Materialized
 
 T = TypeVar("T")
 
@@ -94,11 +94,13 @@ class EngineStore(Protocol):
     def reset_failures(self, schedule_ids: Iterable[str]) -> builtins.list[ScheduleDefinition]:
         """After successes: zero the failure counts of these schedules; return those whose breaker is not closed."""
 
-    def schedule_versions(self, ids: Iterable[str]) -> dict[str, datetime]:
-        """``updated_at`` of these schedules (missing ones left out): whether a copy in memory is current."""
+    def forget_mapped(self) -> None:
+        """Map every schedule row again on its next read (a write around the store draws no new version)."""
 
     def schedules_by_id(self, ids: Iterable[str]) -> dict[str, ScheduleDefinition]:
-        """The schedules with these ids (missing ones are left out)."""
+        """The schedules with these ids (missing ones are left out). A row is mapped once per version:
+        while it is unchanged, every read gives the same object (the one ``materialize_many`` gave, if
+        that was its last write)."""
 
     def transition_breaker(
         self, name_or_schedule: str | ScheduleDefinition, trigger: str, *, now: datetime | None = None
@@ -127,8 +129,9 @@ class EngineStore(Protocol):
 
     def materialize_many(
         self, plans: Iterable[Materialization], *, now: datetime | None = None
-    ) -> builtins.list[builtins.list[ScheduledRun] | None]:
-        """``materialize`` for many schedules in one transaction and a few statements."""
+    ) -> builtins.list[Materialized | None]:
+        """``materialize`` for many schedules in one transaction and a few statements: per plan, the
+        runs created and the schedule as written, or None when another worker moved first."""
 
     def next_lease_expiry(self, now: datetime, *, owner: str) -> datetime | None:
         """When the earliest lease held by another owner than ``owner`` lapses, if after ``now``: the moment its run

@@ -55,6 +55,15 @@ class Materialization:
     """The runs are stored ahead of their time (``ScheduledRun.prepared``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    """What materializing one schedule did: the runs it created, and the schedule as it left it."""
+
+    runs: list[ScheduledRun]
+    schedule: ScheduleDefinition
+    """The definition of the row as written (its ``next_run_at`` moved...): current until the next write."""
+
+
 class RunRows(ScheduleRows):
     """Runs: creation and materialization, every run transition (one row or a batch), leases,
     checkpoints, dead letters.
@@ -538,31 +547,37 @@ class RunRows(ScheduleRows):
         schedule (a delay that fired).
         """
         plan = Materialization(schedule, list(runs), next_run_at, anchor_at, disable_reason)
-        return self.materialize_many([plan], now=now)[0]
+        done = self.materialize_many([plan], now=now)[0]
+        return None if done is None else done.runs
 
     def materialize_many(
         self, plans: Iterable[Materialization], *, now: datetime | None = None
-    ) -> builtins.list[builtins.list[ScheduledRun] | None]:
+    ) -> builtins.list[Materialized | None]:
         """``materialize`` for many schedules in one transaction and a few statements.
 
         The conditional moves of ``next_run_at`` run as one UPDATE ... RETURNING per shape and chunk
         (``_advance_schedules``), which says which this call made (only those schedules get runs);
-        all their runs go in with one executemany. Returns, per plan, the runs created, or None when
-        another worker moved first.
+        all their runs go in with one executemany. Returns, per plan, the runs created and the
+        schedule as written, or None when another worker moved first.
         """
         at = now or self.clock.now()
         batch = list(plans)
         s = schema.schedules
+        version = schema.new_version()  # one for every row this call writes: unchanged rows have theirs
         shapes: dict[tuple[bool, tuple[str, ...]], builtins.list[dict[str, Any]]] = {}
         shaped: builtins.list[tuple[tuple[bool, tuple[str, ...]], dict[str, Any]]] = []
+        states: builtins.list[dict[str, Any]] = []
         for m in batch:
-            values: dict[str, Any] = {"next_run_at": to_db(m.next_run_at), "updated_at": to_db(at)}
+            state: dict[str, Any] = {"next_run_at": m.next_run_at, "updated_at": at}
             if m.runs:
-                values["last_run_at"] = to_db(max(p.intended_at for p in m.runs))
+                state["last_run_at"] = max(p.intended_at for p in m.runs)
             if m.anchor_at is not None:
-                values["anchor_at"] = to_db(m.anchor_at)
+                state["anchor_at"] = m.anchor_at
             if m.disable_reason is not None:
-                values.update(enabled=False, disabled_reason=m.disable_reason)
+                state.update(enabled=False, disabled_reason=m.disable_reason)
+            states.append(state)
+            values = {k: to_db(v) if isinstance(v, datetime) else v for k, v in state.items()}
+            values["version"] = version
             params = {f"v_{k}": v for k, v in values.items()}
             params.update(w_id=m.schedule.id, w_next=to_db(m.schedule.next_run_at))
             shape = (m.schedule.next_run_at is None, tuple(sorted(values)))
@@ -579,10 +594,16 @@ class RunRows(ScheduleRows):
 
             return self._prepared(("advance", unset, columns), build)
 
-        def one_by_one(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
+        def left(m: Materialization, state: dict[str, Any]) -> ScheduleDefinition:
+            """The schedule as this call wrote it (and, once committed, as the next read maps it)."""
+            written = m.schedule.with_state(**state)
+            self._keep_mapped(version, written)
+            return written
+
+        def one_by_one(conn: Connection) -> builtins.list[Materialized | None]:
             self._lock_rows(conn, (m.schedule.id for m in batch))
-            out: builtins.list[builtins.list[ScheduledRun] | None] = []
-            for m, ((unset, columns), params) in zip(batch, shaped, strict=True):
+            out: builtins.list[Materialized | None] = []
+            for m, ((unset, columns), params), state in zip(batch, shaped, states, strict=True):
                 if conn.execute(advance(unset, columns), params).rowcount != 1:
                     out.append(None)
                     continue
@@ -596,13 +617,13 @@ class RunRows(ScheduleRows):
                             conn, run, "skip", now=at, changes={"reason": p.skip_reason}, schedule=m.schedule
                         )
                     created.append(run)
-                out.append(created)
+                out.append(Materialized(created, left(m, state)))
             return out
 
         if len(batch) < self.batch_min or len({m.schedule.id for m in batch}) < len(batch):
             return self._tx(one_by_one)
 
-        def work(conn: Connection) -> builtins.list[builtins.list[ScheduledRun] | None]:
+        def work(conn: Connection) -> builtins.list[Materialized | None]:
             self._lock_rows(conn, (m.schedule.id for m in batch))
             moved: set[str] = set()
             for (unset, columns), rows in shapes.items():
@@ -638,8 +659,10 @@ class RunRows(ScheduleRows):
                         conn, run, "skip", now=at, changes={"reason": p.skip_reason}, schedule=schedule
                     )
             return [
-                None if runs is None else [skipped.get(r.run_id, r) for r in runs if r.run_id in created]
-                for runs in out
+                None
+                if runs is None
+                else Materialized([skipped.get(r.run_id, r) for r in runs if r.run_id in created], left(m, state))
+                for m, runs, state in zip(batch, out, states, strict=True)
             ]
 
         return self._tx(work)
@@ -657,6 +680,8 @@ class RunRows(ScheduleRows):
         first = rows[0]
         shared = tuple(c for c in columns if all_same([r[f"v_{c}"] for r in rows]))
         varying = tuple(c for c in columns if c not in shared)
+        if varying:  # the fill writes these rows again: it sets their version too, or a new one is drawn
+            varying += ("version",)
 
         def build() -> Any:
             if unset:
@@ -709,7 +734,7 @@ class RunRows(ScheduleRows):
             run_id=new_id("run"),
             schedule_id=schedule.id,
             schedule_name=schedule.name,
-            intended_run_at=intended_run_at.astimezone(UTC),
+            intended_run_at=intended_run_at if intended_run_at.tzinfo is UTC else intended_run_at.astimezone(UTC),
             occurrence_key=occurrence_key or time_occurrence_key(intended_run_at),
             origin=origin,
             params=dict(schedule.params if params is None else params),

@@ -6,7 +6,7 @@ import builtins
 import hashlib
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -41,7 +41,49 @@ def turn_key(schedule_id: str) -> int:
 
 
 class ScheduleRows(StoreCore):
-    """Schedules: definitions, their breakers and failure counts, what is due, turn locks."""
+    """Schedules: definitions, their breakers and failure counts, what is due, turn locks.
+
+    A row is mapped to a definition once per version: ``due_schedules`` and ``schedules_by_id``
+    read the versions of the rows they want, and only the rows whose version changed since they
+    were last mapped (every write draws a new one, see ``schema.new_version``). The engine reads
+    the same thousand rows every second; it maps them again only when they change.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mapped: dict[str, tuple[int, ScheduleDefinition]] = {}
+        """Schedule id -> (row version, the definition mapped from that version of the row)."""
+
+    def forget_mapped(self) -> None:
+        """Map every row again on its next read: a write made around the store (raw SQL) draws no new
+        version, and is seen from then on. The engine does this on its safety-net scans."""
+        self._mapped = {}
+
+    def _definitions(self, conn: Connection, keyed: Iterable[tuple[str, int]]) -> dict[str, ScheduleDefinition]:
+        """The definitions of these ``(id, version)`` rows, by id: the one mapped from that very version
+        of the row if there is one, else the row read and mapped now (and kept for next time)."""
+        mapped = self._mapped
+        out: dict[str, ScheduleDefinition] = {}
+        stale: builtins.list[str] = []
+        for sid, version in keyed:
+            hit = mapped.get(sid)
+            if hit is not None and hit[0] == version:
+                out[sid] = hit[1]
+            else:
+                stale.append(sid)
+        s = schema.schedules
+        stmt = self._prepared("schedules_by_id", lambda: select(s).where(s.c.id.in_(bindparam("ids", expanding=True))))
+        for k in range(0, len(stale), CLAIM_CHUNK):
+            for row in conn.execute(stmt, {"ids": stale[k : k + CLAIM_CHUNK]}).mappings():
+                definition = schedule_from(row)
+                mapped[definition.id] = (row["version"], definition)
+                out[definition.id] = definition
+        return out
+
+    def _keep_mapped(self, version: int, definition: ScheduleDefinition) -> None:
+        """``definition`` is its row as this transaction wrote it, with ``version``. Kept even if the
+        transaction then rolls back: no row will ever have that version."""
+        self._mapped[definition.id] = (version, definition)
 
     def disable_out_of_bounds(self) -> None:
         """Disable the enabled schedules an earlier version stored with a value the limits now refuse
@@ -366,7 +408,7 @@ class ScheduleRows(StoreCore):
 
         def build() -> Any:
             return (
-                select(s)
+                select(s.c.id, s.c.version)
                 .where(
                     and_(
                         s.c.enabled.is_(True),
@@ -387,12 +429,16 @@ class ScheduleRows(StoreCore):
                 "due_schedules_locked",
                 lambda: build().order_by(None).order_by(s.c.id).with_for_update(skip_locked=True),
             )
-            rows = self._tx(lambda c: c.execute(stmt, {"now": to_db(now)}).mappings().all())
-            found = [schedule_from(r) for r in rows]
-            return sorted(found, key=lambda d: (d.next_run_at is not None, d.next_run_at or now))
+            found = self._tx(lambda c: self._definitions(c, c.execute(stmt, {"now": to_db(now)}).all()))
+            return sorted(found.values(), key=lambda d: (d.next_run_at is not None, d.next_run_at or now))
         stmt = self._prepared("due_schedules", build)
-        rows = self._tx(lambda c: c.execute(stmt, {"now": to_db(now)}).mappings().all())
-        return [schedule_from(r) for r in rows]
+
+        def read(conn: Connection) -> builtins.list[ScheduleDefinition]:
+            keyed = conn.execute(stmt, {"now": to_db(now)}).all()
+            found = self._definitions(conn, keyed)
+            return [found[sid] for sid, _ in keyed if sid in found]  # in the order of next_run_at
+
+        return self._tx(read)
 
     def next_due(self, *, count_up_to: int = 16) -> tuple[datetime | None, int]:
         """The earliest ``next_run_at`` of an enabled schedule whose breaker is not open, and how
@@ -418,23 +464,22 @@ class ScheduleRows(StoreCore):
             return None, 0
         return from_db(times[0]), sum(1 for t in times if t == times[0])
 
-    def schedule_versions(self, ids: Iterable[str]) -> dict[str, datetime]:
-        """``updated_at`` of these schedules (missing ones left out): whether a copy in memory is current."""
+    def schedule_versions(self, ids: Iterable[str]) -> dict[str, int]:
+        """The version of each of these schedules' rows (missing ones left out): a token every write
+        through the store draws again, so an unchanged version is an unchanged row."""
         wanted = sorted(set(ids))
+        return self._tx(lambda conn: dict(self._versions(conn, wanted))) if wanted else {}
+
+    def _versions(self, conn: Connection, wanted: builtins.list[str]) -> builtins.list[tuple[str, int]]:
         s = schema.schedules
         stmt = self._prepared(
             "schedule_versions",
-            lambda: select(s.c.id, s.c.updated_at).where(s.c.id.in_(bindparam("ids", expanding=True))),
+            lambda: select(s.c.id, s.c.version).where(s.c.id.in_(bindparam("ids", expanding=True))),
         )
-
-        def work(conn: Connection) -> dict[str, datetime]:
-            out: dict[str, datetime] = {}
-            for k in range(0, len(wanted), CLAIM_CHUNK):
-                for sid, at in conn.execute(stmt, {"ids": wanted[k : k + CLAIM_CHUNK]}):
-                    out[sid] = at.replace(tzinfo=UTC)
-            return out
-
-        return self._tx(work) if wanted else {}
+        out: builtins.list[tuple[str, int]] = []
+        for k in range(0, len(wanted), CLAIM_CHUNK):
+            out += [(sid, version) for sid, version in conn.execute(stmt, {"ids": wanted[k : k + CLAIM_CHUNK]})]
+        return out
 
     def lock_schedules(self, schedule_ids: Iterable[str]) -> None:
         """Take these schedules' turn locks until the transaction ends (PostgreSQL), so two workers
@@ -480,13 +525,10 @@ class ScheduleRows(StoreCore):
 
     def schedules_by_id(self, ids: Iterable[str]) -> dict[str, ScheduleDefinition]:
         """The schedules with these ids (missing ones are left out)."""
-        wanted = list(set(ids))
+        wanted = sorted(set(ids))
         if not wanted:
             return {}
-        s = schema.schedules
-        stmt = self._prepared("schedules_by_id", lambda: select(s).where(s.c.id.in_(bindparam("ids", expanding=True))))
-        rows = self._tx(lambda c: c.execute(stmt, {"ids": wanted}).mappings().all())
-        return {row["id"]: schedule_from(row) for row in rows}
+        return self._tx(lambda conn: self._definitions(conn, self._versions(conn, wanted)))
 
     def open_breakers(self) -> builtins.list[ScheduleDefinition]:
         """Schedules whose breaker is open."""

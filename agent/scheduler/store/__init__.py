@@ -8,14 +8,15 @@ says what the engine needs of it.
 
 from .connection import BATCH_MIN, DEFAULT_DB_PATH, LIMITS_CHECKED_KEY, NOTIFY_CHANNEL, default_url, normalize_url
 from .events import EventRows
+from .letters import DeadLetterRows
 from .outbox import OutboxRows
 from .proposals import ProposalRows
 from .protocol import EngineStore
-from .runs import Materialization, Materialized, RunRows
+from .runs import Materialization, Materialized
 from .state import StateRows
 
 
-class ScheduleStore(RunRows, ProposalRows, OutboxRows, EventRows, StateRows):
+class ScheduleStore(DeadLetterRows, ProposalRows, OutboxRows, EventRows, StateRows):
     """Durable schedules and runs over ``dataset``: any SQLAlchemy URL, SQLite or PostgreSQL.
 
     ``ScheduleStore("sqlite:////abs/path/scheduler.db")`` or a plain path; the schema is created

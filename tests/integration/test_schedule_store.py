@@ -642,9 +642,7 @@ def test_many_schedules_advance_together_and_one_another_worker_advanced_first_g
         stored = store.get(plan.schedule.id)
         assert (stored.next_run_at, stored.last_run_at) == (plan.next_run_at, plan.runs[0].intended_at)
         assert d.runs == store.runs(schedule=plan.schedule.id)
-        # The schedule as written is the row as read back, and the store does not map that row again.
-        assert d.schedule == stored
-        assert store.schedules_by_id([stored.id])[stored.id] is d.schedule
+        assert d.schedule == stored  # the schedule as written is the row as read back
     assert store.get("due1").next_run_at == at
     assert (store.get("due3").enabled, store.get("due3").disabled_reason) == (False, "its last occurrence")
     last = done[6]
@@ -813,3 +811,28 @@ def test_a_write_around_the_store_is_seen_once_the_mapped_rows_are_forgotten(
     assert store.schedules_by_id([sid])[sid].description != "by hand"
     store.forget_mapped()  # what the engine's safety-net scan does
     assert store.schedules_by_id([sid])[sid].description == "by hand"
+
+
+def test_a_mapped_definition_is_kept_as_written_and_one_from_a_stale_read_never_is(
+    store: ScheduleStore, make_schedule: MakeSchedule
+) -> None:
+    sid = store.add(make_schedule("kept", next_run_at=T0)).id
+    [mapped] = store.due_schedules(T0)
+    done = store.materialize(mapped, [PlannedRun(T0)], next_run_at=T0 + timedelta(hours=1))
+    assert done is not None
+    [written] = store.schedules_by_id([sid]).values()
+    assert written == store.get(sid) and written.next_run_at == T0 + timedelta(hours=1)
+    assert store.schedules_by_id([sid])[sid] is written  # the copy the write made: not mapped again
+    # A copy mapped before another write is not moved: it was planned from a row that is gone.
+    store.update(sid, params={"n": 2})
+    assert (
+        store.materialize(written, [PlannedRun(T0 + timedelta(hours=1))], next_run_at=T0 + timedelta(hours=2)) is None
+    )
+    # A definition the store did not map (get) moves on next_run_at alone, as before, and its row
+    # is mapped again on the next read: the stale params are never served as the row's.
+    stale = store.get(sid)
+    store.disable(sid, "paused by alice")
+    moved = store.materialize(stale, [PlannedRun(T0 + timedelta(hours=1))], next_run_at=T0 + timedelta(hours=2))
+    assert moved is not None
+    [read] = store.schedules_by_id([sid]).values()
+    assert (read.enabled, read.params, read.next_run_at) == (False, {"n": 2}, T0 + timedelta(hours=2))

@@ -84,7 +84,8 @@ class Told:
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A run this engine prepared, and its schedule as the preparing transaction wrote it: while the
-    row is unchanged, the store's reads give this very object (``EngineStore.schedules_by_id``)."""
+    row is unchanged, the store's reads give this very object (``EngineStore.schedules_by_id``),
+    unless it forgot its mapped rows since (then the run's time is checked against the schedule)."""
 
     run: ScheduledRun
     schedule: ScheduleDefinition

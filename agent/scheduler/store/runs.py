@@ -563,10 +563,16 @@ class RunRows(ScheduleRows):
         batch = list(plans)
         s = schema.schedules
         version = schema.new_version()  # one for every row this call writes: unchanged rows have theirs
-        shapes: dict[tuple[bool, tuple[str, ...]], builtins.list[dict[str, Any]]] = {}
-        shaped: builtins.list[tuple[tuple[bool, tuple[str, ...]], dict[str, Any]]] = []
+        shapes: dict[tuple[bool, bool, tuple[str, ...]], builtins.list[dict[str, Any]]] = {}
+        shaped: builtins.list[tuple[tuple[bool, bool, tuple[str, ...]], dict[str, Any]]] = []
         states: builtins.list[dict[str, Any]] = []
         for m in batch:
+            # A definition this store mapped (``due_schedules``, ``schedules_by_id``) is moved only
+            # from the very version it was mapped from, and what is written is then known whole: it
+            # is kept as the row's definition. Any other is moved on ``next_run_at`` alone, and its row
+            # is mapped again on its next read (it may be stale in another field).
+            hit = self._mapped.get(m.schedule.id)
+            read = hit[0] if hit is not None and hit[1] is m.schedule else None
             state: dict[str, Any] = {"next_run_at": m.next_run_at, "updated_at": at}
             if m.runs:
                 state["last_run_at"] = max(p.intended_at for p in m.runs)
@@ -578,32 +584,38 @@ class RunRows(ScheduleRows):
             values = {k: to_db(v) if isinstance(v, datetime) else v for k, v in state.items()}
             values["version"] = version
             params = {f"v_{k}": v for k, v in values.items()}
-            params.update(w_id=m.schedule.id, w_next=to_db(m.schedule.next_run_at))
-            shape = (m.schedule.next_run_at is None, tuple(sorted(values)))
+            params.update(w_id=m.schedule.id, w_next=to_db(m.schedule.next_run_at), w_version=read)
+            shape = (m.schedule.next_run_at is None, read is not None, tuple(sorted(values)))
             shapes.setdefault(shape, []).append(params)
             shaped.append((shape, params))
 
-        def advance(unset: bool, columns: tuple[str, ...]) -> Any:
+        def advance(unset: bool, versioned: bool, columns: tuple[str, ...]) -> Any:
             def build() -> Any:
                 expected = (
                     s.c.next_run_at.is_(None) if unset else s.c.next_run_at == bindparam("w_next", type_=DateTime)
                 )
                 cond = and_(s.c.id == bindparam("w_id"), expected)
+                if versioned:
+                    cond = and_(cond, s.c.version == bindparam("w_version"))
                 return update(s).where(cond).values({c: bindparam(f"v_{c}", type_=s.c[c].type) for c in columns})
 
-            return self._prepared(("advance", unset, columns), build)
+            return self._prepared(("advance", unset, versioned, columns), build)
 
-        def left(m: Materialization, state: dict[str, Any]) -> ScheduleDefinition:
-            """The schedule as this call wrote it (and, once committed, as the next read maps it)."""
+        def left(m: Materialization, versioned: bool, state: dict[str, Any]) -> ScheduleDefinition:
+            """The schedule as this call wrote it (kept as the row's definition when it was moved from
+            the version it was mapped from; otherwise the row is mapped again on its next read)."""
             written = m.schedule.with_state(**state)
-            self._keep_mapped(version, written)
+            if versioned:
+                self._keep_mapped(version, written)
+            else:
+                self._mapped.pop(m.schedule.id, None)
             return written
 
         def one_by_one(conn: Connection) -> builtins.list[Materialized | None]:
             self._lock_rows(conn, (m.schedule.id for m in batch))
             out: builtins.list[Materialized | None] = []
-            for m, ((unset, columns), params), state in zip(batch, shaped, states, strict=True):
-                if conn.execute(advance(unset, columns), params).rowcount != 1:
+            for m, ((unset, versioned, columns), params), state in zip(batch, shaped, states, strict=True):
+                if conn.execute(advance(unset, versioned, columns), params).rowcount != 1:
                     out.append(None)
                     continue
                 created = []
@@ -616,7 +628,7 @@ class RunRows(ScheduleRows):
                             conn, run, "skip", now=at, changes={"reason": p.skip_reason}, schedule=m.schedule
                         )
                     created.append(run)
-                out.append(Materialized(created, left(m, state)))
+                out.append(Materialized(created, left(m, versioned, state)))
             return out
 
         if len(batch) < self.batch_min or len({m.schedule.id for m in batch}) < len(batch):
@@ -625,9 +637,9 @@ class RunRows(ScheduleRows):
         def work(conn: Connection) -> builtins.list[Materialized | None]:
             self._lock_rows(conn, (m.schedule.id for m in batch))
             moved: set[str] = set()
-            for (unset, columns), rows in shapes.items():
+            for (unset, versioned, columns), rows in shapes.items():
                 for k in range(0, len(rows), CLAIM_CHUNK):
-                    moved |= self._advance_schedules(conn, unset, columns, rows[k : k + CLAIM_CHUNK])
+                    moved |= self._advance_schedules(conn, unset, versioned, columns, rows[k : k + CLAIM_CHUNK])
             out: builtins.list[builtins.list[ScheduledRun] | None] = []
             staged: builtins.list[tuple[ScheduledRun, Any, ScheduleDefinition]] = []
             for m in batch:
@@ -660,20 +672,28 @@ class RunRows(ScheduleRows):
             return [
                 None
                 if runs is None
-                else Materialized([skipped.get(r.run_id, r) for r in runs if r.run_id in created], left(m, state))
-                for m, runs, state in zip(batch, out, states, strict=True)
+                else Materialized(
+                    [skipped.get(r.run_id, r) for r in runs if r.run_id in created], left(m, shape[1], state)
+                )
+                for m, runs, state, (shape, _) in zip(batch, out, states, shaped, strict=True)
             ]
 
         return self._tx(work)
 
     def _advance_schedules(
-        self, conn: Connection, unset: bool, columns: tuple[str, ...], rows: builtins.list[dict[str, Any]]
+        self,
+        conn: Connection,
+        unset: bool,
+        versioned: bool,
+        columns: tuple[str, ...],
+        rows: builtins.list[dict[str, Any]],
     ) -> set[str]:
-        """Move many schedules' ``next_run_at``, each only from the value it was read with; the ids moved.
+        """Move many schedules' ``next_run_at``, each only from the value it was read with (and, if
+        ``versioned``, only from the version it was mapped from); the ids moved.
 
-        The values every row shares go in one ``UPDATE ... WHERE (id, next_run_at) IN (...)
-        RETURNING id`` (``next_run_at IS NULL`` for the unset); the values of their own follow, for
-        the schedules moved, in one executemany.
+        The values every row shares go in one ``UPDATE ... WHERE (id, next_run_at[, version]) IN
+        (...) RETURNING id`` (``next_run_at IS NULL`` for the unset); the values of their own follow,
+        for the schedules moved, in one executemany.
         """
         s = schema.schedules
         first = rows[0]
@@ -683,19 +703,24 @@ class RunRows(ScheduleRows):
             varying += ("version",)
 
         def build() -> Any:
+            key = [s.c.id] if unset else [s.c.id, s.c.next_run_at]
+            if versioned:
+                key.append(s.c.version)
+            keys: Any = bindparam("keys", expanding=True)
+            cond: Any = tuple_(*key).in_(keys) if len(key) > 1 else s.c.id.in_(keys)
             if unset:
-                cond = and_(s.c.id.in_(bindparam("ids", expanding=True)), s.c.next_run_at.is_(None))
-            else:
-                cond = tuple_(s.c.id, s.c.next_run_at).in_(bindparam("pairs", expanding=True))
+                cond = and_(cond, s.c.next_run_at.is_(None))
             values = {c: bindparam(f"v_{c}", type_=s.c[c].type) for c in shared}
             return update(s).where(cond).values(values).returning(s.c.id)
 
         params: dict[str, Any] = {f"v_{c}": first[f"v_{c}"] for c in shared}
-        if unset:
-            params["ids"] = [r["w_id"] for r in rows]
+        if unset and not versioned:
+            params["keys"] = [r["w_id"] for r in rows]
         else:
-            params["pairs"] = [(r["w_id"], r["w_next"]) for r in rows]
-        won = {row[0] for row in conn.execute(self._prepared(("advance_many", unset, shared), build), params)}
+            fields = ["w_id"] + ([] if unset else ["w_next"]) + (["w_version"] if versioned else [])
+            params["keys"] = [tuple(r[f] for f in fields) for r in rows]
+        statement = self._prepared(("advance_many", unset, versioned, shared), build)
+        won = {row[0] for row in conn.execute(statement, params)}
         if varying and won:
             own = [{"w_key": r["w_id"], **{f"v_{c}": r[f"v_{c}"] for c in varying}} for r in rows if r["w_id"] in won]
             conn.execute(self._fill_statement(s, "id", varying), own)

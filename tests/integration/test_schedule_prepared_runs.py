@@ -16,7 +16,8 @@ import pytest
 from pytest_mock import MockerFixture
 
 from agent.scheduler import FakeClock, RunStatus, ScheduleDefinition, ScheduleStore
-from agent.scheduler.engine import BATCH_AHEAD, PREPARE_AHEAD, ScheduleEngine
+from agent.scheduler.engine import BATCH_AHEAD, PREPARE_AHEAD, ScheduleEngine, due
+from agent.scheduler.engine.execution import Execution
 from agent.scheduler.policies.missed_run import PlannedRun, describe_span, plan_due
 from agent.scheduler.store import BATCH_MIN, Materialization
 from agent.scheduler.tasks import RunContext, TaskRegistry
@@ -71,6 +72,28 @@ async def test_the_next_occurrence_is_prepared_after_the_tick_and_starts_on_its_
     store.add(make_schedule("slow", expression="5m", target="record"))
     await e.run_until(T0 + 4 * SEC)
     assert store.runs(schedule="slow") == []
+    await e.stop()
+
+
+@run_async
+async def test_an_unchanged_schedule_starts_its_prepared_runs_with_the_copy_and_the_task_made_ahead(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, mocker: MockerFixture
+) -> None:
+    # While nobody writes its row, the store's reads give the copy the prepare wrote: the claim
+    # knows the schedule unchanged without re-checking its occurrences, and the task armed with
+    # that copy is the one that runs (no second context is made at the start).
+    store.add(make_schedule("fast", expression="1s", target="record"))
+    calls: list[RunContext] = []
+    e = engine(store, clock, calls)
+    judged = mocker.spy(due, "prepared_blocked")
+    contexts = mocker.spy(Execution, "_context")
+    await e.start()
+    await e.run_until(T0 + 3 * SEC)
+    await e.wait_idle()
+    assert [c.intended_run_at for c in calls] == [T0 + i * SEC for i in (1, 2, 3)]
+    assert [c.kwargs["current"] for c in judged.call_args_list] == [True, True, True]
+    made = [c.args[1].intended_run_at for c in contexts.call_args_list]
+    assert sorted(made) == [T0 + i * SEC for i in (1, 2, 3, 4)]  # one each, the fourth armed ahead
     await e.stop()
 
 

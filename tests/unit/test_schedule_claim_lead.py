@@ -22,3 +22,8 @@ def test_the_lead_is_what_the_slowest_recent_claim_needs_with_a_margin_up_to_the
     assert lead.ahead(1000) == CLAIM_LEAD == 100 * MS
     lead.observe(0.0, 0)  # a tick that claimed nothing measures nothing
     assert lead.ahead(10) == timedelta(seconds=(0.001 + 0.0005 * 10) * 1.25)
+
+
+def test_before_any_claim_is_measured_the_lead_guesses_on_the_slow_side() -> None:
+    assert ClaimLead().ahead(1) < 2 * MS  # one run: hardly ahead at all
+    assert ClaimLead().ahead(1000) == CLAIM_LEAD  # a thousand: as far ahead as allowed

@@ -100,7 +100,7 @@ class EngineStore(Protocol):
     def schedules_by_id(self, ids: Iterable[str]) -> dict[str, ScheduleDefinition]:
         """The schedules with these ids (missing ones are left out). A row is mapped once per version:
         while it is unchanged, every read gives the same object (the one ``materialize_many`` gave, if
-        that was its last write)."""
+        its last write was that of a definition this store handed out)."""
 
     def transition_breaker(
         self, name_or_schedule: str | ScheduleDefinition, trigger: str, *, now: datetime | None = None
@@ -131,7 +131,8 @@ class EngineStore(Protocol):
         self, plans: Iterable[Materialization], *, now: datetime | None = None
     ) -> builtins.list[Materialized | None]:
         """``materialize`` for many schedules in one transaction and a few statements: per plan, the
-        runs created and the schedule as written, or None when another worker moved first."""
+        runs created and the schedule as written, or None when another worker moved first (or, for a
+        definition this store handed out, when its row was written since it was read)."""
 
     def next_lease_expiry(self, now: datetime, *, owner: str) -> datetime | None:
         """When the earliest lease held by another owner than ``owner`` lapses, if after ``now``: the moment its run

@@ -540,7 +540,10 @@ class RunRows(ScheduleRows):
         """Create the planned runs of ``schedule`` and move its ``next_run_at``, in one transaction.
 
         The move is conditional on ``next_run_at`` still being what ``schedule`` says, so two
-        workers never both materialize the same occurrences; the loser gets None. Planned runs
+        workers never both materialize the same occurrences; the loser gets None. A ``schedule``
+        this store handed out (``due_schedules``, ``schedules_by_id``) moves only while its row is
+        the version it was read from: after any other write to the row (its own first move
+        included) it gets None too, and is to be read again. Planned runs
         with a ``skip_reason`` are recorded and moved to ``skipped`` through the machine. Runs
         that already exist (same occurrence) are left alone. ``disable_reason`` disables the
         schedule (a delay that fired).
@@ -557,7 +560,8 @@ class RunRows(ScheduleRows):
         The conditional moves of ``next_run_at`` run as one UPDATE ... RETURNING per shape and chunk
         (``_advance_schedules``), which says which this call made (only those schedules get runs);
         all their runs go in with one executemany. Returns, per plan, the runs created and the
-        schedule as written, or None when another worker moved first.
+        schedule as written, or None when another worker moved first (or, for a definition this
+        store handed out, when its row was written since it was read).
         """
         at = now or self.clock.now()
         batch = list(plans)

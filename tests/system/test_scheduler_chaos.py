@@ -119,6 +119,8 @@ class Rig:
     own_exits: list[str] = field(default_factory=list)
     """Workers that exited on their own (``worker_id: status, last log line``)."""
     starts: int = 0
+    started: dict[str, int] = field(default_factory=dict)
+    """Starts of each worker id (each start appends to the same log)."""
     noted: set[int] = field(default_factory=set)
     """Pids whose exit is in ``own_exits`` already."""
 
@@ -135,7 +137,14 @@ class Rig:
         proc = WorkerProcess(self.url, log, env, *extra, worker_id=worker_id).start()
         self.workers[worker_id] = proc
         self.starts += 1
+        self.started[worker_id] = self.started.get(worker_id, 0) + 1
         return proc
+
+    def ready(self, worker_id: str, timeout: float = 60) -> None:
+        """Wait until the last start of ``worker_id`` has its engine running (its reconciliation is
+        logged): on a loaded machine a worker's imports alone can outlast a storm's up time."""
+        proc, count = self.workers[worker_id], self.started[worker_id]
+        self.until(lambda: proc.log().count("reconciliation (") >= count, timeout, f"{worker_id} to start its engine")
 
     def until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         """``wait_for``, failing at once (with the log's last line) when a worker exits meanwhile."""
@@ -501,6 +510,7 @@ def kill_storm(
         for i in range(workers):
             rig.start(f"chaos-{i}")
         for _ in range(kills):
+            rig.ready("chaos-0")  # the up time counts from its engine running, not from its spawn
             rig.watch(rng.uniform(*up))
             rig.kill("chaos-0")
             rig.watch(rng.uniform(*down))

@@ -575,8 +575,7 @@ class RunRows(ScheduleRows):
             # from the very version it was mapped from, and what is written is then known whole: it
             # is kept as the row's definition. Any other is moved on ``next_run_at`` alone, and its row
             # is mapped again on its next read (it may be stale in another field).
-            hit = self._mapped.get(m.schedule.id)
-            read = hit[0] if hit is not None and hit[1] is m.schedule else None
+            read = self._mapped_version(m.schedule)
             state: dict[str, Any] = {"next_run_at": m.next_run_at, "updated_at": at}
             if m.runs:
                 state["last_run_at"] = max(p.intended_at for p in m.runs)
@@ -609,10 +608,7 @@ class RunRows(ScheduleRows):
             """The schedule as this call wrote it (kept as the row's definition when it was moved from
             the version it was mapped from; otherwise the row is mapped again on its next read)."""
             written = m.schedule.with_state(**state)
-            if versioned:
-                self._keep_mapped(version, written)
-            else:
-                self._mapped.pop(m.schedule.id, None)
+            self._keep_mapped(version if versioned else None, written)
             return written
 
         def one_by_one(conn: Connection) -> builtins.list[Materialized | None]:

@@ -80,10 +80,20 @@ class ScheduleRows(StoreCore):
                 out[definition.id] = definition
         return out
 
-    def _keep_mapped(self, version: int, definition: ScheduleDefinition) -> None:
-        """``definition`` is its row as this transaction wrote it, with ``version``. Kept even if the
-        transaction then rolls back: no row will ever have that version."""
-        self._mapped[definition.id] = (version, definition)
+    def _mapped_version(self, definition: ScheduleDefinition) -> int | None:
+        """The version of the row ``definition`` was mapped from, if this store mapped that very object
+        (and holds it still); None for a definition from anywhere else."""
+        hit = self._mapped.get(definition.id)
+        return hit[0] if hit is not None and hit[1] is definition else None
+
+    def _keep_mapped(self, version: int | None, definition: ScheduleDefinition) -> None:
+        """``definition`` is its row as this transaction wrote it, with ``version``: kept even if the
+        transaction then rolls back (no row will ever have that version). None: what was written is
+        not known whole, and the row is mapped again on its next read."""
+        if version is None:
+            self._mapped.pop(definition.id, None)
+        else:
+            self._mapped[definition.id] = (version, definition)
 
     def disable_out_of_bounds(self) -> None:
         """Disable the enabled schedules an earlier version stored with a value the limits now refuse

@@ -42,10 +42,11 @@ class TaskSpec:
     capabilities: tuple[str, ...] = ()
     """Capability scopes a proposal may ask for when it targets this task."""
 
-    @property
-    def is_async(self) -> bool:
-        """True for ``async def`` tasks; sync ones run in a thread."""
-        return inspect.iscoroutinefunction(self.fn)
+    is_async: bool = field(init=False, repr=False, compare=False)
+    """True for ``async def`` tasks; sync ones run in a thread. Read on every run: computed once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     def missing_configuration(self, settings: Settings | Mapping[str, str] | None = None) -> list[str]:
         """The required environment variables that are not set (or blank) in ``settings`` (default: read now)."""

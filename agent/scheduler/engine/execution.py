@@ -227,6 +227,7 @@ class Execution:
         self.draining = False
         self.last_renewal: datetime | None = None
         self._armed: dict[str, _Armed] = {}
+        self._loggers: dict[str, logging.Logger] = {}
         self._finished: list[Ended] = []
         self._record_timer: asyncio.TimerHandle | None = None
 
@@ -322,11 +323,18 @@ class Execution:
             params=dict(run.params),
             checkpoint=run.checkpoint,
             idempotency_key=run.idempotency_key,
-            logger=logging.getLogger(f"agent.scheduler.task.{schedule.target}"),
+            logger=self._logger(schedule.target),
             _save=partial(self._save_checkpoint, run.run_id),
             _beat=self._heartbeat,
             _loop=self.loop,
         )
+
+    def _logger(self, target: str) -> logging.Logger:
+        # logging.getLogger takes the logging module's lock; a run's context needs its task's logger
+        logger = self._loggers.get(target)
+        if logger is None:
+            logger = self._loggers[target] = logging.getLogger(f"agent.scheduler.task.{target}")
+        return logger
 
     def arm(self) -> None:
         """Make the task of every prepared run ahead of its time; it waits for the claim (or a cancel).

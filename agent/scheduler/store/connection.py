@@ -36,6 +36,7 @@ from ..errors import (
     StoreError,
 )
 from ..settings import Settings, load_settings
+from .direct import DirectStatements
 
 T = TypeVar("T")
 
@@ -246,6 +247,7 @@ class StoreCore:
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StoreError(f"cannot open the schedule store at {mask_url(self.url)}: {exc}") from exc
         self.dialect = self.db.engine.dialect.name if self.db.engine else "unknown"
+        self._direct = DirectStatements(self.dialect)
         if is_sqlite and self.db.engine is not None:
             begin_immediate(self.db.engine, "BEGIN" if read_only else "BEGIN IMMEDIATE")
         if self.dialect == "postgresql" and self.db.engine is not None:

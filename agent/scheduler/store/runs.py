@@ -345,13 +345,13 @@ class RunRows(ScheduleRows):
                 varying = tuple(c for c in columns if c not in shared)
                 params: dict[str, Any] = {f"v_{c}": db_value(first[c]) for c in shared}
                 params.update(pairs=[(m.run.run_id, m.run.attempt, m.run.starts) for m in chunk], w_status=source)
-                won = {row[0] for row in conn.execute(self._claim_statement(shared), params)}
+                won = {row[0] for row in self._direct.execute(conn, self._claim_statement(shared), params)}
                 winners = [m for m in chunk if m.run.run_id in won]
                 if varying and winners:
                     rows = [
                         {"w_key": m.run.run_id, **{f"v_{c}": db_value(m.fields[c]) for c in varying}} for m in winners
                     ]
-                    conn.execute(self._fill_statement(schema.scheduled_runs, "run_id", varying), rows)
+                    self._direct.executemany(conn, self._fill_statement(schema.scheduled_runs, "run_id", varying), rows)
                 for m in winners:
                     self._after_move(conn, m, now=now, actor=None)
                 if len(winners) < len(chunk):
@@ -655,7 +655,7 @@ class RunRows(ScheduleRows):
             rows = [run_row(run) for run, _, _ in staged]
             inserted = 0
             for k in range(0, len(rows), CLAIM_CHUNK):
-                inserted += conn.execute(self._insert_run_statement(), rows[k : k + CLAIM_CHUNK]).rowcount
+                inserted += self._direct.executemany(conn, self._insert_run_statement(), rows[k : k + CLAIM_CHUNK])
             created = {run.run_id for run, _, _ in staged}
             if inserted != len(staged):  # some occurrences already had a run: keep only ours
                 r = schema.scheduled_runs
@@ -720,10 +720,10 @@ class RunRows(ScheduleRows):
             fields = ["w_id"] + ([] if unset else ["w_next"]) + (["w_version"] if versioned else [])
             params["keys"] = [tuple(r[f] for f in fields) for r in rows]
         statement = self._prepared(("advance_many", unset, versioned, shared), build)
-        won = {row[0] for row in conn.execute(statement, params)}
+        won = {row[0] for row in self._direct.execute(conn, statement, params)}
         if varying and won:
             own = [{"w_key": r["w_id"], **{f"v_{c}": r[f"v_{c}"] for c in varying}} for r in rows if r["w_id"] in won]
-            conn.execute(self._fill_statement(s, "id", varying), own)
+            self._direct.executemany(conn, self._fill_statement(s, "id", varying), own)
         return won
 
     def _planned_run(

@@ -392,7 +392,8 @@ class ScheduleRows(StoreCore):
 
         def build() -> Any:
             differs = or_(*(s.c[c] != v for c, v in effects.items()))
-            return update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), differs)).values(effects)
+            values = {**effects, "version": bindparam("version")}  # one new version per chunk, as onupdate draws
+            return update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), differs)).values(values)
 
         reset = self._prepared("reset_failures", build)
         not_closed = self._prepared(
@@ -406,7 +407,7 @@ class ScheduleRows(StoreCore):
             rows: builtins.list[Any] = []
             for i in range(0, len(ids), CLAIM_CHUNK):
                 chunk = ids[i : i + CLAIM_CHUNK]
-                conn.execute(reset, {"ids": chunk})
+                self._direct.execute(conn, reset, {"ids": chunk, "version": schema.new_version()})
                 rows.extend(conn.execute(not_closed, {"ids": chunk}).mappings().all())
             return rows
 
@@ -444,7 +445,7 @@ class ScheduleRows(StoreCore):
         stmt = self._prepared("due_schedules", build)
 
         def read(conn: Connection) -> builtins.list[ScheduleDefinition]:
-            keyed = conn.execute(stmt, {"now": to_db(now)}).all()
+            keyed = self._direct.execute(conn, stmt, {"now": to_db(now)}).all()
             found = self._definitions(conn, keyed)
             return [found[sid] for sid, _ in keyed if sid in found]  # in the order of next_run_at
 
@@ -488,7 +489,10 @@ class ScheduleRows(StoreCore):
         )
         out: builtins.list[tuple[str, int]] = []
         for k in range(0, len(wanted), CLAIM_CHUNK):
-            out += [(sid, version) for sid, version in conn.execute(stmt, {"ids": wanted[k : k + CLAIM_CHUNK]})]
+            out += [
+                (sid, version)
+                for sid, version in self._direct.execute(conn, stmt, {"ids": wanted[k : k + CLAIM_CHUNK]})
+            ]
         return out
 
     def lock_schedules(self, schedule_ids: Iterable[str]) -> None:

@@ -329,8 +329,8 @@ class RunRows(ScheduleRows):
 
         Moves from the same status to the same status that write the same columns form a group,
         written in chunks in run-id order (one lock order on every worker). Per chunk, one
-        ``UPDATE ... SET <the values all its moves share> WHERE (run_id, attempt) IN (...) AND
-        status = :expected RETURNING run_id`` says which runs this call moved; the values that
+        ``UPDATE ... SET <the values all its moves share> WHERE (run_id, attempt, starts, status)
+        IN (...) RETURNING run_id`` (``_claim_statement``) says which runs this call moved; the values that
         differ from run to run (an outcome, a start count) follow for those runs in one executemany.
         """
         groups: dict[tuple[str, str, tuple[str, ...]], builtins.list[RunMove]] = {}
@@ -344,7 +344,10 @@ class RunRows(ScheduleRows):
                 shared = tuple(c for c in columns if all_same([m.fields[c] for m in chunk]))
                 varying = tuple(c for c in columns if c not in shared)
                 params: dict[str, Any] = {f"v_{c}": db_value(first[c]) for c in shared}
-                params.update(pairs=[(m.run.run_id, m.run.attempt, m.run.starts) for m in chunk], w_status=source)
+                params.update(
+                    ids=[m.run.run_id for m in chunk],
+                    keys=[(m.run.run_id, m.run.attempt, m.run.starts, source) for m in chunk],
+                )
                 won = {row[0] for row in self._direct.execute(conn, self._claim_statement(shared), params)}
                 winners = [m for m in chunk if m.run.run_id in won]
                 if varying and winners:
@@ -359,14 +362,18 @@ class RunRows(ScheduleRows):
         return lost
 
     def _claim_statement(self, columns: tuple[str, ...]) -> Any:
-        """``UPDATE scheduled_runs SET <columns> WHERE (run_id, attempt, starts) IN :pairs AND status =
-        :w_status RETURNING run_id``, prepared."""
+        """``UPDATE scheduled_runs SET <columns> WHERE run_id IN :ids AND (run_id, attempt, starts,
+        status) IN :keys RETURNING run_id``, prepared.
+
+        The plain ``run_id IN`` is what makes SQLite look the runs up by primary key; with the
+        status as a term of its own it walked the status index through every pending run.
+        """
         r = schema.scheduled_runs
 
         def build() -> Any:
             cond = and_(
-                tuple_(r.c.run_id, r.c.attempt, r.c.starts).in_(bindparam("pairs", expanding=True)),
-                r.c.status == bindparam("w_status"),
+                r.c.run_id.in_(bindparam("ids", expanding=True)),
+                tuple_(r.c.run_id, r.c.attempt, r.c.starts, r.c.status).in_(bindparam("keys", expanding=True)),
             )
             values = {c: bindparam(f"v_{c}", type_=r.c[c].type) for c in columns}
             return update(r).where(cond).values(values).returning(r.c.run_id)
@@ -693,7 +700,8 @@ class RunRows(ScheduleRows):
 
         The values every row shares go in one ``UPDATE ... WHERE (id, next_run_at[, version]) IN
         (...) RETURNING id`` (``next_run_at IS NULL`` for the unset); the values of their own follow,
-        for the schedules moved, in one executemany.
+        for the schedules moved, in one executemany. A plain ``id IN`` beside the row values is what
+        makes SQLite look the rows up by primary key instead of reading the whole table.
         """
         s = schema.schedules
         first = rows[0]
@@ -707,16 +715,16 @@ class RunRows(ScheduleRows):
             if versioned:
                 key.append(s.c.version)
             keys: Any = bindparam("keys", expanding=True)
-            cond: Any = tuple_(*key).in_(keys) if len(key) > 1 else s.c.id.in_(keys)
+            ids = s.c.id.in_(bindparam("ids", expanding=True))
+            cond: Any = and_(ids, tuple_(*key).in_(keys)) if len(key) > 1 else ids
             if unset:
                 cond = and_(cond, s.c.next_run_at.is_(None))
             values = {c: bindparam(f"v_{c}", type_=s.c[c].type) for c in shared}
             return update(s).where(cond).values(values).returning(s.c.id)
 
         params: dict[str, Any] = {f"v_{c}": first[f"v_{c}"] for c in shared}
-        if unset and not versioned:
-            params["keys"] = [r["w_id"] for r in rows]
-        else:
+        params["ids"] = [r["w_id"] for r in rows]
+        if not (unset and not versioned):
             fields = ["w_id"] + ([] if unset else ["w_next"]) + (["w_version"] if versioned else [])
             params["keys"] = [tuple(r[f] for f in fields) for r in rows]
         statement = self._prepared(("advance_many", unset, versioned, shared), build)

@@ -417,7 +417,11 @@ def test_failure_counts_reset_in_one_batch_and_the_breakers_not_closed_come_back
     store.transition_breaker(store.get("s3"), "trip")
     opened = store.transition_breaker(store.get("s5"), "trip")
     store.transition_breaker(opened, "probe", now=T0 + timedelta(days=1))
+    before = store.schedule_versions(ids)
     not_closed = store.reset_failures([*ids, ids[0]])
+    after = store.schedule_versions(ids)
+    # Rows already at zero with a closed breaker are not written (their version stays); the others are.
+    assert [before[i] == after[i] for i in ids] == [False] * 12 + [True] * 8
     assert sorted((s.name, s.breaker_state) for s in not_closed) == [
         ("s3", BreakerState.OPEN),
         ("s5", BreakerState.HALF_OPEN),

@@ -132,7 +132,8 @@ _RUN_STATUSES: dict[str, RunStatus] = {s.value: s for s in RunStatus}
 def run_row(run: ScheduledRun) -> dict[str, Any]:
     row = dict(vars(run))  # every field, as it is: only the instants and the status differ in the row
     for name in _RUN_INSTANTS:
-        row[name] = to_db(row[name])
+        if (instant := row[name]) is not None:
+            row[name] = instant.replace(tzinfo=None) if instant.tzinfo is UTC else to_db(instant)
     row["status"] = run.status.value
     return row
 
@@ -141,7 +142,7 @@ def run_from(row: Any) -> ScheduledRun:
     kwargs = {name: conv(row[col]) for name, col, conv in RUN_READERS}
     status = kwargs["status"]
     kwargs["status"] = _RUN_STATUSES.get(status) or RunStatus(status)
-    return ScheduledRun(**kwargs)
+    return ScheduledRun.from_fields(kwargs)
 
 
 PROPOSAL_READERS = field_readers(ProposalRecord, {})

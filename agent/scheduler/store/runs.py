@@ -762,20 +762,24 @@ class RunRows(ScheduleRows):
         reason: str | None = None,
         prepared: bool = False,
     ) -> ScheduledRun:
-        return ScheduledRun(
-            run_id=new_id("run"),
-            schedule_id=schedule.id,
-            schedule_name=schedule.name,
-            intended_run_at=intended_run_at if intended_run_at.tzinfo is UTC else intended_run_at.astimezone(UTC),
-            occurrence_key=occurrence_key or time_occurrence_key(intended_run_at),
-            origin=origin,
-            params=dict(schedule.params if params is None else params),
-            catch_up=catch_up,
-            coalesced_from=coalesced_from,
-            reason=reason,
-            prepared=prepared,
-            created_at=now,
-            updated_at=now,
+        return ScheduledRun.from_fields(
+            {
+                "run_id": new_id("run"),
+                "schedule_id": schedule.id,
+                "schedule_name": schedule.name,
+                "intended_run_at": intended_run_at
+                if intended_run_at.tzinfo is UTC
+                else intended_run_at.astimezone(UTC),
+                "occurrence_key": occurrence_key or time_occurrence_key(intended_run_at),
+                "origin": origin,
+                "params": dict(schedule.params if params is None else params),
+                "catch_up": catch_up,
+                "coalesced_from": coalesced_from,
+                "reason": reason,
+                "prepared": prepared,
+                "created_at": now,
+                "updated_at": now,
+            }
         )
 
     def pending_due(self, now: datetime, *, fresh: Iterable[ScheduledRun] = ()) -> builtins.list[ScheduledRun]:

@@ -390,12 +390,24 @@ class ScheduleRows(StoreCore):
         s = schema.schedules
         effects = success_effects()
 
+        def differs() -> Any:
+            return or_(*(s.c[c] != v for c, v in effects.items()))
+
         def build() -> Any:
-            differs = or_(*(s.c[c] != v for c, v in effects.items()))
             values = {**effects, "version": bindparam("version")}  # one new version per chunk, as onupdate draws
-            return update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), differs)).values(values)
+            return update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), differs())).values(values)
 
         reset = self._prepared("reset_failures", build)
+        # Usually every schedule is already at zero with its breaker closed: one read says so.
+        to_touch = self._prepared(
+            "failures_to_reset",
+            lambda: select(s.c.id).where(
+                and_(
+                    s.c.id.in_(bindparam("ids", expanding=True)),
+                    or_(differs(), s.c.breaker_state != BreakerState.CLOSED.value),
+                )
+            ),
+        )
         not_closed = self._prepared(
             "not_closed",
             lambda: select(s).where(
@@ -406,9 +418,10 @@ class ScheduleRows(StoreCore):
         def work(conn: Connection) -> builtins.list[Any]:
             rows: builtins.list[Any] = []
             for i in range(0, len(ids), CLAIM_CHUNK):
-                chunk = ids[i : i + CLAIM_CHUNK]
-                self._direct.execute(conn, reset, {"ids": chunk, "version": schema.new_version()})
-                rows.extend(conn.execute(not_closed, {"ids": chunk}).mappings().all())
+                chunk = [row[0] for row in self._direct.execute(conn, to_touch, {"ids": ids[i : i + CLAIM_CHUNK]})]
+                if chunk:
+                    self._direct.execute(conn, reset, {"ids": chunk, "version": schema.new_version()})
+                    rows.extend(conn.execute(not_closed, {"ids": chunk}).mappings().all())
             return rows
 
         return [schedule_from(row) for row in self._tx(work)]

@@ -86,15 +86,18 @@ class ScheduledRun:
     def from_fields(cls, values: dict[str, Any]) -> ScheduledRun:
         """A run from the value of every field (defaults filled in for those left out), without the
         constructor: for the runs the store makes and reads, whose fields it has just computed or
-        read from a row it wrote. Five times faster than ``ScheduledRun(**values)``."""
-        if not values.keys() <= RUN_FIELDS or not values.keys() >= _REQUIRED:
-            raise TypeError(f"ScheduledRun fields must be within {sorted(RUN_FIELDS)} and name {sorted(_REQUIRED)}")
+        read from a row it wrote (1.8 µs a run against the constructor's 4.7)."""
+        if not values.keys() <= RUN_FIELDS:
+            raise TypeError(f"ScheduledRun has no field(s) {', '.join(sorted(values.keys() - RUN_FIELDS))}")
+        if not values.keys() >= _REQUIRED:
+            raise TypeError(f"ScheduledRun needs field(s) {', '.join(sorted(_REQUIRED - values.keys()))}")
         made = object.__new__(cls)
         given = made.__dict__
         given.update(_DEFAULTS)
         given.update(values)
-        if "params" not in values:
-            given["params"] = {}
+        for name, factory in _FACTORIES:
+            if name not in values:
+                given[name] = factory()  # each run its own (params: a fresh dict)
         return made
 
     def evolved(self, changes: dict[str, Any], status: RunStatus) -> ScheduledRun:
@@ -114,6 +117,7 @@ class ScheduledRun:
 #: The names of ScheduledRun's fields.
 RUN_FIELDS = frozenset(f.name for f in fields(ScheduledRun))
 _DEFAULTS = {f.name: f.default for f in fields(ScheduledRun) if f.default is not MISSING}
+_FACTORIES = tuple((f.name, f.default_factory) for f in fields(ScheduledRun) if f.default_factory is not MISSING)
 _REQUIRED = frozenset(f.name for f in fields(ScheduledRun) if f.default is MISSING and f.default_factory is MISSING)
 
 

@@ -418,15 +418,34 @@ def test_failure_counts_reset_in_one_batch_and_the_breakers_not_closed_come_back
     opened = store.transition_breaker(store.get("s5"), "trip")
     store.transition_breaker(opened, "probe", now=T0 + timedelta(days=1))
     before = store.schedule_versions(ids)
+    updates = _updates_of(store, "schedules")
     not_closed = store.reset_failures([*ids, ids[0]])
     after = store.schedule_versions(ids)
     # Rows already at zero with a closed breaker are not written (their version stays); the others are.
     assert [before[i] == after[i] for i in ids] == [False] * 12 + [True] * 8
+    assert store.batch_min <= len(ids) and len(updates) == 1  # one statement for the batch
+    updates.clear()
+    again = store.reset_failures(ids)  # every count is zero now; two breakers are still not closed
+    assert sorted(s.name for s in again) == ["s3", "s5"]
+    assert updates == []  # the batch writes nothing
     assert sorted((s.name, s.breaker_state) for s in not_closed) == [
         ("s3", BreakerState.OPEN),
         ("s5", BreakerState.HALF_OPEN),
     ]
     assert {s.consecutive_failures for s in store.list()} == {0}
+
+
+def _updates_of(store: ScheduleStore, table: str) -> list[str]:
+    """The UPDATE statements the store sends to ``table`` from now on."""
+    sent: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(f"UPDATE {table.upper()} "):
+            sent.append(statement)
+
+    assert store.db.engine is not None
+    sa.event.listen(store.db.engine, "before_cursor_execute", capture)
+    return sent
 
 
 def test_records_round_trip(store: ScheduleStore, clock: FakeClock) -> None:

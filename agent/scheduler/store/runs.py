@@ -329,9 +329,10 @@ class RunRows(ScheduleRows):
 
         Moves from the same status to the same status that write the same columns form a group,
         written in chunks in run-id order (one lock order on every worker). Per chunk, one
-        ``UPDATE ... SET <the values all its moves share> WHERE (run_id, attempt, starts, status)
-        IN (...) RETURNING run_id`` (``_claim_statement``) says which runs this call moved; the values that
-        differ from run to run (an outcome, a start count) follow for those runs in one executemany.
+        ``UPDATE ... SET <the values all its moves share> WHERE run_id IN (...) AND (run_id, attempt,
+        starts, status) IN (...) RETURNING run_id`` (``_claim_statement``) says which runs this call
+        moved; the values that differ from run to run (an outcome, a start count) follow for those
+        runs in one executemany.
         """
         groups: dict[tuple[str, str, tuple[str, ...]], builtins.list[RunMove]] = {}
         for m in sorted(moves, key=lambda m: m.run.run_id):

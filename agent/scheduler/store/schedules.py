@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, DateTime, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import limits, schema
@@ -398,10 +398,11 @@ class ScheduleRows(StoreCore):
             return update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), differs())).values(values)
 
         reset = self._prepared("reset_failures", build)
-        # Usually every schedule is already at zero with its breaker closed: one read says so.
+        # Usually every schedule is already at zero with its breaker closed: one read says so, and
+        # which have a count to zero (1) or only a breaker to report (0).
         to_touch = self._prepared(
             "failures_to_reset",
-            lambda: select(s.c.id).where(
+            lambda: select(s.c.id, case((differs(), 1), else_=0)).where(
                 and_(
                     s.c.id.in_(bindparam("ids", expanding=True)),
                     or_(differs(), s.c.breaker_state != BreakerState.CLOSED.value),
@@ -418,10 +419,12 @@ class ScheduleRows(StoreCore):
         def work(conn: Connection) -> builtins.list[Any]:
             rows: builtins.list[Any] = []
             for i in range(0, len(ids), CLAIM_CHUNK):
-                chunk = [row[0] for row in self._direct.execute(conn, to_touch, {"ids": ids[i : i + CLAIM_CHUNK]})]
-                if chunk:
-                    self._direct.execute(conn, reset, {"ids": chunk, "version": schema.new_version()})
-                    rows.extend(conn.execute(not_closed, {"ids": chunk}).mappings().all())
+                found = self._direct.execute(conn, to_touch, {"ids": ids[i : i + CLAIM_CHUNK]}).all()
+                counted = [sid for sid, to_zero in found if to_zero]
+                if counted:
+                    self._direct.execute(conn, reset, {"ids": counted, "version": schema.new_version()})
+                if found:
+                    rows.extend(conn.execute(not_closed, {"ids": [sid for sid, _ in found]}).mappings().all())
             return rows
 
         return [schedule_from(row) for row in self._tx(work)]

@@ -47,6 +47,7 @@ from agent.scheduler import RunStatus, ScheduledRun, ScheduleStore
 from tests.fixtures.chaos_tasks import (
     BLOCKER_ENV,
     LEDGER_ENV,
+    STORM_DURATIONS,
     STORM_ENV,
     SYNC_ENV,
     add_schedules,
@@ -574,7 +575,9 @@ def postgres_outage(
         except (AssertionError, StopIteration):
             resumed = None
         rig.watch(3, restart=False)
-        settled = settle(rig, 15)
+        # Each second of the outage may leave a catch_up_all schedule under forbid one more missed
+        # run to work off, one at a time, each as long as its task: the backlog takes that long.
+        settled = settle(rig, 15 + outage * max(STORM_DURATIONS))
         stopped_at = time.time()
         codes = rig.stop_all()
     finally:

@@ -87,8 +87,7 @@ class ScheduledRun:
         """A run from the value of every field (defaults filled in for those left out), without the
         constructor: for the runs the store makes and reads, whose fields it has just computed or
         read from a row it wrote (1.8 µs a run against the constructor's 4.7)."""
-        if not values.keys() <= RUN_FIELDS:
-            raise TypeError(f"ScheduledRun has no field(s) {', '.join(sorted(values.keys() - RUN_FIELDS))}")
+        _known(values)
         if not values.keys() >= _REQUIRED:
             raise TypeError(f"ScheduledRun needs field(s) {', '.join(sorted(_REQUIRED - values.keys()))}")
         made = object.__new__(cls)
@@ -103,9 +102,7 @@ class ScheduledRun:
     def evolved(self, changes: dict[str, Any], status: RunStatus) -> ScheduledRun:
         """A copy in ``status`` with ``changes`` (field -> value), as ``dataclasses.replace`` makes it but
         without calling the constructor again: every field is taken as it is (the machine's moves)."""
-        if not changes.keys() <= RUN_FIELDS:
-            unknown = ", ".join(sorted(changes.keys() - RUN_FIELDS))
-            raise TypeError(f"ScheduledRun has no field(s) {unknown}")
+        _known(changes)
         moved = object.__new__(ScheduledRun)
         values = moved.__dict__
         values.update(self.__dict__)
@@ -116,6 +113,13 @@ class ScheduledRun:
 
 #: The names of ScheduledRun's fields.
 RUN_FIELDS = frozenset(f.name for f in fields(ScheduledRun))
+
+
+def _known(values: dict[str, Any]) -> None:
+    if not values.keys() <= RUN_FIELDS:
+        raise TypeError(f"ScheduledRun has no field(s) {', '.join(sorted(values.keys() - RUN_FIELDS))}")
+
+
 _DEFAULTS = {f.name: f.default for f in fields(ScheduledRun) if f.default is not MISSING}
 _FACTORIES = tuple((f.name, f.default_factory) for f in fields(ScheduledRun) if f.default_factory is not MISSING)
 _REQUIRED = frozenset(f.name for f in fields(ScheduledRun) if f.default is MISSING and f.default_factory is MISSING)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -42,13 +43,14 @@ Processor = Callable[[Any], Any]
 _VALUE, _LIST, _TUPLES, _CONSTANT = "value", "list", "tuples", "constant"
 
 
+@dataclass(frozen=True, slots=True)
 class _Slot:
-    __slots__ = ("constant", "kind", "name", "processors", "size")
-
-    def __init__(
-        self, name: str, kind: str, processors: tuple[Processor | None, ...], *, size: int = 0, constant: Any = None
-    ) -> None:
-        self.name, self.kind, self.processors, self.size, self.constant = name, kind, processors, size, constant
+    name: str
+    kind: str
+    processors: tuple[Processor | None, ...]
+    size: int = 0
+    """An IN list's bucket: how many items its placeholders take."""
+    constant: Any = None
 
 
 #: An IN list's length is rounded up to a multiple of this (its last element repeated).
@@ -89,7 +91,7 @@ def _faster(processor: Processor) -> Processor:
 
     def process(value: Any) -> Any:
         if type(value) is datetime and value.tzinfo is None:
-            return value.isoformat(" ", "microseconds")
+            return _iso(value)
         return processor(value)
 
     return process
@@ -105,12 +107,11 @@ def _processor(type_: Any, dialect: Dialect) -> Processor | None:
 class _Shape:
     """One statement compiled for one shape of parameters: its SQL and how to fill its placeholders."""
 
-    __slots__ = ("_converts", "_get", "_slots", "expanding", "sql")
+    __slots__ = ("_converts", "_get", "_slots", "sql")
 
     def __init__(self, sql: str, slots: list[_Slot]) -> None:
         self.sql = sql
         self._slots = tuple(slots)
-        self.expanding = any(slot.kind in (_LIST, _TUPLES) for slot in slots)
         self._get = None
         if len(slots) > 1 and all(slot.kind is _VALUE for slot in slots):
             self._get = itemgetter(*(slot.name for slot in slots))

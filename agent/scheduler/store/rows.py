@@ -132,8 +132,8 @@ _RUN_STATUSES: dict[str, RunStatus] = {s.value: s for s in RunStatus}
 def run_row(run: ScheduledRun) -> dict[str, Any]:
     row = dict(vars(run))  # every field, as it is: only the instants and the status differ in the row
     for name in _RUN_INSTANTS:
-        if (instant := row[name]) is not None:
-            row[name] = instant.replace(tzinfo=None) if instant.tzinfo is UTC else to_db(instant)
+        if row[name] is not None:
+            row[name] = to_db(row[name])
     row["status"] = run.status.value
     return row
 

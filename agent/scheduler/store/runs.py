@@ -711,13 +711,14 @@ class RunRows(ScheduleRows):
         if varying:  # the fill writes these rows again: it sets their version too, or a new one is drawn
             varying += ("version",)
 
+        # The row values each row is moved from: (column, the parameter read with).
+        key = [("id", "w_id")] + ([] if unset else [("next_run_at", "w_next")])
+        key += [("version", "w_version")] if versioned else []
+
         def build() -> Any:
-            key = [s.c.id] if unset else [s.c.id, s.c.next_run_at]
-            if versioned:
-                key.append(s.c.version)
-            keys: Any = bindparam("keys", expanding=True)
-            ids = s.c.id.in_(bindparam("ids", expanding=True))
-            cond: Any = and_(ids, tuple_(*key).in_(keys)) if len(key) > 1 else ids
+            cond: Any = s.c.id.in_(bindparam("ids", expanding=True))
+            if len(key) > 1:
+                cond = and_(cond, tuple_(*(s.c[c] for c, _ in key)).in_(bindparam("keys", expanding=True)))
             if unset:
                 cond = and_(cond, s.c.next_run_at.is_(None))
             values = {c: bindparam(f"v_{c}", type_=s.c[c].type) for c in shared}
@@ -725,9 +726,8 @@ class RunRows(ScheduleRows):
 
         params: dict[str, Any] = {f"v_{c}": first[f"v_{c}"] for c in shared}
         params["ids"] = [r["w_id"] for r in rows]
-        if not (unset and not versioned):
-            fields = ["w_id"] + ([] if unset else ["w_next"]) + (["w_version"] if versioned else [])
-            params["keys"] = [tuple(r[f] for f in fields) for r in rows]
+        if len(key) > 1:
+            params["keys"] = [tuple(r[p] for _, p in key) for r in rows]
         statement = self._prepared(("advance_many", unset, versioned, shared), build)
         won = {row[0] for row in self._direct.execute(conn, statement, params)}
         if varying and won:

@@ -505,10 +505,7 @@ class ScheduleRows(StoreCore):
         )
         out: builtins.list[tuple[str, int]] = []
         for k in range(0, len(wanted), CLAIM_CHUNK):
-            out += [
-                (sid, version)
-                for sid, version in self._direct.execute(conn, stmt, {"ids": wanted[k : k + CLAIM_CHUNK]})
-            ]
+            out.extend(self._direct.execute(conn, stmt, {"ids": wanted[k : k + CLAIM_CHUNK]}))
         return out
 
     def lock_schedules(self, schedule_ids: Iterable[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
 import time
@@ -545,9 +546,11 @@ async def test_with_the_system_clock_a_prepared_run_is_claimed_as_of_its_time_an
     clock = SystemClock()
     store = ScheduleStore(tmp_path / "live.db", clock=clock)
     began: list[tuple[datetime, datetime]] = []
+    collecting: list[bool] = []
 
     async def mark(ctx: RunContext) -> None:
         began.append((clock.now(), ctx.intended_run_at))
+        collecting.append(gc.isenabled())
 
     tasks = TaskRegistry()
     tasks.add("mark", mark)
@@ -566,6 +569,9 @@ async def test_with_the_system_clock_a_prepared_run_is_claimed_as_of_its_time_an
     # The tick that woke ahead planned the claim as of the run's time: recorded as started at it
     # (a loop woken late on a loaded machine plans as of when it woke; one of three is enough).
     assert any(r.started_at == r.intended_run_at for r in runs)
+    # From a claim begun ahead to its tasks' first step the garbage collector waits; then it is back.
+    assert False in collecting
+    assert gc.isenabled()
     await engine.stop()
     store.close()
 

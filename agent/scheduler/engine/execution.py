@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -31,50 +30,6 @@ from .outcomes import Outcome, ended, run_in_thread, thread_ended, timed_out
 from .tick import Ended, Prepared
 
 log = logging.getLogger(__name__)
-
-#: With the system clock, a tick for prepared runs begins up to this long before their time, plans
-#: and writes as of that time, and commits at it: at the instant only the commit is left to wait for.
-#: How long before exactly, ``ClaimLead`` says (what the work needs: the wait holds the write lock);
-#: this cap bounds a misestimate. A thousand runs' claim takes 45-75 ms on a slow two-core machine.
-CLAIM_LEAD = timedelta(milliseconds=100)
-
-
-#: How many recent claims ``ClaimLead`` takes the slowest of.
-CLAIM_SAMPLES = 5
-
-
-@dataclass(slots=True)
-class ClaimLead:
-    """How long before prepared runs' time their tick begins, with the system clock: what the
-    slowest of the last few claims took a run, times the runs due, with a margin, up to CLAIM_LEAD.
-    The tick waits out what is left of the lead holding its transaction open (on SQLite, the write
-    lock), so the lead is kept to what the work needs and other writers (the command line, other
-    workers) get in between.
-    """
-
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=CLAIM_SAMPLES))
-    """Seconds the last claims took per run."""
-
-    @property
-    def per_run(self) -> float:
-        """Seconds a claim takes per run: the slowest of the recent ones (one claim may be quick); until
-        one is measured, a guess on the slow side (a first thousand-run claim takes 45-75 ms here)."""
-        return max(self.recent, default=100e-6)
-
-    def observe(self, busy: float, runs: int) -> None:
-        """A tick that claimed ``runs`` prepared runs worked ``busy`` seconds (its wait not counted)."""
-        if runs:
-            self.recent.append(busy / runs)
-
-    def ahead(self, runs: int) -> timedelta:
-        return min(CLAIM_LEAD, timedelta(seconds=(0.001 + self.per_run * runs) * 1.25))
-
-    def instant(self, now: datetime, due: tuple[datetime | None, int]) -> datetime | None:
-        """The time of the ``due`` prepared runs (their time, how many) if a tick begun ``now`` is
-        theirs, planning and writing as of that time."""
-        at, runs = due
-        return at if at is not None and now < at <= now + self.ahead(runs) else None
-
 
 #: A run asked to stop (replace) that has not stopped after this long is cancelled.
 STOP_GRACE_SECONDS = 5.0
@@ -253,6 +208,13 @@ class Execution:
             self._record_timer = None
         finished, self._finished = tuple(self._finished), []
         return finished
+
+    def due_meanwhile(self, now: datetime, schedules_due: datetime | None) -> str:
+        """What is due and waits (for a stalled loop's warning): prepared runs past their time, or schedules."""
+        late = sorted({p.run.schedule_name for p in self.prepared.values() if p.run.intended_run_at <= now})
+        if not late and schedules_due is not None and schedules_due <= now:
+            late = [f"schedules due since {schedules_due.isoformat()}"]
+        return ", ".join(late) or "none"
 
     def take_due_prepared(self, now: datetime) -> tuple[Prepared, ...]:
         due = tuple(p for p in self.prepared.values() if p.run.intended_run_at <= now)

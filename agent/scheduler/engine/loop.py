@@ -37,15 +37,17 @@ from ..store import EngineStore
 from ..tasks import RunContext, TaskRegistry, TaskSpec
 from .breakers import Breakers
 from .due import blocked
-from .execution import ClaimLead, Execution, LoopWatch
+from .execution import Execution, LoopWatch
 from .feed import ChangeFeed, open_feed
 from .outcomes import log as outcome_log
 from .outcomes import tell
+from .pacing import ClaimLead, collection_held
 from .reconciliation import HEARTBEAT_SECONDS, Reconciler
-from .tick import EVERYTHING, SAFETY_NET_SECONDS, Asks, TickInputs, TickState, TickWork
+from .tick import EVERYTHING, SAFETY_NET_SECONDS, Asks, Prepared, TickInputs, TickResult, TickState, TickWork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Committed = tuple[TickResult, tuple[Prepared, ...]]
 
 #: A run's claim lapses this long after its last renewal; survivors then treat it as orphaned.
 LEASE_SECONDS = 30.0
@@ -119,7 +121,7 @@ class ScheduleEngine:
             RECONCILE_TASK: TaskSpec(name=RECONCILE_TASK, fn=self._reconcile_task, description="sweep orphaned runs"),
         }
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-db")
-        self._watch = LoopWatch(self._due_meanwhile)
+        self._watch = LoopWatch(lambda: self._execution.due_meanwhile(self.clock.now(), self._state.schedule_due))
         self._execution = Execution(
             store=store,
             clock=self.clock,
@@ -255,6 +257,30 @@ class ScheduleEngine:
         ex.enforce_deadlines(real)
         at = self._lead.instant(real, ex.due_next()) if self._lead is not None and report is None else None
         now = at or real
+        with collection_held(at is not None):  # a claim ahead: no collection until its tasks have begun
+            result, prepared = await self._commit(real, at, report)
+            for run, schedule in result.started:
+                ex.dispatch(run, schedule)
+            ex.disarm(p.run.run_id for p in prepared)  # due now but not started: skipped, or another's
+            for schedule_id in result.replace:
+                ex.request_stop(schedule_id, now)
+            if result.started:
+                await asyncio.sleep(0)  # the tasks take their first step before more database work
+        soon, lot = self._state.ahead(ex.earliest_prepared())
+        if not self._draining and soon is not None and soon <= self.clock.now():
+            ahead = await self._db(self._work.prepare, self.clock.now(), lot)
+            self._state = ahead.state
+            ex.adopt_prepared(ahead.prepared)
+            ex.arm()
+        if report is None and time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
+            self._last_checkpoint = time.monotonic()
+            await self._db(self.store.checkpoint)
+        self._maybe_deliver(now)
+
+    async def _commit(self, real: datetime, at: datetime | None, report: ReconciliationReport | None) -> Committed:
+        """The tick's transaction, as of ``at`` (a claim begun ahead, committed at it) or ``real``:
+        what the loop hands over, and the committed result with the due prepared runs it was given."""
+        ex, now = self._execution, at or real
         finished = ex.take_finished()
         events, self._events = tuple(self._events), []
         renewed_before = ex.last_renewal
@@ -300,21 +326,7 @@ class ScheduleEngine:
         if result.told or result.notes:
             tell(result.told, result.notes)  # committed: now they are facts
         ex.waiting = result.state.waiting
-        for run, schedule in result.started:
-            ex.dispatch(run, schedule)
-        ex.disarm(p.run.run_id for p in prepared)  # due now but not started: skipped, or another's
-        for schedule_id in result.replace:
-            ex.request_stop(schedule_id, now)
-        soon, lot = self._state.ahead(ex.earliest_prepared())
-        if not self._draining and soon is not None and soon <= self.clock.now():
-            ahead = await self._db(self._work.prepare, self.clock.now(), lot)
-            self._state = ahead.state
-            ex.adopt_prepared(ahead.prepared)
-            ex.arm()
-        if report is None and time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
-            self._last_checkpoint = time.monotonic()
-            await self._db(self.store.checkpoint)
-        self._maybe_deliver(now)
+        return result, prepared
 
     def _maybe_deliver(self, now: datetime) -> None:
         """Start an outbox pass when alerts were queued here, to retry what a pass left, or to sweep now and then."""
@@ -652,15 +664,6 @@ class ScheduleEngine:
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the database thread; the only way work crosses to it."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
-
-    def _due_meanwhile(self) -> str:
-        now = self.clock.now()
-        prepared = self._execution.prepared.values()
-        late = sorted({p.run.schedule_name for p in prepared if p.run.intended_run_at <= now})
-        due = self._state.schedule_due
-        if not late and due is not None and due <= now:
-            late = [f"schedules due since {due.isoformat()}"]
-        return ", ".join(late) or "none"
 
     # ------------------------------------------------------------------ runs the engine starts itself
 

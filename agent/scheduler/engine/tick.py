@@ -212,7 +212,7 @@ class TickResult:
     notes: tuple[str, ...] = ()
     """Decisions about schedules to log with them (catch-up of missed occurrences)."""
     busy: float = 0.0
-    """Seconds the tick's work took, a wait for ``release`` not counted (``execution.ClaimLead.observe``)."""
+    """Seconds the tick's work took, a wait for ``release`` not counted (``pacing.ClaimLead.observe``)."""
 
 
 @dataclass(frozen=True, slots=True)

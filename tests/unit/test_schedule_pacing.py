@@ -3,6 +3,7 @@ garbage collector held back from a claim until its tasks have begun."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from datetime import timedelta
 
@@ -34,22 +35,58 @@ def test_before_any_claim_is_measured_the_lead_guesses_on_the_slow_side() -> Non
 
 
 def test_the_collector_waits_while_held_and_comes_back_however_the_hold_ends() -> None:
-    assert gc.isenabled()
-    with collection_held(True):
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    with pytest.raises(RuntimeError), collection_held(True):
-        raise RuntimeError("the claim failed")
-    assert gc.isenabled()
-    with collection_held(False):  # not a claim ahead of time: nothing held
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        with collection_held(loop):
+            assert not gc.isenabled()
         assert gc.isenabled()
+        with pytest.raises(RuntimeError), collection_held(loop):
+            raise RuntimeError("the claim failed")
+        assert gc.isenabled()
+        with collection_held(None):  # not a claim ahead of time: nothing held
+            assert gc.isenabled()
+
+    assert gc.isenabled()
+    asyncio.run(scenario())
+    assert gc.isenabled()
+
+
+def test_a_hold_ends_at_its_time_limit_even_while_the_claim_still_waits() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        with collection_held(loop, seconds=0.01):
+            assert not gc.isenabled()
+            await asyncio.sleep(0.05)  # a claim retried on a locked database
+            assert gc.isenabled()
+        assert gc.isenabled()
+
+    asyncio.run(scenario())
+
+
+def test_holds_of_two_engines_overlap_and_collection_comes_back_when_the_last_ends() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        first = collection_held(loop)
+        second = collection_held(loop)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert not gc.isenabled()  # the second engine's claim is still under way
+        second.__exit__(None, None, None)
+        assert gc.isenabled()
+
+    asyncio.run(scenario())
 
 
 def test_a_process_that_turned_the_collector_off_keeps_it_off() -> None:
+    async def scenario() -> None:
+        with collection_held(asyncio.get_running_loop()):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+
     gc.disable()
     try:
-        with collection_held(True):
-            assert not gc.isenabled()
+        asyncio.run(scenario())
         assert not gc.isenabled()
     finally:
         gc.enable()

@@ -257,14 +257,14 @@ class ScheduleEngine:
         ex.enforce_deadlines(real)
         at = self._lead.instant(real, ex.due_next()) if self._lead is not None and report is None else None
         now = at or real
-        with collection_held(at is not None):  # a claim ahead: no collection until its tasks have begun
+        with collection_held(self._loop if at is not None else None):  # a claim ahead: until its tasks begin
             result, prepared = await self._commit(real, at, report)
             for run, schedule in result.started:
                 ex.dispatch(run, schedule)
             ex.disarm(p.run.run_id for p in prepared)  # due now but not started: skipped, or another's
             for schedule_id in result.replace:
                 ex.request_stop(schedule_id, now)
-            if result.started:
+            if at is not None and result.started:
                 await asyncio.sleep(0)  # the tasks take their first step before more database work
         soon, lot = self._state.ahead(ex.earliest_prepared())
         if not self._draining and soon is not None and soon <= self.clock.now():

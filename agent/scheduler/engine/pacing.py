@@ -8,7 +8,9 @@ runs) is done by their instant, and nothing else comes between its commit and th
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,8 @@ CLAIM_SAMPLES = 5
 #: shared two-core machine (280 claims of a thousand runs, 2026-12-01): one claim in twenty took
 #: more than 1.18 times the slowest of the five before it, one in fifty more than 1.47, the
 #: slowest 2.1. A claim that outlasts its lead makes every run it starts late by the difference.
+#: Where the slowest recent claim took more than half of CLAIM_LEAD (a thousand runs on a slow
+#: machine), the cap decides and the margin is less.
 CLAIM_MARGIN = 2.0
 
 #: A claim's time per run until one is measured: on the slow side (a thousand runs' claim took
@@ -67,21 +71,67 @@ class ClaimLead:
         return at if at is not None and now < at <= now + self.ahead(runs) else None
 
 
+#: A hold ends at the latest this long after it began (real seconds), whatever the claim is waiting
+#: for (a locked database retried, an outage): past its instant a claim gains nothing from it.
+HOLD_SECONDS = 0.5
+
+
+class _Collector:
+    """The process's holds on automatic collection, counted: engines in one process (tests, a host
+    running two) each hold for their claims, and collection comes back when the last hold ends,
+    only if a hold turned it off. A host that turns collection off or on during a hold races it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holds = 0
+        self._ours = False
+
+    def hold(self) -> None:
+        with self._lock:
+            if self._holds == 0:
+                self._ours = gc.isenabled()
+                if self._ours:
+                    gc.disable()
+            self._holds += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+            if self._holds == 0 and self._ours:
+                self._ours = False
+                gc.enable()
+
+
+_COLLECTOR = _Collector()
+
+
 @contextmanager
-def collection_held(hold: bool) -> Iterator[None]:
-    """While ``hold``, the interpreter's automatic garbage collection waits: for a claim begun ahead
-    of its runs' time, until their tasks have taken their first step.
+def collection_held(loop: asyncio.AbstractEventLoop | None, seconds: float = HOLD_SECONDS) -> Iterator[None]:
+    """The interpreter's automatic garbage collection waits (with a ``loop``; None: nothing held),
+    for a claim begun ahead of its runs' time, until their tasks have taken their first step, or
+    ``seconds`` have passed (a timer on ``loop``).
 
     With a thousand runs prepared and in flight a full collection takes 5-30 ms (measured on a
     shared two-core machine); one that falls into the claim or between its commit and the tasks
     makes every run of that instant late by as much. Held, it comes just after, while the tasks
-    run. A process that turned collection off keeps it off.
+    run. A task's first step is all of an async task that never awaits: it runs with collection
+    held. A process that turned collection off keeps it off.
     """
-    if not hold or not gc.isenabled():
+    if loop is None:
         yield
         return
-    gc.disable()
+    released = False
+
+    def release() -> None:  # on the loop's thread: at the timer or at the end of the block
+        nonlocal released
+        if not released:
+            released = True
+            _COLLECTOR.release()
+
+    _COLLECTOR.hold()
+    timer = loop.call_later(seconds, release)
     try:
         yield
     finally:
-        gc.enable()
+        timer.cancel()
+        release()

@@ -21,8 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-#: Bumped when a table or column changes; stored in ``meta`` under ``schema_version``.
-SCHEMA_VERSION = 5
+#: Bumped when a table, a column or an index changes; stored in ``meta`` under ``schema_version``.
+SCHEMA_VERSION = 6
 
 
 def new_version() -> int:
@@ -83,6 +83,8 @@ schedules = Table(
     # ``onupdate``), unless the statement sets it: a row whose version is unchanged is unchanged.
     Column("version", BigInteger, nullable=False, default=new_version, onupdate=new_version, server_default="0"),
     Index("ix_schedules_due", "enabled", "next_run_at"),
+    # Version 6: the open breakers, which every full scan looks for, without reading every row.
+    Index("ix_schedules_breaker", "breaker_state", "name"),
 )
 
 scheduled_runs = Table(
@@ -251,4 +253,5 @@ UPGRADES: dict[int, list[str]] = {
     ],
     # Existing rows start at version 0; every write from now on draws a new one.
     4: ["ALTER TABLE schedules ADD COLUMN version BIGINT NOT NULL DEFAULT 0"],
+    5: ["CREATE INDEX IF NOT EXISTS ix_schedules_breaker ON schedules (breaker_state, name)"],
 }

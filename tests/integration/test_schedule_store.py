@@ -98,9 +98,13 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs_and_decisi
             # Nor an event inbox, nor a version of each schedule row.
             conn.execute(text("DROP TABLE event_inbox"))
             conn.execute(text("ALTER TABLE schedules DROP COLUMN version"))
+            # Nor the index of breaker states.
+            conn.execute(text("DROP INDEX ix_schedules_breaker"))
             conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     with ScheduleStore(any_url, clock=clock) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
+        indexes = {i["name"]: i["column_names"] for i in sa.inspect(store.db.engine).get_indexes("schedules")}
+        assert indexes["ix_schedules_breaker"] == ["breaker_state", "name"]
         assert store.count_events() == 0
         before = store.schedule_versions([schedule.id])[schedule.id]
         assert before == 0  # rows of earlier versions start at 0; a write draws a new one

@@ -1,5 +1,6 @@
-"""What SQLite does with the statements a steady load sends: every conditional write looks its
-rows up by primary key, whatever the size of its tables (no scan, no walk of the status index)."""
+"""What SQLite does with the statements the engine sends: every conditional write of a steady load
+looks its rows up by primary key, whatever the size of its tables (no scan, no walk of the status
+index), and every read a full scan makes of idle schedules is an index search."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs_and_decisi
             conn.execute(text("DROP INDEX ix_schedules_breaker"))
             conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     with ScheduleStore(any_url, clock=clock) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 5
         indexes = {i["name"]: i["column_names"] for i in sa.inspect(store.db.engine).get_indexes("schedules")}
         assert indexes["ix_schedules_breaker"] == ["breaker_state", "name"]
         assert store.count_events() == 0
@@ -115,6 +115,30 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_runs_and_decisi
         assert (ahead.occurrence_key, ahead.prepared, ahead.starts) == ("ahead", True, 0)
         decisions = {p.id: (p.decided_via, p.decided_at) for p in store.proposals()}
         assert decisions == {"prop_auto": ("policy", T0), "prop_human": (None, T0), "prop_open": (None, None)}
+
+
+def test_an_index_added_since_the_schema_version_is_made_by_a_writing_store_without_drawing_a_version(
+    any_url: str, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    from sqlalchemy import text
+
+    def breaker_index(store: ScheduleStore) -> list[str] | None:
+        found = {i["name"]: i["column_names"] for i in sa.inspect(store.db.engine).get_indexes("schedules")}
+        return found.get("ix_schedules_breaker")
+
+    with ScheduleStore(any_url, clock=clock) as store:
+        store.add(make_schedule("kept"))
+        with store.db.engine.begin() as conn:  # type: ignore[union-attr]
+            conn.execute(text("DROP INDEX ix_schedules_breaker"))  # a database of an earlier release
+    with ScheduleStore(any_url, clock=clock, read_only=True) as reader:
+        assert breaker_index(reader) is None  # a read creates nothing, and reads as before
+        assert [s.name for s in reader.open_breakers()] == []
+    with ScheduleStore(any_url, clock=clock) as store:
+        assert breaker_index(store) == ["breaker_state", "name"]
+        assert store.schema_version() == SCHEMA_VERSION == 5  # the same version: older code still opens it
+        assert [s.name for s in store.list()] == ["kept"]
+    with ScheduleStore(any_url, clock=clock) as store:  # there already: nothing to do
+        assert breaker_index(store) == ["breaker_state", "name"]
 
 
 def test_sqlite_runs_in_wal_mode_with_the_tables_and_unique_index(sqlite_store: ScheduleStore, db_path: Path) -> None:

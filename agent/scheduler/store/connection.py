@@ -20,6 +20,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.schema import CreateIndex
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from .. import schema
@@ -454,6 +455,10 @@ class StoreCore:
                 conn.execute(schema.meta.insert().values(key=LIMITS_CHECKED_KEY, value=LIMITS_CHECKED))
                 return None
             version = int(found)
+            if version <= schema.SCHEMA_VERSION:
+                for index in schema.ADDED_INDEXES:  # looked for first: no lock is taken when it is there
+                    if not conn.dialect.has_index(conn, index.table.name, str(index.name)):  # type: ignore[union-attr]
+                        conn.execute(CreateIndex(index, if_not_exists=True))
             if version < schema.SCHEMA_VERSION:
                 # An older database: upgraded in this same transaction, step by step.
                 for step in range(version, schema.SCHEMA_VERSION):

@@ -134,6 +134,33 @@ async def test_with_a_cooldown_one_trial_run_closes_or_reopens_the_breaker(
 
 
 @run_async
+async def test_at_start_a_breaker_whose_cooldown_passed_while_down_half_opens_and_the_report_counts_it(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    one_failure = {"expression": "1h", "target": "flaky", "max_retries": 0, "breaker_threshold": 1}
+    store.add(make_schedule("cooled", breaker_cooldown=600, **one_failure))
+    store.add(make_schedule("rested", **one_failure))  # no cooldown: open until reset
+    store.add(make_schedule("fine", expression="1h", target="flaky", breaker_threshold=5))
+    work = Flaky()
+    e = engine(store, work, clock)
+    await e.start()
+    await e.run_until(clock.now() + 61 * MIN)
+    await e.wait_idle()
+    await e.stop()
+    assert store.get("cooled").breaker_state is BreakerState.OPEN
+    assert store.get("rested").breaker_state is BreakerState.OPEN
+    assert store.get("fine").breaker_state is BreakerState.CLOSED
+    clock.advance(timedelta(minutes=30))  # down longer than the cooldown
+    work.fixed = True
+    again = engine(store, work, clock)
+    report = await again.start()
+    assert (report.schedules_loaded, report.breakers_half_opened) == (3, 1)
+    assert store.get("cooled").breaker_state is not BreakerState.OPEN  # half-open: its trial run decides
+    assert store.get("rested").breaker_state is BreakerState.OPEN
+    await again.stop()
+
+
+@run_async
 async def test_skipped_runs_do_not_count_and_the_threshold_is_per_schedule(
     store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule
 ) -> None:

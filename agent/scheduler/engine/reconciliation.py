@@ -111,7 +111,7 @@ class Reconciler:
             seen = previous.get("heartbeat_at")
             if seen:
                 report.downtime_seconds = (now - datetime.fromisoformat(seen)).total_seconds()
-        report.schedules_loaded = len(self.store.list())
+        report.schedules_loaded = self.store.count_schedules()
         return report, previous
 
     def _reconcile(self, now: datetime) -> tuple[ReconciliationReport, str, tuple[ScheduledRun, ...]]:

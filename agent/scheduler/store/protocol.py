@@ -75,6 +75,9 @@ class EngineStore(Protocol):
     ) -> builtins.list[ScheduleDefinition]:
         """Every schedule, by name, optionally filtered."""
 
+    def count_schedules(self) -> int:
+        """How many schedules there are (counted, none read)."""
+
     def lock_schedules(self, schedule_ids: Iterable[str]) -> None:
         """Take these schedules' turn locks until the transaction ends (PostgreSQL), so two workers deciding starts for
         the same schedule take turns.

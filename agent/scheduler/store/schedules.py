@@ -242,6 +242,11 @@ class ScheduleRows(StoreCore):
         rows = self._tx(lambda c: c.execute(stmt).mappings().all())
         return [schedule_from(r) for r in rows]
 
+    def count_schedules(self) -> int:
+        """How many schedules there are (counted, none read)."""
+        stmt = select(func.count()).select_from(schema.schedules)
+        return int(self._tx(lambda c: c.execute(stmt).scalar_one()))
+
     def update(self, name_or_id: str, **changes: Any) -> ScheduleDefinition:
         """Change definition fields of a schedule (validated); breaker fields change only through the breaker."""
         for key, value in changes.items():

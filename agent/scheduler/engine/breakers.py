@@ -93,7 +93,7 @@ class Breakers:
         """At start, every open breaker whose cooldown passed while the worker was down half-opens."""
         count = 0
         for schedule in self.store.open_breakers():  # by index: not every schedule read and mapped
-            if schedule.breaker_state is BreakerState.OPEN and schedule.breaker_cooldown is not None:
+            if schedule.breaker_cooldown is not None:
                 try:
                     self.store.transition_breaker(schedule, "probe", now=now)
                     count += 1

@@ -105,3 +105,49 @@ async def test_a_full_scan_of_idle_schedules_reads_them_through_indexes(db_path:
             assert step.startswith("SEARCH") and not step.endswith("(enabled=?)"), (step, sql[:300])
     db.close()
     store.close()
+
+
+@run_async
+async def test_starting_a_run_never_walks_its_schedules_history(db_path: Path, clock: FakeClock) -> None:
+    # A poller every 10 s keeps 8,640 runs a day. What the engine reads about runs while it
+    # starts and records new ones is found by the runs' status (or key), never by walking every
+    # run a schedule ever had: such a walk made each start slower by the day.
+    store = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
+    store.add(ScheduleDefinition(name="poller", trigger_type="interval", expression="10s", target="noop"))
+    store.add(ScheduleDefinition(name="report", trigger_type="calendar", expression="*/5 * * * *", target="noop"))
+    tasks = TaskRegistry()
+
+    async def noop(ctx: RunContext) -> None:
+        return None
+
+    tasks.add("noop", noop)
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=60, worker_id="w1")
+    await engine.start()
+    await engine.run_until(clock.now() + timedelta(minutes=10))  # a history behind them
+    await engine.wait_idle()
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if not executemany and re.search(r"\bFROM scheduled_runs\b", statement):
+            sent.append((statement, parameters))
+
+    assert store.db.engine is not None
+    sa.event.listen(store.db.engine, "before_cursor_execute", capture)
+    before = store.count_runs(status=RunStatus.SUCCEEDED)
+    engine.wake()  # a full scan among the ticks
+    await engine.run_until(clock.now() + timedelta(minutes=10))
+    await engine.wait_idle()
+    sa.event.remove(store.db.engine, "before_cursor_execute", capture)
+    await engine.stop()
+    assert store.count_runs(status=RunStatus.SUCCEEDED) >= before + 60
+    counts = [sql for sql, _ in sent if sql.startswith("SELECT scheduled_runs.schedule_id") and ".status = ?" in sql]
+    assert counts, "the runs running were not counted before a start"
+    db = sqlite3.connect(db_path)
+    for sql, params in {(sql, tuple(params)) for sql, params in sent}:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+        steps = [step for step in plan if re.match(r"(SCAN|SEARCH)( TABLE)? scheduled_runs\b", step)]
+        for step in steps:
+            # A search of a schedule's runs by its id alone walks the whole of its history.
+            assert step.startswith("SEARCH") and not step.endswith("(schedule_id=?)"), (step, sql[:300])
+    db.close()
+    store.close()

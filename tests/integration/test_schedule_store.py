@@ -286,6 +286,24 @@ def test_a_stale_snapshot_cannot_move_a_run_and_says_who_did(store: ScheduleStor
     assert store.get_run(run.run_id).owner == "worker-a"
 
 
+def test_running_counts_are_the_running_runs_of_the_schedules_asked_on_any_worker(
+    any_url: str, clock: FakeClock, make_schedule: MakeSchedule
+) -> None:
+    with ScheduleStore(any_url, clock=clock) as store:
+        a, b, c = (store.add(make_schedule(name)) for name in ("a", "b", "c"))
+        runs = {(s.name, i): store.create_run(s, T0 + timedelta(minutes=i)) for s in (a, b, c) for i in range(3)}
+        for (name, i), run in runs.items():
+            assert run is not None
+            if (name, i) in (("a", 0), ("a", 1), ("b", 0), ("c", 0), ("c", 1)):
+                started = store.transition(run, "start", owner=f"worker-{i}")
+                if (name, i) == ("c", 1):
+                    store.transition(started, "succeed")  # ran, and ran out
+        assert store.running_counts([a.id, b.id, c.id]) == {a.id: 2, b.id: 1, c.id: 1}
+        assert store.running_counts([a.id, a.id]) == {a.id: 2}
+        assert store.running_counts([b.id, "sched_none"]) == {b.id: 1}
+        assert store.running_counts([]) == {}
+
+
 def test_a_snapshot_from_before_a_start_and_requeue_elsewhere_cannot_move_the_run(
     store: ScheduleStore, make_schedule: MakeSchedule
 ) -> None:

@@ -41,6 +41,7 @@ def engine(store: ScheduleStore, clock: FakeClock, calls: list[RunContext]) -> S
 
     async def record(ctx: RunContext) -> None:
         calls.append(ctx)
+        await asyncio.sleep(0)  # a task that awaits: other callbacks of the loop run before it ends
 
     tasks.add("record", record)
     return ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w1")
@@ -139,6 +140,11 @@ async def test_changing_a_schedule_takes_back_a_prepared_run_that_is_no_longer_a
     # The next occurrence comes from the new trigger, not from the time the old one had planned.
     assert sorted(t for t, (status, _) in fast.items() if status is RunStatus.SUCCEEDED) == [SEC, 7 * SEC]
     assert by_time(store, "steady")[2 * SEC] == (RunStatus.SUCCEEDED, None)
+    # Its task armed with the old copy is cancelled and a new one made: the run starts once, runs once.
+    [touched] = [r for r in store.runs(schedule="steady") if r.intended_run_at == T0 + 2 * SEC]
+    assert touched.starts == 1
+    ran = [c for c in calls if c.schedule.name == "steady" and c.intended_run_at == T0 + 2 * SEC]
+    assert [c.schedule.description for c in ran] == ["touched, trigger unchanged"]
     await e.stop()
 
 

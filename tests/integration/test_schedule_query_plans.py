@@ -1,6 +1,7 @@
 """What SQLite does with the statements the engine sends: every conditional write of a steady load
 looks its rows up by primary key, whatever the size of its tables (no scan, no walk of the status
-index), and every read a full scan makes of idle schedules is an index search."""
+index), every read a full scan makes of idle schedules is an index search, and no read made while
+runs start and are recorded walks a schedule's history of runs."""
 
 from __future__ import annotations
 

@@ -59,13 +59,14 @@ Db = Callable[..., Awaitable[Any]]
 
 @dataclass(eq=False)
 class _InFlight:
-    """A run this engine is executing."""
+    """A run this engine is executing. Made ahead for a prepared run when its task is armed, with
+    the prepared row as ``run`` and no deadline, and in flight only once dispatched with the claim."""
 
     run: ScheduledRun
     schedule: ScheduleDefinition
     ctx: RunContext
     task: asyncio.Task[None]
-    deadline: datetime | None
+    deadline: datetime | None = None
     outcome: Outcome | None = None
     """Decided by whoever interrupts the task (timeout, replace, shutdown) before it ends."""
     kill_at: datetime | None = None
@@ -257,7 +258,7 @@ class Execution:
 
     def dispatch(self, run: ScheduledRun, schedule: ScheduleDefinition) -> _InFlight:
         armed = self._armed.pop(run.run_id, None)
-        if armed is not None and armed.schedule is schedule:
+        if armed is not None and armed.schedule is schedule and not armed.claimed.done():
             spec, flight = armed.spec, armed.flight
             flight.run = run
             armed.claimed.set_result(run)
@@ -277,9 +278,10 @@ class Execution:
     def _flight(
         self, run: ScheduledRun, schedule: ScheduleDefinition, ctx: RunContext, task: asyncio.Task[None]
     ) -> _InFlight:
-        """The entry in flight of a run's task (entered at dispatch)."""
+        """The entry in flight of a run's task (entered at dispatch); the task's end, if it comes
+        before ``_execute`` began, is recorded by ``_cut_before_it_began``."""
         task.add_done_callback(partial(self._cut_before_it_began, run.run_id))
-        return _InFlight(run=run, schedule=schedule, ctx=ctx, task=task, deadline=None)
+        return _InFlight(run=run, schedule=schedule, ctx=ctx, task=task)
 
     def _spec(self, target: str) -> TaskSpec:
         return self.builtins.get(target) or self.tasks.get(target)
@@ -387,7 +389,8 @@ class Execution:
         return trigger
 
     def _cut_before_it_began(self, run_id: str, task: asyncio.Task[None]) -> None:
-        """A task cancelled before its first step never ran ``_execute``: its run is recorded here.
+        """A task cancelled before ``_execute`` began (still waiting for its claim, or not yet
+        stepped) never recorded its run: it is recorded here.
 
         A stop that requeues a run dispatched moments before cancels a task that has not begun.
         An armed task cancelled instead of dispatched (undone, or made again for a changed

@@ -840,8 +840,8 @@ class RunRows(ScheduleRows):
         """How many runs of each schedule are running, on any worker.
 
         It reads every running run and counts those of ``schedule_ids``: running runs are few (the
-        tasks in flight), while a search by schedule id (which SQLite's planner chose for some lists
-        of two or three ids) walks each schedule's whole history, 50 ms for a month of a poller.
+        tasks in flight), while a search by schedule id, which SQLite's planner chose for some lists
+        of ids, walks each schedule's whole history (docs/performance.md).
         """
         wanted = set(schedule_ids)
         if not wanted:

@@ -21,6 +21,16 @@ from tests.conftest import run_async
 SCHEDULES = 450  # more than a chunk of CLAIM_CHUNK, so chunks of the full size are explained too
 
 
+async def noop(ctx: RunContext) -> None:
+    return None
+
+
+def noop_tasks() -> TaskRegistry:
+    tasks = TaskRegistry()
+    tasks.add("noop", noop)
+    return tasks
+
+
 @run_async
 async def test_every_batch_write_of_a_steady_load_looks_its_rows_up_by_key(db_path: Path, clock: FakeClock) -> None:
     store = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
@@ -36,13 +46,7 @@ async def test_every_batch_write_of_a_steady_load_looks_its_rows_up_by_key(db_pa
 
     assert store.db.engine is not None
     sa.event.listen(store.db.engine, "before_cursor_execute", capture)
-    tasks = TaskRegistry()
-
-    async def noop(ctx: RunContext) -> None:
-        return None
-
-    tasks.add("noop", noop)
-    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w1")
+    engine = ScheduleEngine(store, noop_tasks(), clock=clock, tick_seconds=3600, worker_id="w1")
     await engine.start()
     await engine.run_until(clock.now() + timedelta(seconds=4))
     await engine.wait_idle()
@@ -116,13 +120,7 @@ async def test_starting_a_run_never_walks_its_schedules_history(db_path: Path, c
     store = ScheduleStore(f"sqlite:///{db_path}", clock=clock)
     store.add(ScheduleDefinition(name="poller", trigger_type="interval", expression="10s", target="noop"))
     store.add(ScheduleDefinition(name="report", trigger_type="calendar", expression="*/5 * * * *", target="noop"))
-    tasks = TaskRegistry()
-
-    async def noop(ctx: RunContext) -> None:
-        return None
-
-    tasks.add("noop", noop)
-    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=60, worker_id="w1")
+    engine = ScheduleEngine(store, noop_tasks(), clock=clock, tick_seconds=60, worker_id="w1")
     await engine.start()
     await engine.run_until(clock.now() + timedelta(minutes=10))  # a history behind them
     await engine.wait_idle()

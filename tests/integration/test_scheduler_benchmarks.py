@@ -23,6 +23,7 @@ LINE = re.compile(r"^[a-z_.0-9]+\s+(-?[0-9]+\.[0-9]+|nan)\s+\S+")
         ("idle.py", ["50"]),
         ("recovery.py", ["20"]),
         ("memory.py", ["300"]),
+        ("hiccups.py", ["0.2"]),
     ],
 )
 def test_benchmark_runs_and_prints_one_line_per_figure(script: str, args: list[str]) -> None:

@@ -24,6 +24,7 @@ from agent.scheduler import (
     SystemClock,
 )
 from agent.scheduler.engine import ScheduleEngine
+from agent.scheduler.engine.tick import TickWork
 from agent.scheduler.errors import TaskNotConfigured
 from agent.scheduler.settings import load_settings
 from agent.scheduler.tasks import RunContext, TaskRegistry
@@ -696,4 +697,41 @@ async def test_wait_idle_waits_for_a_tick_that_is_still_recording(
     await asyncio.wait_for(idle, 5)
     assert [r.status for r in store.runs(schedule="once")] == [RunStatus.SUCCEEDED]
     await recording
+    await engine.stop()
+
+
+@run_async
+async def test_successes_and_skips_are_recorded_by_the_next_instants_tick_failures_at_once(
+    store: ScheduleStore, clock: FakeClock, make_schedule: MakeSchedule, monkeypatch: pytest.MonkeyPatch, mocker: Any
+) -> None:
+    # A success or a skip changes nothing anyone waits for: it is written with the next tick's
+    # work, one transaction per instant. A failure's retry and breaker count cannot wait.
+    monkeypatch.delenv("ACTP_TEST_NEVER_SET", raising=False)
+    tasks = TaskRegistry()
+
+    async def fine(ctx: RunContext) -> None:
+        return None
+
+    async def broken(ctx: RunContext) -> None:
+        raise RuntimeError("down")
+
+    tasks.add("fine", fine)
+    tasks.add("unset", fine, requires=("ACTP_TEST_NEVER_SET",))
+    tasks.add("broken", broken)
+    store.add(make_schedule("ok", expression="10s", target="fine"))
+    store.add(make_schedule("skipped", expression="10s", target="unset"))
+    engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="w1")
+    await engine.start()
+    ticks = mocker.spy(TickWork, "tick")
+    await engine.run_until(clock.now() + timedelta(minutes=10))
+    await engine.wait_idle()
+    statuses = Counter(r.status for r in store.runs(limit=1000))
+    assert statuses == {RunStatus.SUCCEEDED: 60, RunStatus.SKIPPED: 60}
+    assert ticks.call_count <= 60 + 2  # one per instant (and the last records waiting for wait_idle)
+    store.add(make_schedule("failing", expression="10s", target="broken", max_retries=0))
+    ticks.reset_mock()
+    await engine.run_until(clock.now() + timedelta(seconds=30))  # three failures: the breaker's threshold
+    await engine.wait_idle()
+    assert store.count_runs(status=RunStatus.DEAD_LETTERED) == 3
+    assert ticks.call_count >= 2 * 3  # each instant's tick, and one more for its failure, at once
     await engine.stop()

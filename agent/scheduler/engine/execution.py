@@ -42,10 +42,12 @@ DRAIN_POLL_SECONDS = 0.25
 #: A task cancelled at its shutdown cutoff that has not ended this long after (it swallowed the
 #: cancel) is left behind: its run is recorded, and the stop goes on without it.
 CUT_GRACE_SECONDS = 1.0
-#: A run that succeeded with nothing waiting behind it is recorded by the next tick, at most this
-#: many real seconds later, so completions close together share one transaction. Any other
-#: outcome (a failure, a skip, a run others wait for) wakes the loop at once.
+#: A run that succeeded or was skipped, with nothing waiting behind it, is recorded by the next
+#: tick, at most this many real seconds later, so completions close together share one
+#: transaction (on a FakeClock, the next instant's). Any other outcome (a failure, whose retry and
+#: breaker count cannot wait; a run others wait for) wakes the loop at once.
 RECORD_WINDOW_SECONDS = 0.02
+_QUIET_ENDINGS = frozenset({"succeed", "skip"})
 #: An event loop blocked this long (an async task that does not yield) is logged (real seconds).
 LOOP_STALL_SECONDS = 1.0
 #: While the engine runs, it notes this often that its event loop is running (real seconds): a late
@@ -369,7 +371,7 @@ class Execution:
         held = self.watch.held_since_beat() if spec.is_async and not cut else None
         on_its_own = thread_done if thread is not None else not cut
         trigger = self._note_finished(flight, self._decide_outcome(flight, outcome, held=held, on_its_own=on_its_own))
-        if trigger == "succeed" and run.schedule_id not in self.waiting and not self.draining:
+        if trigger in _QUIET_ENDINGS and run.schedule_id not in self.waiting and not self.draining:
             self._record_soon()
         else:
             self._wake()

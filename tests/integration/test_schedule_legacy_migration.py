@@ -35,7 +35,7 @@ from agent.scheduler.adapters.legacy_cron import (
 from agent.scheduler.engine import ScheduleEngine
 from agent.scheduler.enums import ScheduleSource
 from agent.scheduler.identity import Caller
-from agent.scheduler.settings import load_settings
+from agent.scheduler.settings import Settings, load_settings
 from agent.scheduler.tasks import RunContext, TaskRegistry
 from cron_definitions import CALL_SERVICE, CRON_JOBS, HEALTH_CHECKED_SERVICES
 from jobs.config import ConfigError
@@ -88,9 +88,9 @@ def legacy_store(db_path: Path, clock: FakeClock) -> Iterator[ScheduleStore]:
     store.close()
 
 
-def registry(store: ScheduleStore) -> TaskRegistry:
+def registry(store: ScheduleStore, settings: Settings | None = None) -> TaskRegistry:
     tasks = TaskRegistry()
-    jobs.register(tasks, store, worker_id="test-worker")
+    jobs.register(tasks, store, worker_id="test-worker", settings=settings)
     return tasks
 
 
@@ -585,12 +585,13 @@ async def simulate(
 ) -> tuple[ScheduleStore, float]:
     clock = SettlingClock(start)
     store = ScheduleStore(db, clock=clock)
-    tasks = registry(store)
+    # The settings read once and passed down to the engine and the jobs, as the worker does (not
+    # read again at every run).
+    settings = load_settings()
+    tasks = registry(store, settings)
     migrate(store, CRON_JOBS, tasks=tasks)
     for name in disabled:
         store.disable(name, reason="simulated separately")
-    # The settings read once and passed down, as the worker does (not read again at every run).
-    settings = load_settings()
     engine = ScheduleEngine(store, tasks, clock=clock, tick_seconds=3600, worker_id="sim", settings=settings)
     began = time.perf_counter()
     await engine.start()

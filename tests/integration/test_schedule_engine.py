@@ -23,7 +23,7 @@ from agent.scheduler import (
     ScheduleStore,
     SystemClock,
 )
-from agent.scheduler.engine import ScheduleEngine
+from agent.scheduler.engine import ScheduleEngine, execution
 from agent.scheduler.engine.tick import TickWork
 from agent.scheduler.errors import TaskNotConfigured
 from agent.scheduler.settings import load_settings
@@ -707,6 +707,9 @@ async def test_successes_and_skips_are_recorded_by_the_next_instants_tick_failur
     # A success or a skip changes nothing anyone waits for: it is written with the next tick's
     # work, one transaction per instant. A failure's retry and breaker count cannot wait.
     monkeypatch.delenv("ACTP_TEST_NEVER_SET", raising=False)
+    # The window is real time: a slow moment of the machine (a checkpoint, a pause) could let it
+    # wake a tick of its own within an instant. Here only the next instant's tick may record.
+    monkeypatch.setattr(execution, "RECORD_WINDOW_SECONDS", 3600.0)
     tasks = TaskRegistry()
 
     async def fine(ctx: RunContext) -> None:

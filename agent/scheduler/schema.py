@@ -45,6 +45,9 @@ def _stamps() -> list[Column[object]]:
 
 meta = Table("meta", metadata, Column("key", String(NAME), primary_key=True), Column("value", Text))
 
+#: The open breakers, which every full scan looks for, without reading every row (see ADDED_INDEXES).
+_BREAKER_INDEX = Index("ix_schedules_breaker", "breaker_state", "name")
+
 schedules = Table(
     "schedules",
     metadata,
@@ -83,8 +86,7 @@ schedules = Table(
     # ``onupdate``), unless the statement sets it: a row whose version is unchanged is unchanged.
     Column("version", BigInteger, nullable=False, default=new_version, onupdate=new_version, server_default="0"),
     Index("ix_schedules_due", "enabled", "next_run_at"),
-    # The open breakers, which every full scan looks for, without reading every row (see ADDED_INDEXES).
-    Index("ix_schedules_breaker", "breaker_state", "name"),
+    _BREAKER_INDEX,
 )
 
 scheduled_runs = Table(
@@ -259,4 +261,4 @@ UPGRADES: dict[int, list[str]] = {
 #: when it opens it. An index changes no row and no statement's result, so code of the same schema
 #: version with or without it reads and writes the same database: no version is drawn for it, and no
 #: worker or command line of that version is locked out.
-ADDED_INDEXES: tuple[Index, ...] = tuple(i for i in schedules.indexes if i.name == "ix_schedules_breaker")
+ADDED_INDEXES: tuple[Index, ...] = (_BREAKER_INDEX,)
